@@ -1,0 +1,163 @@
+//! The seam between the protocol server and a device model.
+//!
+//! The server decodes and validates every message, then calls one of these methods. A device never
+//! sees raw wire bytes, and it never needs to know about sockets or fds beyond the ones it hands out
+//! (region fds) or receives (interrupt eventfds).
+
+use std::os::fd::{BorrowedFd, OwnedFd};
+
+use crate::errno::Errno;
+
+/// Region index of PCI BAR0 (VFIO_PCI_BAR0_REGION_INDEX); BARn is `BAR0_REGION_INDEX + n`.
+pub const BAR0_REGION_INDEX: u32 = 0;
+/// Region index of the expansion ROM (VFIO_PCI_ROM_REGION_INDEX).
+pub const ROM_REGION_INDEX: u32 = 6;
+/// Region index of PCI config space (VFIO_PCI_CONFIG_REGION_INDEX).
+pub const CONFIG_REGION_INDEX: u32 = 7;
+/// Region index of the legacy VGA range (VFIO_PCI_VGA_REGION_INDEX).
+pub const VGA_REGION_INDEX: u32 = 8;
+/// Number of regions of a VFIO PCI device (VFIO_PCI_NUM_REGIONS).
+pub const PCI_NUM_REGIONS: u32 = 9;
+
+/// IRQ index of INTx (VFIO_PCI_INTX_IRQ_INDEX).
+pub const INTX_IRQ_INDEX: u32 = 0;
+/// IRQ index of MSI.
+pub const MSI_IRQ_INDEX: u32 = 1;
+/// IRQ index of MSI-X.
+pub const MSIX_IRQ_INDEX: u32 = 2;
+/// IRQ index of the error interrupt.
+pub const ERR_IRQ_INDEX: u32 = 3;
+/// IRQ index of the device request interrupt.
+pub const REQ_IRQ_INDEX: u32 = 4;
+/// Number of IRQ indices of a VFIO PCI device (VFIO_PCI_NUM_IRQS).
+pub const PCI_NUM_IRQS: u32 = 5;
+
+/// What DEVICE_GET_INFO reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeviceInfo {
+    /// `VFIO_DEVICE_FLAGS_*` bits (PCI, RESET, ...).
+    pub flags: u32,
+    /// Number of regions (9 for a PCI device).
+    pub num_regions: u32,
+    /// Number of IRQ indices (5 for a PCI device).
+    pub num_irqs: u32,
+}
+
+/// One mmap-able window of a region, relative to the region's start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SparseArea {
+    /// Offset of the area from the start of the region.
+    pub offset: u64,
+    /// Length of the area in bytes.
+    pub size: u64,
+}
+
+/// What DEVICE_GET_REGION_INFO reports for one region, and the fd that travels with it.
+#[derive(Debug, Clone)]
+pub struct RegionInfo<'a> {
+    /// `VFIO_REGION_INFO_FLAG_*` bits (READ, WRITE, MMAP; CAPS is added by the server when
+    /// `sparse_areas` is non-empty).
+    pub flags: u32,
+    /// Region size in bytes (for a BAR: the BAR size, a power of two).
+    pub size: u64,
+    /// Offset into `fd` at which the region starts (`vfio_region_info.offset`).
+    pub fd_offset: u64,
+    /// Sparse-mmap areas; when non-empty the server emits a sparse-mmap capability.
+    pub sparse_areas: Vec<SparseArea>,
+    /// The single fd that backs the mmap-able part of the region, sent with the reply.
+    pub fd: Option<BorrowedFd<'a>>,
+}
+
+/// What DEVICE_GET_IRQ_INFO reports for one IRQ index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IrqInfo {
+    /// `VFIO_IRQ_INFO_*` bits (EVENTFD, MASKABLE, AUTOMASKED, NORESIZE).
+    pub flags: u32,
+    /// Number of vectors behind this index (0 when unsupported).
+    pub count: u32,
+}
+
+/// A decoded DEVICE_SET_IRQS request, already range-checked by the server against `irq_info`.
+#[derive(Debug)]
+pub struct SetIrqs {
+    /// Full `VFIO_IRQ_SET_*` flags (one DATA_* and one ACTION_* bit).
+    pub flags: u32,
+    /// IRQ index.
+    pub index: u32,
+    /// First vector.
+    pub start: u32,
+    /// Number of vectors.
+    pub count: u32,
+    /// With DATA_BOOL: one byte per vector.
+    pub bools: Vec<u8>,
+    /// With DATA_EVENTFD: one fd per vector, `None` for a vector whose fd is -1 (unassign).
+    pub eventfds: Vec<Option<OwnedFd>>,
+}
+
+/// A device served over vfio-user.
+///
+/// Every method returns an [`Errno`] on failure; the server turns it into an error reply with that
+/// errno. Offsets and counts are already checked for arithmetic overflow and against the
+/// negotiated `max_data_xfer_size`, and `index` is below `device_info().num_regions`, but range
+/// checks against the region size are the device's job (some regions clip, some refuse).
+pub trait Device: Send {
+    /// DEVICE_GET_INFO.
+    fn device_info(&self) -> DeviceInfo;
+
+    /// DEVICE_GET_REGION_INFO for `index`. An absent region reports size 0 and flags 0.
+    fn region_info(&self, index: u32) -> Result<RegionInfo<'_>, Errno>;
+
+    /// REGION_READ: fill `buf` from `offset` of region `index`. Returns how many bytes were read,
+    /// which may be fewer than `buf.len()` when the device clips at the region end.
+    fn region_read(&mut self, index: u32, offset: u64, buf: &mut [u8]) -> Result<usize, Errno>;
+
+    /// REGION_WRITE: write `data` at `offset` of region `index`. Returns how many bytes were
+    /// consumed (may be fewer when the device clips at the region end).
+    fn region_write(&mut self, index: u32, offset: u64, data: &[u8]) -> Result<usize, Errno>;
+
+    /// DEVICE_GET_IRQ_INFO for `index`.
+    fn irq_info(&self, index: u32) -> Result<IrqInfo, Errno>;
+
+    /// DEVICE_SET_IRQS. The default accepts the request and ignores it.
+    fn set_irqs(&mut self, req: SetIrqs) -> Result<(), Errno> {
+        let _ = req;
+        Ok(())
+    }
+
+    /// DEVICE_RESET.
+    fn reset(&mut self) -> Result<(), Errno>;
+
+    /// DEVICE_FEATURE: `flags` as on the wire (feature index in bits 0-15, GET/SET/PROBE bits),
+    /// `data` the payload after `argsz, flags`. Returns the reply payload (after `argsz, flags`).
+    /// The default says the feature is not supported.
+    fn device_feature(&mut self, flags: u32, data: &[u8]) -> Result<Vec<u8>, Errno> {
+        let _ = (flags, data);
+        Err(Errno::ENOTTY)
+    }
+
+    /// MIG_DATA_READ of up to `size` bytes. Default: migration not supported.
+    fn mig_data_read(&mut self, size: u32) -> Result<Vec<u8>, Errno> {
+        let _ = size;
+        Err(Errno::ENOTTY)
+    }
+
+    /// MIG_DATA_WRITE. Default: migration not supported.
+    fn mig_data_write(&mut self, data: &[u8]) -> Result<(), Errno> {
+        let _ = data;
+        Err(Errno::ENOTTY)
+    }
+
+    /// The client mapped DMA region `[iova, iova+size)`. Default: nothing to do.
+    fn dma_mapped(&mut self, iova: u64, size: u64) {
+        let _ = (iova, size);
+    }
+
+    /// The client unmapped DMA region `[iova, iova+size)`. Default: nothing to do.
+    fn dma_unmapped(&mut self, iova: u64, size: u64) {
+        let _ = (iova, size);
+    }
+
+    /// The client went away: drop per-client state (eventfds). Device state (memory, config)
+    /// must be kept for the next client. Default: nothing to do.
+    fn client_detached(&mut self) {}
+}

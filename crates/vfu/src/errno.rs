@@ -1,0 +1,3 @@
+//! The errno carried by error replies. We reuse `nix`'s enum rather than a copy of our own.
+
+pub use nix::errno::Errno;

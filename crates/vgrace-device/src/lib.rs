@@ -1,0 +1,1 @@
+//! The Grace GPU device model (placeholder; see issue 3).

@@ -1,0 +1,3 @@
+//! The `vgrace` command (placeholder; see issue 4).
+
+fn main() {}
