@@ -1,0 +1,310 @@
+//! A vfio-user client, used by tests, benchmarks and `vgrace check`. Every error reply becomes
+//! an [`Error::Remote`] carrying the errno; it never waits for a reply that will not come.
+
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+
+use vfio_bindings::bindings::vfio::{vfio_irq_set, vfio_region_info};
+
+use crate::device::{IrqInfo, SparseArea};
+use crate::errno::Errno;
+use crate::error::Error;
+use crate::transport::{Transport, UnixTransport};
+use crate::wire::{
+    self, cmd, Caps, DeviceInfoMsg, DmaAccess, DmaMap, DmaUnmap, Header, RegionAccess, Version,
+    FLAG_NO_REPLY, FLAG_TYPE_COMMAND, HEADER_SIZE, MAX_FIXED_PAYLOAD, REGION_INFO_SIZE,
+};
+
+/// REGION_INFO as the client sees it.
+#[derive(Debug)]
+pub struct RegionInfoReply {
+    /// The `vfio_region_info` (argsz, flags, index, cap_offset, size, offset).
+    pub info: vfio_region_info,
+    /// Sparse-mmap areas from the capability chain.
+    pub sparse_areas: Vec<SparseArea>,
+    /// The fd that came with the reply.
+    pub fd: Option<OwnedFd>,
+}
+
+/// A received reply.
+#[derive(Debug)]
+pub struct RawReply {
+    /// Its header.
+    pub header: Header,
+    /// Its payload.
+    pub payload: Vec<u8>,
+    /// Its fds.
+    pub fds: Vec<OwnedFd>,
+}
+
+/// A connected client.
+#[derive(Debug)]
+pub struct Client {
+    t: UnixTransport,
+    next_id: u16,
+    caps: Caps,
+}
+
+impl Client {
+    /// Connects to `path` and negotiates the version.
+    pub fn connect(path: &Path) -> Result<Self, Error> {
+        let stream = UnixStream::connect(path).map_err(|source| Error::Socket { path: path.display().to_string(), source })?;
+        Self::from_stream(stream)
+    }
+
+    /// Negotiates over an already connected stream.
+    pub fn from_stream(stream: UnixStream) -> Result<Self, Error> {
+        let mut c = Self::unnegotiated(stream);
+        c.negotiate(&Version { major: 0, minor: 2, json: Version::caps_json(&Caps { max_msg_fds: 16, ..Caps::default() }) })?;
+        Ok(c)
+    }
+
+    /// A client that has not sent VERSION yet (for tests of the handshake).
+    pub fn unnegotiated(stream: UnixStream) -> Self {
+        Self { t: UnixTransport::new(stream), next_id: 0, caps: Caps::default() }
+    }
+
+    /// Sends VERSION and records the server's capabilities.
+    pub fn negotiate(&mut self, v: &Version) -> Result<Version, Error> {
+        let reply = self.request(cmd::VERSION, &[&v.encode()], &[])?;
+        let theirs = Version::decode(&reply.payload)?;
+        self.caps = theirs.caps()?;
+        Ok(theirs)
+    }
+
+    /// The capabilities the server answered with.
+    pub fn caps(&self) -> Caps {
+        self.caps
+    }
+
+    /// The underlying socket.
+    pub fn stream(&self) -> &UnixStream {
+        self.t.stream()
+    }
+
+    fn next_header(&mut self, cmd: u16, payload_len: usize, flags: u32) -> Header {
+        self.next_id = self.next_id.wrapping_add(1);
+        Header { msg_id: self.next_id, cmd, msg_size: (HEADER_SIZE + payload_len) as u32, flags: FLAG_TYPE_COMMAND | flags, error: 0 }
+    }
+
+    /// Sends a command and waits for its reply; an error reply is `Error::Remote`.
+    pub fn request(&mut self, cmd: u16, parts: &[&[u8]], fds: &[BorrowedFd<'_>]) -> Result<RawReply, Error> {
+        let len = parts.iter().map(|p| p.len()).sum();
+        let h = self.next_header(cmd, len, 0);
+        self.t.send(&h, parts, fds)?;
+        self.wait_reply(&h)
+    }
+
+    /// Sends raw bytes (possibly malformed) with fds, for hostile-input tests.
+    pub fn send_raw(&mut self, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> Result<(), Error> {
+        use std::os::fd::AsRawFd;
+        let raw: Vec<i32> = fds.iter().map(|f| f.as_raw_fd()).collect();
+        let iov = [std::io::IoSlice::new(bytes)];
+        let cm = [nix::sys::socket::ControlMessage::ScmRights(&raw)];
+        let cms: &[nix::sys::socket::ControlMessage<'_>] = if raw.is_empty() { &[] } else { &cm };
+        nix::sys::socket::sendmsg::<()>(self.t.stream().as_raw_fd(), &iov, cms, nix::sys::socket::MsgFlags::MSG_NOSIGNAL, None)?;
+        Ok(())
+    }
+
+    /// Receives the next message, whatever it is.
+    pub fn recv_raw(&mut self) -> Result<RawReply, Error> {
+        let max = HEADER_SIZE + self.caps.max_data_xfer_size as usize + MAX_FIXED_PAYLOAD as usize;
+        let f = self.t.recv(max)?;
+        let payload = self.t.payload(&f).to_vec();
+        Ok(RawReply { header: f.header, payload, fds: f.fds })
+    }
+
+    fn wait_reply(&mut self, sent: &Header) -> Result<RawReply, Error> {
+        loop {
+            let r = self.recv_raw()?;
+            if r.header.msg_type() == FLAG_TYPE_COMMAND {
+                self.answer_server_command(&r)?;
+                continue;
+            }
+            if r.header.msg_id != sent.msg_id || r.header.cmd != sent.cmd {
+                return Err(Error::Protocol(format!(
+                    "reply {}/{} does not match request {}/{}",
+                    r.header.msg_id, r.header.cmd, sent.msg_id, sent.cmd
+                )));
+            }
+            if r.header.is_error() {
+                let errno = Errno::from_raw(i32::try_from(r.header.error).unwrap_or(0));
+                return Err(Error::Remote { cmd: sent.cmd, errno });
+            }
+            return Ok(r);
+        }
+    }
+
+    /// The server asked us for DMA_READ/DMA_WRITE: this client exports no memory without fds,
+    /// so it answers EFAULT (and EINVAL to anything else).
+    fn answer_server_command(&mut self, r: &RawReply) -> Result<(), Error> {
+        let errno = match r.header.cmd {
+            cmd::DMA_READ | cmd::DMA_WRITE => match DmaAccess::decode(&r.payload, self.caps.max_data_xfer_size) {
+                Ok(_) => Errno::EFAULT,
+                Err(e) => e.errno(),
+            },
+            _ => Errno::EINVAL,
+        };
+        if !r.header.no_reply() {
+            self.t.send(&r.header.error_reply(errno), &[], &[])?;
+        }
+        Ok(())
+    }
+
+    /// DEVICE_GET_INFO.
+    pub fn device_info(&mut self) -> Result<DeviceInfoMsg, Error> {
+        let req = DeviceInfoMsg { argsz: DeviceInfoMsg::SIZE as u32, ..Default::default() };
+        let r = self.request(cmd::DEVICE_GET_INFO, &[&req.encode()], &[])?;
+        Ok(DeviceInfoMsg::decode(&r.payload)?)
+    }
+
+    /// DEVICE_GET_REGION_INFO, asking again with the size the server says it needs.
+    pub fn region_info(&mut self, index: u32) -> Result<RegionInfoReply, Error> {
+        let mut argsz = REGION_INFO_SIZE as u32 + 64;
+        for _ in 0..2 {
+            let req = vfio_region_info { argsz, index, ..Default::default() };
+            let mut p = Vec::with_capacity(REGION_INFO_SIZE);
+            wire::encode_region_info(&req, &mut p);
+            let r = self.request(cmd::DEVICE_GET_REGION_INFO, &[&p], &[])?;
+            let info = wire::decode_region_info(&r.payload)?;
+            if info.argsz > argsz {
+                argsz = info.argsz;
+                continue;
+            }
+            let sparse_areas = wire::decode_sparse_areas(&r.payload, &info)?
+                .into_iter()
+                .map(|a| SparseArea { offset: a.offset, size: a.size })
+                .collect();
+            return Ok(RegionInfoReply { info, sparse_areas, fd: r.fds.into_iter().next() });
+        }
+        Err(Error::Protocol("region info argsz keeps growing".into()))
+    }
+
+    /// DEVICE_GET_IRQ_INFO.
+    pub fn irq_info(&mut self, index: u32) -> Result<IrqInfo, Error> {
+        let req = vfio_bindings::bindings::vfio::vfio_irq_info { argsz: wire::IRQ_INFO_SIZE as u32, index, ..Default::default() };
+        let r = self.request(cmd::DEVICE_GET_IRQ_INFO, &[&wire::encode_irq_info(&req)], &[])?;
+        let info = wire::decode_irq_info(&r.payload)?;
+        Ok(IrqInfo { flags: info.flags, count: info.count })
+    }
+
+    /// DEVICE_SET_IRQS.
+    pub fn set_irqs(&mut self, flags: u32, index: u32, start: u32, count: u32, bools: &[u8], fds: &[BorrowedFd<'_>]) -> Result<(), Error> {
+        let set = vfio_irq_set { argsz: (wire::IRQ_SET_SIZE + bools.len()) as u32, flags, index, start, count, ..Default::default() };
+        self.request(cmd::DEVICE_SET_IRQS, &[&wire::encode_irq_set(&set, bools)], fds)?;
+        Ok(())
+    }
+
+    /// REGION_READ of `count` bytes; returns what the server returned (may be shorter).
+    pub fn region_read(&mut self, region: u32, offset: u64, count: u32) -> Result<Vec<u8>, Error> {
+        let mut buf = vec![0u8; count as usize];
+        let n = self.region_read_into(region, offset, &mut buf)?;
+        buf.truncate(n);
+        Ok(buf)
+    }
+
+    /// REGION_READ into `buf`; returns the byte count the server returned.
+    pub fn region_read_into(&mut self, region: u32, offset: u64, buf: &mut [u8]) -> Result<usize, Error> {
+        let count = u32::try_from(buf.len()).map_err(|_| Error::Protocol("read too large".into()))?;
+        let req = RegionAccess { offset, region, count }.to_bytes();
+        let h = self.next_header(cmd::REGION_READ, RegionAccess::SIZE, 0);
+        self.t.send(&h, &[&req], &[])?;
+        loop {
+            let max = HEADER_SIZE + self.caps.max_data_xfer_size as usize + MAX_FIXED_PAYLOAD as usize;
+            let f = self.t.recv(max)?;
+            if f.header.msg_type() == FLAG_TYPE_COMMAND {
+                let payload = self.t.payload(&f).to_vec();
+                self.answer_server_command(&RawReply { header: f.header, payload, fds: f.fds })?;
+                continue;
+            }
+            if f.header.msg_id != h.msg_id || f.header.cmd != h.cmd {
+                return Err(Error::Protocol("unexpected reply to REGION_READ".into()));
+            }
+            if f.header.is_error() {
+                return Err(Error::Remote { cmd: h.cmd, errno: Errno::from_raw(i32::try_from(f.header.error).unwrap_or(0)) });
+            }
+            let payload = self.t.payload(&f);
+            let (a, data) = RegionAccess::decode(payload, u32::MAX)?;
+            let n = a.count as usize;
+            if n > buf.len() || data.len() != n {
+                return Err(Error::Protocol(format!("REGION_READ reply of {} bytes for count {}", data.len(), a.count)));
+            }
+            buf[..n].copy_from_slice(data);
+            return Ok(n);
+        }
+    }
+
+    /// REGION_WRITE; returns the count the server reports.
+    pub fn region_write(&mut self, region: u32, offset: u64, data: &[u8]) -> Result<u32, Error> {
+        let count = u32::try_from(data.len()).map_err(|_| Error::Protocol("write too large".into()))?;
+        let req = RegionAccess { offset, region, count }.to_bytes();
+        let r = self.request(cmd::REGION_WRITE, &[&req, data], &[])?;
+        Ok(RegionAccess::decode(&r.payload, u32::MAX)?.0.count)
+    }
+
+    /// REGION_WRITE with No_reply: returns once sent.
+    pub fn region_write_posted(&mut self, region: u32, offset: u64, data: &[u8]) -> Result<(), Error> {
+        let count = u32::try_from(data.len()).map_err(|_| Error::Protocol("write too large".into()))?;
+        let req = RegionAccess { offset, region, count }.to_bytes();
+        let h = self.next_header(cmd::REGION_WRITE, RegionAccess::SIZE + data.len(), FLAG_NO_REPLY);
+        self.t.send(&h, &[&req, data], &[])?;
+        Ok(())
+    }
+
+    /// DEVICE_RESET.
+    pub fn reset(&mut self) -> Result<(), Error> {
+        self.request(cmd::DEVICE_RESET, &[], &[])?;
+        Ok(())
+    }
+
+    /// DMA_MAP, with an fd for a mappable region.
+    pub fn dma_map(&mut self, flags: u32, offset: u64, address: u64, size: u64, fd: Option<BorrowedFd<'_>>) -> Result<(), Error> {
+        let m = DmaMap { argsz: DmaMap::SIZE as u32, flags, offset, address, size };
+        let fds: Vec<BorrowedFd<'_>> = fd.into_iter().collect();
+        self.request(cmd::DMA_MAP, &[&m.encode()], &fds)?;
+        Ok(())
+    }
+
+    /// DMA_UNMAP.
+    pub fn dma_unmap(&mut self, address: u64, size: u64) -> Result<(), Error> {
+        let u = DmaUnmap { argsz: DmaUnmap::SIZE as u32, flags: 0, address, size };
+        self.request(cmd::DMA_UNMAP, &[&u.encode()], &[])?;
+        Ok(())
+    }
+
+    /// DEVICE_FEATURE; returns the data after `argsz, flags`.
+    pub fn device_feature(&mut self, flags: u32, data: &[u8]) -> Result<Vec<u8>, Error> {
+        let mut p = Vec::with_capacity(8 + data.len());
+        p.extend_from_slice(&(4096u32).to_ne_bytes());
+        p.extend_from_slice(&flags.to_ne_bytes());
+        p.extend_from_slice(data);
+        let r = self.request(cmd::DEVICE_FEATURE, &[&p], &[])?;
+        Ok(r.payload.get(8..).unwrap_or(&[]).to_vec())
+    }
+
+    /// MIG_DATA_READ of up to `size` bytes.
+    pub fn mig_data_read(&mut self, size: u32) -> Result<Vec<u8>, Error> {
+        let mut p = Vec::with_capacity(8);
+        p.extend_from_slice(&(8 + size).to_ne_bytes());
+        p.extend_from_slice(&size.to_ne_bytes());
+        let r = self.request(cmd::MIG_DATA_READ, &[&p], &[])?;
+        Ok(r.payload.get(8..).unwrap_or(&[]).to_vec())
+    }
+
+    /// MIG_DATA_WRITE.
+    pub fn mig_data_write(&mut self, data: &[u8]) -> Result<(), Error> {
+        let size = u32::try_from(data.len()).map_err(|_| Error::Protocol("too large".into()))?;
+        let mut p = Vec::with_capacity(8 + data.len());
+        p.extend_from_slice(&(8 + size).to_ne_bytes());
+        p.extend_from_slice(&size.to_ne_bytes());
+        p.extend_from_slice(data);
+        self.request(cmd::MIG_DATA_WRITE, &[&p], &[])?;
+        Ok(())
+    }
+
+    /// Borrowed socket fd (for poll in tools).
+    pub fn as_fd(&self) -> BorrowedFd<'_> {
+        self.t.stream().as_fd()
+    }
+}

@@ -1,0 +1,336 @@
+//! Moving whole messages (bytes + fds) over a stream.
+//!
+//! [`Transport`] is what sessions and the client talk to; [`UnixTransport`] is the AF_UNIX
+//! implementation. Receiving is buffered: one `recvmsg` may bring several pipelined messages, so
+//! a request costs one syscall to read and one `sendmsg` to answer, as a plain ping-pong would.
+//!
+//! File descriptors: Linux stops a stream read right after the segment that carried fds, so the
+//! fds of one `recvmsg` belong to the message containing the last byte that call read. We record
+//! that stream position with the fds and hand them to that message.
+
+use std::collections::VecDeque;
+use std::io::{IoSlice, IoSliceMut};
+use std::ops::Range;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+
+use nix::cmsg_space;
+use nix::errno::Errno;
+use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
+
+use crate::wire::{Header, HEADER_SIZE};
+
+/// Most fds accepted in one `recvmsg` (more are closed and the message refused).
+pub const MAX_FDS_PER_RECV: usize = 32;
+const INITIAL_BUFFER: usize = 64 * 1024;
+const DRAIN_CHUNK: usize = 64 * 1024;
+
+/// Errors of a transport.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    /// The peer closed the connection (cleanly, at a message boundary or not).
+    #[error("peer closed the connection")]
+    Closed,
+    /// A system call failed.
+    #[error("socket i/o failed")]
+    Io(#[source] std::io::Error),
+    /// The header's `msg_size` is smaller than a header.
+    #[error("message size {0} is smaller than a header")]
+    BadSize(u32),
+    /// A message larger than the limit; its bytes were read and discarded.
+    #[error("message of {size} bytes exceeds the limit of {limit}")]
+    Oversized {
+        /// Its header (to answer it).
+        header: Header,
+        /// Its size.
+        size: u32,
+        /// The limit.
+        limit: usize,
+    },
+    /// More fds arrived than this side accepts.
+    #[error("too many file descriptors in one message")]
+    TooManyFds,
+}
+
+impl From<Errno> for TransportError {
+    fn from(e: Errno) -> Self {
+        TransportError::Io(std::io::Error::from(e))
+    }
+}
+
+/// One received message: header, where its payload lies in the receive buffer, and its fds.
+#[derive(Debug)]
+pub struct Frame {
+    /// The header.
+    pub header: Header,
+    /// Payload bytes inside the transport's buffer (read them with [`Transport::payload`]).
+    pub payload: Range<usize>,
+    /// The fds that came with it.
+    pub fds: Vec<OwnedFd>,
+}
+
+/// A message stream carrying fds.
+pub trait Transport: Send {
+    /// Sends one message with one system call: `header`, then each of `parts`, with `fds`.
+    fn send(&self, header: &Header, parts: &[&[u8]], fds: &[BorrowedFd<'_>]) -> Result<(), TransportError>;
+    /// Receives the next whole message (at most `max_size` bytes including the header).
+    fn recv(&mut self, max_size: usize) -> Result<Frame, TransportError>;
+    /// The payload of a frame returned by the last `recv`.
+    fn payload(&self, frame: &Frame) -> &[u8];
+}
+
+/// A connected AF_UNIX stream socket.
+#[derive(Debug)]
+pub struct UnixTransport {
+    stream: UnixStream,
+    buf: Vec<u8>,
+    /// Unconsumed bytes are `buf[start..end]`.
+    start: usize,
+    end: usize,
+    /// Stream position of `buf[start]`.
+    pos: u64,
+    /// fds received, each batch with the stream position of the last byte read with it.
+    fds: VecDeque<(u64, Vec<OwnedFd>)>,
+}
+
+impl UnixTransport {
+    /// Wraps a connected stream.
+    pub fn new(stream: UnixStream) -> Self {
+        Self { stream, buf: vec![0; INITIAL_BUFFER], start: 0, end: 0, pos: 0, fds: VecDeque::new() }
+    }
+
+    /// The underlying socket.
+    pub fn stream(&self) -> &UnixStream {
+        &self.stream
+    }
+
+    /// A connected pair, for tests.
+    pub fn pair() -> std::io::Result<(Self, Self)> {
+        let (a, b) = UnixStream::pair()?;
+        Ok((Self::new(a), Self::new(b)))
+    }
+
+    /// Reads more bytes into the buffer; makes room for at least `want` unconsumed bytes.
+    fn fill(&mut self, want: usize) -> Result<(), TransportError> {
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        }
+        if self.buf.len() - self.start < want {
+            // Compact, then grow if one message does not fit.
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+            if self.buf.len() < want {
+                self.buf.resize(want, 0);
+            }
+        }
+        let read_at = self.end;
+        let (n, fds) = recv_with_fds(self.stream.as_raw_fd(), &mut self.buf[read_at..])?;
+        if n == 0 {
+            drop(fds);
+            return Err(TransportError::Closed);
+        }
+        self.end += n;
+        if !fds.is_empty() {
+            // Position of the last byte read by this call.
+            let last = self.pos + (self.end - self.start) as u64 - 1;
+            self.fds.push_back((last, fds));
+        }
+        Ok(())
+    }
+
+    fn take_fds(&mut self, msg_end: u64) -> Vec<OwnedFd> {
+        let mut out = Vec::new();
+        while let Some((at, _)) = self.fds.front() {
+            if *at >= msg_end {
+                break;
+            }
+            if let Some((_, batch)) = self.fds.pop_front() {
+                out.extend(batch);
+            }
+        }
+        out
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.start += n;
+        self.pos += n as u64;
+    }
+
+    /// Discards `n` bytes from the stream without keeping them.
+    fn discard(&mut self, mut n: usize) -> Result<(), TransportError> {
+        while n > 0 {
+            if self.start == self.end {
+                self.fill(DRAIN_CHUNK.min(n))?;
+            }
+            let take = n.min(self.end - self.start);
+            self.consume(take);
+            n -= take;
+        }
+        let end = self.pos;
+        drop(self.take_fds(end));
+        Ok(())
+    }
+}
+
+impl Transport for UnixTransport {
+    fn send(&self, header: &Header, parts: &[&[u8]], fds: &[BorrowedFd<'_>]) -> Result<(), TransportError> {
+        let head = header.encode();
+        let mut iov: Vec<IoSlice<'_>> = Vec::with_capacity(1 + parts.len());
+        iov.push(IoSlice::new(&head));
+        iov.extend(parts.iter().map(|p| IoSlice::new(p)));
+        let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
+        send_all(self.stream.as_fd(), &iov, &raw)
+    }
+
+    fn recv(&mut self, max_size: usize) -> Result<Frame, TransportError> {
+        while self.end - self.start < HEADER_SIZE {
+            self.fill(HEADER_SIZE)?;
+        }
+        let header = Header::decode(&self.buf[self.start..self.start + HEADER_SIZE])
+            .map_err(|_| TransportError::BadSize(0))?;
+        let size = usize::try_from(header.msg_size).map_err(|_| TransportError::BadSize(header.msg_size))?;
+        if size < HEADER_SIZE {
+            // The stream cannot be resynchronised: there is no way to know where the next
+            // message starts.
+            return Err(TransportError::BadSize(header.msg_size));
+        }
+        if size > max_size {
+            self.discard(size)?;
+            return Err(TransportError::Oversized { header, size: header.msg_size, limit: max_size });
+        }
+        while self.end - self.start < size {
+            self.fill(size)?;
+        }
+        let msg_end = self.pos + size as u64;
+        let fds = self.take_fds(msg_end);
+        let payload = self.start + HEADER_SIZE..self.start + size;
+        self.consume(size);
+        Ok(Frame { header, payload, fds })
+    }
+
+    fn payload(&self, frame: &Frame) -> &[u8] {
+        self.buf.get(frame.payload.clone()).unwrap_or(&[])
+    }
+}
+
+/// One `recvmsg`, retrying on EINTR; returns bytes read and the fds that came with them.
+fn recv_with_fds(fd: RawFd, buf: &mut [u8]) -> Result<(usize, Vec<OwnedFd>), TransportError> {
+    let mut cmsg = cmsg_space!([RawFd; MAX_FDS_PER_RECV]);
+    loop {
+        let mut iov = [IoSliceMut::new(buf)];
+        match recvmsg::<()>(fd, &mut iov, Some(&mut cmsg), MsgFlags::MSG_CMSG_CLOEXEC) {
+            Ok(msg) => {
+                let mut fds = Vec::new();
+                let truncated = msg.flags.contains(MsgFlags::MSG_CTRUNC);
+                if let Ok(cmsgs) = msg.cmsgs() {
+                    for c in cmsgs {
+                        if let ControlMessageOwned::ScmRights(raw) = c {
+                            for r in raw {
+                                // SAFETY: SCM_RIGHTS just installed `r` in our fd table and
+                                // nothing else owns it; wrapping it makes sure it is closed.
+                                fds.push(unsafe { OwnedFd::from_raw_fd(r) });
+                            }
+                        }
+                    }
+                }
+                if truncated {
+                    return Err(TransportError::TooManyFds);
+                }
+                return Ok((msg.bytes, fds));
+            }
+            Err(Errno::EINTR) => continue,
+            Err(Errno::ECONNRESET) => return Err(TransportError::Closed),
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// `sendmsg` until every byte is out; fds go with the first call only.
+fn send_all(fd: BorrowedFd<'_>, iov: &[IoSlice<'_>], fds: &[RawFd]) -> Result<(), TransportError> {
+    let total: usize = iov.iter().map(|s| s.len()).sum();
+    let mut sent = 0usize;
+    let mut first = true;
+    while sent < total {
+        // Rebuild the slice list past what was already sent (rare: only for partial sends).
+        let mut skip = sent;
+        let mut rest: Vec<IoSlice<'_>> = Vec::with_capacity(iov.len());
+        for s in iov {
+            if skip >= s.len() {
+                skip -= s.len();
+                continue;
+            }
+            rest.push(IoSlice::new(&s[skip..]));
+            skip = 0;
+        }
+        let cmsgs = [ControlMessage::ScmRights(fds)];
+        let cm: &[ControlMessage<'_>] = if first && !fds.is_empty() { &cmsgs } else { &[] };
+        match sendmsg::<()>(fd.as_raw_fd(), &rest, cm, MsgFlags::MSG_NOSIGNAL, None) {
+            Ok(n) => {
+                sent += n;
+                first = false;
+            }
+            Err(Errno::EINTR) => continue,
+            Err(Errno::EPIPE | Errno::ECONNRESET) => return Err(TransportError::Closed),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use crate::wire::cmd;
+
+    fn hdr(id: u16, payload: usize) -> Header {
+        Header { msg_id: id, cmd: cmd::REGION_READ, msg_size: (HEADER_SIZE + payload) as u32, flags: 0, error: 0 }
+    }
+
+    #[test]
+    fn pipelined_messages_arrive_in_order() {
+        let (a, mut b) = UnixTransport::pair().unwrap();
+        for id in 0..10u16 {
+            a.send(&hdr(id, 4), &[&[id as u8; 4]], &[]).unwrap();
+        }
+        for id in 0..10u16 {
+            let f = b.recv(1 << 20).unwrap();
+            assert_eq!(f.header.msg_id, id);
+            assert_eq!(b.payload(&f), &[id as u8; 4]);
+        }
+    }
+
+    #[test]
+    fn fds_go_to_the_message_that_carried_them() {
+        let (a, mut b) = UnixTransport::pair().unwrap();
+        let file = tempfile::tempfile().unwrap();
+        a.send(&hdr(1, 0), &[], &[]).unwrap();
+        a.send(&hdr(2, 0), &[], &[file.as_fd()]).unwrap();
+        a.send(&hdr(3, 0), &[], &[]).unwrap();
+        let counts: Vec<usize> = (0..3).map(|_| b.recv(1 << 20).unwrap().fds.len()).collect();
+        assert_eq!(counts, vec![0, 1, 0]);
+    }
+
+    #[test]
+    fn oversized_message_is_drained_and_stream_stays_in_sync() {
+        let (a, mut b) = UnixTransport::pair().unwrap();
+        let t = std::thread::spawn(move || {
+            a.send(&hdr(1, 200_000), &[&vec![7u8; 200_000]], &[]).unwrap();
+            a.send(&hdr(2, 4), &[&[1, 2, 3, 4]], &[]).unwrap();
+            a
+        });
+        assert!(matches!(b.recv(4096), Err(TransportError::Oversized { .. })));
+        let f = b.recv(4096).unwrap();
+        assert_eq!(f.header.msg_id, 2);
+        drop(t.join().unwrap());
+    }
+
+    #[test]
+    fn closed_peer_is_reported() {
+        let (a, mut b) = UnixTransport::pair().unwrap();
+        drop(a);
+        assert!(matches!(b.recv(4096), Err(TransportError::Closed)));
+    }
+}
