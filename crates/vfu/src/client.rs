@@ -49,20 +49,34 @@ pub struct Client {
 impl Client {
     /// Connects to `path` and negotiates the version.
     pub fn connect(path: &Path) -> Result<Self, Error> {
-        let stream = UnixStream::connect(path).map_err(|source| Error::Socket { path: path.display().to_string(), source })?;
+        let stream = UnixStream::connect(path).map_err(|source| Error::Socket {
+            path: path.display().to_string(),
+            source,
+        })?;
         Self::from_stream(stream)
     }
 
     /// Negotiates over an already connected stream.
     pub fn from_stream(stream: UnixStream) -> Result<Self, Error> {
         let mut c = Self::unnegotiated(stream);
-        c.negotiate(&Version { major: 0, minor: 2, json: Version::caps_json(&Caps { max_msg_fds: 16, ..Caps::default() }) })?;
+        c.negotiate(&Version {
+            major: 0,
+            minor: 2,
+            json: Version::caps_json(&Caps {
+                max_msg_fds: 16,
+                ..Caps::default()
+            }),
+        })?;
         Ok(c)
     }
 
     /// A client that has not sent VERSION yet (for tests of the handshake).
     pub fn unnegotiated(stream: UnixStream) -> Self {
-        Self { t: UnixTransport::new(stream), next_id: 0, caps: Caps::default() }
+        Self {
+            t: UnixTransport::new(stream),
+            next_id: 0,
+            caps: Caps::default(),
+        }
     }
 
     /// Sends VERSION and records the server's capabilities.
@@ -85,11 +99,22 @@ impl Client {
 
     fn next_header(&mut self, cmd: u16, payload_len: usize, flags: u32) -> Header {
         self.next_id = self.next_id.wrapping_add(1);
-        Header { msg_id: self.next_id, cmd, msg_size: (HEADER_SIZE + payload_len) as u32, flags: FLAG_TYPE_COMMAND | flags, error: 0 }
+        Header {
+            msg_id: self.next_id,
+            cmd,
+            msg_size: (HEADER_SIZE + payload_len) as u32,
+            flags: FLAG_TYPE_COMMAND | flags,
+            error: 0,
+        }
     }
 
     /// Sends a command and waits for its reply; an error reply is `Error::Remote`.
-    pub fn request(&mut self, cmd: u16, parts: &[&[u8]], fds: &[BorrowedFd<'_>]) -> Result<RawReply, Error> {
+    pub fn request(
+        &mut self,
+        cmd: u16,
+        parts: &[&[u8]],
+        fds: &[BorrowedFd<'_>],
+    ) -> Result<RawReply, Error> {
         let len = parts.iter().map(|p| p.len()).sum();
         let h = self.next_header(cmd, len, 0);
         self.t.send(&h, parts, fds)?;
@@ -103,7 +128,13 @@ impl Client {
         let iov = [std::io::IoSlice::new(bytes)];
         let cm = [nix::sys::socket::ControlMessage::ScmRights(&raw)];
         let cms: &[nix::sys::socket::ControlMessage<'_>] = if raw.is_empty() { &[] } else { &cm };
-        nix::sys::socket::sendmsg::<()>(self.t.stream().as_raw_fd(), &iov, cms, nix::sys::socket::MsgFlags::MSG_NOSIGNAL, None)?;
+        nix::sys::socket::sendmsg::<()>(
+            self.t.stream().as_raw_fd(),
+            &iov,
+            cms,
+            nix::sys::socket::MsgFlags::MSG_NOSIGNAL,
+            None,
+        )?;
         Ok(())
     }
 
@@ -112,7 +143,11 @@ impl Client {
         let max = HEADER_SIZE + self.caps.max_data_xfer_size as usize + MAX_FIXED_PAYLOAD as usize;
         let f = self.t.recv(max)?;
         let payload = self.t.payload(&f).to_vec();
-        Ok(RawReply { header: f.header, payload, fds: f.fds })
+        Ok(RawReply {
+            header: f.header,
+            payload,
+            fds: f.fds,
+        })
     }
 
     fn wait_reply(&mut self, sent: &Header) -> Result<RawReply, Error> {
@@ -130,7 +165,10 @@ impl Client {
             }
             if r.header.is_error() {
                 let errno = Errno::from_raw(i32::try_from(r.header.error).unwrap_or(0));
-                return Err(Error::Remote { cmd: sent.cmd, errno });
+                return Err(Error::Remote {
+                    cmd: sent.cmd,
+                    errno,
+                });
             }
             return Ok(r);
         }
@@ -140,10 +178,12 @@ impl Client {
     /// so it answers EFAULT (and EINVAL to anything else).
     fn answer_server_command(&mut self, r: &RawReply) -> Result<(), Error> {
         let errno = match r.header.cmd {
-            cmd::DMA_READ | cmd::DMA_WRITE => match DmaAccess::decode(&r.payload, self.caps.max_data_xfer_size) {
-                Ok(_) => Errno::EFAULT,
-                Err(e) => e.errno(),
-            },
+            cmd::DMA_READ | cmd::DMA_WRITE => {
+                match DmaAccess::decode(&r.payload, self.caps.max_data_xfer_size) {
+                    Ok(_) => Errno::EFAULT,
+                    Err(e) => e.errno(),
+                }
+            }
             _ => Errno::EINVAL,
         };
         if !r.header.no_reply() {
@@ -154,7 +194,10 @@ impl Client {
 
     /// DEVICE_GET_INFO.
     pub fn device_info(&mut self) -> Result<DeviceInfoMsg, Error> {
-        let req = DeviceInfoMsg { argsz: DeviceInfoMsg::SIZE as u32, ..Default::default() };
+        let req = DeviceInfoMsg {
+            argsz: DeviceInfoMsg::SIZE as u32,
+            ..Default::default()
+        };
         let r = self.request(cmd::DEVICE_GET_INFO, &[&req.encode()], &[])?;
         Ok(DeviceInfoMsg::decode(&r.payload)?)
     }
@@ -163,7 +206,11 @@ impl Client {
     pub fn region_info(&mut self, index: u32) -> Result<RegionInfoReply, Error> {
         let mut argsz = REGION_INFO_SIZE as u32 + 64;
         for _ in 0..2 {
-            let req = vfio_region_info { argsz, index, ..Default::default() };
+            let req = vfio_region_info {
+                argsz,
+                index,
+                ..Default::default()
+            };
             let mut p = Vec::with_capacity(REGION_INFO_SIZE);
             wire::encode_region_info(&req, &mut p);
             let r = self.request(cmd::DEVICE_GET_REGION_INFO, &[&p], &[])?;
@@ -174,25 +221,62 @@ impl Client {
             }
             let sparse_areas = wire::decode_sparse_areas(&r.payload, &info)?
                 .into_iter()
-                .map(|a| SparseArea { offset: a.offset, size: a.size })
+                .map(|a| SparseArea {
+                    offset: a.offset,
+                    size: a.size,
+                })
                 .collect();
-            return Ok(RegionInfoReply { info, sparse_areas, fd: r.fds.into_iter().next() });
+            return Ok(RegionInfoReply {
+                info,
+                sparse_areas,
+                fd: r.fds.into_iter().next(),
+            });
         }
         Err(Error::Protocol("region info argsz keeps growing".into()))
     }
 
     /// DEVICE_GET_IRQ_INFO.
     pub fn irq_info(&mut self, index: u32) -> Result<IrqInfo, Error> {
-        let req = vfio_bindings::bindings::vfio::vfio_irq_info { argsz: wire::IRQ_INFO_SIZE as u32, index, ..Default::default() };
-        let r = self.request(cmd::DEVICE_GET_IRQ_INFO, &[&wire::encode_irq_info(&req)], &[])?;
+        let req = vfio_bindings::bindings::vfio::vfio_irq_info {
+            argsz: wire::IRQ_INFO_SIZE as u32,
+            index,
+            ..Default::default()
+        };
+        let r = self.request(
+            cmd::DEVICE_GET_IRQ_INFO,
+            &[&wire::encode_irq_info(&req)],
+            &[],
+        )?;
         let info = wire::decode_irq_info(&r.payload)?;
-        Ok(IrqInfo { flags: info.flags, count: info.count })
+        Ok(IrqInfo {
+            flags: info.flags,
+            count: info.count,
+        })
     }
 
     /// DEVICE_SET_IRQS.
-    pub fn set_irqs(&mut self, flags: u32, index: u32, start: u32, count: u32, bools: &[u8], fds: &[BorrowedFd<'_>]) -> Result<(), Error> {
-        let set = vfio_irq_set { argsz: (wire::IRQ_SET_SIZE + bools.len()) as u32, flags, index, start, count, ..Default::default() };
-        self.request(cmd::DEVICE_SET_IRQS, &[&wire::encode_irq_set(&set, bools)], fds)?;
+    pub fn set_irqs(
+        &mut self,
+        flags: u32,
+        index: u32,
+        start: u32,
+        count: u32,
+        bools: &[u8],
+        fds: &[BorrowedFd<'_>],
+    ) -> Result<(), Error> {
+        let set = vfio_irq_set {
+            argsz: (wire::IRQ_SET_SIZE + bools.len()) as u32,
+            flags,
+            index,
+            start,
+            count,
+            ..Default::default()
+        };
+        self.request(
+            cmd::DEVICE_SET_IRQS,
+            &[&wire::encode_irq_set(&set, bools)],
+            fds,
+        )?;
         Ok(())
     }
 
@@ -205,30 +289,53 @@ impl Client {
     }
 
     /// REGION_READ into `buf`; returns the byte count the server returned.
-    pub fn region_read_into(&mut self, region: u32, offset: u64, buf: &mut [u8]) -> Result<usize, Error> {
-        let count = u32::try_from(buf.len()).map_err(|_| Error::Protocol("read too large".into()))?;
-        let req = RegionAccess { offset, region, count }.to_bytes();
+    pub fn region_read_into(
+        &mut self,
+        region: u32,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Result<usize, Error> {
+        let count =
+            u32::try_from(buf.len()).map_err(|_| Error::Protocol("read too large".into()))?;
+        let req = RegionAccess {
+            offset,
+            region,
+            count,
+        }
+        .to_bytes();
         let h = self.next_header(cmd::REGION_READ, RegionAccess::SIZE, 0);
         self.t.send(&h, &[&req], &[])?;
         loop {
-            let max = HEADER_SIZE + self.caps.max_data_xfer_size as usize + MAX_FIXED_PAYLOAD as usize;
+            let max =
+                HEADER_SIZE + self.caps.max_data_xfer_size as usize + MAX_FIXED_PAYLOAD as usize;
             let f = self.t.recv(max)?;
             if f.header.msg_type() == FLAG_TYPE_COMMAND {
                 let payload = self.t.payload(&f).to_vec();
-                self.answer_server_command(&RawReply { header: f.header, payload, fds: f.fds })?;
+                self.answer_server_command(&RawReply {
+                    header: f.header,
+                    payload,
+                    fds: f.fds,
+                })?;
                 continue;
             }
             if f.header.msg_id != h.msg_id || f.header.cmd != h.cmd {
                 return Err(Error::Protocol("unexpected reply to REGION_READ".into()));
             }
             if f.header.is_error() {
-                return Err(Error::Remote { cmd: h.cmd, errno: Errno::from_raw(i32::try_from(f.header.error).unwrap_or(0)) });
+                return Err(Error::Remote {
+                    cmd: h.cmd,
+                    errno: Errno::from_raw(i32::try_from(f.header.error).unwrap_or(0)),
+                });
             }
             let payload = self.t.payload(&f);
             let (a, data) = RegionAccess::decode(payload, u32::MAX)?;
             let n = a.count as usize;
             if n > buf.len() || data.len() != n {
-                return Err(Error::Protocol(format!("REGION_READ reply of {} bytes for count {}", data.len(), a.count)));
+                return Err(Error::Protocol(format!(
+                    "REGION_READ reply of {} bytes for count {}",
+                    data.len(),
+                    a.count
+                )));
             }
             buf[..n].copy_from_slice(data);
             return Ok(n);
@@ -237,17 +344,38 @@ impl Client {
 
     /// REGION_WRITE; returns the count the server reports.
     pub fn region_write(&mut self, region: u32, offset: u64, data: &[u8]) -> Result<u32, Error> {
-        let count = u32::try_from(data.len()).map_err(|_| Error::Protocol("write too large".into()))?;
-        let req = RegionAccess { offset, region, count }.to_bytes();
+        let count =
+            u32::try_from(data.len()).map_err(|_| Error::Protocol("write too large".into()))?;
+        let req = RegionAccess {
+            offset,
+            region,
+            count,
+        }
+        .to_bytes();
         let r = self.request(cmd::REGION_WRITE, &[&req, data], &[])?;
         Ok(RegionAccess::decode(&r.payload, u32::MAX)?.0.count)
     }
 
     /// REGION_WRITE with No_reply: returns once sent.
-    pub fn region_write_posted(&mut self, region: u32, offset: u64, data: &[u8]) -> Result<(), Error> {
-        let count = u32::try_from(data.len()).map_err(|_| Error::Protocol("write too large".into()))?;
-        let req = RegionAccess { offset, region, count }.to_bytes();
-        let h = self.next_header(cmd::REGION_WRITE, RegionAccess::SIZE + data.len(), FLAG_NO_REPLY);
+    pub fn region_write_posted(
+        &mut self,
+        region: u32,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<(), Error> {
+        let count =
+            u32::try_from(data.len()).map_err(|_| Error::Protocol("write too large".into()))?;
+        let req = RegionAccess {
+            offset,
+            region,
+            count,
+        }
+        .to_bytes();
+        let h = self.next_header(
+            cmd::REGION_WRITE,
+            RegionAccess::SIZE + data.len(),
+            FLAG_NO_REPLY,
+        );
         self.t.send(&h, &[&req, data], &[])?;
         Ok(())
     }
@@ -259,8 +387,21 @@ impl Client {
     }
 
     /// DMA_MAP, with an fd for a mappable region.
-    pub fn dma_map(&mut self, flags: u32, offset: u64, address: u64, size: u64, fd: Option<BorrowedFd<'_>>) -> Result<(), Error> {
-        let m = DmaMap { argsz: DmaMap::SIZE as u32, flags, offset, address, size };
+    pub fn dma_map(
+        &mut self,
+        flags: u32,
+        offset: u64,
+        address: u64,
+        size: u64,
+        fd: Option<BorrowedFd<'_>>,
+    ) -> Result<(), Error> {
+        let m = DmaMap {
+            argsz: DmaMap::SIZE as u32,
+            flags,
+            offset,
+            address,
+            size,
+        };
         let fds: Vec<BorrowedFd<'_>> = fd.into_iter().collect();
         self.request(cmd::DMA_MAP, &[&m.encode()], &fds)?;
         Ok(())
@@ -268,7 +409,12 @@ impl Client {
 
     /// DMA_UNMAP.
     pub fn dma_unmap(&mut self, address: u64, size: u64) -> Result<(), Error> {
-        let u = DmaUnmap { argsz: DmaUnmap::SIZE as u32, flags: 0, address, size };
+        let u = DmaUnmap {
+            argsz: DmaUnmap::SIZE as u32,
+            flags: 0,
+            address,
+            size,
+        };
         self.request(cmd::DMA_UNMAP, &[&u.encode()], &[])?;
         Ok(())
     }

@@ -59,7 +59,10 @@ pub struct DmaTable {
 impl DmaTable {
     /// An empty table holding at most `max` regions.
     pub fn new(max: u32) -> Self {
-        Self { regions: BTreeMap::new(), max }
+        Self {
+            regions: BTreeMap::new(),
+            max,
+        }
     }
 
     /// Number of regions.
@@ -93,7 +96,12 @@ impl DmaTable {
         };
         self.regions.insert(
             map.address,
-            DmaRegion { address: map.address, size: map.size, flags: map.flags, mapping },
+            DmaRegion {
+                address: map.address,
+                size: map.size,
+                flags: map.flags,
+                mapping,
+            },
         );
         Ok(())
     }
@@ -118,7 +126,11 @@ impl DmaTable {
     fn locate(&self, address: u64, len: usize, need: u32) -> Result<(&Mapping, usize), Errno> {
         let len64 = u64::try_from(len).map_err(|_| Errno::EINVAL)?;
         let end = address.checked_add(len64).ok_or(Errno::EOVERFLOW)?;
-        let (_, r) = self.regions.range(..=address).next_back().ok_or(Errno::EFAULT)?;
+        let (_, r) = self
+            .regions
+            .range(..=address)
+            .next_back()
+            .ok_or(Errno::EFAULT)?;
         if end > r.address + r.size {
             return Err(Errno::EFAULT);
         }
@@ -135,7 +147,13 @@ impl DmaTable {
         let (m, off) = self.locate(address, buf.len(), DMA_FLAG_READ)?;
         // SAFETY: `locate` proved off+len <= region size == mapping length; the source is shared
         // memory the guest may change concurrently, which a byte copy tolerates.
-        unsafe { std::ptr::copy_nonoverlapping(m.ptr.as_ptr().cast::<u8>().add(off), buf.as_mut_ptr(), buf.len()) };
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                m.ptr.as_ptr().cast::<u8>().add(off),
+                buf.as_mut_ptr(),
+                buf.len(),
+            )
+        };
         Ok(())
     }
 
@@ -143,7 +161,13 @@ impl DmaTable {
     pub fn write(&self, address: u64, data: &[u8]) -> Result<(), Errno> {
         let (m, off) = self.locate(address, data.len(), DMA_FLAG_WRITE)?;
         // SAFETY: as in `read`; the mapping was made writable because the region has WRITE.
-        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), m.ptr.as_ptr().cast::<u8>().add(off), data.len()) };
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                data.as_ptr(),
+                m.ptr.as_ptr().cast::<u8>().add(off),
+                data.len(),
+            )
+        };
         Ok(())
     }
 }
@@ -161,7 +185,16 @@ fn map_fd(fd: &OwnedFd, map: &DmaMap) -> Result<Mapping, Errno> {
     }
     // SAFETY: a new shared mapping at a kernel-chosen address; it aliases no Rust object and is
     // only accessed through bounds-checked copies.
-    let ptr = unsafe { mmap(None, nz, prot, MapFlags::MAP_SHARED | MapFlags::MAP_NORESERVE, fd, offset) }?;
+    let ptr = unsafe {
+        mmap(
+            None,
+            nz,
+            prot,
+            MapFlags::MAP_SHARED | MapFlags::MAP_NORESERVE,
+            fd,
+            offset,
+        )
+    }?;
     Ok(Mapping { ptr, len })
 }
 
@@ -177,7 +210,13 @@ mod tests {
     }
 
     fn map(address: u64, size: u64) -> DmaMap {
-        DmaMap { argsz: 32, flags: DMA_FLAG_READ | DMA_FLAG_WRITE, offset: 0, address, size }
+        DmaMap {
+            argsz: 32,
+            flags: DMA_FLAG_READ | DMA_FLAG_WRITE,
+            offset: 0,
+            address,
+            size,
+        }
     }
 
     #[test]

@@ -168,8 +168,16 @@ mod tests {
     fn masked_vector_fires_on_unmask() {
         let mut t = IrqTable::new(&[1]);
         let efd = EventFd::from_flags(EfdFlags::EFD_NONBLOCK).unwrap();
-        t.apply(eventfd_req(0, 0, efd.as_fd().try_clone_to_owned().unwrap())).unwrap();
-        let none = |action| SetIrqs { flags: VFIO_IRQ_SET_DATA_NONE | action, index: 0, start: 0, count: 1, bools: vec![], eventfds: vec![] };
+        t.apply(eventfd_req(0, 0, efd.as_fd().try_clone_to_owned().unwrap()))
+            .unwrap();
+        let none = |action| SetIrqs {
+            flags: VFIO_IRQ_SET_DATA_NONE | action,
+            index: 0,
+            start: 0,
+            count: 1,
+            bools: vec![],
+            eventfds: vec![],
+        };
         t.apply(none(VFIO_IRQ_SET_ACTION_MASK)).unwrap();
         assert!(!t.trigger(0, 0).unwrap());
         t.apply(none(VFIO_IRQ_SET_ACTION_UNMASK)).unwrap();
@@ -180,8 +188,17 @@ mod tests {
     fn count_zero_data_none_disables_index() {
         let mut t = IrqTable::new(&[1]);
         let efd = EventFd::new().unwrap();
-        t.apply(eventfd_req(0, 0, efd.as_fd().try_clone_to_owned().unwrap())).unwrap();
-        t.apply(SetIrqs { flags: VFIO_IRQ_SET_DATA_NONE | VFIO_IRQ_SET_ACTION_TRIGGER, index: 0, start: 0, count: 0, bools: vec![], eventfds: vec![] }).unwrap();
+        t.apply(eventfd_req(0, 0, efd.as_fd().try_clone_to_owned().unwrap()))
+            .unwrap();
+        t.apply(SetIrqs {
+            flags: VFIO_IRQ_SET_DATA_NONE | VFIO_IRQ_SET_ACTION_TRIGGER,
+            index: 0,
+            start: 0,
+            count: 0,
+            bools: vec![],
+            eventfds: vec![],
+        })
+        .unwrap();
         assert!(!t.is_assigned(0, 0));
     }
 }

@@ -74,7 +74,13 @@ impl Shutdown {
     /// A new, untriggered handle.
     pub fn new() -> Result<Self, Error> {
         let event = EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)?;
-        Ok(Self { inner: Arc::new(ShutdownInner { flag: AtomicBool::new(false), event, conns: Mutex::new(Vec::new()) }) })
+        Ok(Self {
+            inner: Arc::new(ShutdownInner {
+                flag: AtomicBool::new(false),
+                event,
+                conns: Mutex::new(Vec::new()),
+            }),
+        })
     }
 
     /// Stops every server using this handle: wakes their accept loops and ends live sessions.
@@ -113,11 +119,17 @@ impl Shutdown {
 /// file is replaced; a live one (something accepts connections) is refused.
 pub fn bind_socket(path: &Path) -> Result<UnixListener, Error> {
     let name = path.display().to_string();
-    let sock_err = |source| Error::Socket { path: name.clone(), source };
+    let sock_err = |source| Error::Socket {
+        path: name.clone(),
+        source,
+    };
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         use std::os::unix::fs::FileTypeExt;
         if !meta.file_type().is_socket() {
-            return Err(sock_err(std::io::Error::new(std::io::ErrorKind::AlreadyExists, "the path exists and is not a socket")));
+            return Err(sock_err(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                "the path exists and is not a socket",
+            )));
         }
         if UnixStream::connect(path).is_ok() {
             return Err(Error::SocketInUse(name));
@@ -188,8 +200,18 @@ impl<D: Device> Server<D> {
             }
             let stream = match listener.accept() {
                 Ok((s, _)) => s,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) if matches!(e.raw_os_error(), Some(libc::ECONNABORTED | libc::EMFILE | libc::ENFILE)) => {
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        || e.kind() == std::io::ErrorKind::Interrupted =>
+                {
+                    continue
+                }
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::ECONNABORTED | libc::EMFILE | libc::ENFILE)
+                    ) =>
+                {
                     warn!("accept failed: {e}");
                     continue;
                 }
@@ -217,11 +239,17 @@ impl<D: Device> Server<D> {
     }
 
     fn peer_allowed(&self, stream: &UnixStream) -> bool {
-        let Some(allowed) = &self.config.allow_uids else { return true };
+        let Some(allowed) = &self.config.allow_uids else {
+            return true;
+        };
         match getsockopt(stream, sockopt::PeerCredentials) {
             Ok(cred) if allowed.contains(&cred.uid()) => true,
             Ok(cred) => {
-                warn!(uid = cred.uid(), pid = cred.pid(), "refused a client whose uid is not allowed");
+                warn!(
+                    uid = cred.uid(),
+                    pid = cred.pid(),
+                    "refused a client whose uid is not allowed"
+                );
                 false
             }
             Err(e) => {
@@ -233,7 +261,10 @@ impl<D: Device> Server<D> {
 
     /// Runs one session to its end. Per-client state (DMA, eventfds) is dropped at the end;
     /// device state is kept.
-    pub fn serve_connection<T: Transport>(&mut self, mut transport: T) -> Result<SessionEnd, Error> {
+    pub fn serve_connection<T: Transport>(
+        &mut self,
+        mut transport: T,
+    ) -> Result<SessionEnd, Error> {
         let mut session = Session::new(&self.config);
         let end = session.run(&mut self.device, &mut transport);
         session.dma.clear();
@@ -261,23 +292,37 @@ enum Reply {
 
 impl Session {
     fn new(config: &ServerConfig) -> Self {
-        Self { caps: None, dma: DmaTable::new(config.max_dma_maps), config: config.clone(), scratch: Vec::new() }
+        Self {
+            caps: None,
+            dma: DmaTable::new(config.max_dma_maps),
+            config: config.clone(),
+            scratch: Vec::new(),
+        }
     }
 
     fn max_xfer(&self) -> u32 {
-        self.caps.map_or(self.config.max_data_xfer_size, |c| c.max_data_xfer_size)
+        self.caps
+            .map_or(self.config.max_data_xfer_size, |c| c.max_data_xfer_size)
     }
 
     fn max_msg(&self) -> usize {
         HEADER_SIZE + self.max_xfer() as usize + MAX_FIXED_PAYLOAD as usize
     }
 
-    fn run<D: Device, T: Transport>(&mut self, device: &mut D, t: &mut T) -> Result<SessionEnd, Error> {
+    fn run<D: Device, T: Transport>(
+        &mut self,
+        device: &mut D,
+        t: &mut T,
+    ) -> Result<SessionEnd, Error> {
         loop {
             let frame = match t.recv(self.max_msg()) {
                 Ok(f) => f,
                 Err(TransportError::Closed) => return Ok(SessionEnd::Closed),
-                Err(TransportError::Oversized { header, size, limit }) => {
+                Err(TransportError::Oversized {
+                    header,
+                    size,
+                    limit,
+                }) => {
                     warn!(cmd = header.cmd, size, limit, "oversized message discarded");
                     if !header.no_reply() {
                         send_error(t, &header, Errno::E2BIG)?;
@@ -328,7 +373,12 @@ impl Session {
             && !h.no_reply()
     }
 
-    fn region_read<D: Device, T: Transport>(&mut self, device: &mut D, t: &mut T, frame: &Frame) -> Result<(), Error> {
+    fn region_read<D: Device, T: Transport>(
+        &mut self,
+        device: &mut D,
+        t: &mut T,
+        frame: &Frame,
+    ) -> Result<(), Error> {
         let header = frame.header;
         let decoded = wire::decode_command(&header, t.payload(frame), self.max_xfer());
         let access = match decoded {
@@ -347,9 +397,14 @@ impl Session {
         match device.region_read(access.region, access.offset, buf) {
             Ok(n) => {
                 let n = n.min(count);
-                let fixed = RegionAccess { count: n as u32, ..access }.to_bytes();
+                let fixed = RegionAccess {
+                    count: n as u32,
+                    ..access
+                }
+                .to_bytes();
                 let reply = header.reply(RegionAccess::SIZE + n);
-                t.send(&reply, &[&fixed, &self.scratch[..n]], &[]).map_err(Error::from)
+                t.send(&reply, &[&fixed, &self.scratch[..n]], &[])
+                    .map_err(Error::from)
             }
             Err(errno) => send_error(t, &header, errno),
         }
@@ -404,7 +459,12 @@ impl Session {
                     return Reply::Err(Errno::EINVAL);
                 }
                 let info = device.device_info();
-                let msg = DeviceInfoMsg { argsz: DeviceInfoMsg::SIZE as u32, flags: info.flags, num_regions: info.num_regions, num_irqs: info.num_irqs };
+                let msg = DeviceInfoMsg {
+                    argsz: DeviceInfoMsg::SIZE as u32,
+                    flags: info.flags,
+                    num_regions: info.num_regions,
+                    num_irqs: info.num_irqs,
+                };
                 Reply::Ok(msg.encode(), None)
             }
             Command::RegionInfo(req) => region_info(device, &req),
@@ -417,12 +477,19 @@ impl Session {
                 }
             }
             Command::IrqInfo(req) => {
-                if (req.argsz as usize) < wire::IRQ_INFO_SIZE || req.index >= device.device_info().num_irqs {
+                if (req.argsz as usize) < wire::IRQ_INFO_SIZE
+                    || req.index >= device.device_info().num_irqs
+                {
                     return Reply::Err(Errno::EINVAL);
                 }
                 match device.irq_info(req.index) {
                     Ok(i) => Reply::Ok(
-                        wire::encode_irq_info(&vfio_irq_info { argsz: wire::IRQ_INFO_SIZE as u32, flags: i.flags, index: req.index, count: i.count }),
+                        wire::encode_irq_info(&vfio_irq_info {
+                            argsz: wire::IRQ_INFO_SIZE as u32,
+                            flags: i.flags,
+                            index: req.index,
+                            count: i.count,
+                        }),
                         None,
                     ),
                     Err(e) => Reply::Err(e),
@@ -445,7 +512,11 @@ impl Session {
                     Ok(n) => {
                         let n = n.min(buf.len());
                         let mut out = Vec::with_capacity(RegionAccess::SIZE + n);
-                        RegionAccess { count: n as u32, ..a }.encode_into(&mut out);
+                        RegionAccess {
+                            count: n as u32,
+                            ..a
+                        }
+                        .encode_into(&mut out);
                         out.extend_from_slice(&buf[..n]);
                         Reply::Ok(out, None)
                     }
@@ -459,7 +530,11 @@ impl Session {
                 match device.region_write(a.region, a.offset, data) {
                     Ok(n) => {
                         let mut out = Vec::with_capacity(RegionAccess::SIZE);
-                        RegionAccess { count: n.min(data.len()) as u32, ..a }.encode_into(&mut out);
+                        RegionAccess {
+                            count: n.min(data.len()) as u32,
+                            ..a
+                        }
+                        .encode_into(&mut out);
                         Reply::Ok(out, None)
                     }
                     Err(e) => Reply::Err(e),
@@ -479,7 +554,9 @@ impl Session {
                     if w.region >= regions {
                         return Reply::Err(Errno::EINVAL);
                     }
-                    if let Err(e) = device.region_write(w.region, w.offset, &w.data[..w.count as usize]) {
+                    if let Err(e) =
+                        device.region_write(w.region, w.offset, &w.data[..w.count as usize])
+                    {
                         return Reply::Err(e);
                     }
                     done += 1;
@@ -533,19 +610,27 @@ impl Session {
         };
         let caps = Caps {
             max_msg_fds: self.config.max_msg_fds,
-            max_data_xfer_size: theirs.max_data_xfer_size.min(self.config.max_data_xfer_size).max(8),
+            max_data_xfer_size: theirs
+                .max_data_xfer_size
+                .min(self.config.max_data_xfer_size)
+                .max(8),
             max_dma_maps: self.config.max_dma_maps,
             pgsizes: 4096,
             write_multiple: theirs.write_multiple,
         };
         self.caps = Some(caps);
-        let reply = Version { major: VERSION_MAJOR, minor: v.minor.min(VERSION_MINOR), json: Version::caps_json(&caps) };
+        let reply = Version {
+            major: VERSION_MAJOR,
+            minor: v.minor.min(VERSION_MINOR),
+            json: Version::caps_json(&caps),
+        };
         Reply::Ok(reply.encode(), None)
     }
 }
 
 fn send_error<T: Transport>(t: &T, header: &Header, errno: Errno) -> Result<(), Error> {
-    t.send(&header.error_reply(errno), &[], &[]).map_err(Error::from)
+    t.send(&header.error_reply(errno), &[], &[])
+        .map_err(Error::from)
 }
 
 fn region_info<D: Device>(device: &D, req: &vfio_region_info) -> Reply {
@@ -556,9 +641,19 @@ fn region_info<D: Device>(device: &D, req: &vfio_region_info) -> Reply {
         Ok(i) => i,
         Err(e) => return Reply::Err(e),
     };
-    let areas: Vec<vfio_region_sparse_mmap_area> =
-        info.sparse_areas.iter().map(|a| vfio_region_sparse_mmap_area { offset: a.offset, size: a.size }).collect();
-    let cap_len = if areas.is_empty() { 0 } else { wire::sparse_cap_size(areas.len()).unwrap_or(usize::MAX) };
+    let areas: Vec<vfio_region_sparse_mmap_area> = info
+        .sparse_areas
+        .iter()
+        .map(|a| vfio_region_sparse_mmap_area {
+            offset: a.offset,
+            size: a.size,
+        })
+        .collect();
+    let cap_len = if areas.is_empty() {
+        0
+    } else {
+        wire::sparse_cap_size(areas.len()).unwrap_or(usize::MAX)
+    };
     let needed = REGION_INFO_SIZE.saturating_add(cap_len);
     let fits = req.argsz as usize >= needed;
     let mut flags = info.flags;
@@ -569,7 +664,11 @@ fn region_info<D: Device>(device: &D, req: &vfio_region_info) -> Reply {
         argsz: u32::try_from(needed).unwrap_or(u32::MAX),
         flags,
         index: req.index,
-        cap_offset: if cap_len > 0 && fits { REGION_INFO_SIZE as u32 } else { 0 },
+        cap_offset: if cap_len > 0 && fits {
+            REGION_INFO_SIZE as u32
+        } else {
+            0
+        },
         size: info.size,
         offset: info.fd_offset,
     };
@@ -590,13 +689,21 @@ fn region_info<D: Device>(device: &D, req: &vfio_region_info) -> Reply {
 }
 
 /// Checks a SET_IRQS request against the device's IRQ info before the device sees it.
-fn validate_set_irqs<D: Device>(device: &D, set: &vfio_bindings::bindings::vfio::vfio_irq_set, data: &[u8], fds: Vec<OwnedFd>) -> Result<SetIrqs, Errno> {
+fn validate_set_irqs<D: Device>(
+    device: &D,
+    set: &vfio_bindings::bindings::vfio::vfio_irq_set,
+    data: &[u8],
+    fds: Vec<OwnedFd>,
+) -> Result<SetIrqs, Errno> {
     if (set.argsz as usize) < wire::IRQ_SET_SIZE || set.index >= device.device_info().num_irqs {
         return Err(Errno::EINVAL);
     }
     let dtype = set.flags & VFIO_IRQ_SET_DATA_TYPE_MASK;
     let action = set.flags & VFIO_IRQ_SET_ACTION_TYPE_MASK;
-    if dtype.count_ones() != 1 || action.count_ones() != 1 || set.flags & !(VFIO_IRQ_SET_DATA_TYPE_MASK | VFIO_IRQ_SET_ACTION_TYPE_MASK) != 0 {
+    if dtype.count_ones() != 1
+        || action.count_ones() != 1
+        || set.flags & !(VFIO_IRQ_SET_DATA_TYPE_MASK | VFIO_IRQ_SET_ACTION_TYPE_MASK) != 0
+    {
         return Err(Errno::EINVAL);
     }
     let info = device.irq_info(set.index)?;
@@ -642,7 +749,14 @@ fn validate_set_irqs<D: Device>(device: &D, set: &vfio_bindings::bindings::vfio:
         }
         _ => return Err(Errno::EINVAL),
     }
-    Ok(SetIrqs { flags: set.flags, index: set.index, start: set.start, count: set.count, bools, eventfds })
+    Ok(SetIrqs {
+        flags: set.flags,
+        index: set.index,
+        start: set.start,
+        count: set.count,
+        bools,
+        eventfds,
+    })
 }
 
 /// True when `fd` is an eventfd (a pipe or memfd where an eventfd belongs is refused).

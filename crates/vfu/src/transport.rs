@@ -72,7 +72,12 @@ pub struct Frame {
 /// A message stream carrying fds.
 pub trait Transport: Send {
     /// Sends one message with one system call: `header`, then each of `parts`, with `fds`.
-    fn send(&self, header: &Header, parts: &[&[u8]], fds: &[BorrowedFd<'_>]) -> Result<(), TransportError>;
+    fn send(
+        &self,
+        header: &Header,
+        parts: &[&[u8]],
+        fds: &[BorrowedFd<'_>],
+    ) -> Result<(), TransportError>;
     /// Receives the next whole message (at most `max_size` bytes including the header).
     fn recv(&mut self, max_size: usize) -> Result<Frame, TransportError>;
     /// The payload of a frame returned by the last `recv`.
@@ -96,7 +101,14 @@ pub struct UnixTransport {
 impl UnixTransport {
     /// Wraps a connected stream.
     pub fn new(stream: UnixStream) -> Self {
-        Self { stream, buf: vec![0; INITIAL_BUFFER], start: 0, end: 0, pos: 0, fds: VecDeque::new() }
+        Self {
+            stream,
+            buf: vec![0; INITIAL_BUFFER],
+            start: 0,
+            end: 0,
+            pos: 0,
+            fds: VecDeque::new(),
+        }
     }
 
     /// The underlying socket.
@@ -175,7 +187,12 @@ impl UnixTransport {
 }
 
 impl Transport for UnixTransport {
-    fn send(&self, header: &Header, parts: &[&[u8]], fds: &[BorrowedFd<'_>]) -> Result<(), TransportError> {
+    fn send(
+        &self,
+        header: &Header,
+        parts: &[&[u8]],
+        fds: &[BorrowedFd<'_>],
+    ) -> Result<(), TransportError> {
         let head = header.encode();
         let mut iov: Vec<IoSlice<'_>> = Vec::with_capacity(1 + parts.len());
         iov.push(IoSlice::new(&head));
@@ -190,7 +207,8 @@ impl Transport for UnixTransport {
         }
         let header = Header::decode(&self.buf[self.start..self.start + HEADER_SIZE])
             .map_err(|_| TransportError::BadSize(0))?;
-        let size = usize::try_from(header.msg_size).map_err(|_| TransportError::BadSize(header.msg_size))?;
+        let size = usize::try_from(header.msg_size)
+            .map_err(|_| TransportError::BadSize(header.msg_size))?;
         if size < HEADER_SIZE {
             // The stream cannot be resynchronised: there is no way to know where the next
             // message starts.
@@ -198,7 +216,11 @@ impl Transport for UnixTransport {
         }
         if size > max_size {
             self.discard(size)?;
-            return Err(TransportError::Oversized { header, size: header.msg_size, limit: max_size });
+            return Err(TransportError::Oversized {
+                header,
+                size: header.msg_size,
+                limit: max_size,
+            });
         }
         while self.end - self.start < size {
             self.fill(size)?;
@@ -207,7 +229,11 @@ impl Transport for UnixTransport {
         let fds = self.take_fds(msg_end);
         let payload = self.start + HEADER_SIZE..self.start + size;
         self.consume(size);
-        Ok(Frame { header, payload, fds })
+        Ok(Frame {
+            header,
+            payload,
+            fds,
+        })
     }
 
     fn payload(&self, frame: &Frame) -> &[u8] {
@@ -265,7 +291,11 @@ fn send_all(fd: BorrowedFd<'_>, iov: &[IoSlice<'_>], fds: &[RawFd]) -> Result<()
             skip = 0;
         }
         let cmsgs = [ControlMessage::ScmRights(fds)];
-        let cm: &[ControlMessage<'_>] = if first && !fds.is_empty() { &cmsgs } else { &[] };
+        let cm: &[ControlMessage<'_>] = if first && !fds.is_empty() {
+            &cmsgs
+        } else {
+            &[]
+        };
         match sendmsg::<()>(fd.as_raw_fd(), &rest, cm, MsgFlags::MSG_NOSIGNAL, None) {
             Ok(n) => {
                 sent += n;
@@ -286,7 +316,13 @@ mod tests {
     use crate::wire::cmd;
 
     fn hdr(id: u16, payload: usize) -> Header {
-        Header { msg_id: id, cmd: cmd::REGION_READ, msg_size: (HEADER_SIZE + payload) as u32, flags: 0, error: 0 }
+        Header {
+            msg_id: id,
+            cmd: cmd::REGION_READ,
+            msg_size: (HEADER_SIZE + payload) as u32,
+            flags: 0,
+            error: 0,
+        }
     }
 
     #[test]
@@ -317,11 +353,15 @@ mod tests {
     fn oversized_message_is_drained_and_stream_stays_in_sync() {
         let (a, mut b) = UnixTransport::pair().unwrap();
         let t = std::thread::spawn(move || {
-            a.send(&hdr(1, 200_000), &[&vec![7u8; 200_000]], &[]).unwrap();
+            a.send(&hdr(1, 200_000), &[&vec![7u8; 200_000]], &[])
+                .unwrap();
             a.send(&hdr(2, 4), &[&[1, 2, 3, 4]], &[]).unwrap();
             a
         });
-        assert!(matches!(b.recv(4096), Err(TransportError::Oversized { .. })));
+        assert!(matches!(
+            b.recv(4096),
+            Err(TransportError::Oversized { .. })
+        ));
         let f = b.recv(4096).unwrap();
         assert_eq!(f.header.msg_id, 2);
         drop(t.join().unwrap());

@@ -75,7 +75,13 @@ impl Header {
     /// Decodes the first 16 bytes of `buf`.
     pub fn decode(buf: &[u8]) -> Result<Self, WireError> {
         let mut r = Reader::new(buf);
-        Ok(Self { msg_id: r.u16()?, cmd: r.u16()?, msg_size: r.u32()?, flags: r.u32()?, error: r.u32()? })
+        Ok(Self {
+            msg_id: r.u16()?,
+            cmd: r.u16()?,
+            msg_size: r.u32()?,
+            flags: r.u32()?,
+            error: r.u32()?,
+        })
     }
 
     /// Encodes into 16 bytes.
@@ -107,7 +113,8 @@ impl Header {
     /// Payload length, or an error if `msg_size` is smaller than a header.
     pub fn payload_len(&self) -> Result<usize, WireError> {
         let size = usize::try_from(self.msg_size).map_err(|_| WireError::BadSize(self.msg_size))?;
-        size.checked_sub(HEADER_SIZE).ok_or(WireError::BadSize(self.msg_size))
+        size.checked_sub(HEADER_SIZE)
+            .ok_or(WireError::BadSize(self.msg_size))
     }
 
     /// The reply header for a command with `payload_len` bytes of reply payload.
@@ -206,8 +213,14 @@ impl<'a> Reader<'a> {
 
     /// Takes the next `n` bytes.
     pub fn bytes(&mut self, n: usize) -> Result<&'a [u8], WireError> {
-        let end = self.pos.checked_add(n).ok_or(WireError::Short { needed: usize::MAX, have: self.buf.len() })?;
-        let out = self.buf.get(self.pos..end).ok_or(WireError::Short { needed: end, have: self.buf.len() })?;
+        let end = self.pos.checked_add(n).ok_or(WireError::Short {
+            needed: usize::MAX,
+            have: self.buf.len(),
+        })?;
+        let out = self.buf.get(self.pos..end).ok_or(WireError::Short {
+            needed: end,
+            have: self.buf.len(),
+        })?;
         self.pos = end;
         Ok(out)
     }
@@ -316,10 +329,16 @@ impl Version {
         let rest = r.rest();
         let text = match rest.split_last() {
             None => "",
-            Some((0, body)) => std::str::from_utf8(body).map_err(|e| WireError::Json(e.to_string()))?,
+            Some((0, body)) => {
+                std::str::from_utf8(body).map_err(|e| WireError::Json(e.to_string()))?
+            }
             Some(_) => return Err(WireError::Json("version data is not NUL-terminated".into())),
         };
-        Ok(Self { major, minor, json: text.trim_end_matches('\0').to_string() })
+        Ok(Self {
+            major,
+            minor,
+            json: text.trim_end_matches('\0').to_string(),
+        })
     }
 
     /// Encodes (appending the NUL when there is JSON).
@@ -342,17 +361,29 @@ impl Version {
         }
         let value: serde_json::Value =
             serde_json::from_str(&self.json).map_err(|e| WireError::Json(e.to_string()))?;
-        let root = value.as_object().ok_or_else(|| WireError::Json("not an object".into()))?;
-        let Some(c) = root.get("capabilities") else { return Ok(caps) };
-        let c = c.as_object().ok_or_else(|| WireError::Json("capabilities is not an object".into()))?;
+        let root = value
+            .as_object()
+            .ok_or_else(|| WireError::Json("not an object".into()))?;
+        let Some(c) = root.get("capabilities") else {
+            return Ok(caps);
+        };
+        let c = c
+            .as_object()
+            .ok_or_else(|| WireError::Json("capabilities is not an object".into()))?;
         let num = |name: &str| -> Result<Option<u64>, WireError> {
             match c.get(name) {
                 None => Ok(None),
-                Some(v) => v.as_u64().map(Some).ok_or_else(|| WireError::Json(format!("{name} is not a number"))),
+                Some(v) => v
+                    .as_u64()
+                    .map(Some)
+                    .ok_or_else(|| WireError::Json(format!("{name} is not a number"))),
             }
         };
         let small = |name: &'static str, v: u64| -> Result<u32, WireError> {
-            u32::try_from(v).map_err(|_| WireError::Invalid { field: name, value: v })
+            u32::try_from(v).map_err(|_| WireError::Invalid {
+                field: name,
+                value: v,
+            })
         };
         if let Some(v) = num("max_msg_fds")? {
             caps.max_msg_fds = small("max_msg_fds", v)?;
@@ -367,7 +398,9 @@ impl Version {
             caps.pgsizes = v;
         }
         if let Some(v) = c.get("write_multiple") {
-            caps.write_multiple = v.as_bool().ok_or_else(|| WireError::Json("write_multiple is not a bool".into()))?;
+            caps.write_multiple = v
+                .as_bool()
+                .ok_or_else(|| WireError::Json("write_multiple is not a bool".into()))?;
         }
         if let Some(m) = c.get("migration") {
             if !m.is_object() {
@@ -419,15 +452,33 @@ impl DmaMap {
     /// Decodes and checks that address+size and offset+size do not overflow.
     pub fn decode(payload: &[u8]) -> Result<Self, WireError> {
         let mut r = Reader::new(payload);
-        let m = Self { argsz: r.u32()?, flags: r.u32()?, offset: r.u64()?, address: r.u64()?, size: r.u64()? };
+        let m = Self {
+            argsz: r.u32()?,
+            flags: r.u32()?,
+            offset: r.u64()?,
+            address: r.u64()?,
+            size: r.u64()?,
+        };
         if m.flags & !(DMA_FLAG_READ | DMA_FLAG_WRITE) != 0 {
-            return Err(WireError::Invalid { field: "dma flags", value: u64::from(m.flags) });
+            return Err(WireError::Invalid {
+                field: "dma flags",
+                value: u64::from(m.flags),
+            });
         }
         if m.size == 0 {
-            return Err(WireError::Invalid { field: "dma size", value: 0 });
+            return Err(WireError::Invalid {
+                field: "dma size",
+                value: 0,
+            });
         }
-        m.address.checked_add(m.size).ok_or(WireError::Overflow { offset: m.address, count: m.size })?;
-        m.offset.checked_add(m.size).ok_or(WireError::Overflow { offset: m.offset, count: m.size })?;
+        m.address.checked_add(m.size).ok_or(WireError::Overflow {
+            offset: m.address,
+            count: m.size,
+        })?;
+        m.offset.checked_add(m.size).ok_or(WireError::Overflow {
+            offset: m.offset,
+            count: m.size,
+        })?;
         Ok(m)
     }
 
@@ -463,7 +514,12 @@ impl DmaUnmap {
     /// Decodes.
     pub fn decode(payload: &[u8]) -> Result<Self, WireError> {
         let mut r = Reader::new(payload);
-        Ok(Self { argsz: r.u32()?, flags: r.u32()?, address: r.u64()?, size: r.u64()? })
+        Ok(Self {
+            argsz: r.u32()?,
+            flags: r.u32()?,
+            address: r.u64()?,
+            size: r.u64()?,
+        })
     }
 
     /// Encodes.
@@ -497,7 +553,12 @@ impl DeviceInfoMsg {
     /// Decodes.
     pub fn decode(payload: &[u8]) -> Result<Self, WireError> {
         let mut r = Reader::new(payload);
-        Ok(Self { argsz: r.u32()?, flags: r.u32()?, num_regions: r.u32()?, num_irqs: r.u32()? })
+        Ok(Self {
+            argsz: r.u32()?,
+            flags: r.u32()?,
+            num_regions: r.u32()?,
+            num_irqs: r.u32()?,
+        })
     }
 
     /// Encodes.
@@ -557,7 +618,10 @@ pub fn encode_sparse_cap(areas: &[vfio_region_sparse_mmap_area], out: &mut Vec<u
 
 /// Walks a region-info reply's capability chain and returns the sparse-mmap areas, if any.
 /// Offsets are relative to the start of `vfio_region_info`, i.e. of `payload`.
-pub fn decode_sparse_areas(payload: &[u8], info: &vfio_region_info) -> Result<Vec<vfio_region_sparse_mmap_area>, WireError> {
+pub fn decode_sparse_areas(
+    payload: &[u8],
+    info: &vfio_region_info,
+) -> Result<Vec<vfio_region_sparse_mmap_area>, WireError> {
     let mut areas = Vec::new();
     if info.cap_offset == 0 {
         return Ok(areas);
@@ -567,9 +631,15 @@ pub fn decode_sparse_areas(payload: &[u8], info: &vfio_region_info) -> Result<Ve
     while next != 0 {
         hops += 1;
         if hops > 16 || next < REGION_INFO_SIZE {
-            return Err(WireError::Invalid { field: "cap_offset", value: next as u64 });
+            return Err(WireError::Invalid {
+                field: "cap_offset",
+                value: next as u64,
+            });
         }
-        let cap = payload.get(next..).ok_or(WireError::Short { needed: next, have: payload.len() })?;
+        let cap = payload.get(next..).ok_or(WireError::Short {
+            needed: next,
+            have: payload.len(),
+        })?;
         let mut r = Reader::new(cap);
         let id = r.u16()?;
         let _version = r.u16()?;
@@ -578,10 +648,16 @@ pub fn decode_sparse_areas(payload: &[u8], info: &vfio_region_info) -> Result<Ve
             let nr = r.u32()? as usize;
             let _reserved = r.u32()?;
             if nr > r.remaining() / 16 {
-                return Err(WireError::Short { needed: nr.saturating_mul(16), have: r.remaining() });
+                return Err(WireError::Short {
+                    needed: nr.saturating_mul(16),
+                    have: r.remaining(),
+                });
             }
             for _ in 0..nr {
-                areas.push(vfio_region_sparse_mmap_area { offset: r.u64()?, size: r.u64()? });
+                areas.push(vfio_region_sparse_mmap_area {
+                    offset: r.u64()?,
+                    size: r.u64()?,
+                });
             }
         }
         next = n;
@@ -606,7 +682,12 @@ impl RegionIoFds {
     /// Decodes.
     pub fn decode(payload: &[u8]) -> Result<Self, WireError> {
         let mut r = Reader::new(payload);
-        Ok(Self { argsz: r.u32()?, flags: r.u32()?, index: r.u32()?, count: r.u32()? })
+        Ok(Self {
+            argsz: r.u32()?,
+            flags: r.u32()?,
+            index: r.u32()?,
+            count: r.u32()?,
+        })
     }
 }
 
@@ -616,7 +697,12 @@ pub const IRQ_INFO_SIZE: usize = 16;
 /// Decodes a `vfio_irq_info`.
 pub fn decode_irq_info(payload: &[u8]) -> Result<vfio_irq_info, WireError> {
     let mut r = Reader::new(payload);
-    Ok(vfio_irq_info { argsz: r.u32()?, flags: r.u32()?, index: r.u32()?, count: r.u32()? })
+    Ok(vfio_irq_info {
+        argsz: r.u32()?,
+        flags: r.u32()?,
+        index: r.u32()?,
+        count: r.u32()?,
+    })
 }
 
 /// Encodes a `vfio_irq_info`.
@@ -676,13 +762,23 @@ impl RegionAccess {
     /// Decodes and checks `count` against `max_xfer` and offset+count for overflow.
     pub fn decode(payload: &[u8], max_xfer: u32) -> Result<(Self, &[u8]), WireError> {
         let mut r = Reader::new(payload);
-        let a = Self { offset: r.u64()?, region: r.u32()?, count: r.u32()? };
+        let a = Self {
+            offset: r.u64()?,
+            region: r.u32()?,
+            count: r.u32()?,
+        };
         if a.count > max_xfer {
-            return Err(WireError::TooLarge { count: u64::from(a.count), max: max_xfer });
+            return Err(WireError::TooLarge {
+                count: u64::from(a.count),
+                max: max_xfer,
+            });
         }
         a.offset
             .checked_add(u64::from(a.count))
-            .ok_or(WireError::Overflow { offset: a.offset, count: u64::from(a.count) })?;
+            .ok_or(WireError::Overflow {
+                offset: a.offset,
+                count: u64::from(a.count),
+            })?;
         Ok((a, r.rest()))
     }
 
@@ -716,11 +812,20 @@ impl DmaAccess {
     /// Decodes and checks `count` against `max_xfer`.
     pub fn decode(payload: &[u8], max_xfer: u32) -> Result<(Self, &[u8]), WireError> {
         let mut r = Reader::new(payload);
-        let a = Self { address: r.u64()?, count: r.u64()? };
+        let a = Self {
+            address: r.u64()?,
+            count: r.u64()?,
+        };
         if a.count > u64::from(max_xfer) {
-            return Err(WireError::TooLarge { count: a.count, max: max_xfer });
+            return Err(WireError::TooLarge {
+                count: a.count,
+                max: max_xfer,
+            });
         }
-        a.address.checked_add(a.count).ok_or(WireError::Overflow { offset: a.address, count: a.count })?;
+        a.address.checked_add(a.count).ok_or(WireError::Overflow {
+            offset: a.address,
+            count: a.count,
+        })?;
         Ok((a, r.rest()))
     }
 
@@ -749,7 +854,10 @@ pub fn decode_write_multi(payload: &[u8]) -> Result<Vec<MultiWrite>, WireError> 
     let mut r = Reader::new(payload);
     let n = r.u64()?;
     if n > (r.remaining() / 24) as u64 || n == 0 {
-        return Err(WireError::Invalid { field: "wr_cnt", value: n });
+        return Err(WireError::Invalid {
+            field: "wr_cnt",
+            value: n,
+        });
     }
     let mut out = Vec::with_capacity(n as usize);
     for _ in 0..n {
@@ -757,12 +865,25 @@ pub fn decode_write_multi(payload: &[u8]) -> Result<Vec<MultiWrite>, WireError> 
         let region = r.u32()?;
         let count = r.u32()?;
         if count == 0 || count > 8 {
-            return Err(WireError::Invalid { field: "write_multi count", value: u64::from(count) });
+            return Err(WireError::Invalid {
+                field: "write_multi count",
+                value: u64::from(count),
+            });
         }
-        offset.checked_add(u64::from(count)).ok_or(WireError::Overflow { offset, count: u64::from(count) })?;
+        offset
+            .checked_add(u64::from(count))
+            .ok_or(WireError::Overflow {
+                offset,
+                count: u64::from(count),
+            })?;
         let mut data = [0u8; 8];
         data.copy_from_slice(r.bytes(8)?);
-        out.push(MultiWrite { offset, region, count, data });
+        out.push(MultiWrite {
+            offset,
+            region,
+            count,
+            data,
+        });
     }
     Ok(out)
 }
@@ -780,13 +901,19 @@ impl Feature {
     /// Decodes; returns the fixed part and the data.
     pub fn decode(payload: &[u8]) -> Result<(Self, &[u8]), WireError> {
         let mut r = Reader::new(payload);
-        let f = Self { argsz: r.u32()?, flags: r.u32()? };
+        let f = Self {
+            argsz: r.u32()?,
+            flags: r.u32()?,
+        };
         let ops = f.flags & !0xffff;
         let known = vfio_bindings::bindings::vfio::VFIO_DEVICE_FEATURE_GET
             | vfio_bindings::bindings::vfio::VFIO_DEVICE_FEATURE_SET
             | vfio_bindings::bindings::vfio::VFIO_DEVICE_FEATURE_PROBE;
         if ops & !known != 0 || ops == 0 {
-            return Err(WireError::Invalid { field: "feature flags", value: u64::from(f.flags) });
+            return Err(WireError::Invalid {
+                field: "feature flags",
+                value: u64::from(f.flags),
+            });
         }
         Ok((f, r.rest()))
     }
@@ -805,9 +932,15 @@ impl MigData {
     /// Decodes; checks `size` against `max_xfer`.
     pub fn decode(payload: &[u8], max_xfer: u32) -> Result<(Self, &[u8]), WireError> {
         let mut r = Reader::new(payload);
-        let m = Self { argsz: r.u32()?, size: r.u32()? };
+        let m = Self {
+            argsz: r.u32()?,
+            size: r.u32()?,
+        };
         if m.size > max_xfer {
-            return Err(WireError::TooLarge { count: u64::from(m.size), max: max_xfer });
+            return Err(WireError::TooLarge {
+                count: u64::from(m.size),
+                max: max_xfer,
+            });
         }
         Ok((m, r.rest()))
     }
@@ -849,10 +982,17 @@ pub enum Command<'a> {
 }
 
 /// Decodes a client command's payload. `max_xfer` is the negotiated `max_data_xfer_size`.
-pub fn decode_command<'a>(hdr: &Header, payload: &'a [u8], max_xfer: u32) -> Result<Command<'a>, WireError> {
+pub fn decode_command<'a>(
+    hdr: &Header,
+    payload: &'a [u8],
+    max_xfer: u32,
+) -> Result<Command<'a>, WireError> {
     let exact = |need: usize| -> Result<(), WireError> {
         if payload.len() < need {
-            Err(WireError::Short { needed: need, have: payload.len() })
+            Err(WireError::Short {
+                needed: need,
+                have: payload.len(),
+            })
         } else {
             Ok(())
         }
@@ -872,14 +1012,20 @@ pub fn decode_command<'a>(hdr: &Header, payload: &'a [u8], max_xfer: u32) -> Res
         cmd::REGION_READ => {
             let (a, rest) = RegionAccess::decode(payload, max_xfer)?;
             if !rest.is_empty() {
-                return Err(WireError::Invalid { field: "region read payload length", value: payload.len() as u64 });
+                return Err(WireError::Invalid {
+                    field: "region read payload length",
+                    value: payload.len() as u64,
+                });
             }
             Command::RegionRead(a)
         }
         cmd::REGION_WRITE => {
             let (a, data) = RegionAccess::decode(payload, max_xfer)?;
             if data.len() != a.count as usize {
-                return Err(WireError::Invalid { field: "region write data length", value: data.len() as u64 });
+                return Err(WireError::Invalid {
+                    field: "region write data length",
+                    value: data.len() as u64,
+                });
             }
             Command::RegionWrite(a, data)
         }
@@ -896,7 +1042,10 @@ pub fn decode_command<'a>(hdr: &Header, payload: &'a [u8], max_xfer: u32) -> Res
         cmd::MIG_DATA_WRITE => {
             let (m, data) = MigData::decode(payload, max_xfer)?;
             if data.len() != m.size as usize {
-                return Err(WireError::Invalid { field: "mig data length", value: data.len() as u64 });
+                return Err(WireError::Invalid {
+                    field: "mig data length",
+                    value: data.len() as u64,
+                });
             }
             Command::MigDataWrite(m, data)
         }
@@ -912,37 +1061,73 @@ mod tests {
 
     #[test]
     fn header_round_trips() {
-        let h = Header { msg_id: 7, cmd: cmd::REGION_READ, msg_size: 32, flags: FLAG_NO_REPLY, error: 0 };
+        let h = Header {
+            msg_id: 7,
+            cmd: cmd::REGION_READ,
+            msg_size: 32,
+            flags: FLAG_NO_REPLY,
+            error: 0,
+        };
         assert_eq!(Header::decode(&h.encode()).unwrap(), h);
     }
 
     #[test]
     fn msg_size_below_header_is_invalid() {
-        let h = Header { msg_size: 8, ..Header::default() };
+        let h = Header {
+            msg_size: 8,
+            ..Header::default()
+        };
         assert_eq!(h.payload_len(), Err(WireError::BadSize(8)));
     }
 
     #[test]
     fn region_read_count_over_max_is_e2big() {
-        let a = RegionAccess { offset: 0, region: 0, count: 4097 };
-        let hdr = Header { cmd: cmd::REGION_READ, ..Header::default() };
+        let a = RegionAccess {
+            offset: 0,
+            region: 0,
+            count: 4097,
+        };
+        let hdr = Header {
+            cmd: cmd::REGION_READ,
+            ..Header::default()
+        };
         let err = decode_command(&hdr, &a.to_bytes(), 4096).unwrap_err();
         assert_eq!(err.errno(), Errno::E2BIG);
     }
 
     #[test]
     fn region_read_offset_overflow_is_eoverflow() {
-        let a = RegionAccess { offset: u64::MAX - 1, region: 0, count: 4 };
-        let hdr = Header { cmd: cmd::REGION_READ, ..Header::default() };
-        assert_eq!(decode_command(&hdr, &a.to_bytes(), 4096).unwrap_err().errno(), Errno::EOVERFLOW);
+        let a = RegionAccess {
+            offset: u64::MAX - 1,
+            region: 0,
+            count: 4,
+        };
+        let hdr = Header {
+            cmd: cmd::REGION_READ,
+            ..Header::default()
+        };
+        assert_eq!(
+            decode_command(&hdr, &a.to_bytes(), 4096)
+                .unwrap_err()
+                .errno(),
+            Errno::EOVERFLOW
+        );
     }
 
     #[test]
     fn region_write_data_must_match_count() {
         let mut p = Vec::new();
-        RegionAccess { offset: 0, region: 0, count: 8 }.encode_into(&mut p);
+        RegionAccess {
+            offset: 0,
+            region: 0,
+            count: 8,
+        }
+        .encode_into(&mut p);
         p.extend_from_slice(&[1, 2, 3, 4]);
-        let hdr = Header { cmd: cmd::REGION_WRITE, ..Header::default() };
+        let hdr = Header {
+            cmd: cmd::REGION_WRITE,
+            ..Header::default()
+        };
         assert!(decode_command(&hdr, &p, 4096).is_err());
     }
 
@@ -968,18 +1153,44 @@ mod tests {
 
     #[test]
     fn sparse_cap_round_trips() {
-        let info = vfio_region_info { argsz: 64, flags: 0xf, index: 4, cap_offset: 32, size: 1 << 30, offset: 0 };
+        let info = vfio_region_info {
+            argsz: 64,
+            flags: 0xf,
+            index: 4,
+            cap_offset: 32,
+            size: 1 << 30,
+            offset: 0,
+        };
         let mut p = Vec::new();
         encode_region_info(&info, &mut p);
-        encode_sparse_cap(&[vfio_region_sparse_mmap_area { offset: 0, size: 12345 }], &mut p);
+        encode_sparse_cap(
+            &[vfio_region_sparse_mmap_area {
+                offset: 0,
+                size: 12345,
+            }],
+            &mut p,
+        );
         let back = decode_region_info(&p).unwrap();
         let areas = decode_sparse_areas(&p, &back).unwrap();
-        assert_eq!(areas, vec![vfio_region_sparse_mmap_area { offset: 0, size: 12345 }]);
+        assert_eq!(
+            areas,
+            vec![vfio_region_sparse_mmap_area {
+                offset: 0,
+                size: 12345
+            }]
+        );
     }
 
     #[test]
     fn cap_chain_loop_is_refused() {
-        let info = vfio_region_info { argsz: 48, flags: 0xf, index: 4, cap_offset: 32, size: 4096, offset: 0 };
+        let info = vfio_region_info {
+            argsz: 48,
+            flags: 0xf,
+            index: 4,
+            cap_offset: 32,
+            size: 4096,
+            offset: 0,
+        };
         let mut p = Vec::new();
         encode_region_info(&info, &mut p);
         p.put_u16(99);

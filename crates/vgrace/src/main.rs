@@ -1,3 +1,92 @@
-//! The `vgrace` command (placeholder; see issue 4).
+//! The `vgrace` command: serve a software Grace GPU over vfio-user, show its layout, check a
+//! server against the nvgrace ABI, and print the QEMU arguments that attach it.
 
-fn main() {}
+mod check;
+mod cli;
+mod config;
+mod layout;
+mod mapping;
+mod qemu_args;
+mod serve;
+mod units;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::Parser;
+use vgrace_device::{Backing, GpuConfig};
+
+use cli::{Cli, Command, DeviceArgs};
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return clap_exit(e),
+    };
+    init_tracing();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("vgrace: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Serve(args) => serve::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Layout(args) => layout::run(&args).map(|()| ExitCode::SUCCESS),
+        Command::Check(args) => check::run(&args),
+        Command::QemuArgs(args) => qemu_args::run(&args).map(|()| ExitCode::SUCCESS),
+    }
+}
+
+/// Help and version go to stdout as clap writes them; usage errors become one line on stderr.
+fn clap_exit(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    match e.kind() {
+        ErrorKind::DisplayHelp
+        | ErrorKind::DisplayVersion
+        | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let _ = e.print();
+            ExitCode::SUCCESS
+        }
+        _ => {
+            let rendered = e.render().to_string();
+            let first = rendered.lines().next().unwrap_or("invalid arguments");
+            let first = first.strip_prefix("error: ").unwrap_or(first);
+            eprintln!("vgrace: {first} (see vgrace --help)");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Turns the device flags into the device model's configuration.
+pub fn device_config(args: &DeviceArgs) -> Result<GpuConfig> {
+    let backing = match args.backing.as_str() {
+        "memfd" => Backing::Memfd,
+        "hugetlbfs" => Backing::Hugetlbfs,
+        "" => anyhow::bail!("--backing needs memfd, hugetlbfs or a file path"),
+        path => Backing::File(PathBuf::from(path)),
+    };
+    Ok(GpuConfig {
+        profile: args.profile,
+        device_id: args.device_id,
+        mem_size: args.mem_size,
+        mem_base: args.mem_base,
+        backing,
+        ready_delay: args.ready_delay,
+        fault: args.fault,
+    })
+}

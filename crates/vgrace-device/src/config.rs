@@ -1,0 +1,377 @@
+//! What the "firmware" tells us (memory base and size), the profile, and the memory layout
+//! computed from them: which region holds which part of memory and how big each BAR is.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::DeviceError;
+
+/// resmem carved out on GH100-class devices (upstream RESMEM_SIZE).
+pub const RESMEM_SIZE: u64 = 1 << 30;
+/// usemem granularity shared with the guest driver (upstream MEMBLK_SIZE).
+pub const MEMBLK_SIZE: u64 = 512 << 20;
+/// Device ids the upstream driver binds to (plus 0x2343 from the seed patch).
+pub const KNOWN_DEVICE_IDS: [u16; 6] = [0x2342, 0x2343, 0x2345, 0x2348, 0x2941, 0x31c2];
+
+/// Which generation's memory split to model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Profile {
+    /// Grace Hopper: resmem (1 GiB + rounding remainder) at BAR2, usemem at BAR4.
+    Gh100,
+    /// Grace Blackwell: all memory at BAR4, vendor DVSEC says resmem may be cached.
+    Gb200,
+    /// The original patch: all memory at BAR2.
+    Seed,
+}
+
+impl Profile {
+    /// The profile's default PCI device id.
+    pub fn default_device_id(self) -> u16 {
+        match self {
+            Profile::Gh100 | Profile::Seed => 0x2342,
+            Profile::Gb200 => 0x2941,
+        }
+    }
+}
+
+impl FromStr for Profile {
+    type Err = DeviceError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "gh100" => Ok(Profile::Gh100),
+            "gb200" => Ok(Profile::Gb200),
+            "seed" => Ok(Profile::Seed),
+            _ => Err(DeviceError::BadName {
+                what: "profile",
+                value: s.to_string(),
+                expected: "gh100, gb200 or seed",
+            }),
+        }
+    }
+}
+
+impl fmt::Display for Profile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Profile::Gh100 => "gh100",
+            Profile::Gb200 => "gb200",
+            Profile::Seed => "seed",
+        })
+    }
+}
+
+/// Injected readiness faults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Fault {
+    /// HBM training never completes (0x200BC never reads 0xFF).
+    NeverReady,
+    /// The C2C link never comes up (0x1498 never reads 0xFF).
+    LinkDown,
+}
+
+impl FromStr for Fault {
+    type Err = DeviceError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "never-ready" => Ok(Fault::NeverReady),
+            "link-down" => Ok(Fault::LinkDown),
+            _ => Err(DeviceError::BadName {
+                what: "fault",
+                value: s.to_string(),
+                expected: "never-ready or link-down",
+            }),
+        }
+    }
+}
+
+/// Where device memory lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Backing {
+    /// A sparse memfd (default): nothing is allocated until touched, gone at exit.
+    Memfd,
+    /// A memfd on huge pages (MFD_HUGETLB); needs reserved huge pages.
+    Hugetlbfs,
+    /// A file: contents persist across restarts.
+    File(PathBuf),
+}
+
+/// Everything that defines a device.
+#[derive(Debug, Clone)]
+pub struct GpuConfig {
+    /// Memory split profile.
+    pub profile: Profile,
+    /// PCI device id; `None` takes the profile's.
+    pub device_id: Option<u16>,
+    /// `nvidia,gpu-mem-size`.
+    pub mem_size: u64,
+    /// `nvidia,gpu-mem-base-pa`.
+    pub mem_base: u64,
+    /// Memory backing.
+    pub backing: Backing,
+    /// Time until the readiness registers read ready.
+    pub ready_delay: Duration,
+    /// Injected fault.
+    pub fault: Option<Fault>,
+}
+
+/// usemem or resmem.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MemKind {
+    /// Cacheable device memory.
+    Usemem,
+    /// The write-combine carve-out (GH100 MIG bug workaround).
+    Resmem,
+}
+
+impl fmt::Display for MemKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            MemKind::Usemem => "usemem",
+            MemKind::Resmem => "resmem",
+        })
+    }
+}
+
+/// One memory region as the VMM sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct MemRegionLayout {
+    /// VFIO region index (2 or 4).
+    pub region_index: u32,
+    /// The BAR (its low register; the next BAR holds the upper half).
+    pub bar: u8,
+    /// usemem or resmem.
+    pub kind: MemKind,
+    /// Real memory in the region.
+    pub memlength: u64,
+    /// BAR size: memlength rounded up to a power of two.
+    pub bar_size: u64,
+    /// Where the region starts in the backing fd.
+    pub fd_offset: u64,
+    /// Mapped cacheable (usemem) or write-combine (resmem).
+    pub cacheable: bool,
+    /// Host physical address of the region's memory.
+    pub base_pa: u64,
+}
+
+/// The whole device layout.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Layout {
+    /// Profile.
+    pub profile: Profile,
+    /// PCI device id.
+    pub device_id: u16,
+    /// Total memory.
+    pub mem_size: u64,
+    /// Host physical base.
+    pub mem_base: u64,
+    /// Memory regions by ascending region index.
+    pub regions: Vec<MemRegionLayout>,
+}
+
+impl Layout {
+    /// The memory region with VFIO index `index`, if any.
+    pub fn region(&self, index: u32) -> Option<&MemRegionLayout> {
+        self.regions.iter().find(|r| r.region_index == index)
+    }
+}
+
+impl GpuConfig {
+    /// Validates the firmware values and computes the layout (no memory is touched).
+    pub fn layout(&self) -> Result<Layout, DeviceError> {
+        let size = self.mem_size;
+        let base = self.mem_base;
+        if size == 0 {
+            return Err(DeviceError::LinkDown);
+        }
+        base.checked_add(size)
+            .ok_or(DeviceError::Overflow { base, size })?;
+        let device_id = self.device_id.unwrap_or(self.profile.default_device_id());
+        if !KNOWN_DEVICE_IDS.contains(&device_id) {
+            return Err(DeviceError::UnknownDeviceId(device_id));
+        }
+        let region = |index: u32,
+                      kind: MemKind,
+                      memlength: u64,
+                      fd_offset: u64|
+         -> Result<MemRegionLayout, DeviceError> {
+            let bar_size = memlength
+                .checked_next_power_of_two()
+                .ok_or(DeviceError::Overflow { base, size })?;
+            Ok(MemRegionLayout {
+                region_index: index,
+                bar: index as u8,
+                kind,
+                memlength,
+                bar_size,
+                fd_offset,
+                cacheable: kind == MemKind::Usemem,
+                base_pa: base + fd_offset,
+            })
+        };
+        let regions = match self.profile {
+            Profile::Gh100 => {
+                let rest = size
+                    .checked_sub(RESMEM_SIZE)
+                    .ok_or(DeviceError::TooSmallForResmem { size })?;
+                let usemem = rest / MEMBLK_SIZE * MEMBLK_SIZE;
+                if usemem == 0 {
+                    return Err(DeviceError::UsememZero { size });
+                }
+                vec![
+                    region(2, MemKind::Resmem, size - usemem, usemem)?,
+                    region(4, MemKind::Usemem, usemem, 0)?,
+                ]
+            }
+            Profile::Gb200 => vec![region(4, MemKind::Usemem, size, 0)?],
+            Profile::Seed => vec![region(2, MemKind::Usemem, size, 0)?],
+        };
+        Ok(Layout {
+            profile: self.profile,
+            device_id,
+            mem_size: size,
+            mem_base: base,
+            regions,
+        })
+    }
+}
+
+/// Parses `4096`, `512M`, `96G`, `96GiB`, `1T`, `3543348019`: bytes or binary suffixes.
+pub fn parse_size(s: &str) -> Result<u64, DeviceError> {
+    let bad = || DeviceError::BadSize(s.to_string());
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !c.is_ascii_digit() && c != '_')
+        .unwrap_or(t.len());
+    let (num, suffix) = t.split_at(split);
+    let num: u64 = num.replace('_', "").parse().map_err(|_| bad())?;
+    let shift = match suffix.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        "t" | "tb" | "tib" => 40,
+        _ => return Err(bad()),
+    };
+    num.checked_mul(1u64 << shift).ok_or_else(bad)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    fn cfg(profile: Profile, mem_size: u64) -> GpuConfig {
+        GpuConfig {
+            profile,
+            device_id: None,
+            mem_size,
+            mem_base: 0x4000_0000_0000,
+            backing: Backing::Memfd,
+            ready_delay: Duration::ZERO,
+            fault: None,
+        }
+    }
+
+    #[test]
+    fn gh100_96g_splits_into_95g_usemem_and_1g_resmem() {
+        let l = cfg(Profile::Gh100, 96 << 30).layout().unwrap();
+        let use4 = l.region(4).unwrap();
+        let res2 = l.region(2).unwrap();
+        assert_eq!((use4.memlength, use4.bar_size), (95 << 30, 128 << 30));
+        assert_eq!(
+            (res2.memlength, res2.bar_size, res2.fd_offset),
+            (1 << 30, 1 << 30, 95 << 30)
+        );
+    }
+
+    #[test]
+    fn gh100_non_power_of_two_rounds_usemem_down_to_512m() {
+        let l = cfg(Profile::Gh100, 3_543_348_019).layout().unwrap();
+        assert_eq!(l.region(4).unwrap().memlength, 2 << 30);
+        assert_eq!(l.region(2).unwrap().memlength, 3_543_348_019 - (2 << 30));
+        assert_eq!(l.region(2).unwrap().bar_size, 2 << 30);
+    }
+
+    #[test]
+    fn usemem_zero_after_rounding_is_refused() {
+        let err = cfg(Profile::Gh100, (1 << 30) + (256 << 20))
+            .layout()
+            .unwrap_err();
+        assert!(matches!(err, DeviceError::UsememZero { .. }));
+    }
+
+    #[test]
+    fn gh100_smaller_than_resmem_is_refused() {
+        assert!(matches!(
+            cfg(Profile::Gh100, 512 << 20).layout().unwrap_err(),
+            DeviceError::TooSmallForResmem { .. }
+        ));
+    }
+
+    #[test]
+    fn size_zero_is_refused_as_link_down() {
+        assert!(matches!(
+            cfg(Profile::Gb200, 0).layout().unwrap_err(),
+            DeviceError::LinkDown
+        ));
+    }
+
+    #[test]
+    fn base_plus_size_overflow_is_refused() {
+        let mut c = cfg(Profile::Gb200, 1 << 30);
+        c.mem_base = u64::MAX - 10;
+        assert!(matches!(
+            c.layout().unwrap_err(),
+            DeviceError::Overflow { .. }
+        ));
+    }
+
+    #[test]
+    fn gb200_has_all_memory_at_bar4() {
+        let l = cfg(Profile::Gb200, 3_543_348_019).layout().unwrap();
+        assert_eq!(l.regions.len(), 1);
+        assert_eq!(l.region(4).unwrap().memlength, 3_543_348_019);
+        assert_eq!(l.region(4).unwrap().bar_size, 4 << 30);
+    }
+
+    #[test]
+    fn seed_has_all_memory_at_bar2() {
+        let l = cfg(Profile::Seed, 3 << 30).layout().unwrap();
+        assert_eq!(l.regions.len(), 1);
+        assert_eq!(l.region(2).unwrap().bar_size, 4 << 30);
+    }
+
+    #[test]
+    fn power_of_two_memory_keeps_its_size_as_bar() {
+        let l = cfg(Profile::Gb200, 4 << 30).layout().unwrap();
+        assert_eq!(l.region(4).unwrap().bar_size, 4 << 30);
+    }
+
+    #[test]
+    fn unknown_device_id_is_refused() {
+        let mut c = cfg(Profile::Gh100, 96 << 30);
+        c.device_id = Some(0x1234);
+        assert!(matches!(
+            c.layout().unwrap_err(),
+            DeviceError::UnknownDeviceId(0x1234)
+        ));
+    }
+
+    #[test]
+    fn sizes_parse_with_binary_suffixes() {
+        assert_eq!(parse_size("96G").unwrap(), 96 << 30);
+        assert_eq!(parse_size("96GiB").unwrap(), 96 << 30);
+        assert_eq!(parse_size("512M").unwrap(), 512 << 20);
+        assert_eq!(parse_size("3543348019").unwrap(), 3_543_348_019);
+        assert!(parse_size("12Q").is_err());
+        assert!(parse_size("99999999999T").is_err());
+        assert!(parse_size("").is_err());
+    }
+}

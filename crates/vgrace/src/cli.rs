@@ -1,0 +1,174 @@
+//! Command-line definitions (clap). Parsing of values lives here; what the verbs do lives in
+//! their own modules.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use vgrace_device::{Fault, Profile};
+
+/// vgrace: a software NVIDIA Grace GPU (nvgrace-gpu-vfio-pci) served over vfio-user.
+#[derive(Debug, Parser)]
+#[command(name = "vgrace", version, about, long_about = None)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The verbs.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve one device (or several, from --config) over vfio-user until SIGTERM/SIGINT.
+    Serve(ServeArgs),
+    /// Print the device's regions and memory split, as a table and a diagram (or --json).
+    Layout(LayoutArgs),
+    /// Connect to a vfio-user server that claims to be an nvgrace device and check the ABI rules.
+    Check(CheckArgs),
+    /// Print the QEMU command-line pieces that attach this device to a guest.
+    QemuArgs(QemuArgsArgs),
+}
+
+/// The device, as the firmware properties and profile describe it.
+#[derive(Debug, Clone, Args)]
+pub struct DeviceArgs {
+    /// Device profile: gh100 (resmem at BAR2 + usemem at BAR4), gb200 (all memory at BAR4),
+    /// seed (the original patch: all memory at BAR2).
+    #[arg(long, default_value = "gh100")]
+    pub profile: Profile,
+    /// PCI device id from the upstream table (e.g. 0x2342, 0x2345, 0x2348, 0x2941, 0x31c2);
+    /// default: the profile's.
+    #[arg(long, value_parser = parse_u16)]
+    pub device_id: Option<u16>,
+    /// Device memory size (`nvidia,gpu-mem-size`): bytes or binary suffixes (96G, 96GiB, 512M).
+    #[arg(long, default_value = "96G", value_parser = parse_size_arg)]
+    pub mem_size: u64,
+    /// Host physical base of device memory (`nvidia,gpu-mem-base-pa`), e.g. 0x400000000000.
+    #[arg(long, default_value = "0x400000000000", value_parser = parse_u64)]
+    pub mem_base: u64,
+    /// Memory backing: `memfd` (sparse, default), `hugetlbfs`, or a file path (persistent).
+    #[arg(long, default_value = "memfd")]
+    pub backing: String,
+    /// Time until the BAR0 readiness registers (C2C link, HBM training) read ready, e.g. 2s.
+    #[arg(long, default_value = "0s", value_parser = parse_duration)]
+    pub ready_delay: Duration,
+    /// Inject a fault: never-ready (HBM never trains) or link-down (C2C link never up).
+    #[arg(long)]
+    pub fault: Option<Fault>,
+}
+
+/// `vgrace serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Socket path to listen on (created 0600; a stale socket is replaced, a live one refused).
+    #[arg(long, default_value = "vgrace.sock", conflicts_with = "fd")]
+    pub socket: PathBuf,
+    /// Serve on an inherited, already listening socket fd instead of --socket.
+    #[arg(long)]
+    pub fd: Option<i32>,
+    /// TOML file with one `[[device]]` table per device (each with its own `socket`); replaces
+    /// the device flags.
+    #[arg(long, conflicts_with_all = ["fd"])]
+    pub config: Option<PathBuf>,
+    /// Accept clients only from these uids (checked with SO_PEERCRED); repeatable.
+    #[arg(long = "allow-uid")]
+    pub allow_uid: Vec<u32>,
+    /// The device.
+    #[command(flatten)]
+    pub device: DeviceArgs,
+}
+
+/// `vgrace layout`.
+#[derive(Debug, Args)]
+pub struct LayoutArgs {
+    /// Print JSON instead of the table and diagram.
+    #[arg(long)]
+    pub json: bool,
+    /// The device.
+    #[command(flatten)]
+    pub device: DeviceArgs,
+}
+
+/// `vgrace check`.
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Socket of the vfio-user server to check.
+    #[arg(long)]
+    pub socket: PathBuf,
+    /// How long to wait for the BAR0 readiness registers (upstream waits 30 s).
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub ready_timeout: Duration,
+}
+
+/// `vgrace qemu-args`.
+#[derive(Debug, Args)]
+pub struct QemuArgsArgs {
+    /// Socket path the device is (or will be) served on.
+    #[arg(long, default_value = "vgrace.sock")]
+    pub socket: PathBuf,
+    /// Guest RAM size for the shared memory backend (QEMU syntax, e.g. 8G).
+    #[arg(long, default_value = "8G")]
+    pub guest_mem: String,
+    /// The device.
+    #[command(flatten)]
+    pub device: DeviceArgs,
+}
+
+/// Parses a size with optional binary suffix.
+fn parse_size_arg(s: &str) -> Result<u64, String> {
+    vgrace_device::parse_size(s).map_err(|e| e.to_string())
+}
+
+/// Parses a decimal or 0x-prefixed hexadecimal u64.
+pub fn parse_u64(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let parsed = match t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
+        Some(hex) => u64::from_str_radix(&hex.replace('_', ""), 16),
+        None => t.replace('_', "").parse::<u64>(),
+    };
+    parsed.map_err(|_| format!("`{s}` is not a number (decimal or 0x-hex)"))
+}
+
+/// Parses a decimal or 0x-prefixed hexadecimal u16.
+pub fn parse_u16(s: &str) -> Result<u16, String> {
+    let v = parse_u64(s)?;
+    u16::try_from(v).map_err(|_| format!("`{s}` does not fit in 16 bits"))
+}
+
+/// Parses a duration such as `2s`, `500ms`, `1m` or a bare `0`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    if s.trim() == "0" {
+        return Ok(Duration::ZERO);
+    }
+    humantime::parse_duration(s.trim()).map_err(|e| format!("`{s}` is not a duration ({e})"))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    #[test]
+    fn hex_and_decimal_numbers_parse() {
+        assert_eq!(parse_u64("0x400000000000").unwrap(), 0x4000_0000_0000);
+        assert_eq!(parse_u64("4096").unwrap(), 4096);
+    }
+
+    #[test]
+    fn device_id_over_16_bits_is_refused() {
+        assert!(parse_u16("0x12345").is_err());
+    }
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("0").unwrap(), Duration::ZERO);
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,195 @@
+//! The TOML configuration file: several devices in one process, one socket each.
+//!
+//! ```toml
+//! [[device]]
+//! socket = "/run/vgrace/gpu0.sock"
+//! profile = "gh100"          # gh100 | gb200 | seed
+//! mem_size = "96G"           # bytes (integer) or a string with a binary suffix
+//! mem_base = "0x400000000000"
+//! backing = "memfd"          # memfd | hugetlbfs | a file path
+//! device_id = "0x2342"       # optional
+//! ready_delay = "2s"         # optional
+//! fault = "never-ready"      # optional: never-ready | link-down
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+use vgrace_device::{Fault, GpuConfig, Profile};
+
+use crate::cli::{parse_duration, parse_u16, parse_u64, DeviceArgs};
+
+/// A number given either as a TOML integer or as a string (hex, or a size with suffix).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum NumOrString {
+    Num(u64),
+    Str(String),
+}
+
+/// One `[[device]]` table, as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeviceTable {
+    socket: PathBuf,
+    #[serde(default)]
+    profile: Option<Profile>,
+    #[serde(default)]
+    device_id: Option<NumOrString>,
+    #[serde(default)]
+    mem_size: Option<NumOrString>,
+    #[serde(default)]
+    mem_base: Option<NumOrString>,
+    #[serde(default)]
+    backing: Option<String>,
+    #[serde(default)]
+    ready_delay: Option<String>,
+    #[serde(default)]
+    fault: Option<Fault>,
+}
+
+/// The whole file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    #[serde(default)]
+    device: Vec<DeviceTable>,
+}
+
+/// One device to serve, resolved from the file.
+#[derive(Debug)]
+pub struct DeviceEntry {
+    /// Where to listen.
+    pub socket: PathBuf,
+    /// The device.
+    pub config: GpuConfig,
+}
+
+/// Reads and validates a configuration file.
+pub fn load(path: &Path) -> Result<Vec<DeviceEntry>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read config file {}", path.display()))?;
+    parse(&text).with_context(|| format!("invalid config file {}", path.display()))
+}
+
+/// Parses configuration text; separate from [`load`] so it can be tested without files.
+pub fn parse(text: &str) -> Result<Vec<DeviceEntry>> {
+    let file: ConfigFile = toml::from_str(text).map_err(|e| anyhow::anyhow!("{}", e.message()))?;
+    if file.device.is_empty() {
+        bail!("no [[device]] table");
+    }
+    let mut entries: Vec<DeviceEntry> = Vec::with_capacity(file.device.len());
+    for (i, table) in file.device.into_iter().enumerate() {
+        let socket = table.socket.clone();
+        if entries.iter().any(|e| e.socket == socket) {
+            bail!("device {i}: socket {} is used twice", socket.display());
+        }
+        let config = table.into_config().with_context(|| format!("device {i}"))?;
+        entries.push(DeviceEntry { socket, config });
+    }
+    Ok(entries)
+}
+
+impl DeviceTable {
+    fn into_config(self) -> Result<GpuConfig> {
+        let defaults = default_device_args();
+        let num = |v: &NumOrString, f: fn(&str) -> Result<u64, String>| -> Result<u64> {
+            match v {
+                NumOrString::Num(n) => Ok(*n),
+                NumOrString::Str(s) => f(s).map_err(|e| anyhow::anyhow!(e)),
+            }
+        };
+        let mem_size = match &self.mem_size {
+            Some(v) => num(v, |s| {
+                vgrace_device::parse_size(s).map_err(|e| e.to_string())
+            })
+            .context("mem_size")?,
+            None => defaults.mem_size,
+        };
+        let mem_base = match &self.mem_base {
+            Some(v) => num(v, parse_u64).context("mem_base")?,
+            None => defaults.mem_base,
+        };
+        let device_id = match &self.device_id {
+            Some(NumOrString::Num(n)) => Some(
+                u16::try_from(*n)
+                    .map_err(|_| anyhow::anyhow!("device_id: {n} does not fit in 16 bits"))?,
+            ),
+            Some(NumOrString::Str(s)) => {
+                Some(parse_u16(s).map_err(|e| anyhow::anyhow!("device_id: {e}"))?)
+            }
+            None => None,
+        };
+        let ready_delay = match &self.ready_delay {
+            Some(s) => parse_duration(s).map_err(|e| anyhow::anyhow!("ready_delay: {e}"))?,
+            None => Duration::ZERO,
+        };
+        let args = DeviceArgs {
+            profile: self.profile.unwrap_or(defaults.profile),
+            device_id,
+            mem_size,
+            mem_base,
+            backing: self.backing.unwrap_or(defaults.backing),
+            ready_delay,
+            fault: self.fault,
+        };
+        crate::device_config(&args)
+    }
+}
+
+/// The device flags' defaults, so the file and the command line agree on them.
+fn default_device_args() -> DeviceArgs {
+    use clap::Parser;
+    #[derive(Parser)]
+    struct Defaults {
+        #[command(flatten)]
+        device: DeviceArgs,
+    }
+    // Parsing no arguments cannot fail: every device flag has a default or is optional.
+    match Defaults::try_parse_from(["vgrace"]) {
+        Ok(d) => d.device,
+        Err(_) => unreachable!("device flags without defaults"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    #[test]
+    fn two_devices_parse_with_defaults() {
+        let text = "[[device]]\nsocket = \"/tmp/a.sock\"\n[[device]]\nsocket = \"/tmp/b.sock\"\nprofile = \"gb200\"\nmem_size = \"4G\"\n";
+        let entries = parse(text).unwrap();
+        assert_eq!(entries.len(), 2);
+        assert_eq!(entries[1].config.mem_size, 4 << 30);
+        assert_eq!(entries[0].config.mem_size, 96 << 30);
+    }
+
+    #[test]
+    fn unknown_key_is_refused() {
+        let err = parse("[[device]]\nsocket = \"/tmp/a.sock\"\nsize = 3\n").unwrap_err();
+        assert!(format!("{err:#}").contains("unknown field"), "{err:#}");
+    }
+
+    #[test]
+    fn duplicate_socket_is_refused() {
+        let err =
+            parse("[[device]]\nsocket = \"/tmp/a.sock\"\n[[device]]\nsocket = \"/tmp/a.sock\"\n")
+                .unwrap_err();
+        assert!(format!("{err:#}").contains("used twice"));
+    }
+
+    #[test]
+    fn empty_file_is_refused() {
+        assert!(parse("").is_err());
+    }
+
+    #[test]
+    fn bad_size_names_the_field() {
+        let err = parse("[[device]]\nsocket = \"/tmp/a.sock\"\nmem_size = \"lots\"\n").unwrap_err();
+        assert!(format!("{err:#}").contains("mem_size"), "{err:#}");
+    }
+}

@@ -1,0 +1,162 @@
+//! `vgrace layout`: the device as a person wants to see it.
+
+use std::fmt::Write as _;
+
+use anyhow::Result;
+use vgrace_device::Layout;
+
+use crate::cli::LayoutArgs;
+use crate::units::human;
+
+/// Width of the memory diagram in characters.
+const DIAGRAM_WIDTH: u64 = 64;
+
+/// Prints the layout (table and diagram, or JSON).
+pub fn run(args: &LayoutArgs) -> Result<()> {
+    let layout = crate::device_config(&args.device)?.layout()?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&layout)?);
+    } else {
+        print!("{}", render(&layout));
+    }
+    Ok(())
+}
+
+/// Renders the table of regions and the diagram of the memory split.
+pub fn render(layout: &Layout) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{} device 10de:{:04x}, {} ({} bytes) of device memory at host PA {:#x}",
+        layout.profile,
+        layout.device_id,
+        human(layout.mem_size),
+        layout.mem_size,
+        layout.mem_base
+    );
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "{:<6} {:<4} {:<7} {:>16} {:>16} {:<30} {:<14} {:>14} {:>18}",
+        "region",
+        "BAR",
+        "kind",
+        "BAR size",
+        "memlength",
+        "sparse mmap area",
+        "mapping",
+        "fd offset",
+        "host PA"
+    );
+    for r in &layout.regions {
+        let _ = writeln!(
+            out,
+            "{:<6} {:<4} {:<7} {:>16} {:>16} {:<30} {:<14} {:>14} {:>18}",
+            r.region_index,
+            format!("{}/{}", r.bar, r.bar + 1),
+            r.kind.to_string(),
+            human(r.bar_size),
+            human(r.memlength),
+            format!("[0, {:#x})", r.memlength),
+            if r.cacheable {
+                "cacheable"
+            } else {
+                "write-combine"
+            },
+            format!("{:#x}", r.fd_offset),
+            format!("{:#x}", r.base_pa),
+        );
+    }
+    let _ = writeln!(out);
+    let _ = writeln!(out, "Device memory (one fd, host physical order):");
+    let mut bar = String::new();
+    let mut legend = String::new();
+    let mut regions: Vec<_> = layout.regions.iter().collect();
+    regions.sort_by_key(|r| r.fd_offset);
+    for r in &regions {
+        let cells = scaled(r.memlength, layout.mem_size).max(1);
+        let fill = if r.cacheable { '=' } else { '~' };
+        bar.push('|');
+        bar.extend(std::iter::repeat_n(
+            fill,
+            usize::try_from(cells).unwrap_or(1),
+        ));
+        let _ = writeln!(
+            legend,
+            "  {fill} {} {} at fd offset {:#x} -> BAR{}",
+            r.kind,
+            human(r.memlength),
+            r.fd_offset,
+            r.bar
+        );
+    }
+    bar.push('|');
+    let _ = writeln!(out, "  {bar}");
+    out.push_str(&legend);
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "BARs as the guest sees them (# = memory, . = tail that reads 0xFF, writes dropped):"
+    );
+    for r in &layout.regions {
+        let mem = scaled(r.memlength, r.bar_size).max(1);
+        let tail = DIAGRAM_WIDTH.saturating_sub(mem);
+        let _ = writeln!(
+            out,
+            "  BAR{} {:>9} |{}{}| memory {} + tail {}",
+            r.bar,
+            human(r.bar_size),
+            "#".repeat(usize::try_from(mem).unwrap_or(0)),
+            ".".repeat(usize::try_from(tail).unwrap_or(0)),
+            human(r.memlength),
+            human(r.bar_size - r.memlength),
+        );
+    }
+    out
+}
+
+/// `part` of `whole` in diagram cells.
+fn scaled(part: u64, whole: u64) -> u64 {
+    if whole == 0 {
+        return 0;
+    }
+    let cells = u128::from(part) * u128::from(DIAGRAM_WIDTH) / u128::from(whole);
+    u64::try_from(cells).unwrap_or(DIAGRAM_WIDTH)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use vgrace_device::{Backing, GpuConfig, Profile};
+
+    fn gh100_96g() -> Layout {
+        GpuConfig {
+            profile: Profile::Gh100,
+            device_id: None,
+            mem_size: 96 << 30,
+            mem_base: 0x4000_0000_0000,
+            backing: Backing::Memfd,
+            ready_delay: std::time::Duration::ZERO,
+            fault: None,
+        }
+        .layout()
+        .unwrap()
+    }
+
+    #[test]
+    fn gh100_layout_shows_both_bars_with_sizes() {
+        let text = render(&gh100_96g());
+        assert!(text.contains("128 GiB"), "{text}");
+        assert!(text.contains("95 GiB"), "{text}");
+        assert!(text.contains("write-combine"), "{text}");
+        assert!(text.contains("BAR4"), "{text}");
+        assert!(text.contains("BAR2"), "{text}");
+    }
+
+    #[test]
+    fn scaled_never_exceeds_width() {
+        assert_eq!(scaled(u64::MAX, u64::MAX), DIAGRAM_WIDTH);
+        assert_eq!(scaled(1, 0), 0);
+    }
+}

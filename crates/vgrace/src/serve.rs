@@ -1,0 +1,196 @@
+//! `vgrace serve`: one server thread per device, stopped together by SIGTERM/SIGINT.
+
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::net::UnixListener;
+use std::path::PathBuf;
+use std::thread;
+
+use anyhow::{bail, Context, Result};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+use tracing::{error, info};
+use vfu::server::{bind_socket, Server, ServerConfig, Shutdown};
+use vgrace_device::NvGraceGpu;
+
+use crate::cli::ServeArgs;
+use crate::config::{self, DeviceEntry};
+use crate::units::human;
+
+/// Where one device listens.
+enum Endpoint {
+    /// A socket we created and remove on exit.
+    Path(PathBuf),
+    /// An inherited listening socket.
+    Fd(i32),
+}
+
+/// Runs until a signal arrives or every server has stopped.
+pub fn run(args: ServeArgs) -> Result<()> {
+    let entries = match &args.config {
+        Some(path) => config::load(path)?,
+        None => vec![DeviceEntry {
+            socket: args.socket.clone(),
+            config: crate::device_config(&args.device)?,
+        }],
+    };
+    let endpoint_of = |e: &DeviceEntry| match args.fd {
+        Some(fd) => Endpoint::Fd(fd),
+        None => Endpoint::Path(e.socket.clone()),
+    };
+
+    // Build every device before creating any socket, so a bad entry leaves nothing behind.
+    let mut devices = Vec::with_capacity(entries.len());
+    for entry in &entries {
+        let device = NvGraceGpu::new(&entry.config)
+            .with_context(|| format!("cannot create the device for {}", entry.socket.display()))?;
+        devices.push((endpoint_of(entry), device));
+    }
+
+    let mut bound: Vec<(Endpoint, NvGraceGpu, UnixListener)> = Vec::with_capacity(devices.len());
+    for (endpoint, device) in devices {
+        let listener = match listen(&endpoint) {
+            Ok(l) => l,
+            Err(e) => {
+                remove_sockets(bound.iter().map(|(ep, _, _)| ep));
+                return Err(e);
+            }
+        };
+        bound.push((endpoint, device, listener));
+    }
+
+    let shutdown = Shutdown::new().context("cannot create the shutdown event")?;
+    let mut signals = Signals::new([SIGTERM, SIGINT]).context("cannot install signal handlers")?;
+    let signal_handle = signals.handle();
+    let on_signal = shutdown.clone();
+    let signal_thread = thread::spawn(move || {
+        if let Some(sig) = signals.forever().next() {
+            info!(signal = sig, "stopping");
+            on_signal.trigger();
+        }
+    });
+
+    let server_config = ServerConfig {
+        allow_uids: (!args.allow_uid.is_empty()).then(|| args.allow_uid.clone()),
+        ..ServerConfig::default()
+    };
+    let mut workers = Vec::with_capacity(bound.len());
+    let mut endpoints = Vec::with_capacity(bound.len());
+    for (endpoint, device, listener) in bound {
+        let where_ = describe(&endpoint);
+        let layout = device.layout();
+        let bars: Vec<String> = layout
+            .regions
+            .iter()
+            .map(|r| format!("BAR{} {}", r.bar, human(r.bar_size)))
+            .collect();
+        info!(
+            "serving {} 10de:{:04x} with {} of {} memory ({}) on {}",
+            layout.profile,
+            layout.device_id,
+            human(layout.mem_size),
+            backing_name(&entries, &endpoint),
+            bars.join(", "),
+            where_
+        );
+        let shutdown = shutdown.clone();
+        let config = server_config.clone();
+        let name = where_.clone();
+        workers.push(thread::spawn(move || -> Result<()> {
+            let mut server = Server::new(device, config);
+            server
+                .serve(listener, &shutdown)
+                .with_context(|| format!("server on {name} failed"))
+        }));
+        endpoints.push(endpoint);
+    }
+
+    let mut failure = None;
+    for worker in workers {
+        let outcome = worker.join();
+        // One server failing stops the others, so the process never half-runs.
+        shutdown.trigger();
+        match outcome {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                error!("{e:#}");
+                failure.get_or_insert(e);
+            }
+            Err(_) => {
+                failure.get_or_insert_with(|| anyhow::anyhow!("a server thread panicked"));
+            }
+        }
+    }
+    signal_handle.close();
+    let _ = signal_thread.join();
+    remove_sockets(endpoints.iter());
+    match failure {
+        Some(e) => Err(e),
+        None => {
+            info!("stopped");
+            Ok(())
+        }
+    }
+}
+
+fn listen(endpoint: &Endpoint) -> Result<UnixListener> {
+    match endpoint {
+        Endpoint::Path(path) => {
+            bind_socket(path).with_context(|| format!("cannot listen on {}", path.display()))
+        }
+        Endpoint::Fd(fd) => inherited_listener(*fd),
+    }
+}
+
+/// Takes over an inherited listening socket after checking that it is one.
+fn inherited_listener(fd: i32) -> Result<UnixListener> {
+    use nix::sys::socket::{getsockopt, sockopt};
+    if fd < 0 {
+        bail!("--fd {fd} is not a file descriptor");
+    }
+    let target = std::fs::read_link(format!("/proc/self/fd/{fd}"))
+        .map_err(|_| anyhow::anyhow!("--fd {fd} is not an open file descriptor"))?;
+    if !target.to_string_lossy().starts_with("socket:") {
+        bail!("--fd {fd} is not a socket ({})", target.display());
+    }
+    // SAFETY: fd is open (its /proc entry exists), is a socket, and the process hands ownership of the
+    // inherited descriptor to us; nothing else in vgrace uses this number.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    let listening = getsockopt(&owned, sockopt::AcceptConn)
+        .with_context(|| format!("--fd {fd} is not a socket"))?;
+    if !listening {
+        bail!("--fd {fd} is not a listening socket");
+    }
+    Ok(UnixListener::from(owned))
+}
+
+fn describe(endpoint: &Endpoint) -> String {
+    match endpoint {
+        Endpoint::Path(p) => p.display().to_string(),
+        Endpoint::Fd(fd) => format!("inherited fd {fd}"),
+    }
+}
+
+fn backing_name(entries: &[DeviceEntry], endpoint: &Endpoint) -> String {
+    let backing = match endpoint {
+        Endpoint::Path(p) => entries.iter().find(|e| &e.socket == p),
+        Endpoint::Fd(_) => entries.first(),
+    }
+    .map(|e| &e.config.backing);
+    match backing {
+        Some(vgrace_device::Backing::Memfd) | None => "memfd".to_string(),
+        Some(vgrace_device::Backing::Hugetlbfs) => "hugetlbfs".to_string(),
+        Some(vgrace_device::Backing::File(p)) => format!("file {}", p.display()),
+    }
+}
+
+fn remove_sockets<'a>(endpoints: impl Iterator<Item = &'a Endpoint>) {
+    for endpoint in endpoints {
+        if let Endpoint::Path(path) = endpoint {
+            if let Err(e) = std::fs::remove_file(path) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    error!("cannot remove {}: {e}", path.display());
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,293 @@
+//! End-to-end tests of the `vgrace` binary: real processes, real sockets, real signals.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_vgrace");
+
+fn vgrace(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+fn stderr_of(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A `vgrace serve` child that is killed if a test fails before stopping it.
+struct Served {
+    child: Option<Child>,
+}
+
+impl Served {
+    fn start(socket: &Path, extra: &[&str]) -> Self {
+        let mut args = vec![
+            "serve",
+            "--socket",
+            socket.to_str().unwrap(),
+            "--mem-size",
+            "3543348019",
+        ];
+        args.extend_from_slice(extra);
+        let child = Command::new(BIN)
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let served = Self { child: Some(child) };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !socket.exists() {
+            assert!(
+                Instant::now() < deadline,
+                "server did not create {}",
+                socket.display()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        served
+    }
+
+    fn signal(&mut self, sig: nix::sys::signal::Signal) -> (std::process::ExitStatus, String) {
+        let mut child = self.child.take().unwrap();
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap());
+        nix::sys::signal::kill(pid, sig).unwrap();
+        let status = child.wait().unwrap();
+        let mut err = String::new();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        (status, err)
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+#[test]
+fn unknown_flag_is_one_line_and_exit_2() {
+    let out = vgrace(&["serve", "--no-such-flag"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        stderr_of(&out).trim().lines().count(),
+        1,
+        "{}",
+        stderr_of(&out)
+    );
+}
+
+#[test]
+fn bad_size_is_refused_clearly() {
+    let out = vgrace(&["layout", "--mem-size", "12Q"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr_of(&out).contains("12Q"), "{}", stderr_of(&out));
+}
+
+#[test]
+fn zero_size_is_refused_as_link_down() {
+    let out = vgrace(&["layout", "--mem-size", "0"]);
+    assert!(!out.status.success());
+    let err = stderr_of(&out);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn every_verb_has_help() {
+    for verb in ["serve", "layout", "check", "qemu-args"] {
+        let out = vgrace(&[verb, "--help"]);
+        assert!(out.status.success(), "{verb} --help failed");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("Usage"),
+            "{verb}"
+        );
+    }
+}
+
+#[test]
+fn layout_json_reports_gh100_96g_split() {
+    let out = vgrace(&["layout", "--json"]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let regions = v["regions"].as_array().unwrap();
+    let bar4 = regions.iter().find(|r| r["bar"] == 4).unwrap();
+    let bar2 = regions.iter().find(|r| r["bar"] == 2).unwrap();
+    assert_eq!(bar4["memlength"], 95u64 << 30);
+    assert_eq!(bar4["bar_size"], 128u64 << 30);
+    assert_eq!(bar2["memlength"], 1u64 << 30);
+    assert_eq!(bar2["bar_size"], 1u64 << 30);
+}
+
+#[test]
+fn unreadable_config_is_one_line() {
+    let out = vgrace(&["serve", "--config", "/nonexistent/vgrace.toml"]);
+    assert!(!out.status.success());
+    let err = stderr_of(&out);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("/nonexistent/vgrace.toml"), "{err}");
+}
+
+#[test]
+fn broken_config_is_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, "[[device]]\nsocket = 3\n").unwrap();
+    let out = vgrace(&["serve", "--config", path.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = stderr_of(&out);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+}
+
+#[test]
+fn socket_in_missing_directory_is_one_line() {
+    let out = vgrace(&[
+        "serve",
+        "--socket",
+        "/nonexistent-dir/gpu.sock",
+        "--mem-size",
+        "4G",
+    ]);
+    assert!(!out.status.success());
+    let err = stderr_of(&out);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("/nonexistent-dir/gpu.sock"), "{err}");
+}
+
+#[test]
+fn serve_creates_socket_0600_and_sigterm_removes_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("gpu.sock");
+    let mut served = Served::start(&socket, &[]);
+    let mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
+    let (status, err) = served.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(mode, 0o600);
+    assert!(status.success(), "{err}");
+    assert!(!socket.exists());
+    assert!(err.contains("serving"), "{err}");
+}
+
+#[test]
+fn live_socket_is_not_clobbered() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("gpu.sock");
+    let _first = Served::start(&socket, &[]);
+    let out = vgrace(&[
+        "serve",
+        "--socket",
+        socket.to_str().unwrap(),
+        "--mem-size",
+        "4G",
+    ]);
+    assert!(!out.status.success());
+    assert_eq!(
+        stderr_of(&out).trim().lines().count(),
+        1,
+        "{}",
+        stderr_of(&out)
+    );
+    assert!(socket.exists());
+}
+
+#[test]
+fn stale_socket_is_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("gpu.sock");
+    drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
+    let mut served = Served::start(&socket, &[]);
+    let (status, err) = served.signal(nix::sys::signal::Signal::SIGINT);
+    assert!(status.success(), "{err}");
+}
+
+#[test]
+fn check_passes_against_our_server_on_every_profile() {
+    for profile in ["gh100", "gb200", "seed"] {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("gpu.sock");
+        let _served = Served::start(&socket, &["--profile", profile]);
+        let out = vgrace(&["check", "--socket", socket.to_str().unwrap()]);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{profile}:\n{stdout}{}",
+            stderr_of(&out)
+        );
+        assert!(!stdout.contains("FAIL"), "{profile}:\n{stdout}");
+    }
+}
+
+#[test]
+fn check_fails_against_a_never_ready_device() {
+    // The readiness rule polls for 30 s upstream; the fault makes it fail, so keep one such test.
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("gpu.sock");
+    let _served = Served::start(&socket, &["--fault", "link-down"]);
+    let out = vgrace(&[
+        "check",
+        "--socket",
+        socket.to_str().unwrap(),
+        "--ready-timeout",
+        "1s",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{stdout}");
+    assert!(stdout.contains("FAIL  bar0: readiness"), "{stdout}");
+}
+
+#[test]
+fn config_file_serves_two_devices() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("a.sock");
+    let b = dir.path().join("b.sock");
+    let cfg = dir.path().join("two.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[[device]]\nsocket = \"{}\"\nmem_size = \"4G\"\n[[device]]\nsocket = \"{}\"\nprofile = \"gb200\"\nmem_size = \"3G\"\n",
+            a.display(),
+            b.display()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(BIN)
+        .args(["serve", "--config", cfg.to_str().unwrap()])
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !(a.exists() && b.exists()) {
+        assert!(Instant::now() < deadline, "sockets not created");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out_b = vgrace(&["check", "--socket", b.to_str().unwrap()]);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap()),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = child.wait().unwrap();
+    assert!(
+        out_b.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out_b.stdout)
+    );
+    assert!(status.success());
+    assert!(!a.exists() && !b.exists());
+}
