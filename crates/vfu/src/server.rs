@@ -657,7 +657,9 @@ fn region_info<D: Device>(device: &D, req: &vfio_region_info) -> Reply {
     let needed = REGION_INFO_SIZE.saturating_add(cap_len);
     let fits = req.argsz as usize >= needed;
     let mut flags = info.flags;
-    if cap_len > 0 {
+    // CAPS only when the chain is in this reply: QEMU rejects CAPS with cap_offset 0 (the
+    // kernel's way of saying "ask again with a larger argsz"); argsz alone says it here.
+    if cap_len > 0 && fits {
         flags |= VFIO_REGION_INFO_FLAG_CAPS;
     }
     let out_info = vfio_region_info {
