@@ -31,6 +31,12 @@ pub struct TestDevice {
     pub counters: Arc<Counters>,
 }
 
+impl Default for TestDevice {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl TestDevice {
     pub fn new() -> Self {
         let ram = tempfile::tempfile().unwrap();
