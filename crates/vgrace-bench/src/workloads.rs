@@ -1,0 +1,331 @@
+//! The measured workloads and their baselines. Each returns a rate (operations or bytes per
+//! second); the binary interleaves subject and baseline runs and reports median ratios.
+
+use std::io::{Read, Write};
+use std::os::fd::AsFd;
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use vfu::client::Client;
+use vfu::server::{Server, ServerConfig};
+use vfu::transport::UnixTransport;
+use vgrace_device::{Backing, GpuConfig, NvGraceGpu, Profile};
+
+/// Error type of the harness (benchmarks are not a library API; strings are enough).
+pub type BenchError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Where threads run: both on CPU 0, or wherever the scheduler puts them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    /// Both threads pinned to CPU 0 (no cross-CPU wake-ups: CPU cost dominates).
+    Pinned,
+    /// Unpinned (cross-CPU wake-up latency dominates).
+    Unpinned,
+}
+
+/// Applies the placement to the calling thread (threads inherit it from their creator, so
+/// unpinned resets to every CPU).
+pub fn place(p: Placement) {
+    let mut set = nix::sched::CpuSet::new();
+    let cpus = match p {
+        Placement::Pinned => 1,
+        Placement::Unpinned => std::thread::available_parallelism().map_or(1, |n| n.get()),
+    };
+    for cpu in 0..cpus {
+        let _ = set.set(cpu);
+    }
+    let _ = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set);
+}
+
+/// A small device for the socket workloads (gh100, 2 GiB usemem, sparse memfd).
+pub fn bench_device() -> Result<NvGraceGpu, BenchError> {
+    let cfg = GpuConfig {
+        profile: Profile::Gh100,
+        device_id: None,
+        mem_size: 3 << 30,
+        mem_base: 0,
+        backing: Backing::Memfd,
+        ready_delay: Duration::ZERO,
+        fault: None,
+    };
+    Ok(NvGraceGpu::new(&cfg)?)
+}
+
+/// Request and reply sizes of a 4-byte REGION_READ (header + fixed part [+ data]).
+pub const RT_REQUEST: usize = 32;
+/// Reply size of a 4-byte REGION_READ.
+pub const RT_REPLY: usize = 36;
+
+/// Plain AF_UNIX ping-pong with the REGION_READ message sizes: round trips per second.
+pub fn pingpong(iters: u64, p: Placement, req: usize, reply: usize) -> Result<f64, BenchError> {
+    let (mut a, mut b) = UnixStream::pair()?;
+    let server = thread::spawn(move || -> std::io::Result<()> {
+        place(p);
+        let mut inb = vec![0u8; req];
+        let out = vec![0u8; reply];
+        loop {
+            if b.read_exact(&mut inb).is_err() {
+                return Ok(());
+            }
+            b.write_all(&out)?;
+        }
+    });
+    place(p);
+    let out = vec![1u8; req];
+    let mut inb = vec![0u8; reply];
+    let start = Instant::now();
+    for _ in 0..iters {
+        a.write_all(&out)?;
+        a.read_exact(&mut inb)?;
+    }
+    let rate = iters as f64 / start.elapsed().as_secs_f64();
+    drop(a);
+    let _ = server.join();
+    Ok(rate)
+}
+
+/// Runs `f` with a vgrace client connected to a vgrace server thread over a socketpair.
+fn with_vgrace<T>(
+    p: Placement,
+    f: impl FnOnce(&mut Client) -> Result<T, BenchError>,
+) -> Result<T, BenchError> {
+    let (a, b) = UnixStream::pair()?;
+    let device = bench_device()?;
+    let server = thread::spawn(move || {
+        place(p);
+        let mut s = Server::new(device, ServerConfig::default());
+        let _ = s.serve_connection(UnixTransport::new(b));
+    });
+    place(p);
+    let mut client = Client::from_stream(a)?;
+    let out = f(&mut client);
+    drop(client);
+    let _ = server.join();
+    out
+}
+
+/// 4-byte BAR0 REGION_READs through vgrace: round trips per second.
+pub fn vgrace_roundtrip(iters: u64, p: Placement) -> Result<f64, BenchError> {
+    with_vgrace(p, |c| {
+        let mut buf = [0u8; 4];
+        let start = Instant::now();
+        for _ in 0..iters {
+            c.region_read_into(0, 0x1498, &mut buf)?;
+        }
+        Ok(iters as f64 / start.elapsed().as_secs_f64())
+    })
+}
+
+/// No_reply 4-byte BAR0 writes, closed by one round trip: writes per second.
+pub fn vgrace_posted(iters: u64, p: Placement) -> Result<f64, BenchError> {
+    with_vgrace(p, |c| {
+        let start = Instant::now();
+        for i in 0..iters {
+            c.region_write_posted(0, 0x1000 + (i % 64) * 4, &(i as u32).to_le_bytes())?;
+        }
+        let mut buf = [0u8; 4];
+        c.region_read_into(0, 0x1000, &mut buf)?;
+        Ok(iters as f64 / start.elapsed().as_secs_f64())
+    })
+}
+
+/// 1 MiB REGION_READs of BAR4 memory: bytes per second.
+pub fn vgrace_bulk(iters: u64, p: Placement) -> Result<f64, BenchError> {
+    with_vgrace(p, |c| {
+        // One MiB of memory, touched once so the loop measures transfers, not page faults.
+        let mut buf = vec![0u8; 1 << 20];
+        c.region_write(4, 0, &vec![0x5a; 1 << 20])?;
+        c.region_read_into(4, 0, &mut buf)?;
+        let start = Instant::now();
+        for _ in 0..iters {
+            c.region_read_into(4, 0, &mut buf)?;
+        }
+        Ok((iters << 20) as f64 / start.elapsed().as_secs_f64())
+    })
+}
+
+/// A trivial backend for the crates.io `vfio_user` server: BAR0 of 16 MiB reading zeros.
+struct TrivialBackend;
+
+impl vfio_user::ServerBackend for TrivialBackend {
+    fn region_read(
+        &mut self,
+        _region: u32,
+        _offset: u64,
+        data: &mut [u8],
+    ) -> Result<(), std::io::Error> {
+        data.fill(0);
+        Ok(())
+    }
+    fn region_write(
+        &mut self,
+        _region: u32,
+        _offset: u64,
+        _data: &[u8],
+    ) -> Result<(), std::io::Error> {
+        Ok(())
+    }
+    fn dma_map(
+        &mut self,
+        _: vfio_user::DmaMapFlags,
+        _: u64,
+        _: u64,
+        _: u64,
+        _: Option<std::fs::File>,
+    ) -> Result<(), std::io::Error> {
+        Ok(())
+    }
+    fn dma_unmap(
+        &mut self,
+        _: vfio_user::DmaUnmapFlags,
+        _: u64,
+        _: u64,
+    ) -> Result<(), std::io::Error> {
+        Ok(())
+    }
+    fn reset(&mut self) -> Result<(), std::io::Error> {
+        Ok(())
+    }
+    fn set_irqs(
+        &mut self,
+        _: u32,
+        _: u32,
+        _: u32,
+        _: u32,
+        _: Vec<std::fs::File>,
+    ) -> Result<(), std::io::Error> {
+        Ok(())
+    }
+}
+
+/// The same 4-byte BAR0 REGION_READ workload against the crates.io `vfio_user` server.
+pub fn rustvmm_roundtrip(iters: u64, p: Placement) -> Result<f64, BenchError> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("rustvmm.sock");
+    let bar0 = vfio_user::ServerRegion {
+        region_info: vfio_bindings::bindings::vfio::vfio_region_info {
+            argsz: 32,
+            flags: 3,
+            index: 0,
+            cap_offset: 0,
+            size: 16 << 20,
+            offset: 0,
+        },
+        sparse_areas: Vec::new(),
+        mmap_fd: None,
+    };
+    let server = vfio_user::Server::new(&path, true, Vec::new(), vec![bar0])
+        .map_err(|e| format!("rust-vmm server: {e}"))?;
+    let handle = thread::spawn(move || {
+        place(p);
+        let _ = server.run(&mut TrivialBackend);
+    });
+    place(p);
+    let mut client = Client::connect(&path)?;
+    let mut buf = [0u8; 4];
+    let start = Instant::now();
+    for _ in 0..iters {
+        client.region_read_into(0, 0x1498, &mut buf)?;
+    }
+    let rate = iters as f64 / start.elapsed().as_secs_f64();
+    drop(client);
+    let _ = handle.join();
+    Ok(rate)
+}
+
+/// memcpy into the client's mapping of the BAR4 fd vs into an anonymous buffer: bytes per
+/// second of each, for `size` bytes copied `iters` times.
+pub fn memcpy_pair(size: usize, iters: u64) -> Result<(f64, f64), BenchError> {
+    use nix::sys::mman::{mmap, munmap, MapFlags, ProtFlags};
+    let device = bench_device()?;
+    let info = vfu::Device::region_info(&device, 4).map_err(|e| format!("region info: {e}"))?;
+    let fd = info.fd.ok_or("no region fd")?;
+    let len = std::num::NonZeroUsize::new(size).ok_or("size 0")?;
+    // SAFETY: a fresh shared mapping of the region fd, unmapped below; only used through the
+    // slice built from it while it is alive.
+    let ptr = unsafe {
+        mmap(
+            None,
+            len,
+            ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+            MapFlags::MAP_SHARED,
+            fd.as_fd(),
+            0,
+        )
+    }?;
+    // SAFETY: ptr is a live mapping of `size` bytes, exclusively used here.
+    let mapped = unsafe { std::slice::from_raw_parts_mut(ptr.as_ptr().cast::<u8>(), size) };
+    let src = vec![0x5au8; size];
+    let mut anon = vec![0u8; size];
+    mapped.copy_from_slice(&src);
+    anon.copy_from_slice(&src);
+    let time = |dst: &mut [u8]| {
+        let start = Instant::now();
+        for _ in 0..iters {
+            dst.copy_from_slice(std::hint::black_box(&src));
+            std::hint::black_box(&mut *dst);
+        }
+        (size as u64 * iters) as f64 / start.elapsed().as_secs_f64()
+    };
+    let mut m = Vec::new();
+    let mut a = Vec::new();
+    for _ in 0..5 {
+        m.push(time(mapped));
+        a.push(time(&mut anon));
+    }
+    // SAFETY: the mapping made above; `mapped` is not used after this.
+    unsafe { munmap(ptr, size) }?;
+    Ok((median(&mut m), median(&mut a)))
+}
+
+/// Starts `vgrace serve` for `mem_size`, times until a VERSION reply, reads peak RSS (KiB).
+pub fn startup(vgrace: &Path, mem_size: &str) -> Result<(Duration, u64), BenchError> {
+    let dir = tempfile::tempdir()?;
+    let sock = dir.path().join("s.sock");
+    let start = Instant::now();
+    let mut child = Command::new(vgrace)
+        .args(["serve", "--socket"])
+        .arg(&sock)
+        .args(["--profile", "gb200", "--mem-size", mem_size])
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let deadline = start + Duration::from_secs(30);
+    let elapsed = loop {
+        if let Ok(mut c) = Client::connect(&sock) {
+            let t = start.elapsed();
+            c.device_info()?;
+            break t;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            return Err("vgrace did not answer within 30 s".into());
+        }
+        thread::sleep(Duration::from_micros(200));
+    };
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id()))?;
+    let hwm = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
+    let _ = child.kill();
+    let _ = child.wait();
+    Ok((elapsed, hwm))
+}
+
+/// Median of a slice (sorts it).
+pub fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
