@@ -1,0 +1,528 @@
+//! One named test per rule of the nvgrace device ABI (../shared/spec/nvgrace-abi.md), driven
+//! through the `vfu::Device` trait as the server would.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::os::fd::AsFd;
+use std::time::Duration;
+
+use vfu::{Device, Errno};
+use vgrace_device::{Backing, DeviceError, Fault, GpuConfig, NvGraceGpu, Profile};
+
+const GIB: u64 = 1 << 30;
+const ODD: u64 = 3_543_348_019;
+const CONFIG: u32 = 7;
+
+fn cfg(profile: Profile, mem_size: u64) -> GpuConfig {
+    GpuConfig {
+        profile,
+        device_id: None,
+        mem_size,
+        mem_base: 0x4000_0000_0000,
+        backing: Backing::Memfd,
+        ready_delay: Duration::ZERO,
+        fault: None,
+    }
+}
+
+fn dev(profile: Profile, mem_size: u64) -> NvGraceGpu {
+    NvGraceGpu::new(&cfg(profile, mem_size)).unwrap()
+}
+
+fn read(d: &mut NvGraceGpu, region: u32, offset: u64, len: usize) -> Result<Vec<u8>, Errno> {
+    let mut b = vec![0u8; len];
+    let n = d.region_read(region, offset, &mut b)?;
+    b.truncate(n);
+    Ok(b)
+}
+
+fn cfg32(d: &mut NvGraceGpu, offset: u64) -> u32 {
+    u32::from_le_bytes(read(d, CONFIG, offset, 4).unwrap().try_into().unwrap())
+}
+
+fn cfg_write32(d: &mut NvGraceGpu, offset: u64, v: u32) {
+    d.region_write(CONFIG, offset, &v.to_le_bytes()).unwrap();
+}
+
+fn bar64(d: &mut NvGraceGpu, bar: u64) -> u64 {
+    u64::from(cfg32(d, 0x10 + 4 * bar)) | (u64::from(cfg32(d, 0x14 + 4 * bar)) << 32)
+}
+
+#[test]
+fn region_info_size_is_bar_size_gh100_96g() {
+    let d = dev(Profile::Gh100, 96 * GIB);
+    assert_eq!(d.region_info(4).unwrap().size, 128 * GIB);
+    assert_eq!(d.region_info(2).unwrap().size, GIB);
+}
+
+#[test]
+fn region_info_size_is_bar_size_non_power_of_two() {
+    let d = dev(Profile::Gb200, ODD);
+    assert_eq!(d.region_info(4).unwrap().size, 4 * GIB);
+}
+
+#[test]
+fn region_info_flags_read_write_mmap() {
+    let d = dev(Profile::Seed, ODD);
+    assert_eq!(d.region_info(2).unwrap().flags & 7, 7);
+}
+
+#[test]
+fn sparse_area_covers_exactly_memlength() {
+    let d = dev(Profile::Gh100, 96 * GIB);
+    let usemem = d.region_info(4).unwrap();
+    let resmem = d.region_info(2).unwrap();
+    assert_eq!(
+        usemem.sparse_areas,
+        vec![vfu::SparseArea {
+            offset: 0,
+            size: 95 * GIB
+        }]
+    );
+    assert_eq!(
+        resmem.sparse_areas,
+        vec![vfu::SparseArea {
+            offset: 0,
+            size: GIB
+        }]
+    );
+}
+
+#[test]
+fn region_fd_offsets_follow_host_layout() {
+    let d = dev(Profile::Gh100, ODD);
+    assert_eq!(d.region_info(4).unwrap().fd_offset, 0);
+    assert_eq!(d.region_info(2).unwrap().fd_offset, 2 * GIB);
+}
+
+#[test]
+fn memory_regions_carry_one_fd() {
+    let d = dev(Profile::Gh100, ODD);
+    assert!(d.region_info(2).unwrap().fd.is_some());
+    assert!(d.region_info(4).unwrap().fd.is_some());
+    assert!(d.region_info(0).unwrap().fd.is_none());
+}
+
+#[test]
+fn gb200_has_no_bar2_region() {
+    let d = dev(Profile::Gb200, ODD);
+    assert_eq!(d.region_info(2).unwrap().size, 0);
+}
+
+#[test]
+fn read_past_memory_returns_all_ones() {
+    let mut d = dev(Profile::Gh100, ODD);
+    let resmem_len = ODD - 2 * GIB;
+    assert_eq!(read(&mut d, 2, resmem_len, 16).unwrap(), vec![0xff; 16]);
+}
+
+#[test]
+fn read_straddling_memory_end_mixes_memory_and_ones() {
+    let mut d = dev(Profile::Gb200, ODD);
+    d.region_write(4, ODD - 2, &[1, 2]).unwrap();
+    assert_eq!(read(&mut d, 4, ODD - 2, 4).unwrap(), vec![1, 2, 0xff, 0xff]);
+}
+
+#[test]
+fn write_past_memory_is_dropped() {
+    let mut d = dev(Profile::Gb200, ODD);
+    assert_eq!(d.region_write(4, ODD + 100, &[0; 8]).unwrap(), 8);
+    assert_eq!(read(&mut d, 4, ODD + 100, 8).unwrap(), vec![0xff; 8]);
+}
+
+#[test]
+fn access_is_clipped_at_bar_size() {
+    let mut d = dev(Profile::Gb200, ODD);
+    assert_eq!(read(&mut d, 4, 4 * GIB - 4, 16).unwrap().len(), 4);
+    assert_eq!(d.region_write(4, 4 * GIB - 2, &[0; 8]).unwrap(), 2);
+}
+
+#[test]
+fn offset_at_bar_size_is_einval() {
+    let mut d = dev(Profile::Seed, ODD);
+    assert_eq!(read(&mut d, 2, 4 * GIB, 4), Err(Errno::EINVAL));
+    assert_eq!(d.region_write(2, u64::MAX, &[0]), Err(Errno::EINVAL));
+}
+
+#[test]
+fn memory_reads_back_writes() {
+    let mut d = dev(Profile::Gh100, 96 * GIB);
+    d.region_write(4, 95 * GIB - 8, b"usemem!!").unwrap();
+    d.region_write(2, 12345, b"resmem").unwrap();
+    assert_eq!(
+        read(&mut d, 4, 95 * GIB - 8, 8).unwrap(),
+        b"usemem!!".to_vec()
+    );
+    assert_eq!(read(&mut d, 2, 12345, 6).unwrap(), b"resmem".to_vec());
+}
+
+#[test]
+fn bar_reads_flags_only_initially() {
+    let mut d = dev(Profile::Gh100, ODD);
+    assert_eq!(bar64(&mut d, 2), 0xc);
+    assert_eq!(bar64(&mut d, 4), 0xc);
+}
+
+#[test]
+fn bar_sizing_probe_returns_size_mask() {
+    let mut d = dev(Profile::Gh100, 96 * GIB);
+    cfg_write32(&mut d, 0x20, u32::MAX);
+    cfg_write32(&mut d, 0x24, u32::MAX);
+    assert_eq!(bar64(&mut d, 4), !(128 * GIB - 1) | 0xc);
+}
+
+#[test]
+fn bar_sizing_probe_on_every_profile() {
+    for (p, bar, size) in [
+        (Profile::Gh100, 2, 2 * GIB),
+        (Profile::Gb200, 4, 4 * GIB),
+        (Profile::Seed, 2, 4 * GIB),
+    ] {
+        let mut d = dev(p, ODD);
+        cfg_write32(&mut d, 0x10 + 4 * bar, u32::MAX);
+        cfg_write32(&mut d, 0x14 + 4 * bar, u32::MAX);
+        assert_eq!(bar64(&mut d, bar), !(size - 1) | 0xc, "{p}");
+    }
+}
+
+#[test]
+fn bar_partial_unaligned_access() {
+    let mut d = dev(Profile::Gb200, ODD);
+    d.region_write(CONFIG, 0x23, &[0xab, 0xcd]).unwrap();
+    // bar_val = 0xcdab000000 -> masked to the 4 GiB size: 0xcd00000000 | 0xc.
+    assert_eq!(
+        read(&mut d, CONFIG, 0x23, 3).unwrap(),
+        vec![0x00, 0xcd, 0x00]
+    );
+    assert_eq!(bar64(&mut d, 4), 0xcd_0000_000c);
+}
+
+#[test]
+fn absent_bar_reads_zero() {
+    let mut d = dev(Profile::Gb200, ODD);
+    cfg_write32(&mut d, 0x18, u32::MAX);
+    assert_eq!(bar64(&mut d, 2), 0);
+    assert_eq!(cfg32(&mut d, 0x30), 0);
+}
+
+#[test]
+fn bar0_is_16mib_64bit_non_prefetchable() {
+    let mut d = dev(Profile::Gh100, ODD);
+    cfg_write32(&mut d, 0x10, u32::MAX);
+    cfg_write32(&mut d, 0x14, u32::MAX);
+    assert_eq!(bar64(&mut d, 0), !((16u64 << 20) - 1) | 0x4);
+    assert_eq!(d.region_info(0).unwrap().size, 16 << 20);
+}
+
+#[test]
+fn reset_clears_emulated_bars() {
+    let mut d = dev(Profile::Gh100, ODD);
+    cfg_write32(&mut d, 0x20, 0x8000_0000);
+    cfg_write32(&mut d, 0x24, 0x10);
+    d.reset().unwrap();
+    assert_eq!(bar64(&mut d, 4), 0xc);
+}
+
+#[test]
+fn reset_keeps_memory() {
+    let mut d = dev(Profile::Gh100, ODD);
+    d.region_write(4, 4096, b"keep").unwrap();
+    d.reset().unwrap();
+    assert_eq!(read(&mut d, 4, 4096, 4).unwrap(), b"keep".to_vec());
+}
+
+fn reg32(d: &mut NvGraceGpu, offset: u64) -> u32 {
+    u32::from_le_bytes(read(d, 0, offset, 4).unwrap().try_into().unwrap())
+}
+
+#[test]
+fn readiness_registers_read_ff_when_ready() {
+    let mut d = dev(Profile::Gb200, ODD);
+    assert_eq!(reg32(&mut d, 0x1498), 0xff);
+    assert_eq!(reg32(&mut d, 0x200bc), 0xff);
+}
+
+#[test]
+fn readiness_waits_for_the_training_delay() {
+    let mut c = cfg(Profile::Gb200, ODD);
+    c.ready_delay = Duration::from_secs(3600);
+    let mut d = NvGraceGpu::new(&c).unwrap();
+    assert_eq!(reg32(&mut d, 0x1498), 0);
+    assert_eq!(reg32(&mut d, 0x200bc), 0);
+}
+
+#[test]
+fn reset_rearms_readiness() {
+    let mut c = cfg(Profile::Gb200, ODD);
+    c.ready_delay = Duration::from_millis(200);
+    let mut d = NvGraceGpu::new(&c).unwrap();
+    std::thread::sleep(Duration::from_millis(250));
+    let before = reg32(&mut d, 0x200bc);
+    d.reset().unwrap();
+    assert_eq!(before, 0xff);
+    assert_eq!(reg32(&mut d, 0x200bc), 0);
+}
+
+#[test]
+fn never_ready_fault_keeps_hbm_training_zero() {
+    let mut c = cfg(Profile::Gb200, ODD);
+    c.fault = Some(Fault::NeverReady);
+    let mut d = NvGraceGpu::new(&c).unwrap();
+    assert_eq!(reg32(&mut d, 0x200bc), 0);
+    assert_eq!(reg32(&mut d, 0x1498), 0xff);
+}
+
+#[test]
+fn link_down_fault_keeps_c2c_zero() {
+    let mut c = cfg(Profile::Gb200, ODD);
+    c.fault = Some(Fault::LinkDown);
+    let mut d = NvGraceGpu::new(&c).unwrap();
+    assert_eq!(reg32(&mut d, 0x1498), 0);
+}
+
+#[test]
+fn readiness_registers_are_read_only() {
+    let mut d = dev(Profile::Gb200, ODD);
+    d.region_write(0, 0x1498, &0u32.to_le_bytes()).unwrap();
+    assert_eq!(reg32(&mut d, 0x1498), 0xff);
+}
+
+#[test]
+fn bar0_accepts_1_2_4_8_byte_accesses_and_refuses_3() {
+    let mut d = dev(Profile::Gh100, ODD);
+    for len in [1usize, 2, 4, 8] {
+        assert_eq!(d.region_write(0, 0x100, &vec![0x11; len]).unwrap(), len);
+    }
+    assert_eq!(d.region_write(0, 0x100, &[0; 3]), Err(Errno::EINVAL));
+    assert_eq!(read(&mut d, 0, 0x100, 3), Err(Errno::EINVAL));
+}
+
+#[test]
+fn bar0_register_file_keeps_writes() {
+    let mut d = dev(Profile::Gh100, ODD);
+    d.region_write(0, 0x88_0000, &0xdead_beef_u32.to_le_bytes())
+        .unwrap();
+    assert_eq!(reg32(&mut d, 0x88_0000), 0xdead_beef);
+    assert_eq!(reg32(&mut d, 0x88_0004), 0);
+}
+
+#[test]
+fn bar0_access_past_16mib_is_einval() {
+    let mut d = dev(Profile::Gh100, ODD);
+    assert_eq!(read(&mut d, 0, (16 << 20) - 2, 4), Err(Errno::EINVAL));
+}
+
+#[test]
+fn config_identity_vendor_device_class() {
+    let mut d = dev(Profile::Gh100, ODD);
+    assert_eq!(cfg32(&mut d, 0), 0x2342_10de);
+    assert_eq!(cfg32(&mut d, 8) >> 8, 0x03_0200);
+}
+
+#[test]
+fn config_identity_read_only() {
+    let mut d = dev(Profile::Gh100, ODD);
+    cfg_write32(&mut d, 0, 0);
+    assert_eq!(cfg32(&mut d, 0), 0x2342_10de);
+}
+
+fn capabilities(d: &mut NvGraceGpu) -> Vec<u8> {
+    let mut ids = Vec::new();
+    let mut at = read(d, CONFIG, 0x34, 1).unwrap()[0];
+    while at != 0 && ids.len() < 16 {
+        let cap = read(d, CONFIG, u64::from(at), 2).unwrap();
+        ids.push(cap[0]);
+        at = cap[1];
+    }
+    ids
+}
+
+#[test]
+fn config_capability_list_has_pm_msix_pcie() {
+    let mut d = dev(Profile::Gh100, ODD);
+    assert_eq!(capabilities(&mut d), vec![0x01, 0x11, 0x10]);
+}
+
+#[test]
+fn irq_info_msix_count_matches_capability_table_size() {
+    let mut d = dev(Profile::Gh100, ODD);
+    let ctrl = u16::from_le_bytes(
+        read(&mut d, CONFIG, 0x48 + 2, 2)
+            .unwrap()
+            .try_into()
+            .unwrap(),
+    );
+    assert_eq!(u32::from(ctrl & 0x7ff) + 1, d.irq_info(2).unwrap().count);
+}
+
+#[test]
+fn gb200_dvsec_advertises_cached_resmem() {
+    let mut d = dev(Profile::Gb200, ODD);
+    let header = cfg32(&mut d, 0x100);
+    let dvsec1 = cfg32(&mut d, 0x104);
+    let dvsec2 = cfg32(&mut d, 0x108);
+    assert_eq!(header & 0xffff, 0x23);
+    assert_eq!(dvsec1 & 0xffff, 0x10de);
+    assert_eq!(dvsec2 & 0xffff, 3);
+    assert_eq!((dvsec2 >> 16) & 1, 1);
+}
+
+#[test]
+fn gh100_has_no_dvsec() {
+    let mut d = dev(Profile::Gh100, ODD);
+    assert_eq!(cfg32(&mut d, 0x100), 0);
+}
+
+#[test]
+fn config_access_past_4096_is_einval() {
+    let mut d = dev(Profile::Gh100, ODD);
+    assert_eq!(read(&mut d, CONFIG, 4096, 4), Err(Errno::EINVAL));
+}
+
+#[test]
+fn device_id_selectable_from_upstream_table() {
+    let mut c = cfg(Profile::Gh100, ODD);
+    c.device_id = Some(0x2345);
+    let mut d = NvGraceGpu::new(&c).unwrap();
+    assert_eq!(cfg32(&mut d, 0) >> 16, 0x2345);
+}
+
+#[test]
+fn unknown_device_id_refused() {
+    let mut c = cfg(Profile::Gh100, ODD);
+    c.device_id = Some(0x1b80);
+    assert!(matches!(
+        NvGraceGpu::new(&c),
+        Err(DeviceError::UnknownDeviceId(0x1b80))
+    ));
+}
+
+#[test]
+fn size_zero_is_refused_as_link_down() {
+    assert!(matches!(
+        NvGraceGpu::new(&cfg(Profile::Gh100, 0)),
+        Err(DeviceError::LinkDown)
+    ));
+}
+
+#[test]
+fn usemem_zero_after_rounding_is_refused() {
+    assert!(matches!(
+        NvGraceGpu::new(&cfg(Profile::Gh100, GIB + 100)),
+        Err(DeviceError::UsememZero { .. })
+    ));
+}
+
+#[test]
+fn overflowing_base_is_refused() {
+    let mut c = cfg(Profile::Seed, GIB);
+    c.mem_base = u64::MAX - GIB + 2;
+    assert!(matches!(
+        NvGraceGpu::new(&c),
+        Err(DeviceError::Overflow { .. })
+    ));
+}
+
+fn rss_kib() -> u64 {
+    let s = std::fs::read_to_string("/proc/self/status").unwrap();
+    s.lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn memfd_480g_is_sparse() {
+    let before = rss_kib();
+    let mut d = dev(Profile::Gb200, 480 * GIB);
+    d.region_write(4, 479 * GIB, &[1; 4096]).unwrap();
+    let after = rss_kib();
+    assert!(
+        after.saturating_sub(before) < 32 * 1024,
+        "RSS grew by {} KiB",
+        after - before
+    );
+}
+
+#[test]
+fn file_backing_persists_across_devices() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = cfg(Profile::Gh100, ODD);
+    c.backing = Backing::File(dir.path().join("gpu.mem"));
+    let mut first = NvGraceGpu::new(&c).unwrap();
+    first.region_write(2, 777, b"persist").unwrap();
+    drop(first);
+    let mut second = NvGraceGpu::new(&c).unwrap();
+    assert_eq!(read(&mut second, 2, 777, 7).unwrap(), b"persist".to_vec());
+}
+
+#[test]
+fn file_backing_holds_usemem_at_offset_0_and_resmem_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gpu.mem");
+    let mut c = cfg(Profile::Gh100, ODD);
+    c.backing = Backing::File(path.clone());
+    let mut d = NvGraceGpu::new(&c).unwrap();
+    d.region_write(4, 16, b"U").unwrap();
+    d.region_write(2, 16, b"R").unwrap();
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::File::open(&path).unwrap();
+    let mut b = [0u8; 1];
+    f.read_exact_at(&mut b, 16).unwrap();
+    let u = b[0];
+    f.read_exact_at(&mut b, 2 * GIB + 16).unwrap();
+    assert_eq!((u, b[0]), (b'U', b'R'));
+}
+
+#[test]
+fn file_backing_size_mismatch_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gpu.mem");
+    std::fs::write(&path, [0u8; 4096]).unwrap();
+    let mut c = cfg(Profile::Gh100, ODD);
+    c.backing = Backing::File(path);
+    assert!(matches!(
+        NvGraceGpu::new(&c),
+        Err(DeviceError::BackingSizeMismatch { .. })
+    ));
+}
+
+#[test]
+fn mmap_and_region_access_are_coherent() {
+    use nix::sys::mman::{mmap, munmap, MapFlags, ProtFlags};
+    let mut d = dev(Profile::Gh100, ODD);
+    let info = d.region_info(2).unwrap();
+    let fd = info.fd.unwrap().try_clone_to_owned().unwrap();
+    let off = info.fd_offset as i64;
+    let len = std::num::NonZeroUsize::new(4096).unwrap();
+    // SAFETY: a fresh shared mapping of the device fd, unmapped below.
+    let p = unsafe {
+        mmap(
+            None,
+            len,
+            ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+            MapFlags::MAP_SHARED,
+            fd.as_fd(),
+            off,
+        )
+    }
+    .unwrap();
+    d.region_write(2, 8, &[0x42]).unwrap();
+    // SAFETY: offset 8 is inside the 4 KiB mapping.
+    let seen = unsafe { p.as_ptr().cast::<u8>().add(8).read_volatile() };
+    // SAFETY: offset 9 is inside the writable mapping.
+    unsafe { p.as_ptr().cast::<u8>().add(9).write_volatile(0x24) };
+    let back = read(&mut d, 2, 9, 1).unwrap();
+    // SAFETY: the mapping made above, unmapped once.
+    unsafe { munmap(p, 4096) }.unwrap();
+    assert_eq!(seen, 0x42);
+    assert_eq!(back, vec![0x24]);
+}
+
+#[test]
+fn device_info_is_a_resettable_pci_device_with_9_regions_5_irqs() {
+    let d = dev(Profile::Gh100, ODD);
+    let i = d.device_info();
+    assert_eq!((i.flags & 3, i.num_regions, i.num_irqs), (3, 9, 5));
+}
