@@ -46,18 +46,8 @@ pub fn run(args: ServeArgs) -> Result<()> {
         devices.push((endpoint_of(entry), device));
     }
 
-    let mut bound: Vec<(Endpoint, NvGraceGpu, UnixListener)> = Vec::with_capacity(devices.len());
-    for (endpoint, device) in devices {
-        let listener = match listen(&endpoint) {
-            Ok(l) => l,
-            Err(e) => {
-                remove_sockets(bound.iter().map(|(ep, _, _)| ep));
-                return Err(e);
-            }
-        };
-        bound.push((endpoint, device, listener));
-    }
-
+    // Signal handlers go in before any socket exists: once a client can see the socket, SIGTERM
+    // already means a clean stop.
     let shutdown = Shutdown::new().context("cannot create the shutdown event")?;
     let mut signals = Signals::new([SIGTERM, SIGINT]).context("cannot install signal handlers")?;
     let signal_handle = signals.handle();
@@ -68,6 +58,20 @@ pub fn run(args: ServeArgs) -> Result<()> {
             on_signal.trigger();
         }
     });
+
+    let mut bound: Vec<(Endpoint, NvGraceGpu, UnixListener)> = Vec::with_capacity(devices.len());
+    for (endpoint, device) in devices {
+        let listener = match listen(&endpoint) {
+            Ok(l) => l,
+            Err(e) => {
+                remove_sockets(bound.iter().map(|(ep, _, _)| ep));
+                signal_handle.close();
+                let _ = signal_thread.join();
+                return Err(e);
+            }
+        };
+        bound.push((endpoint, device, listener));
+    }
 
     let server_config = ServerConfig {
         allow_uids: (!args.allow_uid.is_empty()).then(|| args.allow_uid.clone()),

@@ -45,7 +45,8 @@ impl Served {
             .unwrap();
         let served = Self { child: Some(child) };
         let deadline = Instant::now() + Duration::from_secs(20);
-        while !socket.exists() {
+        // Wait until this server answers (a stale socket file may exist before it binds).
+        while std::os::unix::net::UnixStream::connect(socket).is_err() {
             assert!(
                 Instant::now() < deadline,
                 "server did not create {}",
