@@ -305,39 +305,41 @@ impl Client {
         .to_bytes();
         let h = self.next_header(cmd::REGION_READ, RegionAccess::SIZE, 0);
         self.t.send(&h, &[&req], &[])?;
+        // A REGION_READ reply carries no fds: the cheaper recv(2) will do.
+        self.t.set_accept_fds(false);
+        let out = self.finish_region_read(&h, buf);
+        self.t.set_accept_fds(true);
+        out
+    }
+
+    fn finish_region_read(&mut self, h: &Header, buf: &mut [u8]) -> Result<usize, Error> {
+        let max = HEADER_SIZE + self.caps.max_data_xfer_size as usize + MAX_FIXED_PAYLOAD as usize;
+        let mut fixed = [0u8; RegionAccess::SIZE];
         loop {
-            let max =
-                HEADER_SIZE + self.caps.max_data_xfer_size as usize + MAX_FIXED_PAYLOAD as usize;
-            let f = self.t.recv(max)?;
-            if f.header.msg_type() == FLAG_TYPE_COMMAND {
-                let payload = self.t.payload(&f).to_vec();
-                self.answer_server_command(&RawReply {
-                    header: f.header,
-                    payload,
-                    fds: f.fds,
-                })?;
+            let (reply, data_len) = self.t.recv_into(max, &mut fixed, buf)?;
+            if reply.msg_type() == FLAG_TYPE_COMMAND {
+                // The server asked something of us (DMA): refuse it, then keep waiting.
+                if !reply.no_reply() {
+                    self.t.send(&reply.error_reply(Errno::EFAULT), &[], &[])?;
+                }
                 continue;
             }
-            if f.header.msg_id != h.msg_id || f.header.cmd != h.cmd {
+            if reply.msg_id != h.msg_id || reply.cmd != h.cmd {
                 return Err(Error::Protocol("unexpected reply to REGION_READ".into()));
             }
-            if f.header.is_error() {
-                return Err(Error::Remote {
-                    cmd: h.cmd,
-                    errno: Errno::from_raw(i32::try_from(f.header.error).unwrap_or(0)),
-                });
+            if reply.is_error() {
+                let errno = Errno::from_raw(i32::try_from(reply.error).unwrap_or(0));
+                return Err(Error::Remote { cmd: h.cmd, errno });
             }
-            let payload = self.t.payload(&f);
-            let (a, data) = RegionAccess::decode(payload, u32::MAX)?;
-            let n = a.count as usize;
-            if n > buf.len() || data.len() != n {
+            let n =
+                data_len.ok_or_else(|| Error::Protocol("malformed REGION_READ reply".into()))?;
+            let (a, _) = RegionAccess::decode(&fixed, u32::MAX)?;
+            if a.count as usize != n {
                 return Err(Error::Protocol(format!(
-                    "REGION_READ reply of {} bytes for count {}",
-                    data.len(),
+                    "REGION_READ reply of {n} bytes says count {}",
                     a.count
                 )));
             }
-            buf[..n].copy_from_slice(data);
             return Ok(n);
         }
     }

@@ -24,6 +24,8 @@ use crate::wire::{Header, HEADER_SIZE};
 pub const MAX_FDS_PER_RECV: usize = 32;
 const INITIAL_BUFFER: usize = 64 * 1024;
 const DRAIN_CHUNK: usize = 64 * 1024;
+/// Messages up to this size without fds are sent with one plain send(2).
+const SMALL_SEND: usize = 512;
 
 /// Errors of a transport.
 #[derive(Debug, thiserror::Error)]
@@ -96,6 +98,10 @@ pub struct UnixTransport {
     pos: u64,
     /// fds received, each batch with the stream position of the last byte read with it.
     fds: VecDeque<(u64, Vec<OwnedFd>)>,
+    /// Reused control-message buffer for `recvmsg`.
+    cmsg: Vec<u8>,
+    /// When false, reads use recv(2) and any fds that arrive are discarded by the kernel.
+    accept_fds: bool,
 }
 
 impl UnixTransport {
@@ -108,12 +114,79 @@ impl UnixTransport {
             end: 0,
             pos: 0,
             fds: VecDeque::new(),
+            cmsg: cmsg_space!([RawFd; MAX_FDS_PER_RECV]),
+            accept_fds: true,
         }
     }
 
     /// The underlying socket.
     pub fn stream(&self) -> &UnixStream {
         &self.stream
+    }
+
+    /// Whether reads take fds (recvmsg) or not (recv, a little cheaper). A client waiting for
+    /// a reply that never carries fds (REGION_READ) turns it off for that wait.
+    pub fn set_accept_fds(&mut self, on: bool) {
+        self.accept_fds = on;
+    }
+
+    /// Receives one message as `prefix` (its first payload bytes) plus data read straight into
+    /// `out`, so large REGION_READ replies are not copied through the receive buffer. Returns
+    /// the header and the data length, or `None` for the length when the message does not have
+    /// that shape (shorter than `prefix`, or more data than `out` holds); it is consumed either
+    /// way. fds that come with it are closed.
+    pub fn recv_into(
+        &mut self,
+        max_size: usize,
+        prefix: &mut [u8],
+        out: &mut [u8],
+    ) -> Result<(Header, Option<usize>), TransportError> {
+        while self.end - self.start < HEADER_SIZE {
+            self.fill(HEADER_SIZE)?;
+        }
+        let header = Header::decode(&self.buf[self.start..self.start + HEADER_SIZE])
+            .map_err(|_| TransportError::BadSize(0))?;
+        let size = usize::try_from(header.msg_size)
+            .map_err(|_| TransportError::BadSize(header.msg_size))?;
+        if size < HEADER_SIZE {
+            return Err(TransportError::BadSize(header.msg_size));
+        }
+        if size > max_size {
+            self.discard(size)?;
+            return Err(TransportError::Oversized {
+                header,
+                size: header.msg_size,
+                limit: max_size,
+            });
+        }
+        let payload = size - HEADER_SIZE;
+        let msg_end = self.pos + size as u64;
+        if payload < prefix.len() || payload - prefix.len() > out.len() {
+            self.discard(size)?;
+            return Ok((header, None));
+        }
+        let head = HEADER_SIZE + prefix.len();
+        while self.end - self.start < head {
+            self.fill(head)?;
+        }
+        prefix.copy_from_slice(&self.buf[self.start + HEADER_SIZE..self.start + head]);
+        self.consume(head);
+        let data = payload - prefix.len();
+        let buffered = data.min(self.end - self.start);
+        out[..buffered].copy_from_slice(&self.buf[self.start..self.start + buffered]);
+        self.consume(buffered);
+        let mut got = buffered;
+        while got < data {
+            // The receive buffer is empty here, so the rest of this message is next on the socket.
+            let n = recv_plain(self.stream.as_raw_fd(), &mut out[got..data])?;
+            if n == 0 {
+                return Err(TransportError::Closed);
+            }
+            got += n;
+            self.pos += n as u64;
+        }
+        drop(self.take_fds(msg_end));
+        Ok((header, Some(data)))
     }
 
     /// A connected pair, for tests.
@@ -138,7 +211,18 @@ impl UnixTransport {
             }
         }
         let read_at = self.end;
-        let (n, fds) = recv_with_fds(self.stream.as_raw_fd(), &mut self.buf[read_at..])?;
+        let (n, fds) = if self.accept_fds {
+            recv_with_fds(
+                self.stream.as_raw_fd(),
+                &mut self.buf[read_at..],
+                &mut self.cmsg,
+            )?
+        } else {
+            (
+                recv_plain(self.stream.as_raw_fd(), &mut self.buf[read_at..])?,
+                Vec::new(),
+            )
+        };
         if n == 0 {
             drop(fds);
             return Err(TransportError::Closed);
@@ -194,11 +278,37 @@ impl Transport for UnixTransport {
         fds: &[BorrowedFd<'_>],
     ) -> Result<(), TransportError> {
         let head = header.encode();
-        let mut iov: Vec<IoSlice<'_>> = Vec::with_capacity(1 + parts.len());
-        iov.push(IoSlice::new(&head));
-        iov.extend(parts.iter().map(|p| IoSlice::new(p)));
-        let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
-        send_all(self.stream.as_fd(), &iov, &raw)
+        // Stack arrays keep the hot path free of allocations (messages have at most 3 parts).
+        let mut iov = [IoSlice::new(&[]); 5];
+        iov[0] = IoSlice::new(&head);
+        let mut n = 1;
+        for p in parts {
+            let slot = iov.get_mut(n).ok_or_else(|| {
+                TransportError::Io(std::io::Error::other("too many message parts"))
+            })?;
+            *slot = IoSlice::new(p);
+            n += 1;
+        }
+        let total: usize = iov[..n].iter().map(|s| s.len()).sum();
+        if fds.is_empty() && total <= SMALL_SEND {
+            // Small messages without fds: one contiguous send(2), cheaper than sendmsg(2) (no
+            // msghdr or iovec import), which is most of a 4-byte round trip's extra cost.
+            let mut flat = [0u8; SMALL_SEND];
+            let mut at = 0;
+            for s in &iov[..n] {
+                flat[at..at + s.len()].copy_from_slice(s);
+                at += s.len();
+            }
+            return send_flat(self.stream.as_fd(), &flat[..at]);
+        }
+        let mut raw = [0 as RawFd; MAX_FDS_PER_RECV];
+        if fds.len() > raw.len() {
+            return Err(TransportError::TooManyFds);
+        }
+        for (slot, f) in raw.iter_mut().zip(fds) {
+            *slot = f.as_raw_fd();
+        }
+        send_all(self.stream.as_fd(), &iov[..n], &raw[..fds.len()])
     }
 
     fn recv(&mut self, max_size: usize) -> Result<Frame, TransportError> {
@@ -241,12 +351,27 @@ impl Transport for UnixTransport {
     }
 }
 
+/// One recv(2), retrying on EINTR.
+fn recv_plain(fd: RawFd, buf: &mut [u8]) -> Result<usize, TransportError> {
+    loop {
+        match nix::sys::socket::recv(fd, buf, MsgFlags::empty()) {
+            Ok(n) => return Ok(n),
+            Err(Errno::EINTR) => continue,
+            Err(Errno::ECONNRESET) => return Err(TransportError::Closed),
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
 /// One `recvmsg`, retrying on EINTR; returns bytes read and the fds that came with them.
-fn recv_with_fds(fd: RawFd, buf: &mut [u8]) -> Result<(usize, Vec<OwnedFd>), TransportError> {
-    let mut cmsg = cmsg_space!([RawFd; MAX_FDS_PER_RECV]);
+fn recv_with_fds(
+    fd: RawFd,
+    buf: &mut [u8],
+    cmsg: &mut Vec<u8>,
+) -> Result<(usize, Vec<OwnedFd>), TransportError> {
     loop {
         let mut iov = [IoSliceMut::new(buf)];
-        match recvmsg::<()>(fd, &mut iov, Some(&mut cmsg), MsgFlags::MSG_CMSG_CLOEXEC) {
+        match recvmsg::<()>(fd, &mut iov, Some(&mut *cmsg), MsgFlags::MSG_CMSG_CLOEXEC) {
             Ok(msg) => {
                 let mut fds = Vec::new();
                 let truncated = msg.flags.contains(MsgFlags::MSG_CTRUNC);
@@ -273,13 +398,35 @@ fn recv_with_fds(fd: RawFd, buf: &mut [u8]) -> Result<(usize, Vec<OwnedFd>), Tra
     }
 }
 
+/// send(2) of one contiguous buffer until every byte is out.
+fn send_flat(fd: BorrowedFd<'_>, mut buf: &[u8]) -> Result<(), TransportError> {
+    while !buf.is_empty() {
+        match nix::sys::socket::send(fd.as_raw_fd(), buf, MsgFlags::MSG_NOSIGNAL) {
+            Ok(n) => buf = &buf[n..],
+            Err(Errno::EINTR) => continue,
+            Err(Errno::EPIPE | Errno::ECONNRESET) => return Err(TransportError::Closed),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
 /// `sendmsg` until every byte is out; fds go with the first call only.
 fn send_all(fd: BorrowedFd<'_>, iov: &[IoSlice<'_>], fds: &[RawFd]) -> Result<(), TransportError> {
     let total: usize = iov.iter().map(|s| s.len()).sum();
-    let mut sent = 0usize;
-    let mut first = true;
+    let cmsgs = [ControlMessage::ScmRights(fds)];
+    let with_fds: &[ControlMessage<'_>] = if fds.is_empty() { &[] } else { &cmsgs };
+    // The common case: everything goes out in one call, with no copying of the slice list.
+    let mut sent = loop {
+        match sendmsg::<()>(fd.as_raw_fd(), iov, with_fds, MsgFlags::MSG_NOSIGNAL, None) {
+            Ok(n) => break n,
+            Err(Errno::EINTR) => continue,
+            Err(Errno::EPIPE | Errno::ECONNRESET) => return Err(TransportError::Closed),
+            Err(e) => return Err(e.into()),
+        }
+    };
     while sent < total {
-        // Rebuild the slice list past what was already sent (rare: only for partial sends).
+        // A partial send (large message, full socket buffer): rebuild the rest; fds went first.
         let mut skip = sent;
         let mut rest: Vec<IoSlice<'_>> = Vec::with_capacity(iov.len());
         for s in iov {
@@ -290,17 +437,8 @@ fn send_all(fd: BorrowedFd<'_>, iov: &[IoSlice<'_>], fds: &[RawFd]) -> Result<()
             rest.push(IoSlice::new(&s[skip..]));
             skip = 0;
         }
-        let cmsgs = [ControlMessage::ScmRights(fds)];
-        let cm: &[ControlMessage<'_>] = if first && !fds.is_empty() {
-            &cmsgs
-        } else {
-            &[]
-        };
-        match sendmsg::<()>(fd.as_raw_fd(), &rest, cm, MsgFlags::MSG_NOSIGNAL, None) {
-            Ok(n) => {
-                sent += n;
-                first = false;
-            }
+        match sendmsg::<()>(fd.as_raw_fd(), &rest, &[], MsgFlags::MSG_NOSIGNAL, None) {
+            Ok(n) => sent += n,
             Err(Errno::EINTR) => continue,
             Err(Errno::EPIPE | Errno::ECONNRESET) => return Err(TransportError::Closed),
             Err(e) => return Err(e.into()),

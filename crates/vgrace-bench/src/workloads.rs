@@ -30,9 +30,11 @@ pub enum Placement {
 /// unpinned resets to every CPU).
 pub fn place(p: Placement) {
     let mut set = nix::sched::CpuSet::new();
+    // Every CPU the mask can name: the kernel keeps the online ones. (available_parallelism
+    // would report the current, possibly pinned, mask.)
     let cpus = match p {
         Placement::Pinned => 1,
-        Placement::Unpinned => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        Placement::Unpinned => nix::sched::CpuSet::count(),
     };
     for cpu in 0..cpus {
         let _ = set.set(cpu);

@@ -40,17 +40,40 @@ impl Srv {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("gpu.sock");
         let listener = bind_socket(&path).unwrap();
-        let cfg = GpuConfig { profile: Profile::Gh100, device_id: None, mem_size: MEM, mem_base: 0, backing: Backing::Memfd, ready_delay: Duration::ZERO, fault: None };
+        let cfg = GpuConfig {
+            profile: Profile::Gh100,
+            device_id: None,
+            mem_size: MEM,
+            mem_base: 0,
+            backing: Backing::Memfd,
+            ready_delay: Duration::ZERO,
+            fault: None,
+        };
         let dev = NvGraceGpu::new(&cfg).unwrap();
         let shutdown = Shutdown::new().unwrap();
         let sd = shutdown.clone();
         let thread = std::thread::spawn(move || {
-            Server::new(dev, ServerConfig { max_data_xfer_size: 1 << 20, max_dma_maps: 4, ..ServerConfig::default() }).serve(listener, &sd).unwrap();
+            Server::new(
+                dev,
+                ServerConfig {
+                    max_data_xfer_size: 1 << 20,
+                    max_dma_maps: 4,
+                    ..ServerConfig::default()
+                },
+            )
+            .serve(listener, &sd)
+            .unwrap();
         });
-        let s = Self { _dir: dir, path, shutdown, thread: Some(thread) };
+        let s = Self {
+            _dir: dir,
+            path,
+            shutdown,
+            thread: Some(thread),
+        };
         let mut c = s.client();
         c.region_write(4, SENTINEL_OFF, SENTINEL).unwrap();
-        c.region_write(7, 0x20, &0x4000_0000u32.to_le_bytes()).unwrap();
+        c.region_write(7, 0x20, &0x4000_0000u32.to_le_bytes())
+            .unwrap();
         s
     }
 
@@ -61,7 +84,11 @@ impl Srv {
     /// A new client sees the sentinel memory and the BAR4 register value set at start.
     fn assert_intact(&self) {
         let mut c = self.client();
-        assert_eq!(c.region_read(4, SENTINEL_OFF, SENTINEL.len() as u32).unwrap(), SENTINEL.to_vec());
+        assert_eq!(
+            c.region_read(4, SENTINEL_OFF, SENTINEL.len() as u32)
+                .unwrap(),
+            SENTINEL.to_vec()
+        );
         let bar = c.region_read(7, 0x20, 4).unwrap();
         assert_eq!(u32::from_le_bytes(bar.try_into().unwrap()), 0x4000_000c);
     }
@@ -77,7 +104,13 @@ impl Drop for Srv {
 }
 
 fn msg(command: u16, flags: u32, payload: &[u8]) -> Vec<u8> {
-    let h = Header { msg_id: 0x77, cmd: command, msg_size: (HEADER_SIZE + payload.len()) as u32, flags, error: 0 };
+    let h = Header {
+        msg_id: 0x77,
+        cmd: command,
+        msg_size: (HEADER_SIZE + payload.len()) as u32,
+        flags,
+        error: 0,
+    };
     let mut v = h.encode().to_vec();
     v.extend_from_slice(payload);
     v
@@ -93,11 +126,24 @@ fn u32s(v: &[u32]) -> Vec<u8> {
 }
 
 fn access(region: u32, offset: u64, count: u32) -> Vec<u8> {
-    RegionAccess { offset, region, count }.to_bytes().to_vec()
+    RegionAccess {
+        offset,
+        region,
+        count,
+    }
+    .to_bytes()
+    .to_vec()
 }
 
 fn dma_map(flags: u32, address: u64, size: u64) -> Vec<u8> {
-    vfu::wire::DmaMap { argsz: 32, flags, offset: 0, address, size }.encode()
+    vfu::wire::DmaMap {
+        argsz: 32,
+        flags,
+        offset: 0,
+        address,
+        size,
+    }
+    .encode()
 }
 
 fn memfd() -> OwnedFd {
@@ -118,8 +164,14 @@ fn pipe_fd() -> OwnedFd {
 fn case(negotiate: bool, bytes: Vec<u8>, fds: Vec<OwnedFd>, close_after: bool, expect: Expect) {
     let srv = Srv::start();
     let stream = UnixStream::connect(&srv.path).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut c = if negotiate { Client::from_stream(stream).unwrap() } else { Client::unnegotiated(stream) };
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut c = if negotiate {
+        Client::from_stream(stream).unwrap()
+    } else {
+        Client::unnegotiated(stream)
+    };
     let borrowed: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
     c.send_raw(&bytes, &borrowed).unwrap();
     if close_after {
@@ -133,7 +185,11 @@ fn case(negotiate: bool, bytes: Vec<u8>, fds: Vec<OwnedFd>, close_after: bool, e
             assert_eq!(r.header.error, e as u32, "expected {e}");
         }
         Expect::AnyError => assert!(reply.unwrap().header.is_error()),
-        Expect::Closed => assert!(reply.is_err(), "expected the connection to close, got {:?}", reply.map(|r| r.header)),
+        Expect::Closed => assert!(
+            reply.is_err(),
+            "expected the connection to close, got {:?}",
+            reply.map(|r| r.header)
+        ),
     }
     drop(c);
     srv.assert_intact();
@@ -149,90 +205,561 @@ macro_rules! hostile {
 }
 
 fn version(major: u16, json: &str) -> Vec<u8> {
-    msg(cmd::VERSION, 0, &Version { major, minor: 0, json: json.into() }.encode())
+    msg(
+        cmd::VERSION,
+        0,
+        &Version {
+            major,
+            minor: 0,
+            json: json.into(),
+        }
+        .encode(),
+    )
 }
 
 // Framing.
-hostile!(short_header_then_close, true, vec![1, 0, 4, 0, 16, 0, 0, 0], vec![], true, Expect::Closed);
-hostile!(msg_size_zero_closes, true, with_size(msg(cmd::DEVICE_RESET, 0, &[]), 0), vec![], false, Expect::Closed);
-hostile!(msg_size_below_header_closes, true, with_size(msg(cmd::DEVICE_RESET, 0, &[]), 15), vec![], false, Expect::Closed);
-hostile!(msg_size_4gib_then_close, true, with_size(msg(cmd::REGION_WRITE, 0, &access(4, 0, 4)), u32::MAX), vec![], true, Expect::Closed);
-hostile!(oversized_region_write_is_e2big, true, msg(cmd::REGION_WRITE, 0, &[access(4, 0, 2 << 20), vec![0; 2 << 20]].concat()), vec![], false, Expect::Errno(Errno::E2BIG));
-hostile!(msg_size_longer_than_sent_then_close, true, with_size(msg(cmd::DEVICE_RESET, 0, &[]), 64), vec![], true, Expect::Closed);
-hostile!(truncated_region_read_payload, true, msg(cmd::REGION_READ, 0, &access(4, 0, 4)[..8]), vec![], false, Expect::Errno(Errno::EINVAL));
-hostile!(region_read_with_trailing_bytes, true, msg(cmd::REGION_READ, 0, &[access(4, 0, 4), vec![0; 4]].concat()), vec![], false, Expect::Errno(Errno::EINVAL));
-hostile!(random_bytes_are_not_a_message, true, (0..4096u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect(), vec![], true, Expect::Closed);
-hostile!(too_many_fds_closes, true, msg(cmd::DEVICE_RESET, 0, &[]), (0..40).map(|_| eventfd()).collect(), false, Expect::Closed);
+hostile!(
+    short_header_then_close,
+    true,
+    vec![1, 0, 4, 0, 16, 0, 0, 0],
+    vec![],
+    true,
+    Expect::Closed
+);
+hostile!(
+    msg_size_zero_closes,
+    true,
+    with_size(msg(cmd::DEVICE_RESET, 0, &[]), 0),
+    vec![],
+    false,
+    Expect::Closed
+);
+hostile!(
+    msg_size_below_header_closes,
+    true,
+    with_size(msg(cmd::DEVICE_RESET, 0, &[]), 15),
+    vec![],
+    false,
+    Expect::Closed
+);
+hostile!(
+    msg_size_4gib_then_close,
+    true,
+    with_size(msg(cmd::REGION_WRITE, 0, &access(4, 0, 4)), u32::MAX),
+    vec![],
+    true,
+    Expect::Closed
+);
+hostile!(
+    oversized_region_write_is_e2big,
+    true,
+    msg(
+        cmd::REGION_WRITE,
+        0,
+        &[access(4, 0, 2 << 20), vec![0; 2 << 20]].concat()
+    ),
+    vec![],
+    false,
+    Expect::Errno(Errno::E2BIG)
+);
+hostile!(
+    msg_size_longer_than_sent_then_close,
+    true,
+    with_size(msg(cmd::DEVICE_RESET, 0, &[]), 64),
+    vec![],
+    true,
+    Expect::Closed
+);
+hostile!(
+    truncated_region_read_payload,
+    true,
+    msg(cmd::REGION_READ, 0, &access(4, 0, 4)[..8]),
+    vec![],
+    false,
+    Expect::Errno(Errno::EINVAL)
+);
+hostile!(
+    region_read_with_trailing_bytes,
+    true,
+    msg(cmd::REGION_READ, 0, &[access(4, 0, 4), vec![0; 4]].concat()),
+    vec![],
+    false,
+    Expect::Errno(Errno::EINVAL)
+);
+hostile!(
+    random_bytes_are_not_a_message,
+    true,
+    (0..4096u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect(),
+    vec![],
+    true,
+    Expect::Closed
+);
+hostile!(
+    too_many_fds_closes,
+    true,
+    msg(cmd::DEVICE_RESET, 0, &[]),
+    (0..40).map(|_| eventfd()).collect(),
+    false,
+    Expect::Closed
+);
 
 // VERSION.
-hostile!(command_before_version_is_einval, false, msg(cmd::DEVICE_RESET, 0, &[]), vec![], false, Expect::Errno(Errno::EINVAL));
-hostile!(version_unknown_major_is_enotsup, false, version(9, ""), vec![], false, Expect::Errno(Errno::ENOTSUP));
-hostile!(version_bad_json_is_einval, false, version(0, "{\"capabilities\":"), vec![], false, Expect::Errno(Errno::EINVAL));
-hostile!(version_json_wrong_types_is_einval, false, version(0, r#"{"capabilities":{"max_msg_fds":"many"}}"#), vec![], false, Expect::Errno(Errno::EINVAL));
-hostile!(version_xfer_size_over_u32_is_einval, false, version(0, r#"{"capabilities":{"max_data_xfer_size":99999999999}}"#), vec![], false, Expect::Errno(Errno::EINVAL));
-hostile!(version_without_nul_is_einval, false, msg(cmd::VERSION, 0, b"\0\0\0\0{}"), vec![], false, Expect::Errno(Errno::EINVAL));
-hostile!(version_truncated_is_einval, false, msg(cmd::VERSION, 0, &[0, 0]), vec![], false, Expect::Errno(Errno::EINVAL));
-hostile!(second_version_is_einval, true, version(0, ""), vec![], false, Expect::Errno(Errno::EINVAL));
+hostile!(
+    command_before_version_is_einval,
+    false,
+    msg(cmd::DEVICE_RESET, 0, &[]),
+    vec![],
+    false,
+    Expect::Errno(Errno::EINVAL)
+);
+hostile!(
+    version_unknown_major_is_enotsup,
+    false,
+    version(9, ""),
+    vec![],
+    false,
+    Expect::Errno(Errno::ENOTSUP)
+);
+hostile!(
+    version_bad_json_is_einval,
+    false,
+    version(0, "{\"capabilities\":"),
+    vec![],
+    false,
+    Expect::Errno(Errno::EINVAL)
+);
+hostile!(
+    version_json_wrong_types_is_einval,
+    false,
+    version(0, r#"{"capabilities":{"max_msg_fds":"many"}}"#),
+    vec![],
+    false,
+    Expect::Errno(Errno::EINVAL)
+);
+hostile!(
+    version_xfer_size_over_u32_is_einval,
+    false,
+    version(0, r#"{"capabilities":{"max_data_xfer_size":99999999999}}"#),
+    vec![],
+    false,
+    Expect::Errno(Errno::EINVAL)
+);
+hostile!(
+    version_without_nul_is_einval,
+    false,
+    msg(cmd::VERSION, 0, b"\0\0\0\0{}"),
+    vec![],
+    false,
+    Expect::Errno(Errno::EINVAL)
+);
+hostile!(
+    version_truncated_is_einval,
+    false,
+    msg(cmd::VERSION, 0, &[0, 0]),
+    vec![],
+    false,
+    Expect::Errno(Errno::EINVAL)
+);
+hostile!(
+    second_version_is_einval,
+    true,
+    version(0, ""),
+    vec![],
+    false,
+    Expect::Errno(Errno::EINVAL)
+);
 
 // Message types and commands.
-hostile!(reply_typed_message_is_einval, true, msg(cmd::DEVICE_RESET, FLAG_TYPE_REPLY, &[]), vec![], false, Expect::Errno(Errno::EINVAL));
-hostile!(unknown_command_is_enosys, true, msg(99, 0, &[1, 2, 3]), vec![], false, Expect::Errno(Errno::ENOSYS));
-hostile!(retired_command_14_is_enosys, true, msg(14, 0, &[0; 24]), vec![], false, Expect::Errno(Errno::ENOSYS));
-hostile!(server_to_client_dma_read_is_enosys, true, msg(cmd::DMA_READ, 0, &[0; 16]), vec![], false, Expect::Errno(Errno::ENOSYS));
+hostile!(
+    reply_typed_message_is_einval,
+    true,
+    msg(cmd::DEVICE_RESET, FLAG_TYPE_REPLY, &[]),
+    vec![],
+    false,
+    Expect::Errno(Errno::EINVAL)
+);
+hostile!(
+    unknown_command_is_enosys,
+    true,
+    msg(99, 0, &[1, 2, 3]),
+    vec![],
+    false,
+    Expect::Errno(Errno::ENOSYS)
+);
+hostile!(
+    retired_command_14_is_enosys,
+    true,
+    msg(14, 0, &[0; 24]),
+    vec![],
+    false,
+    Expect::Errno(Errno::ENOSYS)
+);
+hostile!(
+    server_to_client_dma_read_is_enosys,
+    true,
+    msg(cmd::DMA_READ, 0, &[0; 16]),
+    vec![],
+    false,
+    Expect::Errno(Errno::ENOSYS)
+);
 
 // Region accesses.
-hostile!(region_read_count_over_max_is_e2big, true, msg(cmd::REGION_READ, 0, &access(4, 0, (1 << 20) + 1)), vec![], false, Expect::Errno(Errno::E2BIG));
-hostile!(region_read_offset_overflow_is_eoverflow, true, msg(cmd::REGION_READ, 0, &access(4, u64::MAX - 1, 4)), vec![], false, Expect::Errno(Errno::EOVERFLOW));
-hostile!(region_index_9_is_einval, true, msg(cmd::REGION_READ, 0, &access(9, 0, 4)), vec![], false, Expect::Errno(Errno::EINVAL));
-hostile!(region_index_max_is_einval, true, msg(cmd::REGION_READ, 0, &access(u32::MAX, 0, 4)), vec![], false, Expect::Errno(Errno::EINVAL));
-hostile!(bar4_offset_at_bar_end_is_einval, true, msg(cmd::REGION_READ, 0, &access(4, 512 << 20, 4)), vec![], false, Expect::Errno(Errno::EINVAL));
-hostile!(region_write_short_data_is_einval, true, msg(cmd::REGION_WRITE, 0, &[access(4, 0, 8), vec![0; 4]].concat()), vec![], false, Expect::Errno(Errno::EINVAL));
-hostile!(region_write_long_data_is_einval, true, msg(cmd::REGION_WRITE, 0, &[access(4, 0, 4), vec![0; 8]].concat()), vec![], false, Expect::Errno(Errno::EINVAL));
-hostile!(bar0_three_byte_read_is_einval, true, msg(cmd::REGION_READ, 0, &access(0, 0, 3)), vec![], false, Expect::Errno(Errno::EINVAL));
-hostile!(config_read_past_4096_is_einval, true, msg(cmd::REGION_READ, 0, &access(7, 4096, 4)), vec![], false, Expect::Errno(Errno::EINVAL));
-hostile!(region_info_argsz_too_small_is_einval, true, msg(cmd::DEVICE_GET_REGION_INFO, 0, &[u32s(&[8, 0, 4, 0]), vec![0; 16]].concat()), vec![], false, Expect::Errno(Errno::EINVAL));
-hostile!(region_info_index_100_is_einval, true, msg(cmd::DEVICE_GET_REGION_INFO, 0, &[u32s(&[32, 0, 100, 0]), vec![0; 16]].concat()), vec![], false, Expect::Errno(Errno::EINVAL));
-hostile!(irq_info_index_9_is_einval, true, msg(cmd::DEVICE_GET_IRQ_INFO, 0, &u32s(&[16, 0, 9, 0])), vec![], false, Expect::Errno(Errno::EINVAL));
-hostile!(device_info_argsz_4_is_einval, true, msg(cmd::DEVICE_GET_INFO, 0, &u32s(&[4, 0, 0, 0])), vec![], false, Expect::Errno(Errno::EINVAL));
-hostile!(region_io_fds_is_enotty, true, msg(cmd::DEVICE_GET_REGION_IO_FDS, 0, &u32s(&[16, 0, 4, 0])), vec![], false, Expect::Errno(Errno::ENOTTY));
-hostile!(fds_on_region_read_are_einval, true, msg(cmd::REGION_READ, 0, &access(4, 0, 4)), vec![memfd()], false, Expect::Errno(Errno::EINVAL));
-hostile!(write_multi_without_negotiation_is_einval, true, msg(cmd::REGION_WRITE_MULTI, 0, &[1u64.to_ne_bytes().to_vec(), access(4, 0, 4), vec![0; 8]].concat()), vec![], false, Expect::Errno(Errno::EINVAL));
-hostile!(write_multi_huge_count_is_einval, true, msg(cmd::REGION_WRITE_MULTI, 0, &u64::MAX.to_ne_bytes()), vec![], false, Expect::Errno(Errno::EINVAL));
+hostile!(
+    region_read_count_over_max_is_e2big,
+    true,
+    msg(cmd::REGION_READ, 0, &access(4, 0, (1 << 20) + 1)),
+    vec![],
+    false,
+    Expect::Errno(Errno::E2BIG)
+);
+hostile!(
+    region_read_offset_overflow_is_eoverflow,
+    true,
+    msg(cmd::REGION_READ, 0, &access(4, u64::MAX - 1, 4)),
+    vec![],
+    false,
+    Expect::Errno(Errno::EOVERFLOW)
+);
+hostile!(
+    region_index_9_is_einval,
+    true,
+    msg(cmd::REGION_READ, 0, &access(9, 0, 4)),
+    vec![],
+    false,
+    Expect::Errno(Errno::EINVAL)
+);
+hostile!(
+    region_index_max_is_einval,
+    true,
+    msg(cmd::REGION_READ, 0, &access(u32::MAX, 0, 4)),
+    vec![],
+    false,
+    Expect::Errno(Errno::EINVAL)
+);
+hostile!(
+    bar4_offset_at_bar_end_is_einval,
+    true,
+    msg(cmd::REGION_READ, 0, &access(4, 512 << 20, 4)),
+    vec![],
+    false,
+    Expect::Errno(Errno::EINVAL)
+);
+hostile!(
+    region_write_short_data_is_einval,
+    true,
+    msg(
+        cmd::REGION_WRITE,
+        0,
+        &[access(4, 0, 8), vec![0; 4]].concat()
+    ),
+    vec![],
+    false,
+    Expect::Errno(Errno::EINVAL)
+);
+hostile!(
+    region_write_long_data_is_einval,
+    true,
+    msg(
+        cmd::REGION_WRITE,
+        0,
+        &[access(4, 0, 4), vec![0; 8]].concat()
+    ),
+    vec![],
+    false,
+    Expect::Errno(Errno::EINVAL)
+);
+hostile!(
+    bar0_three_byte_read_is_einval,
+    true,
+    msg(cmd::REGION_READ, 0, &access(0, 0, 3)),
+    vec![],
+    false,
+    Expect::Errno(Errno::EINVAL)
+);
+hostile!(
+    config_read_past_4096_is_einval,
+    true,
+    msg(cmd::REGION_READ, 0, &access(7, 4096, 4)),
+    vec![],
+    false,
+    Expect::Errno(Errno::EINVAL)
+);
+hostile!(
+    region_info_argsz_too_small_is_einval,
+    true,
+    msg(
+        cmd::DEVICE_GET_REGION_INFO,
+        0,
+        &[u32s(&[8, 0, 4, 0]), vec![0; 16]].concat()
+    ),
+    vec![],
+    false,
+    Expect::Errno(Errno::EINVAL)
+);
+hostile!(
+    region_info_index_100_is_einval,
+    true,
+    msg(
+        cmd::DEVICE_GET_REGION_INFO,
+        0,
+        &[u32s(&[32, 0, 100, 0]), vec![0; 16]].concat()
+    ),
+    vec![],
+    false,
+    Expect::Errno(Errno::EINVAL)
+);
+hostile!(
+    irq_info_index_9_is_einval,
+    true,
+    msg(cmd::DEVICE_GET_IRQ_INFO, 0, &u32s(&[16, 0, 9, 0])),
+    vec![],
+    false,
+    Expect::Errno(Errno::EINVAL)
+);
+hostile!(
+    device_info_argsz_4_is_einval,
+    true,
+    msg(cmd::DEVICE_GET_INFO, 0, &u32s(&[4, 0, 0, 0])),
+    vec![],
+    false,
+    Expect::Errno(Errno::EINVAL)
+);
+hostile!(
+    region_io_fds_is_enotty,
+    true,
+    msg(cmd::DEVICE_GET_REGION_IO_FDS, 0, &u32s(&[16, 0, 4, 0])),
+    vec![],
+    false,
+    Expect::Errno(Errno::ENOTTY)
+);
+hostile!(
+    fds_on_region_read_are_einval,
+    true,
+    msg(cmd::REGION_READ, 0, &access(4, 0, 4)),
+    vec![memfd()],
+    false,
+    Expect::Errno(Errno::EINVAL)
+);
+hostile!(
+    write_multi_without_negotiation_is_einval,
+    true,
+    msg(
+        cmd::REGION_WRITE_MULTI,
+        0,
+        &[1u64.to_ne_bytes().to_vec(), access(4, 0, 4), vec![0; 8]].concat()
+    ),
+    vec![],
+    false,
+    Expect::Errno(Errno::EINVAL)
+);
+hostile!(
+    write_multi_huge_count_is_einval,
+    true,
+    msg(cmd::REGION_WRITE_MULTI, 0, &u64::MAX.to_ne_bytes()),
+    vec![],
+    false,
+    Expect::Errno(Errno::EINVAL)
+);
 
 // DMA.
-hostile!(dma_map_wrapping_is_eoverflow, true, msg(cmd::DMA_MAP, 0, &dma_map(3, u64::MAX - 0xfff, 0x2000)), vec![], false, Expect::Errno(Errno::EOVERFLOW));
-hostile!(dma_map_size_zero_is_einval, true, msg(cmd::DMA_MAP, 0, &dma_map(3, 0x1000, 0)), vec![], false, Expect::Errno(Errno::EINVAL));
-hostile!(dma_map_bad_flags_is_einval, true, msg(cmd::DMA_MAP, 0, &dma_map(0x80, 0x1000, 0x1000)), vec![], false, Expect::Errno(Errno::EINVAL));
-hostile!(dma_map_two_fds_is_einval, true, msg(cmd::DMA_MAP, 0, &dma_map(3, 0x1000, 0x1000)), vec![memfd(), memfd()], false, Expect::Errno(Errno::EINVAL));
-hostile!(dma_map_pipe_fd_is_refused, true, msg(cmd::DMA_MAP, 0, &dma_map(3, 0x1000, 0x1000)), vec![pipe_fd()], false, Expect::AnyError);
-hostile!(dma_unmap_of_unmapped_region_is_enoent, true, msg(cmd::DMA_UNMAP, 0, &vfu::wire::DmaUnmap { argsz: 24, flags: 0, address: 0x1000, size: 0x1000 }.encode()), vec![], false, Expect::Errno(Errno::ENOENT));
-hostile!(dma_map_truncated_is_einval, true, msg(cmd::DMA_MAP, 0, &dma_map(3, 0x1000, 0x1000)[..20]), vec![], false, Expect::Errno(Errno::EINVAL));
+hostile!(
+    dma_map_wrapping_is_eoverflow,
+    true,
+    msg(cmd::DMA_MAP, 0, &dma_map(3, u64::MAX - 0xfff, 0x2000)),
+    vec![],
+    false,
+    Expect::Errno(Errno::EOVERFLOW)
+);
+hostile!(
+    dma_map_size_zero_is_einval,
+    true,
+    msg(cmd::DMA_MAP, 0, &dma_map(3, 0x1000, 0)),
+    vec![],
+    false,
+    Expect::Errno(Errno::EINVAL)
+);
+hostile!(
+    dma_map_bad_flags_is_einval,
+    true,
+    msg(cmd::DMA_MAP, 0, &dma_map(0x80, 0x1000, 0x1000)),
+    vec![],
+    false,
+    Expect::Errno(Errno::EINVAL)
+);
+hostile!(
+    dma_map_two_fds_is_einval,
+    true,
+    msg(cmd::DMA_MAP, 0, &dma_map(3, 0x1000, 0x1000)),
+    vec![memfd(), memfd()],
+    false,
+    Expect::Errno(Errno::EINVAL)
+);
+hostile!(
+    dma_map_pipe_fd_is_refused,
+    true,
+    msg(cmd::DMA_MAP, 0, &dma_map(3, 0x1000, 0x1000)),
+    vec![pipe_fd()],
+    false,
+    Expect::AnyError
+);
+hostile!(
+    dma_unmap_of_unmapped_region_is_enoent,
+    true,
+    msg(
+        cmd::DMA_UNMAP,
+        0,
+        &vfu::wire::DmaUnmap {
+            argsz: 24,
+            flags: 0,
+            address: 0x1000,
+            size: 0x1000
+        }
+        .encode()
+    ),
+    vec![],
+    false,
+    Expect::Errno(Errno::ENOENT)
+);
+hostile!(
+    dma_map_truncated_is_einval,
+    true,
+    msg(cmd::DMA_MAP, 0, &dma_map(3, 0x1000, 0x1000)[..20]),
+    vec![],
+    false,
+    Expect::Errno(Errno::EINVAL)
+);
 
 // Interrupts.
 fn set_irqs(flags: u32, index: u32, start: u32, count: u32, data: &[u8]) -> Vec<u8> {
-    msg(cmd::DEVICE_SET_IRQS, 0, &[u32s(&[20 + data.len() as u32, flags, index, start, count]), data.to_vec()].concat())
+    msg(
+        cmd::DEVICE_SET_IRQS,
+        0,
+        &[
+            u32s(&[20 + data.len() as u32, flags, index, start, count]),
+            data.to_vec(),
+        ]
+        .concat(),
+    )
 }
-hostile!(set_irqs_past_vectors_is_einval, true, set_irqs(0x21, 2, 7, 2, &[]), vec![], false, Expect::Errno(Errno::EINVAL));
-hostile!(set_irqs_start_wraps_is_einval, true, set_irqs(0x21, 2, u32::MAX, 2, &[]), vec![], false, Expect::Errno(Errno::EINVAL));
-hostile!(set_irqs_two_data_flags_is_einval, true, set_irqs(0x23, 2, 0, 1, &[1]), vec![], false, Expect::Errno(Errno::EINVAL));
-hostile!(set_irqs_no_action_is_einval, true, set_irqs(0x01, 2, 0, 1, &[]), vec![], false, Expect::Errno(Errno::EINVAL));
-hostile!(set_irqs_index_9_is_einval, true, set_irqs(0x21, 9, 0, 1, &[]), vec![], false, Expect::Errno(Errno::EINVAL));
-hostile!(set_irqs_bool_short_data_is_einval, true, set_irqs(0x22, 2, 0, 4, &[1]), vec![], false, Expect::Errno(Errno::EINVAL));
-hostile!(set_irqs_fd_count_mismatch_is_einval, true, set_irqs(0x24, 2, 0, 2, &[]), vec![eventfd()], false, Expect::Errno(Errno::EINVAL));
-hostile!(set_irqs_pipe_instead_of_eventfd_is_einval, true, set_irqs(0x24, 2, 0, 1, &[]), vec![pipe_fd()], false, Expect::Errno(Errno::EINVAL));
-hostile!(set_irqs_memfd_instead_of_eventfd_is_einval, true, set_irqs(0x24, 0, 0, 1, &[]), vec![memfd()], false, Expect::Errno(Errno::EINVAL));
+hostile!(
+    set_irqs_past_vectors_is_einval,
+    true,
+    set_irqs(0x21, 2, 7, 2, &[]),
+    vec![],
+    false,
+    Expect::Errno(Errno::EINVAL)
+);
+hostile!(
+    set_irqs_start_wraps_is_einval,
+    true,
+    set_irqs(0x21, 2, u32::MAX, 2, &[]),
+    vec![],
+    false,
+    Expect::Errno(Errno::EINVAL)
+);
+hostile!(
+    set_irqs_two_data_flags_is_einval,
+    true,
+    set_irqs(0x23, 2, 0, 1, &[1]),
+    vec![],
+    false,
+    Expect::Errno(Errno::EINVAL)
+);
+hostile!(
+    set_irqs_no_action_is_einval,
+    true,
+    set_irqs(0x01, 2, 0, 1, &[]),
+    vec![],
+    false,
+    Expect::Errno(Errno::EINVAL)
+);
+hostile!(
+    set_irqs_index_9_is_einval,
+    true,
+    set_irqs(0x21, 9, 0, 1, &[]),
+    vec![],
+    false,
+    Expect::Errno(Errno::EINVAL)
+);
+hostile!(
+    set_irqs_bool_short_data_is_einval,
+    true,
+    set_irqs(0x22, 2, 0, 4, &[1]),
+    vec![],
+    false,
+    Expect::Errno(Errno::EINVAL)
+);
+hostile!(
+    set_irqs_fd_count_mismatch_is_einval,
+    true,
+    set_irqs(0x24, 2, 0, 2, &[]),
+    vec![eventfd()],
+    false,
+    Expect::Errno(Errno::EINVAL)
+);
+hostile!(
+    set_irqs_pipe_instead_of_eventfd_is_einval,
+    true,
+    set_irqs(0x24, 2, 0, 1, &[]),
+    vec![pipe_fd()],
+    false,
+    Expect::Errno(Errno::EINVAL)
+);
+hostile!(
+    set_irqs_memfd_instead_of_eventfd_is_einval,
+    true,
+    set_irqs(0x24, 0, 0, 1, &[]),
+    vec![memfd()],
+    false,
+    Expect::Errno(Errno::EINVAL)
+);
 
 // Features and migration.
-hostile!(feature_without_operation_is_einval, true, msg(cmd::DEVICE_FEATURE, 0, &u32s(&[8, 1])), vec![], false, Expect::Errno(Errno::EINVAL));
-hostile!(feature_migration_is_enotty, true, msg(cmd::DEVICE_FEATURE, 0, &u32s(&[8, 1 | (1 << 16)])), vec![], false, Expect::Errno(Errno::ENOTTY));
-hostile!(mig_data_read_is_enotty, true, msg(cmd::MIG_DATA_READ, 0, &u32s(&[8, 64])), vec![], false, Expect::Errno(Errno::ENOTTY));
-hostile!(mig_data_write_size_mismatch_is_einval, true, msg(cmd::MIG_DATA_WRITE, 0, &[u32s(&[16, 64]), vec![0; 8]].concat()), vec![], false, Expect::Errno(Errno::EINVAL));
+hostile!(
+    feature_without_operation_is_einval,
+    true,
+    msg(cmd::DEVICE_FEATURE, 0, &u32s(&[8, 1])),
+    vec![],
+    false,
+    Expect::Errno(Errno::EINVAL)
+);
+hostile!(
+    feature_migration_is_enotty,
+    true,
+    msg(cmd::DEVICE_FEATURE, 0, &u32s(&[8, 1 | (1 << 16)])),
+    vec![],
+    false,
+    Expect::Errno(Errno::ENOTTY)
+);
+hostile!(
+    mig_data_read_is_enotty,
+    true,
+    msg(cmd::MIG_DATA_READ, 0, &u32s(&[8, 64])),
+    vec![],
+    false,
+    Expect::Errno(Errno::ENOTTY)
+);
+hostile!(
+    mig_data_write_size_mismatch_is_einval,
+    true,
+    msg(
+        cmd::MIG_DATA_WRITE,
+        0,
+        &[u32s(&[16, 64]), vec![0; 8]].concat()
+    ),
+    vec![],
+    false,
+    Expect::Errno(Errno::EINVAL)
+);
 
 #[test]
 fn dma_map_overlap_is_eexist() {
     let srv = Srv::start();
     let mut c = srv.client();
-    c.dma_map(3, 0, 0x10000, 0x10000, Some(memfd().as_fd())).unwrap();
+    c.dma_map(3, 0, 0x10000, 0x10000, Some(memfd().as_fd()))
+        .unwrap();
     let err = c.dma_map(3, 0, 0x1f000, 0x2000, None).unwrap_err();
     assert_eq!(err.remote_errno(), Some(Errno::EEXIST));
     drop(c);
@@ -246,7 +773,12 @@ fn dma_maps_past_the_limit_are_enospc() {
     for i in 0..4u64 {
         c.dma_map(3, 0, i << 20, 0x1000, None).unwrap();
     }
-    assert_eq!(c.dma_map(3, 0, 5 << 20, 0x1000, None).unwrap_err().remote_errno(), Some(Errno::ENOSPC));
+    assert_eq!(
+        c.dma_map(3, 0, 5 << 20, 0x1000, None)
+            .unwrap_err()
+            .remote_errno(),
+        Some(Errno::ENOSPC)
+    );
     drop(c);
     srv.assert_intact();
 }

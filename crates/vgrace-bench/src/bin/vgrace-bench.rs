@@ -8,22 +8,39 @@ use vgrace_bench::workloads::{self, median, place, BenchError, Placement, RT_REP
 struct Opts {
     quick: bool,
     vgrace: PathBuf,
+    /// Only run N pinned vgrace round trips (for a profiler).
+    profile: Option<u64>,
 }
 
 fn parse() -> Result<Opts, BenchError> {
     let mut quick = false;
     let mut vgrace = PathBuf::from("target/release/vgrace");
+    let mut profile = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--quick" => quick = true,
             "--vgrace" => vgrace = PathBuf::from(args.next().ok_or("--vgrace needs a path")?),
+            "--profile-roundtrip" => {
+                profile = Some(
+                    args.next()
+                        .ok_or("--profile-roundtrip needs a count")?
+                        .parse()?,
+                )
+            }
             other => {
-                return Err(format!("unknown argument {other} (use --quick, --vgrace PATH)").into())
+                return Err(format!(
+                    "unknown argument {other} (use --quick, --vgrace PATH, --profile-roundtrip N)"
+                )
+                .into())
             }
         }
     }
-    Ok(Opts { quick, vgrace })
+    Ok(Opts {
+        quick,
+        vgrace,
+        profile,
+    })
 }
 
 /// Runs `a` and `b` alternately `rounds` times; returns their medians.
@@ -49,6 +66,16 @@ fn main() {
 
 fn run() -> Result<(), BenchError> {
     let o = parse()?;
+    if let Some(n) = o.profile {
+        if std::env::var_os("VGRACE_BENCH_PINGPONG").is_some() {
+            let rate = workloads::pingpong(n, Placement::Pinned, RT_REQUEST, RT_REPLY)?;
+            println!("{rate:.0} ping-pongs/s");
+            return Ok(());
+        }
+        let rate = workloads::vgrace_roundtrip(n, Placement::Pinned)?;
+        println!("{rate:.0} round trips/s");
+        return Ok(());
+    }
     let rounds = if o.quick { 3 } else { 7 };
     let rt_pinned = if o.quick { 20_000 } else { 100_000 };
     let rt_unpinned = if o.quick { 3_000 } else { 15_000 };
