@@ -94,20 +94,27 @@ impl Memory {
         };
         let len = usize::try_from(fd_len).map_err(|_| DeviceError::Overflow { base: 0, size })?;
         let nz = NonZeroUsize::new(len).ok_or(DeviceError::LinkDown)?;
+        // NORESERVE keeps a huge sparse memfd or file from reserving swap. Huge pages must be
+        // reserved up front instead: without the reservation a fault would SIGBUS the server
+        // when no huge page is left; with it, a shortage is a clean error here.
+        let flags = match backing {
+            Backing::Hugetlbfs => MapFlags::MAP_SHARED,
+            _ => MapFlags::MAP_SHARED | MapFlags::MAP_NORESERVE,
+        };
         // SAFETY: a fresh shared mapping of our own fd at a kernel-chosen address; it aliases no
-        // Rust object. NORESERVE keeps a huge sparse device from reserving swap.
+        // Rust object.
         let ptr = unsafe {
             mmap(
                 None,
                 nz,
                 ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
-                MapFlags::MAP_SHARED | MapFlags::MAP_NORESERVE,
+                flags,
                 &fd,
                 0,
             )
         }
         .map_err(|e| DeviceError::Backing {
-            what: "the memory mapping".into(),
+            what: "the memory mapping (hugetlbfs: are enough huge pages reserved?)".into(),
             source: e.into(),
         })?;
         Ok(Self {

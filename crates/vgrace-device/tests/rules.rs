@@ -526,3 +526,31 @@ fn device_info_is_a_resettable_pci_device_with_9_regions_5_irqs() {
     let i = d.device_info();
     assert_eq!((i.flags & 3, i.num_regions, i.num_irqs), (3, 9, 5));
 }
+
+fn free_huge_pages() -> u64 {
+    let s = std::fs::read_to_string("/proc/meminfo").unwrap();
+    s.lines()
+        .find(|l| l.starts_with("HugePages_Free:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .map_or(0, |v| v.parse().unwrap())
+}
+
+/// With huge pages reserved the device works; without, creation fails with a clear error
+/// rather than the server dying of SIGBUS on first touch.
+#[test]
+fn hugetlbfs_backing_reserves_pages_or_fails_cleanly() {
+    let mut c = cfg(Profile::Gb200, 8 << 20);
+    c.backing = Backing::Hugetlbfs;
+    let enough = free_huge_pages() >= 4;
+    match NvGraceGpu::new(&c) {
+        Ok(mut d) => {
+            assert!(enough, "created without free huge pages");
+            d.region_write(4, 0, b"huge").unwrap();
+            assert_eq!(read(&mut d, 4, 0, 4).unwrap(), b"huge".to_vec());
+        }
+        Err(e) => {
+            assert!(!enough, "failed with free huge pages: {e}");
+            assert!(matches!(e, DeviceError::Backing { .. }), "{e}");
+        }
+    }
+}

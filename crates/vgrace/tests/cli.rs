@@ -28,6 +28,15 @@ struct Served {
 
 impl Served {
     fn start(socket: &Path, extra: &[&str]) -> Self {
+        Self::spawn(socket, extra, true)
+    }
+
+    /// For servers that refuse our uid: wait for the socket file instead of a session.
+    fn start_without_probe(socket: &Path, extra: &[&str]) -> Self {
+        Self::spawn(socket, extra, false)
+    }
+
+    fn spawn(socket: &Path, extra: &[&str], probe: bool) -> Self {
         let mut args = vec![
             "serve",
             "--socket",
@@ -46,7 +55,11 @@ impl Served {
         let served = Self { child: Some(child) };
         let deadline = Instant::now() + Duration::from_secs(20);
         // Wait until this server answers (a stale socket file may exist before it binds).
-        while std::os::unix::net::UnixStream::connect(socket).is_err() {
+        while !(if probe {
+            std::os::unix::net::UnixStream::connect(socket).is_ok()
+        } else {
+            socket.exists()
+        }) {
             assert!(
                 Instant::now() < deadline,
                 "server did not create {}",
@@ -291,4 +304,73 @@ fn config_file_serves_two_devices() {
     );
     assert!(status.success());
     assert!(!a.exists() && !b.exists());
+}
+
+#[test]
+fn serve_on_an_inherited_listening_fd() {
+    use std::os::fd::AsRawFd;
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("inherited.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    let fd = listener.as_raw_fd();
+    // Let the child inherit the listening socket.
+    nix::fcntl::fcntl(
+        &listener,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+    )
+    .unwrap();
+    let mut child = Command::new(BIN)
+        .args(["serve", "--fd", &fd.to_string(), "--mem-size", "4G"])
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    drop(listener);
+    let out = vgrace(&["check", "--socket", socket.to_str().unwrap()]);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap()),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = child.wait().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(status.success());
+}
+
+#[test]
+fn fd_that_is_not_open_is_one_line() {
+    let out = vgrace(&["serve", "--fd", "987", "--mem-size", "4G"]);
+    assert!(!out.status.success());
+    let err = stderr_of(&out);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("--fd 987"), "{err}");
+}
+
+#[test]
+fn fd_that_is_not_a_socket_is_refused() {
+    let out = Command::new(BIN)
+        .args(["serve", "--fd", "0", "--mem-size", "4G"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        stderr_of(&out).contains("not a socket"),
+        "{}",
+        stderr_of(&out)
+    );
+}
+
+#[test]
+fn refused_uid_cannot_use_the_device() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("gpu.sock");
+    let other = (nix::unistd::getuid().as_raw() + 1).to_string();
+    let _served = Served::start_without_probe(&socket, &["--allow-uid", &other]);
+    let out = vgrace(&["check", "--socket", socket.to_str().unwrap()]);
+    assert!(!out.status.success());
 }
