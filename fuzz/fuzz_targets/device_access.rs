@@ -3,11 +3,10 @@
 #![no_main]
 
 use std::sync::Mutex;
-use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
 use vfu::Device;
-use vgrace_device::{Backing, GpuConfig, NvGraceGpu, Profile};
+use vgrace_device::{GpuConfig, NvGraceGpu, Profile};
 
 static DEVICE: Mutex<Option<NvGraceGpu>> = Mutex::new(None);
 
@@ -17,15 +16,7 @@ fuzz_target!(|data: &[u8]| {
         Err(p) => p.into_inner(),
     };
     let dev = guard.get_or_insert_with(|| {
-        let cfg = GpuConfig {
-            profile: Profile::Gh100,
-            device_id: None,
-            mem_size: (3 << 29) + 12345,
-            mem_base: 0,
-            backing: Backing::Memfd,
-            ready_delay: Duration::ZERO,
-            fault: None,
-        };
+        let cfg = GpuConfig::memfd(Profile::Gh100, (3 << 29) + 12345);
         NvGraceGpu::new(&cfg).unwrap_or_else(|e| panic!("device: {e}"))
     });
     for op in data.chunks(12) {

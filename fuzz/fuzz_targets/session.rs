@@ -5,13 +5,12 @@
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::sync::Mutex;
-use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
 use vfu::server::{Server, ServerConfig};
 use vfu::transport::UnixTransport;
 use vfu::wire::{cmd, Header, Version, HEADER_SIZE};
-use vgrace_device::{Backing, GpuConfig, NvGraceGpu, Profile};
+use vgrace_device::{GpuConfig, NvGraceGpu, Profile};
 
 static SERVER: Mutex<Option<Server<NvGraceGpu>>> = Mutex::new(None);
 
@@ -21,15 +20,7 @@ fuzz_target!(|data: &[u8]| {
         Err(p) => p.into_inner(),
     };
     let server = guard.get_or_insert_with(|| {
-        let cfg = GpuConfig {
-            profile: Profile::Gb200,
-            device_id: None,
-            mem_size: 3 << 20,
-            mem_base: 0,
-            backing: Backing::Memfd,
-            ready_delay: Duration::ZERO,
-            fault: None,
-        };
+        let cfg = GpuConfig::memfd(Profile::Gb200, 3 << 20);
         let dev = NvGraceGpu::new(&cfg).unwrap_or_else(|e| panic!("device: {e}"));
         Server::new(dev, ServerConfig { max_data_xfer_size: 64 << 10, ..ServerConfig::default() })
     });

@@ -295,14 +295,7 @@ impl Client {
         offset: u64,
         buf: &mut [u8],
     ) -> Result<usize, Error> {
-        let count =
-            u32::try_from(buf.len()).map_err(|_| Error::Protocol("read too large".into()))?;
-        let req = RegionAccess {
-            offset,
-            region,
-            count,
-        }
-        .to_bytes();
+        let req = access(region, offset, buf.len())?;
         let h = self.next_header(cmd::REGION_READ, RegionAccess::SIZE, 0);
         self.t.send(&h, &[&req], &[])?;
         // A REGION_READ reply carries no fds: the cheaper recv(2) will do.
@@ -346,14 +339,7 @@ impl Client {
 
     /// REGION_WRITE; returns the count the server reports.
     pub fn region_write(&mut self, region: u32, offset: u64, data: &[u8]) -> Result<u32, Error> {
-        let count =
-            u32::try_from(data.len()).map_err(|_| Error::Protocol("write too large".into()))?;
-        let req = RegionAccess {
-            offset,
-            region,
-            count,
-        }
-        .to_bytes();
+        let req = access(region, offset, data.len())?;
         let r = self.request(cmd::REGION_WRITE, &[&req, data], &[])?;
         Ok(RegionAccess::decode(&r.payload, u32::MAX)?.0.count)
     }
@@ -365,14 +351,7 @@ impl Client {
         offset: u64,
         data: &[u8],
     ) -> Result<(), Error> {
-        let count =
-            u32::try_from(data.len()).map_err(|_| Error::Protocol("write too large".into()))?;
-        let req = RegionAccess {
-            offset,
-            region,
-            count,
-        }
-        .to_bytes();
+        let req = access(region, offset, data.len())?;
         let h = self.next_header(
             cmd::REGION_WRITE,
             RegionAccess::SIZE + data.len(),
@@ -455,4 +434,15 @@ impl Client {
     pub fn as_fd(&self) -> BorrowedFd<'_> {
         self.t.stream().as_fd()
     }
+}
+
+/// The fixed part of a REGION_READ/REGION_WRITE request.
+fn access(region: u32, offset: u64, len: usize) -> Result<[u8; RegionAccess::SIZE], Error> {
+    let count = u32::try_from(len).map_err(|_| Error::Protocol("access too large".into()))?;
+    Ok(RegionAccess {
+        offset,
+        region,
+        count,
+    }
+    .to_bytes())
 }

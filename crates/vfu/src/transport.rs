@@ -141,24 +141,7 @@ impl UnixTransport {
         prefix: &mut [u8],
         out: &mut [u8],
     ) -> Result<(Header, Option<usize>), TransportError> {
-        while self.end - self.start < HEADER_SIZE {
-            self.fill(HEADER_SIZE)?;
-        }
-        let header = Header::decode(&self.buf[self.start..self.start + HEADER_SIZE])
-            .map_err(|_| TransportError::BadSize(0))?;
-        let size = usize::try_from(header.msg_size)
-            .map_err(|_| TransportError::BadSize(header.msg_size))?;
-        if size < HEADER_SIZE {
-            return Err(TransportError::BadSize(header.msg_size));
-        }
-        if size > max_size {
-            self.discard(size)?;
-            return Err(TransportError::Oversized {
-                header,
-                size: header.msg_size,
-                limit: max_size,
-            });
-        }
+        let (header, size) = self.next_header(max_size)?;
         let payload = size - HEADER_SIZE;
         let msg_end = self.pos + size as u64;
         if payload < prefix.len() || payload - prefix.len() > out.len() {
@@ -249,6 +232,31 @@ impl UnixTransport {
         out
     }
 
+    /// Buffers and decodes the next header; returns it with the message size. A size below a
+    /// header is fatal (nothing says where the next message starts); one above `max_size` is
+    /// drained and reported so the caller can answer it and carry on.
+    fn next_header(&mut self, max_size: usize) -> Result<(Header, usize), TransportError> {
+        while self.end - self.start < HEADER_SIZE {
+            self.fill(HEADER_SIZE)?;
+        }
+        let header = Header::decode(&self.buf[self.start..self.start + HEADER_SIZE])
+            .map_err(|_| TransportError::BadSize(0))?;
+        let size = usize::try_from(header.msg_size)
+            .map_err(|_| TransportError::BadSize(header.msg_size))?;
+        if size < HEADER_SIZE {
+            return Err(TransportError::BadSize(header.msg_size));
+        }
+        if size > max_size {
+            self.discard(size)?;
+            return Err(TransportError::Oversized {
+                header,
+                size: header.msg_size,
+                limit: max_size,
+            });
+        }
+        Ok((header, size))
+    }
+
     fn consume(&mut self, n: usize) {
         self.start += n;
         self.pos += n as u64;
@@ -312,26 +320,7 @@ impl Transport for UnixTransport {
     }
 
     fn recv(&mut self, max_size: usize) -> Result<Frame, TransportError> {
-        while self.end - self.start < HEADER_SIZE {
-            self.fill(HEADER_SIZE)?;
-        }
-        let header = Header::decode(&self.buf[self.start..self.start + HEADER_SIZE])
-            .map_err(|_| TransportError::BadSize(0))?;
-        let size = usize::try_from(header.msg_size)
-            .map_err(|_| TransportError::BadSize(header.msg_size))?;
-        if size < HEADER_SIZE {
-            // The stream cannot be resynchronised: there is no way to know where the next
-            // message starts.
-            return Err(TransportError::BadSize(header.msg_size));
-        }
-        if size > max_size {
-            self.discard(size)?;
-            return Err(TransportError::Oversized {
-                header,
-                size: header.msg_size,
-                limit: max_size,
-            });
-        }
+        let (header, size) = self.next_header(max_size)?;
         while self.end - self.start < size {
             self.fill(size)?;
         }

@@ -44,15 +44,7 @@ pub fn place(p: Placement) {
 
 /// A small device for the socket workloads (gh100, 2 GiB usemem, sparse memfd).
 pub fn bench_device() -> Result<NvGraceGpu, BenchError> {
-    let cfg = GpuConfig {
-        profile: Profile::Gh100,
-        device_id: None,
-        mem_size: 3 << 30,
-        mem_base: 0,
-        backing: Backing::Memfd,
-        ready_delay: Duration::ZERO,
-        fault: None,
-    };
+    let cfg = GpuConfig::memfd(Profile::Gh100, 3 << 30);
     Ok(NvGraceGpu::new(&cfg)?)
 }
 

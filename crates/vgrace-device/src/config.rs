@@ -183,6 +183,20 @@ impl Layout {
 }
 
 impl GpuConfig {
+    /// A device of `mem_size` bytes at host PA 0 on sparse memfd memory, ready at once and
+    /// without faults: the usual starting point for tools and tests.
+    pub fn memfd(profile: Profile, mem_size: u64) -> Self {
+        Self {
+            profile,
+            device_id: None,
+            mem_size,
+            mem_base: 0,
+            backing: Backing::Memfd,
+            ready_delay: Duration::ZERO,
+            fault: None,
+        }
+    }
+
     /// Validates the firmware values and computes the layout (no memory is touched).
     pub fn layout(&self) -> Result<Layout, DeviceError> {
         let size = self.mem_size;

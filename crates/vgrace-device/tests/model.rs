@@ -120,7 +120,7 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
     #[test]
     fn device_matches_reference_model(ops in proptest::collection::vec(op(), 1..40)) {
-        let cfg = GpuConfig { profile: Profile::Gh100, device_id: None, mem_size: MEM, mem_base: 0, backing: Backing::Memfd, ready_delay: Duration::ZERO, fault: None };
+        let cfg = GpuConfig::memfd(Profile::Gh100, MEM);
         let mut dev = NvGraceGpu::new(&cfg).unwrap();
         let resmem = MEM - (512 << 20);
         let mut model = Model {

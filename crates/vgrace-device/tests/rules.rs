@@ -14,13 +14,8 @@ const CONFIG: u32 = 7;
 
 fn cfg(profile: Profile, mem_size: u64) -> GpuConfig {
     GpuConfig {
-        profile,
-        device_id: None,
-        mem_size,
         mem_base: 0x4000_0000_0000,
-        backing: Backing::Memfd,
-        ready_delay: Duration::ZERO,
-        fault: None,
+        ..GpuConfig::memfd(profile, mem_size)
     }
 }
 

@@ -128,17 +128,12 @@ fn scaled(part: u64, whole: u64) -> u64 {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
-    use vgrace_device::{Backing, GpuConfig, Profile};
+    use vgrace_device::{GpuConfig, Profile};
 
     fn gh100_96g() -> Layout {
         GpuConfig {
-            profile: Profile::Gh100,
-            device_id: None,
-            mem_size: 96 << 30,
             mem_base: 0x4000_0000_0000,
-            backing: Backing::Memfd,
-            ready_delay: std::time::Duration::ZERO,
-            fault: None,
+            ..GpuConfig::memfd(Profile::Gh100, 96 << 30)
         }
         .layout()
         .unwrap()

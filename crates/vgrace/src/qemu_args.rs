@@ -97,20 +97,10 @@ pub fn render(layout: &Layout, socket: &Path, guest_mem: &str) -> String {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
-    use vgrace_device::{Backing, GpuConfig, Profile};
+    use vgrace_device::{GpuConfig, Profile};
 
     fn gh100() -> Layout {
-        GpuConfig {
-            profile: Profile::Gh100,
-            device_id: None,
-            mem_size: 96 << 30,
-            mem_base: 0,
-            backing: Backing::Memfd,
-            ready_delay: std::time::Duration::ZERO,
-            fault: None,
-        }
-        .layout()
-        .unwrap()
+        GpuConfig::memfd(Profile::Gh100, 96 << 30).layout().unwrap()
     }
 
     #[test]

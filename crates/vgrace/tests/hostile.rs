@@ -3,18 +3,18 @@
 //! closed), then proves a new client is served and the device state is intact.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+mod common;
+
 use std::io::Write;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use vfu::client::Client;
-use vfu::server::{bind_socket, Server, ServerConfig, Shutdown};
+use vfu::server::ServerConfig;
 use vfu::wire::{cmd, Header, RegionAccess, Version, FLAG_TYPE_REPLY, HEADER_SIZE};
 use vfu::Errno;
-use vgrace_device::{Backing, GpuConfig, NvGraceGpu, Profile};
+use vgrace_device::{GpuConfig, Profile};
 
 const MEM: u64 = (3 << 29) + 4096;
 const SENTINEL_OFF: u64 = 0x4000;
@@ -28,48 +28,20 @@ enum Expect {
     AnyError,
 }
 
-struct Srv {
-    _dir: tempfile::TempDir,
-    path: PathBuf,
-    shutdown: Shutdown,
-    thread: Option<JoinHandle<()>>,
-}
+/// The server under attack, with a sentinel in memory and in the BAR4 register.
+struct Srv(common::Running);
 
 impl Srv {
     fn start() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("gpu.sock");
-        let listener = bind_socket(&path).unwrap();
-        let cfg = GpuConfig {
-            profile: Profile::Gh100,
-            device_id: None,
-            mem_size: MEM,
-            mem_base: 0,
-            backing: Backing::Memfd,
-            ready_delay: Duration::ZERO,
-            fault: None,
+        let config = ServerConfig {
+            max_data_xfer_size: 1 << 20,
+            max_dma_maps: 4,
+            ..ServerConfig::default()
         };
-        let dev = NvGraceGpu::new(&cfg).unwrap();
-        let shutdown = Shutdown::new().unwrap();
-        let sd = shutdown.clone();
-        let thread = std::thread::spawn(move || {
-            Server::new(
-                dev,
-                ServerConfig {
-                    max_data_xfer_size: 1 << 20,
-                    max_dma_maps: 4,
-                    ..ServerConfig::default()
-                },
-            )
-            .serve(listener, &sd)
-            .unwrap();
-        });
-        let s = Self {
-            _dir: dir,
-            path,
-            shutdown,
-            thread: Some(thread),
-        };
+        let s = Self(common::serve(
+            &GpuConfig::memfd(Profile::Gh100, MEM),
+            config,
+        ));
         let mut c = s.client();
         c.region_write(4, SENTINEL_OFF, SENTINEL).unwrap();
         c.region_write(7, 0x20, &0x4000_0000u32.to_le_bytes())
@@ -78,7 +50,11 @@ impl Srv {
     }
 
     fn client(&self) -> Client {
-        Client::connect(&self.path).unwrap()
+        self.0.client()
+    }
+
+    fn path(&self) -> &std::path::Path {
+        &self.0.path
     }
 
     /// A new client sees the sentinel memory and the BAR4 register value set at start.
@@ -91,15 +67,6 @@ impl Srv {
         );
         let bar = c.region_read(7, 0x20, 4).unwrap();
         assert_eq!(u32::from_le_bytes(bar.try_into().unwrap()), 0x4000_000c);
-    }
-}
-
-impl Drop for Srv {
-    fn drop(&mut self) {
-        self.shutdown.trigger();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }
 
@@ -163,7 +130,7 @@ fn pipe_fd() -> OwnedFd {
 /// Runs one case: optional VERSION first, then the hostile bytes with fds, then the check.
 fn case(negotiate: bool, bytes: Vec<u8>, fds: Vec<OwnedFd>, close_after: bool, expect: Expect) {
     let srv = Srv::start();
-    let stream = UnixStream::connect(&srv.path).unwrap();
+    let stream = UnixStream::connect(srv.path()).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();

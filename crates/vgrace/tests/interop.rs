@@ -2,54 +2,16 @@
 //! device: region table, the memory region's fd and sparse area, register and memory access.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-use std::time::Duration;
+mod common;
 
-use vfu::server::{bind_socket, Server, ServerConfig, Shutdown};
-use vgrace_device::{Backing, GpuConfig, NvGraceGpu, Profile};
+use vfu::server::ServerConfig;
+use vgrace_device::{GpuConfig, Profile};
 
-struct Running {
-    _dir: tempfile::TempDir,
-    path: std::path::PathBuf,
-    shutdown: Shutdown,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        self.shutdown.trigger();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-fn start(profile: Profile, mem_size: u64) -> Running {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("gpu.sock");
-    let listener = bind_socket(&path).unwrap();
-    let cfg = GpuConfig {
-        profile,
-        device_id: None,
-        mem_size,
-        mem_base: 0,
-        backing: Backing::Memfd,
-        ready_delay: Duration::ZERO,
-        fault: None,
-    };
-    let dev = NvGraceGpu::new(&cfg).unwrap();
-    let shutdown = Shutdown::new().unwrap();
-    let sd = shutdown.clone();
-    let thread = std::thread::spawn(move || {
-        Server::new(dev, ServerConfig::default())
-            .serve(listener, &sd)
-            .unwrap()
-    });
-    Running {
-        _dir: dir,
-        path,
-        shutdown,
-        thread: Some(thread),
-    }
+fn start(profile: Profile, mem_size: u64) -> common::Running {
+    common::serve(
+        &GpuConfig::memfd(profile, mem_size),
+        ServerConfig::default(),
+    )
 }
 
 #[test]

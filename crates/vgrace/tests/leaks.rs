@@ -2,26 +2,15 @@
 //! process's fds, mappings and RSS, which other tests running in parallel would disturb.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+mod common;
+
 use std::io::Write;
 use std::os::fd::AsFd;
-use std::time::Duration;
 
 use vfu::client::Client;
-use vfu::server::{bind_socket, Server, ServerConfig, Shutdown};
+use vfu::server::ServerConfig;
 use vfu::wire::{cmd, Header, RegionAccess, HEADER_SIZE};
-use vgrace_device::{Backing, GpuConfig, NvGraceGpu, Profile};
-
-fn gh100(mem_size: u64) -> GpuConfig {
-    GpuConfig {
-        profile: Profile::Gh100,
-        device_id: None,
-        mem_size,
-        mem_base: 0,
-        backing: Backing::Memfd,
-        ready_delay: Duration::ZERO,
-        fault: None,
-    }
-}
+use vgrace_device::{GpuConfig, Profile};
 
 fn count_fds() -> usize {
     std::fs::read_dir("/proc/self/fd").unwrap().count()
@@ -34,31 +23,15 @@ fn count_maps() -> usize {
         .count()
 }
 
-fn rss_kib() -> u64 {
-    let s = std::fs::read_to_string("/proc/self/status").unwrap();
-    s.lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .unwrap()
-        .parse()
-        .unwrap()
-}
-
 /// Clients that vanish mid-message (half a header, half a payload, after passing fds) hundreds
 /// of times leave the server's fd table, mappings and RSS where they were.
 #[test]
 fn clients_killed_mid_message_leave_nothing_behind() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("gpu.sock");
-    let listener = bind_socket(&path).unwrap();
-    let shutdown = Shutdown::new().unwrap();
-    let sd = shutdown.clone();
-    let dev = NvGraceGpu::new(&gh100((3 << 29) + 4096)).unwrap();
-    let server = std::thread::spawn(move || {
-        Server::new(dev, ServerConfig::default())
-            .serve(listener, &sd)
-            .unwrap()
-    });
+    let server = common::serve(
+        &GpuConfig::memfd(Profile::Gh100, (3 << 29) + 4096),
+        ServerConfig::default(),
+    );
+    let path = server.path.clone();
     // Warm up allocator and lazily created state with a few full sessions.
     for _ in 0..5 {
         Client::connect(&path)
@@ -66,7 +39,7 @@ fn clients_killed_mid_message_leave_nothing_behind() {
             .region_read(4, 0, 64)
             .unwrap();
     }
-    let (fds0, maps0, rss0) = (count_fds(), count_maps(), rss_kib());
+    let (fds0, maps0, rss0) = (count_fds(), count_maps(), common::rss_kib());
     let memfd = {
         let f = tempfile::tempfile().unwrap();
         f.set_len(1 << 20).unwrap();
@@ -110,9 +83,8 @@ fn clients_killed_mid_message_leave_nothing_behind() {
     }
     // One more full session proves the server is past every dead client.
     Client::connect(&path).unwrap().device_info().unwrap();
-    let (fds1, maps1, rss1) = (count_fds(), count_maps(), rss_kib());
-    shutdown.trigger();
-    server.join().unwrap();
+    let (fds1, maps1, rss1) = (count_fds(), count_maps(), common::rss_kib());
+    drop(server);
     assert!(fds1 <= fds0 + 2, "fds {fds0} -> {fds1}");
     assert!(maps1 <= maps0 + 4, "mappings {maps0} -> {maps1}");
     assert!(rss1 < rss0 + 8 * 1024, "RSS {rss0} KiB -> {rss1} KiB");

@@ -3,6 +3,8 @@
 //! exits cleanly; a soak of mixed operations matches a reference model.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+mod common;
+
 use std::collections::HashMap;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
@@ -10,22 +12,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use vfu::client::Client;
-use vfu::server::{bind_socket, Server, ServerConfig, Shutdown};
-use vgrace_device::{Backing, GpuConfig, NvGraceGpu, Profile};
+use vfu::server::ServerConfig;
+use vgrace_device::{GpuConfig, Profile};
 
 const BIN: &str = env!("CARGO_BIN_EXE_vgrace");
-
-fn gh100(mem_size: u64) -> GpuConfig {
-    GpuConfig {
-        profile: Profile::Gh100,
-        device_id: None,
-        mem_size,
-        mem_base: 0,
-        backing: Backing::Memfd,
-        ready_delay: Duration::ZERO,
-        fault: None,
-    }
-}
 
 fn spawn_serve(socket: &Path, backing: &Path) -> Child {
     let child = Command::new(BIN)
@@ -122,21 +112,13 @@ fn soak_mixed_operations_match_the_model() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(20_000);
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("gpu.sock");
-    let listener = bind_socket(&path).unwrap();
-    let shutdown = Shutdown::new().unwrap();
-    let sd = shutdown.clone();
     // gb200 with 64 MiB + 4 KiB: BAR4 is 128 MiB with a tail.
     let mem = (64 << 20) + 4096;
-    let mut cfg = gh100(mem);
-    cfg.profile = Profile::Gb200;
-    let dev = NvGraceGpu::new(&cfg).unwrap();
-    let server = std::thread::spawn(move || {
-        Server::new(dev, ServerConfig::default())
-            .serve(listener, &sd)
-            .unwrap()
-    });
+    let server = common::serve(
+        &GpuConfig::memfd(Profile::Gb200, mem),
+        ServerConfig::default(),
+    );
+    let path = server.path.clone();
     let bar = 128u64 << 20;
     let mut model: HashMap<u64, u8> = HashMap::new();
     let mut bar_val: u64 = 0;
@@ -222,7 +204,6 @@ fn soak_mixed_operations_match_the_model() {
         drop(c);
         let _ = half;
     }
-    shutdown.trigger();
-    server.join().unwrap();
+    drop(server);
     assert_eq!(divergences, 0);
 }

@@ -1,0 +1,61 @@
+//! Shared by the vgrace integration tests: a real server on a thread over a real socket.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs, dead_code)]
+
+use std::path::PathBuf;
+use std::thread::JoinHandle;
+
+use vfu::client::Client;
+use vfu::server::{bind_socket, Server, ServerConfig, Shutdown};
+use vgrace_device::{GpuConfig, NvGraceGpu};
+
+/// A server thread listening in a temp dir; stopped and joined on drop.
+pub struct Running {
+    _dir: tempfile::TempDir,
+    pub path: PathBuf,
+    pub shutdown: Shutdown,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Running {
+    /// A new client (VERSION negotiated).
+    pub fn client(&self) -> Client {
+        Client::connect(&self.path).unwrap()
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.shutdown.trigger();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Serves the device `cfg` describes with `config`.
+pub fn serve(cfg: &GpuConfig, config: ServerConfig) -> Running {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gpu.sock");
+    let listener = bind_socket(&path).unwrap();
+    let dev = NvGraceGpu::new(cfg).unwrap();
+    let shutdown = Shutdown::new().unwrap();
+    let sd = shutdown.clone();
+    let thread = std::thread::spawn(move || Server::new(dev, config).serve(listener, &sd).unwrap());
+    Running {
+        _dir: dir,
+        path,
+        shutdown,
+        thread: Some(thread),
+    }
+}
+
+/// Resident set size of this process in KiB.
+pub fn rss_kib() -> u64 {
+    let s = std::fs::read_to_string("/proc/self/status").unwrap();
+    s.lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap()
+        .parse()
+        .unwrap()
+}
