@@ -9,7 +9,9 @@ fuzz_target!(|data: &[u8]| {
         let _ = Header::decode(data);
         return;
     }
-    let Ok(header) = Header::decode(&data[..HEADER_SIZE]) else { return };
+    let Ok(header) = Header::decode(&data[..HEADER_SIZE]) else {
+        return;
+    };
     let payload = &data[HEADER_SIZE..];
     let _ = wire::decode_command(&header, payload, 1 << 20);
     if let Ok(info) = wire::decode_region_info(payload) {

@@ -1,14 +1,13 @@
-//! A whole message stream against a live server session over a socketpair: after a valid
-//! VERSION, the fuzzer's bytes are sent as-is. The session must never panic or hang.
+//! Whole message sequences against a live server session over the in-memory transport: after a
+//! valid VERSION, the fuzzer's bytes are the client's stream. The session must end (no hang)
+//! without panicking, whatever they are.
 #![no_main]
 
-use std::io::{Read, Write};
-use std::os::unix::net::UnixStream;
 use std::sync::Mutex;
 
 use libfuzzer_sys::fuzz_target;
 use vfu::server::{Server, ServerConfig};
-use vfu::transport::UnixTransport;
+use vfu::transport::{MemTransport, Transport};
 use vfu::wire::{cmd, Header, Version, HEADER_SIZE};
 use vgrace_device::{GpuConfig, NvGraceGpu, Profile};
 
@@ -20,27 +19,38 @@ fuzz_target!(|data: &[u8]| {
         Err(p) => p.into_inner(),
     };
     let server = guard.get_or_insert_with(|| {
-        let cfg = GpuConfig::memfd(Profile::Gb200, 3 << 20);
-        let dev = NvGraceGpu::new(&cfg).unwrap_or_else(|e| panic!("device: {e}"));
-        Server::new(dev, ServerConfig { max_data_xfer_size: 64 << 10, ..ServerConfig::default() })
+        let dev = NvGraceGpu::new(&GpuConfig::memfd(Profile::Gb200, 3 << 20))
+            .unwrap_or_else(|e| panic!("device: {e}"));
+        Server::new(
+            dev,
+            ServerConfig {
+                max_data_xfer_size: 64 << 10,
+                ..ServerConfig::default()
+            },
+        )
     });
-    let Ok((mut client, server_end)) = UnixStream::pair() else { return };
-    let version = Version { major: 0, minor: 2, json: String::new() }.encode();
-    let h = Header { msg_id: 0, cmd: cmd::VERSION, msg_size: (HEADER_SIZE + version.len()) as u32, flags: 0, error: 0 };
-    let mut input = h.encode().to_vec();
-    input.extend_from_slice(&version);
-    input.extend_from_slice(data);
-    // Replies are drained on another thread so the session never blocks on a full socket.
-    let Ok(mut reader) = client.try_clone() else { return };
-    let drain = std::thread::spawn(move || {
-        let mut sink = [0u8; 65536];
-        while matches!(reader.read(&mut sink), Ok(n) if n > 0) {}
-    });
-    let writer = std::thread::spawn(move || {
-        let _ = client.write_all(&input);
-        let _ = client.shutdown(std::net::Shutdown::Write);
-    });
-    let _ = server.serve_connection(UnixTransport::new(server_end));
-    let _ = writer.join();
-    let _ = drain.join();
+    let (client, server_end) = MemTransport::mem_pair();
+    let version = Version {
+        major: 0,
+        minor: 2,
+        json: String::new(),
+    }
+    .encode();
+    let h = Header {
+        msg_id: 0,
+        cmd: cmd::VERSION,
+        msg_size: (HEADER_SIZE + version.len()) as u32,
+        flags: 0,
+        error: 0,
+    };
+    if client.send(&h, &[&version], &[]).is_err() {
+        return;
+    }
+    // The fuzz input as raw stream bytes, in two chunks to exercise reassembly.
+    let (a, b) = data.split_at(data.len() / 2);
+    let _ = client.write_raw(a);
+    let _ = client.write_raw(b);
+    client.close_write();
+    // Replies pile up in memory: the session cannot block on a full socket.
+    let _ = server.serve_connection(server_end);
 });

@@ -86,10 +86,69 @@ pub trait Transport: Send {
     fn payload(&self, frame: &Frame) -> &[u8];
 }
 
-/// A connected AF_UNIX stream socket.
+/// A byte stream that carries fds: what [`Buffered`] frames messages on.
+pub trait Stream: Send {
+    /// Reads available bytes into `buf` (blocking until at least one, or end of stream = 0),
+    /// with the fds that came with them when `with_fds` is set.
+    fn read(
+        &mut self,
+        buf: &mut [u8],
+        with_fds: bool,
+    ) -> Result<(usize, Vec<OwnedFd>), TransportError>;
+    /// Writes all of `iov` as one unit, with `fds` attached to its first byte.
+    fn write(&self, iov: &[IoSlice<'_>], fds: &[BorrowedFd<'_>]) -> Result<(), TransportError>;
+}
+
+/// An AF_UNIX stream socket as a [`Stream`].
 #[derive(Debug)]
-pub struct UnixTransport {
+pub struct SocketStream {
     stream: UnixStream,
+    /// Reused control-message buffer for `recvmsg`.
+    cmsg: Vec<u8>,
+}
+
+impl Stream for SocketStream {
+    fn read(
+        &mut self,
+        buf: &mut [u8],
+        with_fds: bool,
+    ) -> Result<(usize, Vec<OwnedFd>), TransportError> {
+        if with_fds {
+            recv_with_fds(self.stream.as_raw_fd(), buf, &mut self.cmsg)
+        } else {
+            Ok((recv_plain(self.stream.as_raw_fd(), buf)?, Vec::new()))
+        }
+    }
+
+    fn write(&self, iov: &[IoSlice<'_>], fds: &[BorrowedFd<'_>]) -> Result<(), TransportError> {
+        let total: usize = iov.iter().map(|s| s.len()).sum();
+        if fds.is_empty() && total <= SMALL_SEND {
+            // Small messages without fds: one contiguous send(2), cheaper than sendmsg(2) (no
+            // msghdr or iovec import), which is most of a 4-byte round trip's extra cost.
+            let mut flat = [0u8; SMALL_SEND];
+            let mut at = 0;
+            for s in iov {
+                flat[at..at + s.len()].copy_from_slice(s);
+                at += s.len();
+            }
+            return send_flat(self.stream.as_fd(), &flat[..at]);
+        }
+        let mut raw = [0 as RawFd; MAX_FDS_PER_RECV];
+        if fds.len() > raw.len() {
+            return Err(TransportError::TooManyFds);
+        }
+        for (slot, f) in raw.iter_mut().zip(fds) {
+            *slot = f.as_raw_fd();
+        }
+        send_all(self.stream.as_fd(), iov, &raw[..fds.len()])
+    }
+}
+
+/// Message framing over any [`Stream`]: a reusable receive buffer that may hold several
+/// pipelined messages, and fd attribution by stream position.
+#[derive(Debug)]
+pub struct Buffered<S> {
+    io: S,
     buf: Vec<u8>,
     /// Unconsumed bytes are `buf[start..end]`.
     start: usize,
@@ -98,30 +157,46 @@ pub struct UnixTransport {
     pos: u64,
     /// fds received, each batch with the stream position of the last byte read with it.
     fds: VecDeque<(u64, Vec<OwnedFd>)>,
-    /// Reused control-message buffer for `recvmsg`.
-    cmsg: Vec<u8>,
-    /// When false, reads use recv(2) and any fds that arrive are discarded by the kernel.
+    /// When false, reads skip fds (recv(2) on a socket) and any that arrive are discarded.
     accept_fds: bool,
 }
+
+/// The AF_UNIX transport.
+pub type UnixTransport = Buffered<SocketStream>;
 
 impl UnixTransport {
     /// Wraps a connected stream.
     pub fn new(stream: UnixStream) -> Self {
-        Self {
+        Buffered::over(SocketStream {
             stream,
+            cmsg: cmsg_space!([RawFd; MAX_FDS_PER_RECV]),
+        })
+    }
+
+    /// The underlying socket.
+    pub fn stream(&self) -> &UnixStream {
+        &self.io.stream
+    }
+
+    /// A connected pair, for tests.
+    pub fn pair() -> std::io::Result<(Self, Self)> {
+        let (a, b) = UnixStream::pair()?;
+        Ok((Self::new(a), Self::new(b)))
+    }
+}
+
+impl<S: Stream> Buffered<S> {
+    /// Frames messages over `io`.
+    pub fn over(io: S) -> Self {
+        Self {
+            io,
             buf: vec![0; INITIAL_BUFFER],
             start: 0,
             end: 0,
             pos: 0,
             fds: VecDeque::new(),
-            cmsg: cmsg_space!([RawFd; MAX_FDS_PER_RECV]),
             accept_fds: true,
         }
-    }
-
-    /// The underlying socket.
-    pub fn stream(&self) -> &UnixStream {
-        &self.stream
     }
 
     /// Whether reads take fds (recvmsg) or not (recv, a little cheaper). A client waiting for
@@ -161,7 +236,7 @@ impl UnixTransport {
         let mut got = buffered;
         while got < data {
             // The receive buffer is empty here, so the rest of this message is next on the socket.
-            let n = recv_plain(self.stream.as_raw_fd(), &mut out[got..data])?;
+            let (n, _) = self.io.read(&mut out[got..data], false)?;
             if n == 0 {
                 return Err(TransportError::Closed);
             }
@@ -170,12 +245,6 @@ impl UnixTransport {
         }
         drop(self.take_fds(msg_end));
         Ok((header, Some(data)))
-    }
-
-    /// A connected pair, for tests.
-    pub fn pair() -> std::io::Result<(Self, Self)> {
-        let (a, b) = UnixStream::pair()?;
-        Ok((Self::new(a), Self::new(b)))
     }
 
     /// Reads more bytes into the buffer; makes room for at least `want` unconsumed bytes.
@@ -194,18 +263,7 @@ impl UnixTransport {
             }
         }
         let read_at = self.end;
-        let (n, fds) = if self.accept_fds {
-            recv_with_fds(
-                self.stream.as_raw_fd(),
-                &mut self.buf[read_at..],
-                &mut self.cmsg,
-            )?
-        } else {
-            (
-                recv_plain(self.stream.as_raw_fd(), &mut self.buf[read_at..])?,
-                Vec::new(),
-            )
-        };
+        let (n, fds) = self.io.read(&mut self.buf[read_at..], self.accept_fds)?;
         if n == 0 {
             drop(fds);
             return Err(TransportError::Closed);
@@ -278,7 +336,7 @@ impl UnixTransport {
     }
 }
 
-impl Transport for UnixTransport {
+impl<S: Stream> Transport for Buffered<S> {
     fn send(
         &self,
         header: &Header,
@@ -297,26 +355,7 @@ impl Transport for UnixTransport {
             *slot = IoSlice::new(p);
             n += 1;
         }
-        let total: usize = iov[..n].iter().map(|s| s.len()).sum();
-        if fds.is_empty() && total <= SMALL_SEND {
-            // Small messages without fds: one contiguous send(2), cheaper than sendmsg(2) (no
-            // msghdr or iovec import), which is most of a 4-byte round trip's extra cost.
-            let mut flat = [0u8; SMALL_SEND];
-            let mut at = 0;
-            for s in &iov[..n] {
-                flat[at..at + s.len()].copy_from_slice(s);
-                at += s.len();
-            }
-            return send_flat(self.stream.as_fd(), &flat[..at]);
-        }
-        let mut raw = [0 as RawFd; MAX_FDS_PER_RECV];
-        if fds.len() > raw.len() {
-            return Err(TransportError::TooManyFds);
-        }
-        for (slot, f) in raw.iter_mut().zip(fds) {
-            *slot = f.as_raw_fd();
-        }
-        send_all(self.stream.as_fd(), &iov[..n], &raw[..fds.len()])
+        self.io.write(&iov[..n], fds)
     }
 
     fn recv(&mut self, max_size: usize) -> Result<Frame, TransportError> {
@@ -436,6 +475,137 @@ fn send_all(fd: BorrowedFd<'_>, iov: &[IoSlice<'_>], fds: &[RawFd]) -> Result<()
     Ok(())
 }
 
+/// One direction of an in-memory stream: written chunks, each with the fds sent with it.
+#[derive(Debug, Default)]
+struct Pipe {
+    chunks: VecDeque<(Vec<u8>, Vec<OwnedFd>)>,
+    closed: bool,
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    pipe: std::sync::Mutex<Pipe>,
+    ready: std::sync::Condvar,
+}
+
+/// An in-memory [`Stream`] for tests and fuzzing: same framing and fd semantics as a unix
+/// socket (fds arrive with the first read of the chunk that carried them, and a read stops after
+/// that chunk), no file descriptors of its own.
+#[derive(Debug)]
+pub struct MemStream {
+    rx: std::sync::Arc<Shared>,
+    tx: std::sync::Arc<Shared>,
+}
+
+/// The in-memory transport.
+pub type MemTransport = Buffered<MemStream>;
+
+impl MemTransport {
+    /// A connected in-memory pair.
+    pub fn mem_pair() -> (Self, Self) {
+        let a = std::sync::Arc::new(Shared::default());
+        let b = std::sync::Arc::new(Shared::default());
+        (
+            Buffered::over(MemStream {
+                rx: a.clone(),
+                tx: b.clone(),
+            }),
+            Buffered::over(MemStream { rx: b, tx: a }),
+        )
+    }
+
+    /// Writes raw bytes (not necessarily a message) to the peer, for hostile-input tests.
+    pub fn write_raw(&self, bytes: &[u8]) -> Result<(), TransportError> {
+        self.io.write(&[IoSlice::new(bytes)], &[])
+    }
+
+    /// Ends this side's writing: the peer reads end of stream once it has drained the rest.
+    pub fn close_write(&self) {
+        self.io.close();
+    }
+}
+
+impl MemStream {
+    fn close(&self) {
+        if let Ok(mut p) = self.tx.pipe.lock() {
+            p.closed = true;
+        }
+        self.tx.ready.notify_all();
+    }
+}
+
+impl Drop for MemStream {
+    fn drop(&mut self) {
+        self.close();
+        // Reads on our side end too, like a socket closed by its owner.
+        if let Ok(mut p) = self.rx.pipe.lock() {
+            p.closed = true;
+        }
+        self.rx.ready.notify_all();
+    }
+}
+
+impl Stream for MemStream {
+    fn read(
+        &mut self,
+        buf: &mut [u8],
+        with_fds: bool,
+    ) -> Result<(usize, Vec<OwnedFd>), TransportError> {
+        let poisoned = |_| TransportError::Io(std::io::Error::other("in-memory stream poisoned"));
+        let mut p = self.rx.pipe.lock().map_err(poisoned)?;
+        while p.chunks.is_empty() && !p.closed {
+            p = self.rx.ready.wait(p).map_err(poisoned)?;
+        }
+        let mut n = 0;
+        let mut fds = Vec::new();
+        while n < buf.len() {
+            let Some((chunk, chunk_fds)) = p.chunks.front_mut() else {
+                break;
+            };
+            let had_fds = !chunk_fds.is_empty();
+            if had_fds && n > 0 {
+                break; // a chunk with fds starts a read of its own
+            }
+            fds.append(chunk_fds);
+            let take = chunk.len().min(buf.len() - n);
+            buf[n..n + take].copy_from_slice(&chunk[..take]);
+            chunk.drain(..take);
+            n += take;
+            if chunk.is_empty() {
+                p.chunks.pop_front();
+            }
+            if had_fds {
+                break;
+            }
+        }
+        if !with_fds {
+            fds.clear();
+        }
+        Ok((n, fds))
+    }
+
+    fn write(&self, iov: &[IoSlice<'_>], fds: &[BorrowedFd<'_>]) -> Result<(), TransportError> {
+        let mut bytes = Vec::with_capacity(iov.iter().map(|s| s.len()).sum());
+        for s in iov {
+            bytes.extend_from_slice(s);
+        }
+        let owned = fds
+            .iter()
+            .map(|f| f.try_clone_to_owned())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(TransportError::Io)?;
+        let poisoned = |_| TransportError::Io(std::io::Error::other("in-memory stream poisoned"));
+        let mut p = self.tx.pipe.lock().map_err(poisoned)?;
+        if p.closed {
+            return Err(TransportError::Closed);
+        }
+        p.chunks.push_back((bytes, owned));
+        drop(p);
+        self.tx.ready.notify_all();
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -492,6 +662,27 @@ mod tests {
         let f = b.recv(4096).unwrap();
         assert_eq!(f.header.msg_id, 2);
         drop(t.join().unwrap());
+    }
+
+    #[test]
+    fn mem_pair_frames_messages_and_fds_like_a_socket() {
+        let (a, mut b) = MemTransport::mem_pair();
+        let file = tempfile::tempfile().unwrap();
+        a.send(&hdr(1, 4), &[&[1, 2, 3, 4]], &[]).unwrap();
+        a.send(&hdr(2, 0), &[], &[file.as_fd()]).unwrap();
+        a.close_write();
+        let first = b.recv(1 << 20).unwrap();
+        let second = b.recv(1 << 20).unwrap();
+        assert_eq!(
+            (
+                first.header.msg_id,
+                b.payload(&first).len(),
+                first.fds.len()
+            ),
+            (1, 4, 0)
+        );
+        assert_eq!((second.header.msg_id, second.fds.len()), (2, 1));
+        assert!(matches!(b.recv(1 << 20), Err(TransportError::Closed)));
     }
 
     #[test]

@@ -730,3 +730,54 @@ fn shutdown_ends_a_live_session() {
     h.shutdown.trigger();
     assert!(c.recv_raw().is_err());
 }
+
+#[test]
+fn server_session_runs_over_the_in_memory_transport() {
+    use vfu::transport::{MemTransport, Transport};
+    let (client, server_end) = MemTransport::mem_pair();
+    let session = std::thread::spawn(move || {
+        let mut server =
+            vfu::server::Server::new(common::TestDevice::new(), ServerConfig::default());
+        server.serve_connection(server_end).unwrap()
+    });
+    let mut client = client;
+    let version = Version {
+        major: 0,
+        minor: 2,
+        json: String::new(),
+    }
+    .encode();
+    client
+        .send(
+            &Header {
+                msg_id: 1,
+                cmd: cmd::VERSION,
+                msg_size: (HEADER_SIZE + version.len()) as u32,
+                flags: 0,
+                error: 0,
+            },
+            &[&version],
+            &[],
+        )
+        .unwrap();
+    let read = read_req(REGS, 0, 4);
+    client
+        .send(
+            &Header {
+                msg_id: 2,
+                cmd: cmd::REGION_READ,
+                msg_size: (HEADER_SIZE + read.len()) as u32,
+                flags: 0,
+                error: 0,
+            },
+            &[&read],
+            &[],
+        )
+        .unwrap();
+    client.close_write();
+    let v = client.recv(1 << 20).unwrap();
+    let r = client.recv(1 << 20).unwrap();
+    assert_eq!((v.header.msg_id, v.header.is_error()), (1, false));
+    assert_eq!(client.payload(&r).len(), 16 + 4);
+    assert_eq!(session.join().unwrap(), vfu::server::SessionEnd::Closed);
+}
