@@ -147,6 +147,12 @@ pub trait Device: Send {
         Err(Errno::ENOTTY)
     }
 
+    /// A new client's session starts: `dma` gives bounds-checked access to the guest memory it
+    /// maps (fd-backed regions). Devices that do DMA keep the handle. Default: ignore it.
+    fn dma_attached(&mut self, dma: crate::dma::DmaHandle) {
+        let _ = dma;
+    }
+
     /// The client mapped DMA region `[iova, iova+size)`. Default: nothing to do.
     fn dma_mapped(&mut self, iova: u64, size: u64) {
         let _ = (iova, size);

@@ -49,6 +49,38 @@ impl DmaRegion {
     }
 }
 
+/// A device's view of the client's DMA regions: shared with the session that maintains them,
+/// valid for the current client only (emptied when it goes).
+#[derive(Debug, Clone)]
+pub struct DmaHandle(std::sync::Arc<std::sync::Mutex<DmaTable>>);
+
+impl DmaHandle {
+    /// Wraps a table.
+    pub fn new(table: DmaTable) -> Self {
+        Self(std::sync::Arc::new(std::sync::Mutex::new(table)))
+    }
+
+    /// Runs `f` on the table (a poisoned lock is recovered: the table holds no invariants a
+    /// panic could break halfway).
+    pub fn with<T>(&self, f: impl FnOnce(&mut DmaTable) -> T) -> T {
+        let mut guard = match self.0.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        f(&mut guard)
+    }
+
+    /// Reads guest memory (see [`DmaTable::read`]).
+    pub fn read(&self, address: u64, buf: &mut [u8]) -> Result<(), Errno> {
+        self.with(|t| t.read(address, buf))
+    }
+
+    /// Writes guest memory (see [`DmaTable::write`]).
+    pub fn write(&self, address: u64, data: &[u8]) -> Result<(), Errno> {
+        self.with(|t| t.write(address, data))
+    }
+}
+
 /// The DMA regions of one client.
 #[derive(Debug)]
 pub struct DmaTable {

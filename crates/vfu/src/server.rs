@@ -19,7 +19,7 @@ use vfio_bindings::bindings::vfio::{
 };
 
 use crate::device::{Device, SetIrqs};
-use crate::dma::DmaTable;
+use crate::dma::{DmaHandle, DmaTable};
 use crate::errno::Errno;
 use crate::error::Error;
 use crate::transport::{Frame, Transport, TransportError, UnixTransport};
@@ -266,8 +266,9 @@ impl<D: Device> Server<D> {
         mut transport: T,
     ) -> Result<SessionEnd, Error> {
         let mut session = Session::new(&self.config);
+        self.device.dma_attached(session.dma.clone());
         let end = session.run(&mut self.device, &mut transport);
-        session.dma.clear();
+        session.dma.with(DmaTable::clear);
         self.device.client_detached();
         end
     }
@@ -276,7 +277,7 @@ impl<D: Device> Server<D> {
 /// Per-client state.
 struct Session {
     caps: Option<Caps>,
-    dma: DmaTable,
+    dma: DmaHandle,
     config: ServerConfig,
     /// Reused buffer for REGION_READ data.
     scratch: Vec<u8>,
@@ -294,7 +295,7 @@ impl Session {
     fn new(config: &ServerConfig) -> Self {
         Self {
             caps: None,
-            dma: DmaTable::new(config.max_dma_maps),
+            dma: DmaHandle::new(DmaTable::new(config.max_dma_maps)),
             config: config.clone(),
             scratch: Vec::new(),
         }
@@ -439,7 +440,7 @@ impl Session {
                     return Reply::Err(Errno::EINVAL);
                 }
                 let fd = fds.into_iter().next();
-                match self.dma.add(&m, fd) {
+                match self.dma.with(|t| t.add(&m, fd)) {
                     Ok(()) => {
                         device.dma_mapped(m.address, m.size);
                         Reply::Ok(Vec::new(), None)
@@ -447,7 +448,7 @@ impl Session {
                     Err(e) => Reply::Err(e),
                 }
             }
-            Command::DmaUnmap(u) => match self.dma.remove(u.address, u.size) {
+            Command::DmaUnmap(u) => match self.dma.with(|t| t.remove(u.address, u.size)) {
                 Ok(()) => {
                     device.dma_unmapped(u.address, u.size);
                     Reply::Ok(u.encode(), None)

@@ -781,3 +781,33 @@ fn server_session_runs_over_the_in_memory_transport() {
     assert_eq!(client.payload(&r).len(), 16 + 4);
     assert_eq!(session.join().unwrap(), vfu::server::SessionEnd::Closed);
 }
+
+#[test]
+fn device_reads_guest_memory_through_the_dma_handle() {
+    use std::os::unix::fs::FileExt;
+    let h = Harness::start();
+    let mut c = h.client();
+    let guest = tempfile::tempfile().unwrap();
+    guest.set_len(1 << 20).unwrap();
+    guest.write_all_at(b"guestmem", 0x3000).unwrap();
+    c.dma_map(3, 0, 0x8000_0000, 1 << 20, Some(guest.as_fd()))
+        .unwrap();
+    c.region_write(REGS, common::DMA_DOORBELL, &0x8000_3000u64.to_le_bytes())
+        .unwrap();
+    assert_eq!(
+        c.region_read(REGS, common::DMA_DATA, 8).unwrap(),
+        b"guestmem".to_vec()
+    );
+}
+
+#[test]
+fn device_dma_outside_the_mapped_regions_fails_with_efault() {
+    let h = Harness::start();
+    let mut c = h.client();
+    c.dma_map(3, 0, 0x8000_0000, 0x1000, Some(memfd(0x1000).as_fd()))
+        .unwrap();
+    let err = c
+        .region_write(REGS, common::DMA_DOORBELL, &0x8000_0ffcu64.to_le_bytes())
+        .unwrap_err();
+    assert_eq!(errno_of(err), Errno::EFAULT);
+}

@@ -24,8 +24,14 @@ pub struct Counters {
     pub dma_maps: AtomicUsize,
 }
 
+/// Writing a guest address (8 bytes) here makes the device copy 8 bytes of guest memory from it
+/// to `DMA_DATA` (a DMA read), or fail the write with the DMA errno.
+pub const DMA_DOORBELL: u64 = 0x100;
+pub const DMA_DATA: u64 = 0x108;
+
 pub struct TestDevice {
     regs: Vec<u8>,
+    dma: Option<vfu::dma::DmaHandle>,
     ram: std::fs::File,
     pub irqs: Arc<Mutex<IrqTable>>,
     pub counters: Arc<Counters>,
@@ -43,6 +49,7 @@ impl TestDevice {
         ram.set_len(RAM_SIZE).unwrap();
         Self {
             regs: vec![0; 4096],
+            dma: None,
             ram,
             irqs: Arc::new(Mutex::new(IrqTable::new(&[1, 0, 4, 1, 1]))),
             counters: Arc::default(),
@@ -107,6 +114,16 @@ impl Device for TestDevice {
     fn region_write(&mut self, index: u32, offset: u64, data: &[u8]) -> Result<usize, Errno> {
         use std::os::unix::fs::FileExt;
         match index {
+            REGS if offset == DMA_DOORBELL && data.len() == 8 => {
+                let iova = u64::from_le_bytes(data.try_into().unwrap());
+                let mut buf = [0u8; 8];
+                self.dma
+                    .as_ref()
+                    .ok_or(Errno::ENODEV)?
+                    .read(iova, &mut buf)?;
+                self.regs[DMA_DATA as usize..DMA_DATA as usize + 8].copy_from_slice(&buf);
+                Ok(8)
+            }
             REGS => {
                 let o = offset as usize;
                 let dst = self.regs.get_mut(o..o + data.len()).ok_or(Errno::EINVAL)?;
@@ -141,6 +158,10 @@ impl Device for TestDevice {
     fn reset(&mut self) -> Result<(), Errno> {
         self.counters.resets.fetch_add(1, Ordering::SeqCst);
         Ok(())
+    }
+
+    fn dma_attached(&mut self, dma: vfu::dma::DmaHandle) {
+        self.dma = Some(dma);
     }
 
     fn dma_mapped(&mut self, _iova: u64, _size: u64) {
