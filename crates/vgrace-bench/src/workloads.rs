@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use vfu::client::Client;
 use vfu::server::{Server, ServerConfig};
 use vfu::transport::UnixTransport;
-use vgrace_device::{Backing, GpuConfig, NvGraceGpu, Profile};
+use vgrace_device::{GpuConfig, NvGraceGpu, Profile};
 
 /// Error type of the harness (benchmarks are not a library API; strings are enough).
 pub type BenchError = Box<dyn std::error::Error + Send + Sync>;
