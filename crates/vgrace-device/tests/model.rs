@@ -3,11 +3,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::collections::HashMap;
-use std::time::Duration;
 
 use proptest::prelude::*;
 use vfu::{Device, Errno};
-use vgrace_device::{Backing, GpuConfig, NvGraceGpu, Profile};
+use vgrace_device::{GpuConfig, NvGraceGpu, Profile};
 
 /// 1.5 GiB + 3 pages + 123 bytes: usemem 512 MiB (BAR4 512 MiB, no tail),
 /// resmem 1 GiB + 12411 bytes (BAR2 2 GiB, a tail).
