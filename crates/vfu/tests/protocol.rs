@@ -811,3 +811,12 @@ fn device_dma_outside_the_mapped_regions_fails_with_efault() {
         .unwrap_err();
     assert_eq!(errno_of(err), Errno::EFAULT);
 }
+
+#[test]
+fn irq_info_reports_each_index() {
+    let h = Harness::start();
+    let mut c = h.client();
+    assert_eq!(c.irq_info(2).unwrap().count, 4);
+    assert_eq!(c.irq_info(1).unwrap().count, 0);
+    assert_eq!(errno_of(c.irq_info(5).unwrap_err()), Errno::EINVAL);
+}

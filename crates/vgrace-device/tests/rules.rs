@@ -549,3 +549,63 @@ fn hugetlbfs_backing_reserves_pages_or_fails_cleanly() {
         }
     }
 }
+
+fn every_profile() -> [(Profile, NvGraceGpu, u32, u64, u64); 3] {
+    // (profile, device, a memory region, its memlength, its BAR size) for a non-power-of-two size.
+    [
+        (
+            Profile::Gh100,
+            dev(Profile::Gh100, ODD),
+            2,
+            ODD - 2 * GIB,
+            2 * GIB,
+        ),
+        (Profile::Gb200, dev(Profile::Gb200, ODD), 4, ODD, 4 * GIB),
+        (Profile::Seed, dev(Profile::Seed, ODD), 2, ODD, 4 * GIB),
+    ]
+}
+
+#[test]
+fn read_past_memory_returns_all_ones_on_every_profile() {
+    for (p, mut d, region, memlength, _) in every_profile() {
+        assert_eq!(
+            read(&mut d, region, memlength, 8).unwrap(),
+            vec![0xff; 8],
+            "{p}"
+        );
+    }
+}
+
+#[test]
+fn sparse_area_covers_exactly_memlength_on_every_profile() {
+    for (p, d, region, memlength, bar) in every_profile() {
+        let info = d.region_info(region).unwrap();
+        assert_eq!(
+            info.sparse_areas,
+            vec![vfu::SparseArea {
+                offset: 0,
+                size: memlength
+            }],
+            "{p}"
+        );
+        assert_eq!(info.size, bar, "{p}");
+    }
+}
+
+#[test]
+fn clipping_and_einval_at_bar_end_on_every_profile() {
+    for (p, mut d, region, _, bar) in every_profile() {
+        assert_eq!(read(&mut d, region, bar - 2, 8).unwrap().len(), 2, "{p}");
+        assert_eq!(read(&mut d, region, bar, 1), Err(Errno::EINVAL), "{p}");
+    }
+}
+
+#[test]
+fn reset_clears_emulated_bars_on_every_profile() {
+    for (p, mut d, region, _, _) in every_profile() {
+        let reg = 0x10 + 4 * u64::from(region);
+        cfg_write32(&mut d, reg, u32::MAX);
+        d.reset().unwrap();
+        assert_eq!(cfg32(&mut d, reg), 0xc, "{p}");
+    }
+}
