@@ -14,7 +14,7 @@ bash "$here/qemu-setup.sh"
 
 # A gh100 whose usemem (1.5 GiB) and resmem (1 GiB + 100 MiB) are both below their power-of-two
 # BARs (2 GiB each), so both BARs have a tail that must read all ones.
-MEM_SIZE=$(( 2660 << 20 ))
+MEM_SIZE=${VGRACE_E2E_MEM_SIZE:-$(( 2660 << 20 ))}
 MEMBLK=$(( 512 << 20 )); RESMEM=$(( 1 << 30 ))
 USEMEM=$(( (MEM_SIZE - RESMEM) / MEMBLK * MEMBLK ))
 RES=$(( MEM_SIZE - USEMEM ))

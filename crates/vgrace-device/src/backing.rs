@@ -12,6 +12,8 @@ use nix::sys::mman::{mmap, munmap, MapFlags, ProtFlags};
 use crate::config::Backing;
 use crate::error::DeviceError;
 
+/// Page size the fd length is rounded to.
+const PAGE: u64 = 4096;
 /// Huge page size assumed for hugetlbfs backing.
 const HUGE_PAGE: u64 = 2 << 20;
 
@@ -35,6 +37,11 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> DeviceError {
 impl Memory {
     /// Creates (or opens) the backing for `size` bytes and maps it.
     pub fn new(backing: &Backing, size: u64) -> Result<Self, DeviceError> {
+        // Clients map whole pages: a memory size that is not page aligned still gets a whole
+        // last page in the fd, so touching its tail through a mapping cannot SIGBUS the client.
+        let paged = size
+            .checked_next_multiple_of(PAGE)
+            .ok_or(DeviceError::Overflow { base: 0, size })?;
         let (fd, fd_len) = match backing {
             Backing::Memfd => {
                 let m = memfd::MemfdOptions::default()
@@ -45,8 +52,8 @@ impl Memory {
                         source: std::io::Error::other(e),
                     })?;
                 let f = m.into_file();
-                f.set_len(size).map_err(io("the memfd size"))?;
-                (OwnedFd::from(f), size)
+                f.set_len(paged).map_err(io("the memfd size"))?;
+                (OwnedFd::from(f), paged)
             }
             Backing::Hugetlbfs => {
                 let len = size
@@ -79,17 +86,19 @@ impl Memory {
                     .metadata()
                     .map_err(io(format!("backing file {name}")))?
                     .len();
+                // A new file gets whole pages; an existing one may also be exactly `size`
+                // (e.g. made by hand), which the kernel maps up to the page end anyway.
                 if actual == 0 {
-                    f.set_len(size)
+                    f.set_len(paged)
                         .map_err(io(format!("backing file {name}")))?;
-                } else if actual != size {
+                } else if actual != size && actual != paged {
                     return Err(DeviceError::BackingSizeMismatch {
                         path: name,
                         actual,
                         expected: size,
                     });
                 }
-                (OwnedFd::from(f), size)
+                (OwnedFd::from(f), paged)
             }
         };
         let len = usize::try_from(fd_len).map_err(|_| DeviceError::Overflow { base: 0, size })?;

@@ -609,3 +609,17 @@ fn reset_clears_emulated_bars_on_every_profile() {
         assert_eq!(cfg32(&mut d, reg), 0xc, "{p}");
     }
 }
+
+#[test]
+fn unaligned_memory_gets_a_whole_last_page_in_the_fd() {
+    let d = dev(Profile::Gb200, ODD);
+    let fd = d
+        .region_info(4)
+        .unwrap()
+        .fd
+        .unwrap()
+        .try_clone_to_owned()
+        .unwrap();
+    let len = std::fs::File::from(fd).metadata().unwrap().len();
+    assert_eq!(len, ODD.next_multiple_of(4096));
+}
