@@ -44,6 +44,10 @@ pub struct Client {
     t: UnixTransport,
     next_id: u16,
     caps: Caps,
+    /// Twin socket, when negotiated: the server's DMA_READ/DMA_WRITE requests arrive here.
+    twin: Option<UnixTransport>,
+    /// Guest memory exported without an fd (served to DMA_READ/DMA_WRITE), by DMA address.
+    local_dma: std::collections::BTreeMap<u64, Vec<u8>>,
 }
 
 impl Client {
@@ -76,6 +80,8 @@ impl Client {
             t: UnixTransport::new(stream),
             next_id: 0,
             caps: Caps::default(),
+            twin: None,
+            local_dma: std::collections::BTreeMap::new(),
         }
     }
 
@@ -84,7 +90,116 @@ impl Client {
         let reply = self.request(cmd::VERSION, &[&v.encode()], &[])?;
         let theirs = Version::decode(&reply.payload)?;
         self.caps = theirs.caps()?;
+        if let Some(index) = self.caps.twin_socket {
+            let fd =
+                reply.fds.into_iter().nth(index as usize).ok_or_else(|| {
+                    Error::Protocol("twin socket announced without its fd".into())
+                })?;
+            self.twin = Some(UnixTransport::new(UnixStream::from(fd)));
+        }
         Ok(theirs)
+    }
+
+    /// Connects over `stream` offering twin-socket mode, so the server can DMA into memory this
+    /// client exports without an fd ([`Client::dma_map_local`]).
+    pub fn with_twin_socket(stream: UnixStream) -> Result<Self, Error> {
+        let mut c = Self::unnegotiated(stream);
+        let caps = Caps {
+            max_msg_fds: 16,
+            twin_socket: Some(0),
+            ..Caps::default()
+        };
+        c.negotiate(&Version {
+            major: 0,
+            minor: 2,
+            json: Version::caps_json(&caps),
+        })?;
+        if c.twin.is_none() {
+            return Err(Error::Protocol(
+                "the server did not set up a twin socket".into(),
+            ));
+        }
+        Ok(c)
+    }
+
+    /// DMA_MAP of `size` bytes of local memory without an fd: the server reaches it with
+    /// DMA_READ/DMA_WRITE on the twin socket, answered while this client waits for replies.
+    pub fn dma_map_local(&mut self, flags: u32, address: u64, size: u64) -> Result<(), Error> {
+        let len = usize::try_from(size).map_err(|_| Error::Protocol("region too large".into()))?;
+        self.dma_map(flags, 0, address, size, None)?;
+        self.local_dma.insert(address, vec![0; len]);
+        Ok(())
+    }
+
+    /// The local DMA region starting at `address`.
+    pub fn local_dma(&mut self, address: u64) -> Option<&mut Vec<u8>> {
+        self.local_dma.get_mut(&address)
+    }
+
+    /// Serves the twin socket until the main socket has something to read.
+    fn pump_twin(&mut self) -> Result<(), Error> {
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        loop {
+            let Some(twin) = self.twin.as_ref() else {
+                return Ok(());
+            };
+            if self.t.buffered() > 0 {
+                return Ok(());
+            }
+            let (main_ready, twin_ready) = if twin.buffered() > 0 {
+                (false, true)
+            } else {
+                let mut fds = [
+                    PollFd::new(self.t.stream().as_fd(), PollFlags::POLLIN),
+                    PollFd::new(twin.stream().as_fd(), PollFlags::POLLIN),
+                ];
+                match poll(&mut fds, PollTimeout::NONE) {
+                    Ok(_) => {}
+                    Err(Errno::EINTR) => continue,
+                    Err(e) => return Err(e.into()),
+                }
+                let ready = |f: &PollFd<'_>| f.revents().is_some_and(|r| !r.is_empty());
+                (ready(&fds[0]), ready(&fds[1]))
+            };
+            if twin_ready {
+                self.serve_twin_request()?;
+            }
+            if main_ready {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Answers one DMA_READ/DMA_WRITE from the twin socket out of the local DMA regions.
+    fn serve_twin_request(&mut self) -> Result<(), Error> {
+        let max = HEADER_SIZE + self.caps.max_data_xfer_size as usize + MAX_FIXED_PAYLOAD as usize;
+        let Some(twin) = self.twin.as_mut() else {
+            return Ok(());
+        };
+        let f = match twin.recv(max) {
+            Ok(f) => f,
+            Err(crate::transport::TransportError::Closed) => {
+                self.twin = None;
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let payload = twin.payload(&f).to_vec();
+        let h = f.header;
+        let answer = serve_dma(
+            &mut self.local_dma,
+            h.cmd,
+            &payload,
+            self.caps.max_data_xfer_size,
+        );
+        if h.no_reply() {
+            return Ok(());
+        }
+        match answer {
+            Ok(out) => twin.send(&h.reply(out.len()), &[&out], &[])?,
+            Err(errno) => twin.send(&h.error_reply(errno), &[], &[])?,
+        }
+        Ok(())
     }
 
     /// The capabilities the server answered with.
@@ -152,6 +267,7 @@ impl Client {
 
     fn wait_reply(&mut self, sent: &Header) -> Result<RawReply, Error> {
         loop {
+            self.pump_twin()?;
             let r = self.recv_raw()?;
             if r.header.msg_type() == FLAG_TYPE_COMMAND {
                 self.answer_server_command(&r)?;
@@ -309,6 +425,7 @@ impl Client {
         let max = HEADER_SIZE + self.caps.max_data_xfer_size as usize + MAX_FIXED_PAYLOAD as usize;
         let mut fixed = [0u8; RegionAccess::SIZE];
         loop {
+            self.pump_twin()?;
             let (reply, data_len) = self.t.recv_into(max, &mut fixed, buf)?;
             if reply.msg_type() == FLAG_TYPE_COMMAND {
                 // The server asked something of us (DMA): refuse it, then keep waiting.
@@ -445,4 +562,39 @@ fn access(region: u32, offset: u64, len: usize) -> Result<[u8; RegionAccess::SIZ
         count,
     }
     .to_bytes())
+}
+
+/// A DMA_READ/DMA_WRITE against local memory: the reply payload, or the errno.
+fn serve_dma(
+    mem: &mut std::collections::BTreeMap<u64, Vec<u8>>,
+    command: u16,
+    payload: &[u8],
+    max_xfer: u32,
+) -> Result<Vec<u8>, Errno> {
+    let (a, data) = DmaAccess::decode(payload, max_xfer).map_err(|e| e.errno())?;
+    let (base, region) = mem
+        .range_mut(..=a.address)
+        .next_back()
+        .ok_or(Errno::EFAULT)?;
+    let off = usize::try_from(a.address - *base).map_err(|_| Errno::EFAULT)?;
+    let len = usize::try_from(a.count).map_err(|_| Errno::EFAULT)?;
+    let end = off.checked_add(len).ok_or(Errno::EFAULT)?;
+    let window = region.get_mut(off..end).ok_or(Errno::EFAULT)?;
+    let mut out = Vec::with_capacity(16 + len);
+    out.extend_from_slice(&a.address.to_ne_bytes());
+    match command {
+        cmd::DMA_READ => {
+            out.extend_from_slice(&a.count.to_ne_bytes());
+            out.extend_from_slice(window);
+        }
+        cmd::DMA_WRITE => {
+            if data.len() != len {
+                return Err(Errno::EINVAL);
+            }
+            window.copy_from_slice(data);
+            out.extend_from_slice(&(len as u32).to_ne_bytes());
+        }
+        _ => return Err(Errno::EINVAL),
+    }
+    Ok(out)
 }

@@ -49,35 +49,151 @@ impl DmaRegion {
     }
 }
 
+/// The server end of a twin socket: where DMA_READ/DMA_WRITE go for regions without an fd.
+#[derive(Debug)]
+pub struct DmaChannel {
+    t: crate::transport::UnixTransport,
+    next_id: u16,
+    max_xfer: u32,
+}
+
+impl DmaChannel {
+    /// A channel over the server end of the twin socket; transfers are split at `max_xfer`.
+    pub fn new(stream: std::os::unix::net::UnixStream, max_xfer: u32) -> Self {
+        Self {
+            t: crate::transport::UnixTransport::new(stream),
+            next_id: 0,
+            max_xfer: max_xfer.max(1),
+        }
+    }
+
+    /// One command and its reply; an error reply becomes its errno, anything malformed EIO.
+    fn call(&mut self, cmd: u16, parts: &[&[u8]]) -> Result<Vec<u8>, Errno> {
+        use crate::transport::Transport;
+        use crate::wire::{Header, FLAG_TYPE_COMMAND, HEADER_SIZE, MAX_FIXED_PAYLOAD};
+        self.next_id = self.next_id.wrapping_add(1);
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        let msg_size = u32::try_from(HEADER_SIZE + len).map_err(|_| Errno::E2BIG)?;
+        let h = Header {
+            msg_id: self.next_id,
+            cmd,
+            msg_size,
+            flags: FLAG_TYPE_COMMAND,
+            error: 0,
+        };
+        self.t.send(&h, parts, &[]).map_err(|_| Errno::EIO)?;
+        let max = HEADER_SIZE + self.max_xfer as usize + MAX_FIXED_PAYLOAD as usize;
+        let f = self.t.recv(max).map_err(|_| Errno::EIO)?;
+        if f.header.msg_id != h.msg_id
+            || f.header.cmd != cmd
+            || f.header.msg_type() == FLAG_TYPE_COMMAND
+        {
+            return Err(Errno::EIO);
+        }
+        if f.header.is_error() {
+            return Err(Errno::from_raw(
+                i32::try_from(f.header.error).unwrap_or(libc::EIO),
+            ));
+        }
+        Ok(self.t.payload(&f).to_vec())
+    }
+
+    fn read(&mut self, mut address: u64, buf: &mut [u8]) -> Result<(), Errno> {
+        for chunk in buf.chunks_mut(self.max_xfer as usize) {
+            let count = chunk.len() as u64;
+            let mut req = Vec::with_capacity(16);
+            crate::wire::DmaAccess { address, count }.encode_into(&mut req);
+            let reply = self.call(crate::wire::cmd::DMA_READ, &[&req])?;
+            let (a, data) =
+                crate::wire::DmaAccess::decode(&reply, self.max_xfer).map_err(|_| Errno::EIO)?;
+            if a.address != address || a.count != count || data.len() != chunk.len() {
+                return Err(Errno::EIO);
+            }
+            chunk.copy_from_slice(data);
+            address += count;
+        }
+        Ok(())
+    }
+
+    fn write(&mut self, mut address: u64, data: &[u8]) -> Result<(), Errno> {
+        for chunk in data.chunks(self.max_xfer as usize) {
+            let count = chunk.len() as u64;
+            let mut req = Vec::with_capacity(16);
+            crate::wire::DmaAccess { address, count }.encode_into(&mut req);
+            let reply = self.call(crate::wire::cmd::DMA_WRITE, &[&req, chunk])?;
+            if reply.len() < 8 || reply[..8] != address.to_ne_bytes() {
+                return Err(Errno::EIO);
+            }
+            address += count;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug)]
+struct HandleInner {
+    table: std::sync::Mutex<DmaTable>,
+    channel: std::sync::Mutex<Option<DmaChannel>>,
+}
+
 /// A device's view of the client's DMA regions: shared with the session that maintains them,
-/// valid for the current client only (emptied when it goes).
+/// valid for the current client only (emptied when it goes). Regions with an fd are accessed
+/// through our mapping; regions without one through DMA_READ/DMA_WRITE messages on the twin
+/// socket, when the client set one up (else ENOTSUP).
 #[derive(Debug, Clone)]
-pub struct DmaHandle(std::sync::Arc<std::sync::Mutex<DmaTable>>);
+pub struct DmaHandle(std::sync::Arc<HandleInner>);
+
+fn relock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A poisoned lock is recovered: neither value holds invariants a panic could break halfway.
+    match m.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    }
+}
 
 impl DmaHandle {
     /// Wraps a table.
     pub fn new(table: DmaTable) -> Self {
-        Self(std::sync::Arc::new(std::sync::Mutex::new(table)))
+        Self(std::sync::Arc::new(HandleInner {
+            table: std::sync::Mutex::new(table),
+            channel: std::sync::Mutex::new(None),
+        }))
     }
 
-    /// Runs `f` on the table (a poisoned lock is recovered: the table holds no invariants a
-    /// panic could break halfway).
+    /// Runs `f` on the table.
     pub fn with<T>(&self, f: impl FnOnce(&mut DmaTable) -> T) -> T {
-        let mut guard = match self.0.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
-        f(&mut guard)
+        f(&mut relock(&self.0.table))
     }
 
-    /// Reads guest memory (see [`DmaTable::read`]).
+    /// Sets (or clears) the twin-socket channel for regions without an fd.
+    pub fn set_channel(&self, channel: Option<DmaChannel>) {
+        *relock(&self.0.channel) = channel;
+    }
+
+    /// Reads guest memory at `address` into `buf`; the range must lie in one region the client
+    /// made readable.
     pub fn read(&self, address: u64, buf: &mut [u8]) -> Result<(), Errno> {
-        self.with(|t| t.read(address, buf))
+        let mapped = self.with(|t| t.read(address, buf));
+        match mapped {
+            Err(Errno::ENOTSUP) => relock(&self.0.channel)
+                .as_mut()
+                .ok_or(Errno::ENOTSUP)?
+                .read(address, buf),
+            other => other,
+        }
     }
 
-    /// Writes guest memory (see [`DmaTable::write`]).
+    /// Writes `data` to guest memory at `address`; the range must lie in one region the client
+    /// made writable.
     pub fn write(&self, address: u64, data: &[u8]) -> Result<(), Errno> {
-        self.with(|t| t.write(address, data))
+        let mapped = self.with(|t| t.write(address, data));
+        match mapped {
+            Err(Errno::ENOTSUP) => relock(&self.0.channel)
+                .as_mut()
+                .ok_or(Errno::ENOTSUP)?
+                .write(address, data),
+            other => other,
+        }
     }
 }
 

@@ -269,6 +269,7 @@ impl<D: Device> Server<D> {
         self.device.dma_attached(session.dma.clone());
         let end = session.run(&mut self.device, &mut transport);
         session.dma.with(DmaTable::clear);
+        session.dma.set_channel(None);
         self.device.client_detached();
         end
     }
@@ -609,7 +610,7 @@ impl Session {
                 return Reply::Err(Errno::EINVAL);
             }
         };
-        let caps = Caps {
+        let mut caps = Caps {
             max_msg_fds: self.config.max_msg_fds,
             max_data_xfer_size: theirs
                 .max_data_xfer_size
@@ -618,14 +619,31 @@ impl Session {
             max_dma_maps: self.config.max_dma_maps,
             pgsizes: 4096,
             write_multiple: theirs.write_multiple,
+            twin_socket: None,
         };
+        // Twin-socket mode, when the client offers it: our DMA_READ/DMA_WRITE requests go on a
+        // socket of their own, so they never interleave with the client's commands.
+        let mut client_end = None;
+        if theirs.twin_socket.is_some() {
+            match UnixStream::pair() {
+                Ok((ours, theirs_end)) => {
+                    self.dma.set_channel(Some(crate::dma::DmaChannel::new(
+                        ours,
+                        caps.max_data_xfer_size,
+                    )));
+                    caps.twin_socket = Some(0);
+                    client_end = Some(OwnedFd::from(theirs_end));
+                }
+                Err(e) => warn!("cannot create the twin socket, continuing without: {e}"),
+            }
+        }
         self.caps = Some(caps);
         let reply = Version {
             major: VERSION_MAJOR,
             minor: v.minor.min(VERSION_MINOR),
             json: Version::caps_json(&caps),
         };
-        Reply::Ok(reply.encode(), None)
+        Reply::Ok(reply.encode(), client_end)
     }
 }
 

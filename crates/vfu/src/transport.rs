@@ -186,6 +186,11 @@ impl UnixTransport {
 }
 
 impl<S: Stream> Buffered<S> {
+    /// Bytes received but not yet returned as messages.
+    pub fn buffered(&self) -> usize {
+        self.end - self.start
+    }
+
     /// Frames messages over `io`.
     pub fn over(io: S) -> Self {
         Self {

@@ -306,6 +306,10 @@ pub struct Caps {
     pub pgsizes: u64,
     /// REGION_WRITE_MULTI allowed.
     pub write_multiple: bool,
+    /// Twin-socket mode: server-to-client commands (DMA_READ/DMA_WRITE) on a socket of their
+    /// own. In a request: the sender supports it; in a reply: it is set up, and `fd_index`
+    /// names the reply's fd that is the client end.
+    pub twin_socket: Option<u32>,
 }
 
 impl Default for Caps {
@@ -316,6 +320,7 @@ impl Default for Caps {
             max_dma_maps: DEFAULT_MAX_DMA_MAPS,
             pgsizes: 4096,
             write_multiple: false,
+            twin_socket: None,
         }
     }
 }
@@ -407,21 +412,46 @@ impl Version {
                 return Err(WireError::Json("migration is not an object".into()));
             }
         }
+        if let Some(t) = c.get("twin_socket") {
+            let t = t
+                .as_object()
+                .ok_or_else(|| WireError::Json("twin_socket is not an object".into()))?;
+            let supported = match t.get("supported") {
+                None => false,
+                Some(v) => v
+                    .as_bool()
+                    .ok_or_else(|| WireError::Json("twin_socket.supported is not a bool".into()))?,
+            };
+            let index = match t.get("fd_index") {
+                None => 0,
+                Some(v) => v
+                    .as_u64()
+                    .and_then(|i| u32::try_from(i).ok())
+                    .ok_or_else(|| {
+                        WireError::Json("twin_socket.fd_index is not a small number".into())
+                    })?,
+            };
+            caps.twin_socket = supported.then_some(index);
+        }
         Ok(caps)
     }
 
     /// JSON text describing `caps`.
     pub fn caps_json(caps: &Caps) -> String {
-        serde_json::json!({
-            "capabilities": {
-                "max_msg_fds": caps.max_msg_fds,
-                "max_data_xfer_size": caps.max_data_xfer_size,
-                "max_dma_maps": caps.max_dma_maps,
-                "pgsizes": caps.pgsizes,
-                "write_multiple": caps.write_multiple,
-            }
-        })
-        .to_string()
+        let mut c = serde_json::json!({
+            "max_msg_fds": caps.max_msg_fds,
+            "max_data_xfer_size": caps.max_data_xfer_size,
+            "max_dma_maps": caps.max_dma_maps,
+            "pgsizes": caps.pgsizes,
+            "write_multiple": caps.write_multiple,
+        });
+        if let (Some(index), Some(obj)) = (caps.twin_socket, c.as_object_mut()) {
+            obj.insert(
+                "twin_socket".into(),
+                serde_json::json!({ "supported": true, "fd_index": index }),
+            );
+        }
+        serde_json::json!({ "capabilities": c }).to_string()
     }
 }
 

@@ -820,3 +820,65 @@ fn irq_info_reports_each_index() {
     assert_eq!(c.irq_info(1).unwrap().count, 0);
     assert_eq!(errno_of(c.irq_info(5).unwrap_err()), Errno::EINVAL);
 }
+
+fn twin_client(h: &Harness) -> Client {
+    Client::with_twin_socket(std::os::unix::net::UnixStream::connect(h.path()).unwrap()).unwrap()
+}
+
+#[test]
+fn twin_socket_is_set_up_only_when_offered() {
+    let h = Harness::start();
+    assert_eq!(h.client().caps().twin_socket, None);
+    assert_eq!(twin_client(&h).caps().twin_socket, Some(0));
+}
+
+#[test]
+fn dma_read_of_memory_without_fd_goes_over_the_twin_socket() {
+    let h = Harness::start();
+    let mut c = twin_client(&h);
+    c.dma_map_local(3, 0x9000_0000, 0x1000).unwrap();
+    c.local_dma(0x9000_0000).unwrap()[0x40..0x48].copy_from_slice(b"dmaread!");
+    c.region_write(REGS, common::DMA_DOORBELL, &0x9000_0040u64.to_le_bytes())
+        .unwrap();
+    assert_eq!(
+        c.region_read(REGS, common::DMA_DATA, 8).unwrap(),
+        b"dmaread!".to_vec()
+    );
+}
+
+#[test]
+fn dma_write_to_memory_without_fd_goes_over_the_twin_socket() {
+    let h = Harness::start();
+    let mut c = twin_client(&h);
+    c.dma_map_local(3, 0x9000_0000, 0x1000).unwrap();
+    c.region_write(REGS, common::DMA_DATA, b"written!").unwrap();
+    c.region_write(
+        REGS,
+        common::DMA_WRITE_DOORBELL,
+        &0x9000_0ff8u64.to_le_bytes(),
+    )
+    .unwrap();
+    assert_eq!(&c.local_dma(0x9000_0000).unwrap()[0xff8..], b"written!");
+}
+
+#[test]
+fn dma_past_a_local_region_is_refused_by_the_client() {
+    let h = Harness::start();
+    let mut c = twin_client(&h);
+    c.dma_map_local(3, 0x9000_0000, 0x1000).unwrap();
+    let err = c
+        .region_write(REGS, common::DMA_DOORBELL, &0x9000_0ffcu64.to_le_bytes())
+        .unwrap_err();
+    assert_eq!(errno_of(err), Errno::EFAULT);
+}
+
+#[test]
+fn dma_without_fd_and_without_twin_socket_is_enotsup() {
+    let h = Harness::start();
+    let mut c = h.client();
+    c.dma_map(3, 0, 0x9000_0000, 0x1000, None).unwrap();
+    let err = c
+        .region_write(REGS, common::DMA_DOORBELL, &0x9000_0000u64.to_le_bytes())
+        .unwrap_err();
+    assert_eq!(errno_of(err), Errno::ENOTSUP);
+}

@@ -28,6 +28,8 @@ pub struct Counters {
 /// to `DMA_DATA` (a DMA read), or fail the write with the DMA errno.
 pub const DMA_DOORBELL: u64 = 0x100;
 pub const DMA_DATA: u64 = 0x108;
+/// Writing a guest address here makes the device copy `DMA_DATA` to guest memory (a DMA write).
+pub const DMA_WRITE_DOORBELL: u64 = 0x110;
 
 pub struct TestDevice {
     regs: Vec<u8>,
@@ -122,6 +124,12 @@ impl Device for TestDevice {
                     .ok_or(Errno::ENODEV)?
                     .read(iova, &mut buf)?;
                 self.regs[DMA_DATA as usize..DMA_DATA as usize + 8].copy_from_slice(&buf);
+                Ok(8)
+            }
+            REGS if offset == DMA_WRITE_DOORBELL && data.len() == 8 => {
+                let iova = u64::from_le_bytes(data.try_into().unwrap());
+                let src = self.regs[DMA_DATA as usize..DMA_DATA as usize + 8].to_vec();
+                self.dma.as_ref().ok_or(Errno::ENODEV)?.write(iova, &src)?;
                 Ok(8)
             }
             REGS => {
