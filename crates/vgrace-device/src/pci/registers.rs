@@ -26,6 +26,8 @@ pub struct Bar0 {
     pages: HashMap<u64, Box<[u8; PAGE as usize]>>,
     delay: Duration,
     ready_at: Instant,
+    /// Set once the deadline has passed, so later reads skip the clock (until reset).
+    trained: std::cell::Cell<bool>,
     fault: Option<Fault>,
 }
 
@@ -36,6 +38,7 @@ impl Bar0 {
             pages: HashMap::new(),
             delay,
             ready_at: Instant::now() + delay,
+            trained: std::cell::Cell::new(false),
             fault,
         }
     }
@@ -44,10 +47,15 @@ impl Bar0 {
     pub fn reset(&mut self) {
         self.pages.clear();
         self.ready_at = Instant::now() + self.delay;
+        self.trained.set(false);
     }
 
     fn readiness(&self, reg: u64) -> Option<u32> {
-        let ready = Instant::now() >= self.ready_at;
+        if reg != C2C_LINK_STATUS && reg != HBM_TRAINING_STATUS {
+            return None;
+        }
+        let ready = self.trained.get() || Instant::now() >= self.ready_at;
+        self.trained.set(ready);
         match reg {
             C2C_LINK_STATUS => Some(if ready && self.fault != Some(Fault::LinkDown) {
                 READY
