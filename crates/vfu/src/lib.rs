@@ -11,6 +11,7 @@ pub mod dma;
 pub mod errno;
 pub mod error;
 pub mod irq;
+pub mod listen;
 pub mod server;
 pub mod transport;
 pub mod wire;
