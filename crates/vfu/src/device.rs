@@ -94,12 +94,29 @@ pub struct SetIrqs {
     pub eventfds: Vec<Option<OwnedFd>>,
 }
 
+/// The data of a REGION_READ as a span of a file, so the server can send it to the socket with
+/// `sendfile` instead of copying it through a buffer: `len` bytes of `fd` from `offset`, then
+/// `ones` bytes of 0xff (the part of the access past what the file holds, read as all ones as
+/// PCI reads of nothing are).
+#[derive(Debug, Clone, Copy)]
+pub struct FileSpan<'a> {
+    /// The file holding the bytes.
+    pub fd: BorrowedFd<'a>,
+    /// Where they start in the file.
+    pub offset: u64,
+    /// How many bytes come from the file.
+    pub len: usize,
+    /// How many 0xff bytes follow.
+    pub ones: usize,
+}
+
 /// A device served over vfio-user.
 ///
 /// Every method returns an [`Errno`] on failure; the server turns it into an error reply with that
-/// errno. Offsets and counts are already checked for arithmetic overflow and against the
-/// negotiated `max_data_xfer_size`, and `index` is below `device_info().num_regions`, but range
-/// checks against the region size are the device's job (some regions clip, some refuse).
+/// errno. Counts are already checked against the negotiated `max_data_xfer_size`, and `index` is
+/// below `device_info().num_regions`. Range checks are the device's job, in the kernel's order:
+/// an offset at or past the region's size is EINVAL whatever the count (so `offset + count` may
+/// wrap and must not be computed unchecked), then the count may be clipped at the end.
 pub trait Device: Send {
     /// DEVICE_GET_INFO.
     fn device_info(&self) -> DeviceInfo;
@@ -110,6 +127,19 @@ pub trait Device: Send {
     /// REGION_READ: fill `buf` from `offset` of region `index`. Returns how many bytes were read,
     /// which may be fewer than `buf.len()` when the device clips at the region end.
     fn region_read(&mut self, index: u32, offset: u64, buf: &mut [u8]) -> Result<usize, Errno>;
+
+    /// REGION_READ of `count` bytes answered as a span of a file (see [`FileSpan`]), for large
+    /// reads the server sends without copying. `Ok(None)` (the default) makes the server call
+    /// [`Device::region_read`] instead; errors are answered as from `region_read`.
+    fn region_read_span(
+        &mut self,
+        index: u32,
+        offset: u64,
+        count: usize,
+    ) -> Result<Option<FileSpan<'_>>, Errno> {
+        let _ = (index, offset, count);
+        Ok(None)
+    }
 
     /// REGION_WRITE: write `data` at `offset` of region `index`. Returns how many bytes were
     /// consumed (may be fewer when the device clips at the region end).

@@ -16,6 +16,6 @@ pub mod server;
 pub mod transport;
 pub mod wire;
 
-pub use device::{Device, DeviceInfo, IrqInfo, RegionInfo, SetIrqs, SparseArea};
+pub use device::{Device, DeviceInfo, FileSpan, IrqInfo, RegionInfo, SetIrqs, SparseArea};
 pub use errno::Errno;
 pub use error::Error;

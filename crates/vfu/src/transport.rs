@@ -9,19 +9,25 @@
 //! that stream position with the fds and hand them to that message.
 
 use std::collections::VecDeque;
-use std::io::{IoSlice, IoSliceMut};
+use std::io::IoSlice;
 use std::ops::Range;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
 
-use nix::cmsg_space;
 use nix::errno::Errno;
-use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
 
+use crate::device::FileSpan;
 use crate::wire::{Header, HEADER_SIZE};
 
-/// Most fds accepted in one `recvmsg` (more are closed and the message refused).
-pub const MAX_FDS_PER_RECV: usize = 32;
+/// Most fds one message may carry (more close the connection). Enforced as fds arrive, so a
+/// message that never completes cannot make us hold more than this many of the peer's fds.
+pub const MAX_FDS_PER_MESSAGE: usize = 32;
+/// The kernel's limit of fds in one SCM_RIGHTS message (SCM_MAX_FD): our control buffer holds
+/// that many, so the kernel never truncates the fds it hands us.
+const SCM_MAX_FD: usize = 253;
 const INITIAL_BUFFER: usize = 64 * 1024;
 const DRAIN_CHUNK: usize = 64 * 1024;
 /// Messages up to this size without fds are sent with one plain send(2).
@@ -52,6 +58,9 @@ pub enum TransportError {
     /// More fds arrived than this side accepts.
     #[error("too many file descriptors in one message")]
     TooManyFds,
+    /// A message stayed incomplete longer than the stall timeout.
+    #[error("the peer stopped in the middle of a message for {0:?}")]
+    Stalled(Duration),
 }
 
 impl From<Errno> for TransportError {
@@ -80,6 +89,15 @@ pub trait Transport: Send {
         parts: &[&[u8]],
         fds: &[BorrowedFd<'_>],
     ) -> Result<(), TransportError>;
+    /// Sends one message made of `header`, `parts`, then the bytes of `span` taken straight
+    /// from its file (and its all-ones tail): a large REGION_READ reply without a copy through
+    /// our memory.
+    fn send_span(
+        &self,
+        header: &Header,
+        parts: &[&[u8]],
+        span: &FileSpan<'_>,
+    ) -> Result<(), TransportError>;
     /// Receives the next whole message (at most `max_size` bytes including the header).
     fn recv(&mut self, max_size: usize) -> Result<Frame, TransportError>;
     /// The payload of a frame returned by the last `recv`.
@@ -97,14 +115,44 @@ pub trait Stream: Send {
     ) -> Result<(usize, Vec<OwnedFd>), TransportError>;
     /// Writes all of `iov` as one unit, with `fds` attached to its first byte.
     fn write(&self, iov: &[IoSlice<'_>], fds: &[BorrowedFd<'_>]) -> Result<(), TransportError>;
+    /// Waits up to `timeout` for bytes to read; false when none came.
+    fn wait_readable(&self, timeout: Duration) -> Result<bool, TransportError>;
+    /// Writes `iov`, then the bytes of `span` straight from its file, then its all-ones tail,
+    /// as one message. The default reads the file into a buffer; sockets use `sendfile`.
+    fn write_span(&self, iov: &[IoSlice<'_>], span: &FileSpan<'_>) -> Result<(), TransportError> {
+        let mut data = vec![0xff; span.len + span.ones];
+        read_span(span, &mut data[..span.len])?;
+        let mut all: Vec<IoSlice<'_>> = iov.to_vec();
+        all.push(IoSlice::new(&data));
+        self.write(&all, &[])
+    }
+}
+
+/// pread of a whole span; a file shorter than the span reads as all ones past its end (the
+/// header promising those bytes may already be on its way).
+fn read_span(span: &FileSpan<'_>, out: &mut [u8]) -> Result<(), TransportError> {
+    let mut got = 0;
+    while got < out.len() {
+        match nix::sys::uio::pread(span.fd, &mut out[got..], (span.offset + got as u64) as i64) {
+            Ok(0) => {
+                out[got..].fill(0xff);
+                break;
+            }
+            Ok(n) => got += n,
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
 }
 
 /// An AF_UNIX stream socket as a [`Stream`].
 #[derive(Debug)]
 pub struct SocketStream {
     stream: UnixStream,
-    /// Reused control-message buffer for `recvmsg`.
-    cmsg: Vec<u8>,
+    /// Reused control-message buffer for `recvmsg` (u64 elements keep it cmsghdr-aligned),
+    /// large enough for SCM_MAX_FD fds.
+    cmsg: Vec<u64>,
 }
 
 impl Stream for SocketStream {
@@ -133,14 +181,68 @@ impl Stream for SocketStream {
             }
             return send_flat(self.stream.as_fd(), &flat[..at]);
         }
-        let mut raw = [0 as RawFd; MAX_FDS_PER_RECV];
+        let mut raw = [0 as RawFd; MAX_FDS_PER_MESSAGE];
         if fds.len() > raw.len() {
             return Err(TransportError::TooManyFds);
         }
         for (slot, f) in raw.iter_mut().zip(fds) {
             *slot = f.as_raw_fd();
         }
-        send_all(self.stream.as_fd(), iov, &raw[..fds.len()])
+        send_all(
+            self.stream.as_fd(),
+            iov,
+            &raw[..fds.len()],
+            MsgFlags::empty(),
+        )
+    }
+
+    fn wait_readable(&self, timeout: Duration) -> Result<bool, TransportError> {
+        let ms = u16::try_from(timeout.as_millis()).unwrap_or(u16::MAX);
+        let mut fds = [PollFd::new(self.stream.as_fd(), PollFlags::POLLIN)];
+        loop {
+            match poll(&mut fds, PollTimeout::from(ms)) {
+                Ok(n) => return Ok(n > 0),
+                Err(Errno::EINTR) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    fn write_span(&self, iov: &[IoSlice<'_>], span: &FileSpan<'_>) -> Result<(), TransportError> {
+        // Header first, then the file's bytes go from the page cache to the socket without
+        // passing through our memory. We are the only writer, so the pieces stay one message.
+        send_all(self.stream.as_fd(), iov, &[], MsgFlags::empty())?;
+        let mut offset = i64::try_from(span.offset)
+            .map_err(|_| TransportError::Io(std::io::Error::from(Errno::EOVERFLOW)))?;
+        let mut left = span.len;
+        let mut ones = span.ones;
+        while left > 0 {
+            match nix::sys::sendfile::sendfile64(
+                self.stream.as_fd(),
+                span.fd,
+                Some(&mut offset),
+                left,
+            ) {
+                Ok(0) => {
+                    // The file ended under us (truncated since the device checked it): the
+                    // header is out, so the rest reads as all ones, like a dead device.
+                    tracing::warn!(missing = left, "file ended during a read: sent all ones");
+                    ones += left;
+                    left = 0;
+                }
+                Ok(n) => left -= n,
+                Err(Errno::EINTR | Errno::EAGAIN) => continue,
+                Err(Errno::EPIPE | Errno::ECONNRESET) => return Err(TransportError::Closed),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        const ONES: [u8; 4096] = [0xff; 4096];
+        while ones > 0 {
+            let n = ones.min(ONES.len());
+            send_flat(self.stream.as_fd(), &ONES[..n])?;
+            ones -= n;
+        }
+        Ok(())
     }
 }
 
@@ -159,6 +261,12 @@ pub struct Buffered<S> {
     fds: VecDeque<(u64, Vec<OwnedFd>)>,
     /// When false, reads skip fds (recv(2) on a socket) and any that arrive are discarded.
     accept_fds: bool,
+    /// Most fds one message may bring; more end the connection as soon as they arrive.
+    max_fds: usize,
+    /// How long a message may stay incomplete once its first bytes arrived.
+    stall_timeout: Option<Duration>,
+    /// When the first bytes of the message being assembled arrived.
+    msg_started: Option<Instant>,
 }
 
 /// The AF_UNIX transport.
@@ -167,9 +275,11 @@ pub type UnixTransport = Buffered<SocketStream>;
 impl UnixTransport {
     /// Wraps a connected stream.
     pub fn new(stream: UnixStream) -> Self {
+        // SAFETY: CMSG_SPACE only computes a length.
+        let space = unsafe { libc::CMSG_SPACE((SCM_MAX_FD * std::mem::size_of::<RawFd>()) as u32) };
         Buffered::over(SocketStream {
             stream,
-            cmsg: cmsg_space!([RawFd; MAX_FDS_PER_RECV]),
+            cmsg: vec![0u64; (space as usize).div_ceil(8)],
         })
     }
 
@@ -201,7 +311,17 @@ impl<S: Stream> Buffered<S> {
             pos: 0,
             fds: VecDeque::new(),
             accept_fds: true,
+            max_fds: MAX_FDS_PER_MESSAGE,
+            stall_timeout: None,
+            msg_started: None,
         }
+    }
+
+    /// Drops the peer (with [`TransportError::Stalled`]) when a message stays incomplete for
+    /// longer than `timeout` after its first bytes arrived. Waiting between messages is never
+    /// limited. `None` (the default) waits forever.
+    pub fn set_stall_timeout(&mut self, timeout: Option<Duration>) {
+        self.stall_timeout = timeout;
     }
 
     /// Whether reads take fds (recvmsg) or not (recv, a little cheaper). A client waiting for
@@ -230,7 +350,7 @@ impl<S: Stream> Buffered<S> {
         }
         let head = HEADER_SIZE + prefix.len();
         while self.end - self.start < head {
-            self.fill(head)?;
+            self.fill(head, true)?;
         }
         prefix.copy_from_slice(&self.buf[self.start + HEADER_SIZE..self.start + head]);
         self.consume(head);
@@ -249,11 +369,17 @@ impl<S: Stream> Buffered<S> {
             self.pos += n as u64;
         }
         drop(self.take_fds(msg_end));
+        self.message_done();
         Ok((header, Some(data)))
     }
 
     /// Reads more bytes into the buffer; makes room for at least `want` unconsumed bytes.
-    fn fill(&mut self, want: usize) -> Result<(), TransportError> {
+    /// `mid_message` says bytes of the current message already arrived, so the stall timeout
+    /// applies to this wait.
+    fn fill(&mut self, want: usize, mid_message: bool) -> Result<(), TransportError> {
+        if mid_message {
+            self.wait_mid_message()?;
+        }
         if self.start == self.end {
             self.start = 0;
             self.end = 0;
@@ -273,13 +399,60 @@ impl<S: Stream> Buffered<S> {
             drop(fds);
             return Err(TransportError::Closed);
         }
+        self.msg_started.get_or_insert_with(Instant::now);
         self.end += n;
         if !fds.is_empty() {
             // Position of the last byte read by this call.
             let last = self.pos + (self.end - self.start) as u64 - 1;
             self.fds.push_back((last, fds));
+            self.check_fd_limit()?;
         }
         Ok(())
+    }
+
+    /// Waits for more bytes of a message already begun, at most until its stall deadline.
+    fn wait_mid_message(&mut self) -> Result<(), TransportError> {
+        let Some(limit) = self.stall_timeout else {
+            return Ok(());
+        };
+        let started = *self.msg_started.get_or_insert_with(Instant::now);
+        let left = limit.saturating_sub(started.elapsed());
+        if left.is_zero() || !self.io.wait_readable(left)? {
+            return Err(TransportError::Stalled(limit));
+        }
+        Ok(())
+    }
+
+    /// The fds queued for the message being assembled (every batch read before its end; before
+    /// its header is complete, all of them) may not exceed the limit. Checked on arrival, so an
+    /// unfinished message cannot pile up fds; on failure every queued fd is closed.
+    fn check_fd_limit(&mut self) -> Result<(), TransportError> {
+        let msg_end = if self.end - self.start >= HEADER_SIZE {
+            let at = self.start + 4;
+            let mut size = [0u8; 4];
+            size.copy_from_slice(&self.buf[at..at + 4]);
+            self.pos + u64::from(u32::from_ne_bytes(size))
+        } else {
+            u64::MAX
+        };
+        let mut pending = 0;
+        for (at, batch) in &self.fds {
+            if *at < msg_end {
+                pending += batch.len();
+            } else if batch.len() > self.max_fds {
+                pending = usize::MAX;
+            }
+        }
+        if pending > self.max_fds {
+            self.fds.clear();
+            return Err(TransportError::TooManyFds);
+        }
+        Ok(())
+    }
+
+    /// The message being assembled is complete: the stall clock stops.
+    fn message_done(&mut self) {
+        self.msg_started = None;
     }
 
     fn take_fds(&mut self, msg_end: u64) -> Vec<OwnedFd> {
@@ -300,7 +473,8 @@ impl<S: Stream> Buffered<S> {
     /// drained and reported so the caller can answer it and carry on.
     fn next_header(&mut self, max_size: usize) -> Result<(Header, usize), TransportError> {
         while self.end - self.start < HEADER_SIZE {
-            self.fill(HEADER_SIZE)?;
+            let begun = self.end > self.start;
+            self.fill(HEADER_SIZE, begun)?;
         }
         let header = Header::decode(&self.buf[self.start..self.start + HEADER_SIZE])
             .map_err(|_| TransportError::BadSize(0))?;
@@ -329,7 +503,7 @@ impl<S: Stream> Buffered<S> {
     fn discard(&mut self, mut n: usize) -> Result<(), TransportError> {
         while n > 0 {
             if self.start == self.end {
-                self.fill(DRAIN_CHUNK.min(n))?;
+                self.fill(DRAIN_CHUNK.min(n), true)?;
             }
             let take = n.min(self.end - self.start);
             self.consume(take);
@@ -337,6 +511,7 @@ impl<S: Stream> Buffered<S> {
         }
         let end = self.pos;
         drop(self.take_fds(end));
+        self.message_done();
         Ok(())
     }
 }
@@ -363,13 +538,34 @@ impl<S: Stream> Transport for Buffered<S> {
         self.io.write(&iov[..n], fds)
     }
 
+    fn send_span(
+        &self,
+        header: &Header,
+        parts: &[&[u8]],
+        span: &FileSpan<'_>,
+    ) -> Result<(), TransportError> {
+        let head = header.encode();
+        let mut iov = [IoSlice::new(&[]); 5];
+        iov[0] = IoSlice::new(&head);
+        let mut n = 1;
+        for p in parts {
+            let slot = iov.get_mut(n).ok_or_else(|| {
+                TransportError::Io(std::io::Error::other("too many message parts"))
+            })?;
+            *slot = IoSlice::new(p);
+            n += 1;
+        }
+        self.io.write_span(&iov[..n], span)
+    }
+
     fn recv(&mut self, max_size: usize) -> Result<Frame, TransportError> {
         let (header, size) = self.next_header(max_size)?;
         while self.end - self.start < size {
-            self.fill(size)?;
+            self.fill(size, true)?;
         }
         let msg_end = self.pos + size as u64;
         let fds = self.take_fds(msg_end);
+        self.message_done();
         let payload = self.start + HEADER_SIZE..self.start + size;
         self.consume(size);
         Ok(Frame {
@@ -397,38 +593,75 @@ fn recv_plain(fd: RawFd, buf: &mut [u8]) -> Result<usize, TransportError> {
 }
 
 /// One `recvmsg`, retrying on EINTR; returns bytes read and the fds that came with them.
+/// Every fd the kernel installed is owned (and so closed when dropped), also when the control
+/// data was truncated: nix refuses to walk truncated control data, so we walk it ourselves.
 fn recv_with_fds(
     fd: RawFd,
     buf: &mut [u8],
-    cmsg: &mut Vec<u8>,
+    cmsg: &mut [u64],
 ) -> Result<(usize, Vec<OwnedFd>), TransportError> {
     loop {
-        let mut iov = [IoSliceMut::new(buf)];
-        match recvmsg::<()>(fd, &mut iov, Some(&mut *cmsg), MsgFlags::MSG_CMSG_CLOEXEC) {
-            Ok(msg) => {
-                let mut fds = Vec::new();
-                let truncated = msg.flags.contains(MsgFlags::MSG_CTRUNC);
-                if let Ok(cmsgs) = msg.cmsgs() {
-                    for c in cmsgs {
-                        if let ControlMessageOwned::ScmRights(raw) = c {
-                            for r in raw {
-                                // SAFETY: SCM_RIGHTS just installed `r` in our fd table and
-                                // nothing else owns it; wrapping it makes sure it is closed.
-                                fds.push(unsafe { OwnedFd::from_raw_fd(r) });
-                            }
-                        }
-                    }
-                }
-                if truncated {
-                    return Err(TransportError::TooManyFds);
-                }
-                return Ok((msg.bytes, fds));
+        let mut iov = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        };
+        // SAFETY: an all-zero msghdr is a valid value (null pointers, zero lengths).
+        let mut hdr: libc::msghdr = unsafe { std::mem::zeroed() };
+        hdr.msg_iov = &mut iov;
+        hdr.msg_iovlen = 1;
+        hdr.msg_control = cmsg.as_mut_ptr().cast();
+        hdr.msg_controllen = std::mem::size_of_val(cmsg) as _;
+        // SAFETY: `hdr` points at `iov` and `cmsg`, both live and of the lengths stated, for the
+        // whole call.
+        let n = unsafe { libc::recvmsg(fd, &mut hdr, libc::MSG_CMSG_CLOEXEC) };
+        if n < 0 {
+            match Errno::last() {
+                Errno::EINTR => continue,
+                Errno::ECONNRESET => return Err(TransportError::Closed),
+                e => return Err(e.into()),
             }
-            Err(Errno::EINTR) => continue,
-            Err(Errno::ECONNRESET) => return Err(TransportError::Closed),
-            Err(e) => return Err(e.into()),
         }
+        let fds = owned_fds(&hdr);
+        if hdr.msg_flags & libc::MSG_CTRUNC != 0 {
+            // More fds than any message may carry; the ones we got are closed with `fds`.
+            return Err(TransportError::TooManyFds);
+        }
+        return Ok((n as usize, fds));
     }
+}
+
+/// Takes ownership of every fd in the SCM_RIGHTS control messages `recvmsg` left in `hdr`.
+// cmsg_len and msg_controllen are usize on glibc and u32 on musl: the casts are for the latter.
+#[allow(clippy::unnecessary_cast)]
+fn owned_fds(hdr: &libc::msghdr) -> Vec<OwnedFd> {
+    let mut fds = Vec::new();
+    let control = hdr.msg_control as usize;
+    let control_end = control + hdr.msg_controllen as usize;
+    // SAFETY: `hdr` was filled by recvmsg; CMSG_FIRSTHDR only reads its control fields.
+    let mut c = unsafe { libc::CMSG_FIRSTHDR(hdr) };
+    while !c.is_null() {
+        // SAFETY: CMSG_FIRSTHDR/CMSG_NXTHDR return headers that lie inside the control buffer,
+        // which is aligned for cmsghdr (u64 elements).
+        let (level, kind, len) = unsafe { ((*c).cmsg_level, (*c).cmsg_type, (*c).cmsg_len) };
+        if level == libc::SOL_SOCKET && kind == libc::SCM_RIGHTS {
+            // SAFETY: `c` is a valid header inside the buffer (above).
+            let data = unsafe { libc::CMSG_DATA(c) } as usize;
+            // The kernel's cmsg_len counts only the fds it installed; never read past the buffer.
+            let end = (c as usize).saturating_add(len as usize).min(control_end);
+            let count = end.saturating_sub(data) / std::mem::size_of::<RawFd>();
+            for i in 0..count {
+                // SAFETY: `data + i * 4` lies inside the received control data (bounded above);
+                // the read is unaligned-safe.
+                let raw = unsafe { std::ptr::read_unaligned((data as *const RawFd).add(i)) };
+                // SAFETY: SCM_RIGHTS just installed `raw` in our fd table and nothing else owns
+                // it; wrapping it makes sure it is closed.
+                fds.push(unsafe { OwnedFd::from_raw_fd(raw) });
+            }
+        }
+        // SAFETY: as for CMSG_FIRSTHDR; CMSG_NXTHDR returns null past the control data.
+        c = unsafe { libc::CMSG_NXTHDR(hdr, c) };
+    }
+    fds
 }
 
 /// send(2) of one contiguous buffer until every byte is out.
@@ -445,13 +678,19 @@ fn send_flat(fd: BorrowedFd<'_>, mut buf: &[u8]) -> Result<(), TransportError> {
 }
 
 /// `sendmsg` until every byte is out; fds go with the first call only.
-fn send_all(fd: BorrowedFd<'_>, iov: &[IoSlice<'_>], fds: &[RawFd]) -> Result<(), TransportError> {
+fn send_all(
+    fd: BorrowedFd<'_>,
+    iov: &[IoSlice<'_>],
+    fds: &[RawFd],
+    extra: MsgFlags,
+) -> Result<(), TransportError> {
+    let flags = MsgFlags::MSG_NOSIGNAL | extra;
     let total: usize = iov.iter().map(|s| s.len()).sum();
     let cmsgs = [ControlMessage::ScmRights(fds)];
     let with_fds: &[ControlMessage<'_>] = if fds.is_empty() { &[] } else { &cmsgs };
     // The common case: everything goes out in one call, with no copying of the slice list.
     let mut sent = loop {
-        match sendmsg::<()>(fd.as_raw_fd(), iov, with_fds, MsgFlags::MSG_NOSIGNAL, None) {
+        match sendmsg::<()>(fd.as_raw_fd(), iov, with_fds, flags, None) {
             Ok(n) => break n,
             Err(Errno::EINTR) => continue,
             Err(Errno::EPIPE | Errno::ECONNRESET) => return Err(TransportError::Closed),
@@ -470,7 +709,7 @@ fn send_all(fd: BorrowedFd<'_>, iov: &[IoSlice<'_>], fds: &[RawFd]) -> Result<()
             rest.push(IoSlice::new(&s[skip..]));
             skip = 0;
         }
-        match sendmsg::<()>(fd.as_raw_fd(), &rest, &[], MsgFlags::MSG_NOSIGNAL, None) {
+        match sendmsg::<()>(fd.as_raw_fd(), &rest, &[], flags, None) {
             Ok(n) => sent += n,
             Err(Errno::EINTR) => continue,
             Err(Errno::EPIPE | Errno::ECONNRESET) => return Err(TransportError::Closed),
@@ -587,6 +826,17 @@ impl Stream for MemStream {
             fds.clear();
         }
         Ok((n, fds))
+    }
+
+    fn wait_readable(&self, timeout: Duration) -> Result<bool, TransportError> {
+        let poisoned = || TransportError::Io(std::io::Error::other("in-memory stream poisoned"));
+        let p = self.rx.pipe.lock().map_err(|_| poisoned())?;
+        let (p, _) = self
+            .rx
+            .ready
+            .wait_timeout_while(p, timeout, |p| p.chunks.is_empty() && !p.closed)
+            .map_err(|_| poisoned())?;
+        Ok(!p.chunks.is_empty() || p.closed)
     }
 
     fn write(&self, iov: &[IoSlice<'_>], fds: &[BorrowedFd<'_>]) -> Result<(), TransportError> {

@@ -1,13 +1,27 @@
-//! Device memory: one fd (memfd, hugetlbfs memfd or file) mapped shared into our address space.
-//! The client maps the same fd, so server-side accesses and guest accesses are coherent.
-//! This module holds the crate's only `unsafe`.
+//! Device memory: one fd (memfd, hugetlbfs memfd or file) that clients map, and the server's own
+//! way to reach it, chosen so that **nothing any process does to the fd can make the server take
+//! SIGBUS**:
+//!
+//! - memfd and hugetlbfs memfd are sealed against shrinking and growing before any client sees
+//!   them, so `ftruncate` fails for every holder of the fd and the server's mapping (a
+//!   [`vm_memory::MmapRegion`], read and written with volatile copies because the guest writes
+//!   the same pages concurrently) always stays backed.
+//! - A regular file cannot be sealed: a client holding the fd, or any process that may write the
+//!   file, can truncate it. The server therefore never maps it; it reaches the file with
+//!   `pread`/`pwrite` (and `sendfile` for bulk reads), which report a short file or a full
+//!   filesystem as an errno. The file is locked (`flock`, exclusive) through a descriptor of its
+//!   own that never leaves the process, so two servers cannot share one device memory.
 
-use std::fs::OpenOptions;
-use std::num::NonZeroUsize;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::ptr::NonNull;
+use std::fs::{File, OpenOptions};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 
-use nix::sys::mman::{mmap, munmap, MapFlags, ProtFlags};
+use memfd::{FileSeal, MemfdOptions};
+use nix::fcntl::{Flock, FlockArg};
+use tracing::warn;
+use vm_memory::{FileOffset, MmapRegion, VolatileMemory};
 
 use crate::config::Backing;
 use crate::error::DeviceError;
@@ -17,129 +31,218 @@ const PAGE: u64 = 4096;
 /// Huge page size assumed for hugetlbfs backing.
 const HUGE_PAGE: u64 = 2 << 20;
 
-/// Mapped device memory.
-#[derive(Debug)]
-pub struct Memory {
-    fd: OwnedFd,
-    ptr: NonNull<u8>,
-    len: usize,
+/// Why an access to device memory failed. Never a signal: every way the backing can fail is one
+/// of these.
+#[derive(Debug, thiserror::Error)]
+pub enum AccessError {
+    /// The access lies outside the memory (a bug in the caller's clipping).
+    #[error("access of {len} bytes at {offset:#x} is outside the device memory")]
+    OutOfRange {
+        /// Offset of the access.
+        offset: u64,
+        /// Its length.
+        len: usize,
+    },
+    /// The backing file is shorter than the device memory (someone truncated it).
+    #[error("the backing file is {file_len} bytes, too short for an access at {offset:#x}")]
+    FileTooShort {
+        /// Offset of the access.
+        offset: u64,
+        /// The file's current length.
+        file_len: u64,
+    },
+    /// The file system refused the access (e.g. out of space).
+    #[error("backing file i/o failed")]
+    Io(#[source] std::io::Error),
 }
 
-// SAFETY: `Memory` owns its mapping; all access goes through bounds-checked copies in `&self` /
-// `&mut self` methods, so sending it to another thread is sound.
-unsafe impl Send for Memory {}
+impl AccessError {
+    /// The errno a client is answered with: EIO for a file that no longer covers the access,
+    /// the system's own errno (ENOSPC, ...) for a refused write.
+    pub fn errno(&self) -> vfu::Errno {
+        match self {
+            AccessError::OutOfRange { .. } => vfu::Errno::EFAULT,
+            AccessError::FileTooShort { .. } => vfu::Errno::EIO,
+            AccessError::Io(e) => e
+                .raw_os_error()
+                .map_or(vfu::Errno::EIO, vfu::Errno::from_raw),
+        }
+    }
+}
+
+/// How the server itself reaches the memory.
+#[derive(Debug)]
+enum Access {
+    /// A shared mapping of a sealed memfd: it can never lose its pages.
+    Mapped(MmapRegion<()>),
+    /// pread/pwrite on a file that others may truncate; `_lock` holds the exclusive flock.
+    FileIo {
+        _lock: Flock<File>,
+        /// Set while the file is too short, so the condition is logged once, not per access.
+        short: AtomicBool,
+        /// Set while writes fail (a full file system), for the same reason.
+        failing: AtomicBool,
+    },
+}
+
+/// Device memory and the fd clients map.
+#[derive(Debug)]
+pub struct Memory {
+    file: File,
+    len: u64,
+    access: Access,
+}
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> DeviceError {
     let what = what.into();
     move |source| DeviceError::Backing { what, source }
 }
 
+fn memfd_err(what: &str) -> impl FnOnce(memfd::Error) -> DeviceError + '_ {
+    move |e| DeviceError::Backing {
+        what: what.into(),
+        source: std::io::Error::other(e),
+    }
+}
+
 impl Memory {
-    /// Creates (or opens) the backing for `size` bytes and maps it.
+    /// Creates (or opens) the backing for `size` bytes.
     pub fn new(backing: &Backing, size: u64) -> Result<Self, DeviceError> {
         // Clients map whole pages: a memory size that is not page aligned still gets a whole
         // last page in the fd, so touching its tail through a mapping cannot SIGBUS the client.
         let paged = size
             .checked_next_multiple_of(PAGE)
             .ok_or(DeviceError::Overflow { base: 0, size })?;
-        let (fd, fd_len) = match backing {
-            Backing::Memfd => {
-                let m = memfd::MemfdOptions::default()
-                    .close_on_exec(true)
-                    .create("vgrace-gpu-mem")
-                    .map_err(|e| DeviceError::Backing {
-                        what: "a memfd".into(),
-                        source: std::io::Error::other(e),
-                    })?;
-                let f = m.into_file();
-                f.set_len(paged).map_err(io("the memfd size"))?;
-                (OwnedFd::from(f), paged)
-            }
+        match backing {
+            Backing::Memfd => Self::sealed_memfd(paged, None),
             Backing::Hugetlbfs => {
                 let len = size
-                    .div_ceil(HUGE_PAGE)
-                    .checked_mul(HUGE_PAGE)
+                    .checked_next_multiple_of(HUGE_PAGE)
                     .ok_or(DeviceError::Overflow { base: 0, size })?;
-                let m = memfd::MemfdOptions::default()
-                    .close_on_exec(true)
-                    .hugetlb(Some(memfd::HugetlbSize::Huge2MB))
-                    .create("vgrace-gpu-mem-huge")
-                    .map_err(|e| DeviceError::Backing {
-                        what: "a hugetlbfs memfd".into(),
-                        source: std::io::Error::other(e),
-                    })?;
-                let f = m.into_file();
-                f.set_len(len)
-                    .map_err(io("the hugetlbfs memfd size (are huge pages reserved?)"))?;
-                (OwnedFd::from(f), len)
+                Self::sealed_memfd(len, Some(memfd::HugetlbSize::Huge2MB))
             }
-            Backing::File(path) => {
-                let name = path.display().to_string();
-                let f = OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .create(true)
-                    .truncate(false)
-                    .open(path)
-                    .map_err(io(format!("backing file {name}")))?;
-                let actual = f
-                    .metadata()
-                    .map_err(io(format!("backing file {name}")))?
-                    .len();
-                // A new file gets whole pages; an existing one may also be exactly `size`
-                // (e.g. made by hand), which the kernel maps up to the page end anyway.
-                if actual == 0 {
-                    f.set_len(paged)
-                        .map_err(io(format!("backing file {name}")))?;
-                } else if actual != size && actual != paged {
-                    return Err(DeviceError::BackingSizeMismatch {
-                        path: name,
-                        actual,
-                        expected: size,
-                    });
-                }
-                (OwnedFd::from(f), paged)
-            }
-        };
-        let len = usize::try_from(fd_len).map_err(|_| DeviceError::Overflow { base: 0, size })?;
-        let nz = NonZeroUsize::new(len).ok_or(DeviceError::LinkDown)?;
-        // NORESERVE keeps a huge sparse memfd or file from reserving swap. Huge pages must be
-        // reserved up front instead: without the reservation a fault would SIGBUS the server
-        // when no huge page is left; with it, a shortage is a clean error here.
-        let flags = match backing {
-            Backing::Hugetlbfs => MapFlags::MAP_SHARED,
-            _ => MapFlags::MAP_SHARED | MapFlags::MAP_NORESERVE,
-        };
-        // SAFETY: a fresh shared mapping of our own fd at a kernel-chosen address; it aliases no
-        // Rust object.
-        let ptr = unsafe {
-            mmap(
-                None,
-                nz,
-                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
-                flags,
-                &fd,
-                0,
-            )
+            Backing::File(path) => Self::file(path, size, paged),
         }
+    }
+
+    fn sealed_memfd(len: u64, huge: Option<memfd::HugetlbSize>) -> Result<Self, DeviceError> {
+        let what = if huge.is_some() {
+            "a hugetlbfs memfd"
+        } else {
+            "a memfd"
+        };
+        let m = MemfdOptions::default()
+            .close_on_exec(true)
+            .allow_sealing(true)
+            .hugetlb(huge)
+            .create(if huge.is_some() {
+                "vgrace-gpu-mem-huge"
+            } else {
+                "vgrace-gpu-mem"
+            })
+            .map_err(memfd_err(what))?;
+        m.as_file().set_len(len).map_err(io(if huge.is_some() {
+            "the hugetlbfs memfd size (are huge pages reserved?)"
+        } else {
+            "the memfd size"
+        }))?;
+        // Sealed before any client can hold the fd: from here on nobody can change its size.
+        m.add_seals(&[FileSeal::SealShrink, FileSeal::SealGrow, FileSeal::SealSeal])
+            .map_err(memfd_err("the memfd seals"))?;
+        let file = m.into_file();
+        // NORESERVE keeps a huge sparse memfd from reserving swap. Huge pages must be reserved
+        // up front instead: without the reservation a fault would SIGBUS the server when no huge
+        // page is left; with it, a shortage is a clean error here.
+        let flags = if huge.is_some() {
+            libc_flags::SHARED
+        } else {
+            libc_flags::SHARED | libc_flags::NORESERVE
+        };
+        let map_len =
+            usize::try_from(len).map_err(|_| DeviceError::Overflow { base: 0, size: len })?;
+        let mapping_fd = file.try_clone().map_err(io("the memfd"))?;
+        let region = MmapRegion::build(
+            Some(FileOffset::new(mapping_fd, 0)),
+            map_len,
+            libc_flags::PROT_RW,
+            flags,
+        )
         .map_err(|e| DeviceError::Backing {
             what: "the memory mapping (hugetlbfs: are enough huge pages reserved?)".into(),
-            source: e.into(),
+            source: std::io::Error::other(e),
         })?;
         Ok(Self {
-            fd,
-            ptr: ptr.cast(),
+            file,
             len,
+            access: Access::Mapped(region),
+        })
+    }
+
+    fn file(path: &Path, size: u64, paged: u64) -> Result<Self, DeviceError> {
+        let name = path.display().to_string();
+        let open = || {
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(path)
+                .map_err(io(format!("backing file {name}")))
+        };
+        // The lock lives on an open file description of its own: clients receive (a duplicate
+        // of) the other one, and an `flock(LOCK_UN)` on theirs cannot release ours.
+        let lock = Flock::lock(open()?, FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
+            if e == nix::errno::Errno::EWOULDBLOCK {
+                DeviceError::BackingInUse(name.clone())
+            } else {
+                DeviceError::Backing {
+                    what: format!("a lock on backing file {name}"),
+                    source: e.into(),
+                }
+            }
+        })?;
+        let file = open()?;
+        let actual = file
+            .metadata()
+            .map_err(io(format!("backing file {name}")))?
+            .len();
+        // A new file gets whole pages; an existing one may also be exactly `size` (made by
+        // hand), which the kernel maps up to the page end anyway.
+        if actual == 0 {
+            file.set_len(paged)
+                .map_err(io(format!("backing file {name}")))?;
+        } else if actual < size {
+            return Err(DeviceError::BackingSizeMismatch {
+                path: name,
+                actual,
+                expected: size,
+            });
+        } else if actual > paged {
+            // A client holding the fd can grow the file; the bytes past the memory are not
+            // device memory, so they do not stop a restart.
+            warn!(
+                "backing file {name} is {actual} bytes, larger than the {size}-byte device \
+                 memory: serving the first {size} bytes and ignoring the rest"
+            );
+        }
+        Ok(Self {
+            file,
+            len: paged,
+            access: Access::FileIo {
+                _lock: lock,
+                short: AtomicBool::new(false),
+                failing: AtomicBool::new(false),
+            },
         })
     }
 
     /// The fd clients map.
     pub fn fd(&self) -> BorrowedFd<'_> {
-        self.fd.as_fd()
+        self.file.as_fd()
     }
 
-    /// Mapped length.
-    pub fn len(&self) -> usize {
+    /// Length of the memory in the fd (whole pages).
+    pub fn len(&self) -> u64 {
         self.len
     }
 
@@ -148,40 +251,112 @@ impl Memory {
         self.len == 0
     }
 
-    fn check(&self, offset: u64, len: usize) -> Option<usize> {
-        let off = usize::try_from(offset).ok()?;
-        (off.checked_add(len)? <= self.len).then_some(off)
+    fn check(&self, offset: u64, len: usize) -> Result<(), AccessError> {
+        let end = offset.checked_add(len as u64);
+        match end {
+            Some(end) if end <= self.len => Ok(()),
+            _ => Err(AccessError::OutOfRange { offset, len }),
+        }
     }
 
-    /// Copies memory at `offset` into `buf`; false if out of range.
-    pub fn read(&self, offset: u64, buf: &mut [u8]) -> bool {
-        let Some(off) = self.check(offset, buf.len()) else {
-            return false;
+    /// For file backing: fails when the file no longer covers `[offset, offset + len)` (logged
+    /// once until it covers it again). pwrite past the end would grow the file back, and pread
+    /// would come back short, so both check first.
+    fn covered(&self, offset: u64, len: usize) -> Result<(), AccessError> {
+        let Access::FileIo { short, .. } = &self.access else {
+            return Ok(());
         };
-        // SAFETY: `check` proved off+len <= mapping length. The guest may write concurrently
-        // through its own mapping; a byte copy of shared memory tolerates that.
-        unsafe {
-            std::ptr::copy_nonoverlapping(self.ptr.as_ptr().add(off), buf.as_mut_ptr(), buf.len())
-        };
-        true
+        let file_len = self.file.metadata().map_err(AccessError::Io)?.len();
+        if offset + len as u64 <= file_len {
+            short.store(false, Ordering::Relaxed);
+            return Ok(());
+        }
+        if !short.swap(true, Ordering::Relaxed) {
+            warn!(
+                file_len,
+                needed = self.len,
+                "the backing file was truncated: accesses past its end answer EIO"
+            );
+        }
+        Err(AccessError::FileTooShort { offset, file_len })
     }
 
-    /// Copies `data` into memory at `offset`; false if out of range.
-    pub fn write(&mut self, offset: u64, data: &[u8]) -> bool {
-        let Some(off) = self.check(offset, data.len()) else {
-            return false;
-        };
-        // SAFETY: as in `read`; the mapping is writable.
-        unsafe {
-            std::ptr::copy_nonoverlapping(data.as_ptr(), self.ptr.as_ptr().add(off), data.len())
-        };
-        true
+    /// Copies memory at `offset` into `buf`.
+    pub fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), AccessError> {
+        self.check(offset, buf.len())?;
+        match &self.access {
+            Access::Mapped(region) => {
+                let slice = region.get_slice(offset as usize, buf.len()).map_err(|_| {
+                    AccessError::OutOfRange {
+                        offset,
+                        len: buf.len(),
+                    }
+                })?;
+                slice.copy_to(buf);
+                Ok(())
+            }
+            Access::FileIo { .. } => {
+                self.covered(offset, buf.len())?;
+                self.file
+                    .read_exact_at(buf, offset)
+                    .map_err(|e| match e.kind() {
+                        // Truncated between the check and the read.
+                        std::io::ErrorKind::UnexpectedEof => AccessError::FileTooShort {
+                            offset,
+                            file_len: offset,
+                        },
+                        _ => AccessError::Io(e),
+                    })
+            }
+        }
+    }
+
+    /// Copies `data` into memory at `offset`.
+    pub fn write(&self, offset: u64, data: &[u8]) -> Result<(), AccessError> {
+        self.check(offset, data.len())?;
+        match &self.access {
+            Access::Mapped(region) => {
+                let slice = region.get_slice(offset as usize, data.len()).map_err(|_| {
+                    AccessError::OutOfRange {
+                        offset,
+                        len: data.len(),
+                    }
+                })?;
+                slice.copy_from(data);
+                Ok(())
+            }
+            Access::FileIo { failing, .. } => {
+                self.covered(offset, data.len())?;
+                match self.file.write_all_at(data, offset) {
+                    Ok(()) => {
+                        failing.store(false, Ordering::Relaxed);
+                        Ok(())
+                    }
+                    Err(e) => {
+                        if !failing.swap(true, Ordering::Relaxed) {
+                            warn!(
+                                "writes to the backing file fail ({e}): answering with the errno"
+                            );
+                        }
+                        Err(AccessError::Io(e))
+                    }
+                }
+            }
+        }
+    }
+
+    /// The fd and offset from which `len` bytes at `offset` can be sent without copying them
+    /// through a buffer (`sendfile`). Fails as [`Memory::read`] would.
+    pub fn span(&self, offset: u64, len: usize) -> Result<(BorrowedFd<'_>, u64), AccessError> {
+        self.check(offset, len)?;
+        self.covered(offset, len)?;
+        Ok((self.file.as_fd(), offset))
     }
 }
 
-impl Drop for Memory {
-    fn drop(&mut self) {
-        // SAFETY: exactly the mapping created in `new`, unmapped once.
-        let _ = unsafe { munmap(self.ptr.cast(), self.len) };
-    }
+/// The mmap constants vm-memory takes as plain integers.
+mod libc_flags {
+    pub const SHARED: i32 = nix::libc::MAP_SHARED;
+    pub const NORESERVE: i32 = nix::libc::MAP_NORESERVE;
+    pub const PROT_RW: i32 = nix::libc::PROT_READ | nix::libc::PROT_WRITE;
 }

@@ -54,6 +54,9 @@ pub enum DeviceError {
         /// The memory size.
         expected: u64,
     },
+    /// Another process (or another device of this one) holds the backing file's lock.
+    #[error("backing file {0} is in use by another vgrace server (it holds the file's lock)")]
+    BackingInUse(String),
     /// Creating, sizing or mapping the backing memory failed.
     #[error("cannot set up {what}")]
     Backing {

@@ -382,12 +382,12 @@ hostile!(
     Expect::Errno(Errno::E2BIG)
 );
 hostile!(
-    region_read_offset_overflow_is_eoverflow,
+    region_read_offset_that_wraps_is_einval,
     true,
     msg(cmd::REGION_READ, 0, &access(4, u64::MAX - 1, 4)),
     vec![],
     false,
-    Expect::Errno(Errno::EOVERFLOW)
+    Expect::Errno(Errno::EINVAL)
 );
 hostile!(
     region_index_9_is_einval,

@@ -95,15 +95,13 @@ impl Device for TestDevice {
         use std::os::unix::fs::FileExt;
         match index {
             REGS => {
-                let o = offset as usize;
-                let src = self.regs.get(o..o + buf.len()).ok_or(Errno::EINVAL)?;
+                let o = within(offset, buf.len(), self.regs.len() as u64)?;
+                let src = &self.regs[o..o + buf.len()];
                 buf.copy_from_slice(src);
                 Ok(buf.len())
             }
             RAM => {
-                if offset + buf.len() as u64 > RAM_SIZE {
-                    return Err(Errno::EINVAL);
-                }
+                within(offset, buf.len(), RAM_SIZE)?;
                 self.ram
                     .read_exact_at(buf, offset)
                     .map_err(|_| Errno::EIO)?;
@@ -133,15 +131,13 @@ impl Device for TestDevice {
                 Ok(8)
             }
             REGS => {
-                let o = offset as usize;
-                let dst = self.regs.get_mut(o..o + data.len()).ok_or(Errno::EINVAL)?;
+                let o = within(offset, data.len(), self.regs.len() as u64)?;
+                let dst = &mut self.regs[o..o + data.len()];
                 dst.copy_from_slice(data);
                 Ok(data.len())
             }
             RAM => {
-                if offset + data.len() as u64 > RAM_SIZE {
-                    return Err(Errno::EINVAL);
-                }
+                within(offset, data.len(), RAM_SIZE)?;
                 self.ram
                     .write_all_at(data, offset)
                     .map_err(|_| Errno::EIO)?;
@@ -247,4 +243,14 @@ pub fn memfd(size: u64) -> OwnedFd {
     let f = tempfile::tempfile().unwrap();
     f.set_len(size).unwrap();
     f.into()
+}
+
+/// `offset` as an index when `[offset, offset + len)` lies inside a region of `size` bytes; EINVAL
+/// otherwise, without overflowing (offsets come from the wire).
+fn within(offset: u64, len: usize, size: u64) -> Result<usize, Errno> {
+    let end = offset.checked_add(len as u64).ok_or(Errno::EINVAL)?;
+    if offset >= size || end > size {
+        return Err(Errno::EINVAL);
+    }
+    usize::try_from(offset).map_err(|_| Errno::EINVAL)
 }

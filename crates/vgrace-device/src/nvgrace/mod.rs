@@ -9,7 +9,7 @@ use vfio_bindings::bindings::vfio::{
 };
 use vfu::device::{CONFIG_REGION_INDEX, PCI_NUM_IRQS, PCI_NUM_REGIONS};
 use vfu::irq::IrqTable;
-use vfu::{Device, DeviceInfo, Errno, IrqInfo, RegionInfo, SetIrqs, SparseArea};
+use vfu::{Device, DeviceInfo, Errno, FileSpan, IrqInfo, RegionInfo, SetIrqs, SparseArea};
 
 use crate::backing::Memory;
 use crate::config::{GpuConfig, Layout, MemRegionLayout, Profile};
@@ -88,22 +88,47 @@ impl NvGraceGpu {
         let n = clip(r.bar_size, offset, buf.len())?;
         let buf = &mut buf[..n];
         let in_mem = mem_part(r.memlength, offset, n);
-        if in_mem > 0 && !self.memory.read(r.fd_offset + offset, &mut buf[..in_mem]) {
-            return Err(Errno::EFAULT);
+        if in_mem > 0 {
+            self.memory
+                .read(r.fd_offset + offset, &mut buf[..in_mem])
+                .map_err(|e| e.errno())?;
         }
         // Past the real memory the BAR reads as all ones, as the hardware does.
         buf[in_mem..].fill(0xff);
         Ok(n)
     }
 
-    fn mem_write(&mut self, r: &MemRegionLayout, offset: u64, data: &[u8]) -> Result<usize, Errno> {
+    fn mem_write(&self, r: &MemRegionLayout, offset: u64, data: &[u8]) -> Result<usize, Errno> {
         let n = clip(r.bar_size, offset, data.len())?;
         let in_mem = mem_part(r.memlength, offset, n);
-        if in_mem > 0 && !self.memory.write(r.fd_offset + offset, &data[..in_mem]) {
-            return Err(Errno::EFAULT);
+        if in_mem > 0 {
+            self.memory
+                .write(r.fd_offset + offset, &data[..in_mem])
+                .map_err(|e| e.errno())?;
         }
         // Writes past the real memory are dropped silently (an errno would crash the guest).
         Ok(n)
+    }
+
+    /// A memory read as a span of the backing fd plus its all-ones tail.
+    fn mem_span(
+        &self,
+        r: &MemRegionLayout,
+        offset: u64,
+        count: usize,
+    ) -> Result<FileSpan<'_>, Errno> {
+        let n = clip(r.bar_size, offset, count)?;
+        let in_mem = mem_part(r.memlength, offset, n);
+        let (fd, at) = self
+            .memory
+            .span(r.fd_offset + offset, in_mem)
+            .map_err(|e| e.errno())?;
+        Ok(FileSpan {
+            fd,
+            offset: at,
+            len: in_mem,
+            ones: n - in_mem,
+        })
     }
 }
 
@@ -246,6 +271,18 @@ impl Device for NvGraceGpu {
                 Ok(self.config.read(off, buf))
             }
             _ => Err(Errno::EINVAL),
+        }
+    }
+
+    fn region_read_span(
+        &mut self,
+        index: u32,
+        offset: u64,
+        count: usize,
+    ) -> Result<Option<FileSpan<'_>>, Errno> {
+        match self.memregion(index) {
+            Some(r) => self.mem_span(&r, offset, count).map(Some),
+            None => Ok(None),
         }
     }
 

@@ -1,14 +1,14 @@
 //! The server: accepts one client at a time and runs a session that decodes each message,
 //! validates it, dispatches it to the [`Device`] and answers it.
 
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
-use std::os::unix::net::{UnixListener, UnixStream};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+mod accept;
+mod shutdown;
 
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use nix::sys::eventfd::{EfdFlags, EventFd};
-use nix::sys::socket::{getsockopt, shutdown, sockopt, Shutdown as How};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::sync::mpsc;
+use std::time::Duration;
+
 use tracing::{debug, info, warn};
 use vfio_bindings::bindings::vfio::{
     vfio_irq_info, vfio_region_info, vfio_region_sparse_mmap_area, VFIO_IRQ_SET_ACTION_TYPE_MASK,
@@ -21,11 +21,15 @@ use crate::dma::{DmaHandle, DmaTable};
 use crate::errno::Errno;
 use crate::error::Error;
 pub use crate::listen::bind_socket;
+pub use accept::Peer;
+pub use shutdown::Shutdown;
+
 use crate::transport::{Frame, Transport, TransportError, UnixTransport};
 use crate::wire::{
     self, cmd, Caps, Command, DeviceInfoMsg, Header, RegionAccess, Version, HEADER_SIZE,
     MAX_FIXED_PAYLOAD, REGION_INFO_SIZE,
 };
+use accept::{Acceptor, Seat};
 
 /// The protocol version we speak.
 pub const VERSION_MAJOR: u16 = 0;
@@ -43,7 +47,13 @@ pub struct ServerConfig {
     pub max_msg_fds: u32,
     /// When set, only these uids may connect (SO_PEERCRED).
     pub allow_uids: Option<Vec<u32>>,
+    /// A client whose message stays incomplete this long after its first bytes is dropped (it
+    /// would hold the device forever). Waiting between messages is never limited.
+    pub stall_timeout: Duration,
 }
+
+/// Default [`ServerConfig::stall_timeout`]: real clients send whole messages at once.
+pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Default for ServerConfig {
     fn default() -> Self {
@@ -52,64 +62,7 @@ impl Default for ServerConfig {
             max_dma_maps: wire::DEFAULT_MAX_DMA_MAPS,
             max_msg_fds: 16,
             allow_uids: None,
-        }
-    }
-}
-
-#[derive(Debug)]
-struct ShutdownInner {
-    flag: AtomicBool,
-    event: EventFd,
-    conns: Mutex<Vec<RawFd>>,
-}
-
-/// Stops servers from another thread (e.g. a signal handler thread). Cloning shares it.
-#[derive(Debug, Clone)]
-pub struct Shutdown {
-    inner: Arc<ShutdownInner>,
-}
-
-impl Shutdown {
-    /// A new, untriggered handle.
-    pub fn new() -> Result<Self, Error> {
-        let event = EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)?;
-        Ok(Self {
-            inner: Arc::new(ShutdownInner {
-                flag: AtomicBool::new(false),
-                event,
-                conns: Mutex::new(Vec::new()),
-            }),
-        })
-    }
-
-    /// Stops every server using this handle: wakes their accept loops and ends live sessions.
-    pub fn trigger(&self) {
-        self.inner.flag.store(true, Ordering::SeqCst);
-        // The eventfd is never read, so it stays readable: every poller wakes.
-        let _ = self.inner.event.write(1);
-        if let Ok(conns) = self.inner.conns.lock() {
-            for fd in conns.iter() {
-                // SAFETY: registered fds stay open until deregistered under this same lock.
-                let b = unsafe { BorrowedFd::borrow_raw(*fd) };
-                let _ = shutdown(b.as_raw_fd(), How::Both);
-            }
-        }
-    }
-
-    /// True once triggered.
-    pub fn is_triggered(&self) -> bool {
-        self.inner.flag.load(Ordering::SeqCst)
-    }
-
-    fn register(&self, fd: RawFd) {
-        if let Ok(mut c) = self.inner.conns.lock() {
-            c.push(fd);
-        }
-    }
-
-    fn deregister(&self, fd: RawFd) {
-        if let Ok(mut c) = self.inner.conns.lock() {
-            c.retain(|x| *x != fd);
+            stall_timeout: DEFAULT_STALL_TIMEOUT,
         }
     }
 }
@@ -130,6 +83,8 @@ pub enum SessionEnd {
     Desync,
     /// Shutdown was requested.
     Shutdown,
+    /// The client stopped in the middle of a message for longer than the stall timeout.
+    Stalled,
 }
 
 impl<D: Device> Server<D> {
@@ -148,82 +103,52 @@ impl<D: Device> Server<D> {
         &mut self.device
     }
 
-    /// Serves clients one after another until `shutdown` is triggered.
+    /// Serves clients one after another until `shutdown` is triggered. Accepting runs on a
+    /// thread of its own, so a client that connects while another holds the device is answered
+    /// at once (EBUSY) instead of waiting unseen.
     pub fn serve(&mut self, listener: UnixListener, shutdown: &Shutdown) -> Result<(), Error> {
         listener.set_nonblocking(true)?;
-        loop {
-            if shutdown.is_triggered() {
-                return Ok(());
+        let seat = Seat::new()?;
+        let (handoff, clients) = mpsc::sync_channel(0);
+        let allow_uids = self.config.allow_uids.clone();
+        std::thread::scope(|scope| {
+            let acceptor =
+                Acceptor::new(&listener, shutdown, allow_uids.as_deref(), &seat, handoff);
+            let accepting = scope.spawn(move || acceptor.run());
+            // Ends when the acceptor stops (shutdown or failure) and drops its sender.
+            while let Ok((stream, peer)) = clients.recv() {
+                self.serve_client(stream, peer, shutdown);
+                seat.release();
             }
-            let mut fds = [
-                PollFd::new(listener.as_fd(), PollFlags::POLLIN),
-                PollFd::new(shutdown.inner.event.as_fd(), PollFlags::POLLIN),
-            ];
-            match poll(&mut fds, PollTimeout::NONE) {
-                Ok(_) | Err(Errno::EINTR) => {}
-                Err(e) => return Err(e.into()),
-            }
-            if shutdown.is_triggered() {
-                return Ok(());
-            }
-            let stream = match listener.accept() {
-                Ok((s, _)) => s,
-                Err(e)
-                    if e.kind() == std::io::ErrorKind::WouldBlock
-                        || e.kind() == std::io::ErrorKind::Interrupted =>
-                {
-                    continue
-                }
-                Err(e)
-                    if matches!(
-                        e.raw_os_error(),
-                        Some(libc::ECONNABORTED | libc::EMFILE | libc::ENFILE)
-                    ) =>
-                {
-                    warn!("accept failed: {e}");
-                    continue;
-                }
-                Err(e) => return Err(e.into()),
-            };
-            stream.set_nonblocking(false)?;
-            if !self.peer_allowed(&stream) {
-                continue;
-            }
-            let fd = stream.as_raw_fd();
-            shutdown.register(fd);
-            // A trigger between the check above and register must not be lost.
-            if shutdown.is_triggered() {
-                shutdown.deregister(fd);
-                return Ok(());
-            }
-            info!("client connected");
-            let end = self.serve_connection(UnixTransport::new(stream));
-            shutdown.deregister(fd);
-            match end {
-                Ok(how) => info!(?how, "client disconnected"),
-                Err(e) => warn!("session ended: {e}"),
-            }
-        }
+            accepting.join().unwrap_or_else(|_| {
+                Err(Error::Io(std::io::Error::other(
+                    "the accept thread panicked",
+                )))
+            })
+        })
     }
 
-    fn peer_allowed(&self, stream: &UnixStream) -> bool {
-        let Some(allowed) = &self.config.allow_uids else {
-            return true;
-        };
-        match getsockopt(stream, sockopt::PeerCredentials) {
-            Ok(cred) if allowed.contains(&cred.uid()) => true,
-            Ok(cred) => {
-                warn!(
-                    uid = cred.uid(),
-                    pid = cred.pid(),
-                    "refused a client whose uid is not allowed"
-                );
-                false
-            }
+    fn serve_client(&mut self, stream: UnixStream, peer: Peer, shutdown: &Shutdown) {
+        if let Err(e) = stream.set_nonblocking(false) {
+            warn!(%peer, "cannot serve a client: {e}");
+            return;
+        }
+        let registration = match shutdown.register(&stream) {
+            Ok(Some(r)) => r,
+            Ok(None) => return,
             Err(e) => {
-                warn!("refused a client whose credentials are unknown: {e}");
-                false
+                warn!(%peer, "cannot serve a client: {e}");
+                return;
             }
+        };
+        info!(%peer, "client connected");
+        let mut transport = UnixTransport::new(stream);
+        transport.set_stall_timeout(Some(self.config.stall_timeout));
+        let end = self.serve_connection(transport);
+        drop(registration);
+        match end {
+            Ok(how) => info!(%peer, ?how, "client disconnected"),
+            Err(e) => warn!(%peer, "session ended: {e}"),
         }
     }
 
@@ -307,6 +232,13 @@ impl Session {
                     warn!("too many fds in one message: closing the connection");
                     return Ok(SessionEnd::Desync);
                 }
+                Err(TransportError::Stalled(after)) => {
+                    warn!(
+                        ?after,
+                        "client stopped in the middle of a message: dropping it"
+                    );
+                    return Ok(SessionEnd::Stalled);
+                }
                 Err(e) => return Err(e.into()),
             };
             let header = frame.header;
@@ -360,6 +292,23 @@ impl Session {
             return send_error(t, &header, Errno::EINVAL);
         }
         let count = access.count as usize;
+        if count >= SPAN_READ_MIN {
+            match device.region_read_span(access.region, access.offset, count) {
+                Ok(Some(span)) => {
+                    let n = (span.len + span.ones).min(count);
+                    let span = clip_span(span, n);
+                    let fixed = RegionAccess {
+                        count: n as u32,
+                        ..access
+                    }
+                    .to_bytes();
+                    let reply = header.reply(RegionAccess::SIZE + n);
+                    return t.send_span(&reply, &[&fixed], &span).map_err(Error::from);
+                }
+                Ok(None) => {}
+                Err(errno) => return send_error(t, &header, errno),
+            }
+        }
         if self.scratch.len() < count {
             self.scratch.resize(count, 0);
         }
@@ -612,6 +561,21 @@ impl Session {
             json: Version::caps_json(&caps),
         };
         Reply::Ok(reply.encode(), client_end)
+    }
+}
+
+/// Reads at least this large go from the device's file straight to the socket when the device
+/// can name them as a file span; smaller ones are cheaper as one copy and one send.
+const SPAN_READ_MIN: usize = 16 * 1024;
+
+/// A span cut to `n` bytes in all (a device never offers more than asked; this keeps the reply
+/// honest if one did).
+fn clip_span(span: crate::device::FileSpan<'_>, n: usize) -> crate::device::FileSpan<'_> {
+    let len = span.len.min(n);
+    crate::device::FileSpan {
+        len,
+        ones: n - len,
+        ..span
     }
 }
 
