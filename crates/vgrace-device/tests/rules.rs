@@ -440,6 +440,25 @@ fn memfd_480g_is_sparse() {
     );
 }
 
+/// The region fd a client receives cannot be resized by anyone: shrinking would make the
+/// server's own accesses fault (SIGBUS), growing would change the device.
+fn assert_sealed(d: &NvGraceGpu, region: u32) {
+    use nix::fcntl::{fcntl, FcntlArg, SealFlag};
+    let info = d.region_info(region).unwrap();
+    let fd = info.fd.unwrap();
+    let seals = SealFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GET_SEALS).unwrap());
+    assert!(seals.contains(SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SEAL));
+    assert_eq!(nix::unistd::ftruncate(fd, 0), Err(Errno::EPERM));
+    assert_eq!(nix::unistd::ftruncate(fd, 1 << 50), Err(Errno::EPERM));
+}
+
+#[test]
+fn memfd_backing_is_sealed_against_resizing() {
+    let d = dev(Profile::Gh100, ODD);
+    assert_sealed(&d, 2);
+    assert_sealed(&d, 4);
+}
+
 #[test]
 fn file_backing_persists_across_devices() {
     let dir = tempfile::tempdir().unwrap();
@@ -542,6 +561,7 @@ fn hugetlbfs_backing_reserves_pages_or_fails_cleanly() {
             assert!(enough, "created without free huge pages");
             d.region_write(4, 0, b"huge").unwrap();
             assert_eq!(read(&mut d, 4, 0, 4).unwrap(), b"huge".to_vec());
+            assert_sealed(&d, 4);
         }
         Err(e) => {
             assert!(!enough, "failed with free huge pages: {e}");

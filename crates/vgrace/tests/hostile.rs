@@ -721,6 +721,38 @@ hostile!(
     Expect::Errno(Errno::EINVAL)
 );
 
+/// The kernel checks an offset against the region before any arithmetic: at or past the end is
+/// EINVAL whatever the count, also when offset + count wraps past 2^64, on every region index
+/// and for reads and writes alike (before: EOVERFLOW from the decoder).
+#[test]
+fn offset_past_any_region_is_einval_whatever_the_count() {
+    let srv = Srv::start();
+    let mut c = srv.client();
+    for region in 0..9u32 {
+        let size = c.region_info(region).unwrap().info.size;
+        for offset in [size, size + 1, u64::MAX - 1, u64::MAX] {
+            for count in [1u32, 4, 4096] {
+                let read = c.region_read(region, offset, count).unwrap_err();
+                assert_eq!(
+                    read.remote_errno(),
+                    Some(Errno::EINVAL),
+                    "read region {region} offset {offset:#x} count {count}"
+                );
+                let write = c
+                    .region_write(region, offset, &vec![0u8; count as usize])
+                    .unwrap_err();
+                assert_eq!(
+                    write.remote_errno(),
+                    Some(Errno::EINVAL),
+                    "write region {region} offset {offset:#x} count {count}"
+                );
+            }
+        }
+    }
+    drop(c);
+    srv.assert_intact();
+}
+
 #[test]
 fn dma_map_overlap_is_eexist() {
     let srv = Srv::start();

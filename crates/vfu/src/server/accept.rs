@@ -9,7 +9,7 @@ use std::collections::VecDeque;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::mpsc::SyncSender;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
@@ -59,7 +59,7 @@ impl std::fmt::Display for Peer {
 /// session thread when that client is gone (which wakes the acceptor through `freed`).
 #[derive(Debug)]
 pub(crate) struct Seat {
-    holder: Mutex<Option<(Peer, OwnedFd)>>,
+    holder: Mutex<Option<(Peer, Arc<OwnedFd>)>>,
     freed: EventFd,
 }
 
@@ -71,25 +71,20 @@ impl Seat {
         })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<(Peer, OwnedFd)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<(Peer, Arc<OwnedFd>)>> {
         // A poisoned lock only means a panic elsewhere; the value is still a plain Option.
         self.holder.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Takes the seat for `peer` (keeping a duplicate of its socket to see it hang up); false
-    /// when it is held.
-    fn take(&self, peer: Peer, stream: &UnixStream) -> bool {
+    /// Takes the seat for `peer`, keeping `conn` (a duplicate of its socket) to see it hang
+    /// up; false when the seat is held.
+    fn take(&self, peer: Peer, conn: &Arc<OwnedFd>) -> bool {
         let mut h = self.lock();
         if h.is_some() {
             return false;
         }
-        match stream.as_fd().try_clone_to_owned() {
-            Ok(dup) => {
-                *h = Some((peer, dup));
-                true
-            }
-            Err(_) => false,
-        }
+        *h = Some((peer, conn.clone()));
+        true
     }
 
     /// The session thread is done with its client.
@@ -142,6 +137,24 @@ impl Throttle {
     }
 }
 
+/// A client handed to the session thread: its socket, who it is, and the duplicate of its
+/// socket that the seat and the shutdown registry hold (so a reused fd number is never hit).
+pub(crate) struct Client {
+    pub stream: UnixStream,
+    pub peer: Peer,
+    pub conn: Arc<OwnedFd>,
+}
+
+/// What became of an attempt to seat a client.
+enum Seating {
+    /// Handed to the session thread.
+    Seated,
+    /// The seat is held (or no fd was left to seat it): the client comes back.
+    NotNow(UnixStream),
+    /// The session thread is gone.
+    Stopped,
+}
+
 /// A client that connected while the device was held.
 struct Waiter {
     stream: UnixStream,
@@ -157,7 +170,7 @@ pub(crate) struct Acceptor<'a> {
     shutdown: &'a Shutdown,
     allow_uids: Option<&'a [u32]>,
     seat: &'a Seat,
-    handoff: SyncSender<(UnixStream, Peer)>,
+    handoff: SyncSender<Client>,
     waiting: VecDeque<Waiter>,
     backoff: Option<(Instant, Duration)>,
     fd_shortage: Throttle,
@@ -170,7 +183,7 @@ impl<'a> Acceptor<'a> {
         shutdown: &'a Shutdown,
         allow_uids: Option<&'a [u32]>,
         seat: &'a Seat,
-        handoff: SyncSender<(UnixStream, Peer)>,
+        handoff: SyncSender<Client>,
     ) -> Self {
         Self {
             listener,
@@ -199,7 +212,7 @@ impl<'a> Acceptor<'a> {
                 return Ok(());
             }
             self.read_waiters(&ready);
-            if !self.settle_waiters()? {
+            if !self.settle_waiters(backing_off) {
                 return Ok(());
             }
             if listener_ready && !self.accept_one()? {
@@ -287,27 +300,59 @@ impl<'a> Acceptor<'a> {
         });
     }
 
+    /// Seats `stream` if the seat is free: duplicates its fd for the seat and the shutdown
+    /// registry first (no fd left: back off, the client waits).
+    fn seat(&mut self, stream: UnixStream, peer: Peer) -> Seating {
+        let conn = match stream.as_fd().try_clone_to_owned() {
+            Ok(fd) => Arc::new(fd),
+            Err(e) => {
+                self.back_off(&e);
+                return Seating::NotNow(stream);
+            }
+        };
+        if !self.seat.take(peer, &conn) {
+            return Seating::NotNow(stream);
+        }
+        match self.handoff.send(Client { stream, peer, conn }) {
+            Ok(()) => Seating::Seated,
+            Err(_) => Seating::Stopped,
+        }
+    }
+
     /// Hands the first waiter over when the seat is free; refuses (EBUSY) complete waiters while
     /// a live client holds it; closes waiters past their deadline. False when the session
     /// thread is gone.
-    fn settle_waiters(&mut self) -> Result<bool, Error> {
-        while let Some(w) = self.waiting.pop_front() {
-            if !self.seat.take(w.peer, &w.stream) {
-                self.waiting.push_front(w);
+    fn settle_waiters(&mut self, backing_off: bool) -> bool {
+        while !backing_off {
+            let Some(w) = self.waiting.pop_front() else {
                 break;
-            }
-            if self.handoff.send((w.stream, w.peer)).is_err() {
-                return Ok(false);
+            };
+            let (peer, deadline, header) = (w.peer, w.deadline, w.header);
+            match self.seat(w.stream, peer) {
+                Seating::Seated => {}
+                Seating::Stopped => return false,
+                Seating::NotNow(stream) => {
+                    self.waiting.push_front(Waiter {
+                        stream,
+                        peer,
+                        deadline,
+                        header,
+                    });
+                    break;
+                }
             }
         }
         if self.waiting.is_empty() {
-            return Ok(true);
+            return true;
         }
         let holder = self.seat.holder();
         let now = Instant::now();
         self.waiting.retain(|w| match (w.header, holder) {
             // The holder hung up: its session ends in a moment and this client gets the seat.
             (Some(_), Some((_, true))) if w.deadline > now => true,
+            // No holder: only fds are short, and the client waits for them like the clients
+            // the kernel keeps in the listen backlog meanwhile.
+            (_, None) => true,
             (Some(h), holder) => {
                 refuse_busy(w, &h, holder.map(|(p, _)| p));
                 false
@@ -318,7 +363,7 @@ impl<'a> Acceptor<'a> {
             }
             (None, _) => true,
         });
-        Ok(true)
+        true
     }
 
     /// Accepts one connection. False when the session thread is gone.
@@ -341,9 +386,15 @@ impl<'a> Acceptor<'a> {
         if !self.allowed(&peer) {
             return Ok(true);
         }
-        if self.waiting.is_empty() && self.seat.take(peer, &stream) {
-            return Ok(self.handoff.send((stream, peer)).is_ok());
-        }
+        let stream = if self.waiting.is_empty() {
+            match self.seat(stream, peer) {
+                Seating::Seated => return Ok(true),
+                Seating::Stopped => return Ok(false),
+                Seating::NotNow(stream) => stream,
+            }
+        } else {
+            stream
+        };
         if self.waiting.len() >= MAX_WAITING {
             if let Some(quiet) = self.overflow.ready() {
                 warn!(%peer, repeated = quiet, "closed a client at once: the device is busy and too many clients are waiting");

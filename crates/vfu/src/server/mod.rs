@@ -116,8 +116,8 @@ impl<D: Device> Server<D> {
                 Acceptor::new(&listener, shutdown, allow_uids.as_deref(), &seat, handoff);
             let accepting = scope.spawn(move || acceptor.run());
             // Ends when the acceptor stops (shutdown or failure) and drops its sender.
-            while let Ok((stream, peer)) = clients.recv() {
-                self.serve_client(stream, peer, shutdown);
+            while let Ok(client) = clients.recv() {
+                self.serve_client(client, shutdown);
                 seat.release();
             }
             accepting.join().unwrap_or_else(|_| {
@@ -128,18 +128,14 @@ impl<D: Device> Server<D> {
         })
     }
 
-    fn serve_client(&mut self, stream: UnixStream, peer: Peer, shutdown: &Shutdown) {
+    fn serve_client(&mut self, client: accept::Client, shutdown: &Shutdown) {
+        let accept::Client { stream, peer, conn } = client;
         if let Err(e) = stream.set_nonblocking(false) {
             warn!(%peer, "cannot serve a client: {e}");
             return;
         }
-        let registration = match shutdown.register(&stream) {
-            Ok(Some(r)) => r,
-            Ok(None) => return,
-            Err(e) => {
-                warn!(%peer, "cannot serve a client: {e}");
-                return;
-            }
+        let Some(registration) = shutdown.register(conn) else {
+            return;
         };
         info!(%peer, "client connected");
         let mut transport = UnixTransport::new(stream);

@@ -17,7 +17,7 @@ struct Inner {
     event: EventFd,
     /// Live connections, each as a duplicate fd the registry owns: shutting one down can never
     /// hit an fd number that its session already closed and the process reused.
-    conns: Mutex<HashMap<u64, OwnedFd>>,
+    conns: Mutex<HashMap<u64, Arc<OwnedFd>>>,
     next_id: AtomicU64,
 }
 
@@ -79,19 +79,61 @@ impl Shutdown {
         self.inner.event.as_fd()
     }
 
-    /// Registers a live connection (by a duplicate of its fd). `None` when already triggered
-    /// (the caller should not start the session) or when the fd cannot be duplicated.
-    pub(crate) fn register(&self, conn: &impl AsFd) -> Result<Option<Registration>, Error> {
-        let dup = conn.as_fd().try_clone_to_owned()?;
+    /// Registers a live connection by a duplicate of its fd that the registry keeps until the
+    /// registration drops. `None` when already triggered: the caller should not start.
+    pub(crate) fn register(&self, conn: Arc<OwnedFd>) -> Option<Registration> {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         if let Ok(mut c) = self.inner.conns.lock() {
-            c.insert(id, dup);
+            c.insert(id, conn);
         }
         let reg = Registration {
             inner: self.inner.clone(),
             id,
         };
         // A trigger between the caller's check and the insert must not be lost.
-        Ok((!self.is_triggered()).then_some(reg))
+        (!self.is_triggered()).then_some(reg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+
+    use super::*;
+
+    /// The registry shuts down the connection it registered, never whatever socket later got the
+    /// same fd number (before: it kept raw numbers, and a session's socket closed before
+    /// deregistering could be reused by another device's socket).
+    #[test]
+    fn trigger_never_touches_a_reused_fd_number() {
+        let s = Shutdown::new().unwrap();
+        let (a, mut a_peer) = UnixStream::pair().unwrap();
+        let number = std::os::fd::AsRawFd::as_raw_fd(&a);
+        let _reg = s.register(Arc::new(a.as_fd().try_clone_to_owned().unwrap()));
+        drop(a);
+        // The lowest free number is handed out next; other tests' threads may take it first,
+        // so open pairs (kept open) until one lands on `a`'s number.
+        let mut others = Vec::new();
+        let (mut b, mut b_peer) = loop {
+            let (b, b_peer) = UnixStream::pair().unwrap();
+            if std::os::fd::AsRawFd::as_raw_fd(&b) == number {
+                break (b, b_peer);
+            }
+            others.push((b, b_peer));
+            assert!(others.len() < 256, "fd number {number} never came back");
+        };
+        s.trigger();
+        b.write_all(b"alive").unwrap();
+        let mut got = [0u8; 5];
+        b_peer.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"alive");
+        b_peer.write_all(b"back").unwrap();
+        let mut back = [0u8; 4];
+        b.read_exact(&mut back).unwrap();
+        // The registered connection itself was shut down: its peer reads end of stream.
+        let mut rest = Vec::new();
+        assert_eq!(a_peer.read_to_end(&mut rest).unwrap(), 0);
     }
 }
