@@ -265,7 +265,9 @@ pub struct Buffered<S> {
     max_fds: usize,
     /// How long a message may stay incomplete once its first bytes arrived.
     stall_timeout: Option<Duration>,
-    /// When the first bytes of the message being assembled arrived.
+    /// When we first waited for more of the message being assembled (its clock starts there,
+    /// microseconds after its first bytes, so the common whole-message read never reads the
+    /// clock).
     msg_started: Option<Instant>,
 }
 
@@ -399,7 +401,6 @@ impl<S: Stream> Buffered<S> {
             drop(fds);
             return Err(TransportError::Closed);
         }
-        self.msg_started.get_or_insert_with(Instant::now);
         self.end += n;
         if !fds.is_empty() {
             // Position of the last byte read by this call.

@@ -73,6 +73,10 @@ pub struct ServeArgs {
     /// Accept clients only from these uids (checked with SO_PEERCRED); repeatable.
     #[arg(long = "allow-uid")]
     pub allow_uid: Vec<u32>,
+    /// Drop a client whose message stays incomplete this long after it began (it would hold
+    /// the device forever); waiting between messages is never limited. E.g. 5s, 500ms.
+    #[arg(long, default_value = "5s", value_parser = parse_stall_timeout)]
+    pub stall_timeout: Duration,
     /// The device.
     #[command(flatten)]
     pub device: DeviceArgs,
@@ -143,6 +147,15 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s.trim()).map_err(|e| format!("`{s}` is not a duration ({e})"))
 }
 
+/// A stall timeout: a duration above zero (zero would drop every message split across reads).
+fn parse_stall_timeout(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d.is_zero() {
+        return Err("the stall timeout must be above zero".into());
+    }
+    Ok(d)
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -172,3 +185,4 @@ mod tests {
         Cli::command().debug_assert();
     }
 }
+

@@ -323,13 +323,16 @@ impl<'a> Acceptor<'a> {
     /// a live client holds it; closes waiters past their deadline. False when the session
     /// thread is gone.
     fn settle_waiters(&mut self, backing_off: bool) -> bool {
-        while !backing_off {
-            let Some(w) = self.waiting.pop_front() else {
-                break;
-            };
+        // While backing off for fds, nobody can be seated.
+        let mut next = if backing_off {
+            None
+        } else {
+            self.waiting.pop_front()
+        };
+        while let Some(w) = next.take() {
             let (peer, deadline, header) = (w.peer, w.deadline, w.header);
             match self.seat(w.stream, peer) {
-                Seating::Seated => {}
+                Seating::Seated => next = self.waiting.pop_front(),
                 Seating::Stopped => return false,
                 Seating::NotNow(stream) => {
                     self.waiting.push_front(Waiter {
