@@ -1,4 +1,4 @@
-//! `vgrace serve`: one server thread per device, stopped together by SIGTERM/SIGINT.
+//! `vgrace serve`: one server thread per device, stopped together by SIGTERM/SIGINT/SIGHUP.
 
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::net::UnixListener;
@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::thread;
 
 use anyhow::{bail, Context, Result};
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use tracing::{error, info};
 use vfu::server::{bind_socket, Server, ServerConfig, Shutdown};
@@ -47,9 +47,11 @@ pub fn run(args: ServeArgs) -> Result<()> {
     }
 
     // Signal handlers go in before any socket exists: once a client can see the socket, SIGTERM
-    // already means a clean stop.
+    // already means a clean stop. SIGHUP (the controlling terminal or session going away) stops
+    // the same way instead of killing the process and leaving the socket behind.
     let shutdown = Shutdown::new().context("cannot create the shutdown event")?;
-    let mut signals = Signals::new([SIGTERM, SIGINT]).context("cannot install signal handlers")?;
+    let mut signals =
+        Signals::new([SIGTERM, SIGINT, SIGHUP]).context("cannot install signal handlers")?;
     let signal_handle = signals.handle();
     let on_signal = shutdown.clone();
     let signal_thread = thread::spawn(move || {

@@ -374,3 +374,13 @@ fn refused_uid_cannot_use_the_device() {
     let out = vgrace(&["check", "--socket", socket.to_str().unwrap()]);
     assert!(!out.status.success());
 }
+
+#[test]
+fn sighup_stops_cleanly_and_removes_the_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("gpu.sock");
+    let mut served = Served::start(&socket, &[]);
+    let (status, err) = served.signal(nix::sys::signal::Signal::SIGHUP);
+    assert_eq!(status.code(), Some(0), "{status:?} {err}");
+    assert!(!socket.exists(), "{err}");
+}
