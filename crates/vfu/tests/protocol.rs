@@ -705,6 +705,32 @@ fn a_regular_file_at_the_socket_path_is_not_removed() {
 }
 
 #[test]
+fn bound_path_removes_only_our_own_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gpu.sock");
+    let (listener, bound) = bind_socket(&path).unwrap();
+    assert!(
+        dir.path().read_dir().unwrap().count() == 1,
+        "private dir left behind"
+    );
+    assert!(bound.remove().unwrap());
+    assert!(!path.exists());
+    assert!(!bound.remove().unwrap(), "a missing path is not an error");
+    drop(listener);
+
+    let (_listener, bound) = bind_socket(&path).unwrap();
+    std::fs::remove_file(&path).unwrap();
+    std::fs::write(&path, b"someone else's").unwrap();
+    assert!(!bound.remove().unwrap());
+    assert_eq!(std::fs::read(&path).unwrap(), b"someone else's");
+
+    std::fs::remove_file(&path).unwrap();
+    let _newer = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    assert!(!bound.remove().unwrap());
+    assert!(std::os::unix::net::UnixStream::connect(&path).is_ok());
+}
+
+#[test]
 fn refused_uid_is_disconnected() {
     let h = Harness::with_config(ServerConfig {
         allow_uids: Some(vec![nix::unistd::getuid().as_raw() + 1]),
