@@ -705,6 +705,116 @@ fn a_regular_file_at_the_socket_path_is_not_removed() {
 }
 
 #[test]
+fn a_symlink_at_the_socket_path_is_refused_and_its_target_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("victim");
+    std::fs::write(&target, b"data").unwrap();
+    std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let path = dir.path().join("gpu.sock");
+    std::os::unix::fs::symlink(&target, &path).unwrap();
+    let err = bind_socket(&path).unwrap_err();
+    assert!(
+        format!("{:?}", err).contains("exists and is not a socket"),
+        "{err:?}"
+    );
+    let mode = std::fs::metadata(&target).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o644);
+    assert_eq!(std::fs::read(&target).unwrap(), b"data");
+    assert!(std::fs::symlink_metadata(&path).unwrap().is_symlink());
+}
+
+#[test]
+fn bound_path_removes_only_our_own_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gpu.sock");
+    let (listener, bound) = bind_socket(&path).unwrap();
+    assert!(
+        dir.path().read_dir().unwrap().count() == 1,
+        "private dir left behind"
+    );
+    assert!(bound.remove().unwrap());
+    assert!(!path.exists());
+    assert!(!bound.remove().unwrap(), "a missing path is not an error");
+    drop(listener);
+
+    let (_listener, bound) = bind_socket(&path).unwrap();
+    std::fs::remove_file(&path).unwrap();
+    std::fs::write(&path, b"someone else's").unwrap();
+    assert!(!bound.remove().unwrap());
+    assert_eq!(std::fs::read(&path).unwrap(), b"someone else's");
+
+    std::fs::remove_file(&path).unwrap();
+    let _newer = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    assert!(!bound.remove().unwrap());
+    assert!(std::os::unix::net::UnixStream::connect(&path).is_ok());
+}
+
+/// The attribute changes (chmod, chown) inotify reports for entries of `dir` while `f` runs.
+fn attribute_changes_in(dir: &std::path::Path, f: impl FnOnce()) -> Vec<String> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    // SAFETY: plain system call without pointers; the result is checked.
+    let fd = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
+    assert!(fd >= 0, "{}", std::io::Error::last_os_error());
+    // SAFETY: fd was just opened by us and is owned by nothing else.
+    let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let dir_c = CString::new(dir.as_os_str().as_bytes()).unwrap();
+    // SAFETY: fd is an inotify descriptor and dir_c a NUL-terminated path that outlives the call.
+    let wd = unsafe {
+        libc::inotify_add_watch(
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
+            dir_c.as_ptr(),
+            libc::IN_ATTRIB,
+        )
+    };
+    assert!(wd >= 0, "{}", std::io::Error::last_os_error());
+    f();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut file = std::fs::File::from(fd);
+    let n = match std::io::Read::read(&mut file, &mut buf) {
+        Ok(n) => n,
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => 0,
+        Err(e) => panic!("{e}"),
+    };
+    let mut names = Vec::new();
+    let mut off = 0;
+    let head = std::mem::size_of::<libc::inotify_event>();
+    while off + head <= n {
+        // SAFETY: the kernel wrote a whole event header at off; read_unaligned copes with alignment.
+        let ev: libc::inotify_event =
+            unsafe { std::ptr::read_unaligned(buf[off..].as_ptr().cast()) };
+        let name = &buf[off + head..off + head + ev.len as usize];
+        let end = name.iter().position(|&b| b == 0).unwrap_or(name.len());
+        names.push(String::from_utf8_lossy(&name[..end]).into_owned());
+        off += head + ev.len as usize;
+    }
+    names
+}
+
+#[test]
+fn bind_socket_never_changes_the_mode_of_what_is_at_the_path() {
+    // A chmod by path after bind would follow whatever was swapped in meanwhile (a symlink to
+    // someone's file). The socket must be complete (0600) when it appears at the path, so
+    // nothing at the path ever sees an attribute change.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gpu.sock");
+    let mut bound = None;
+    let changed = attribute_changes_in(dir.path(), || bound = Some(bind_socket(&path).unwrap()));
+    assert!(
+        !changed.iter().any(|n| n == "gpu.sock"),
+        "attributes of the socket path changed after it appeared: {changed:?}"
+    );
+    let mode = std::fs::symlink_metadata(&path)
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600);
+    assert!(std::os::unix::net::UnixStream::connect(&path).is_ok());
+    drop(bound);
+}
+
+#[test]
 fn refused_uid_is_disconnected() {
     let h = Harness::with_config(ServerConfig {
         allow_uids: Some(vec![nix::unistd::getuid().as_raw() + 1]),

@@ -1,4 +1,4 @@
-//! `vgrace serve`: one server thread per device, stopped together by SIGTERM/SIGINT.
+//! `vgrace serve`: one server thread per device, stopped together by SIGTERM/SIGINT/SIGHUP.
 
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::net::UnixListener;
@@ -6,9 +6,10 @@ use std::path::PathBuf;
 use std::thread;
 
 use anyhow::{bail, Context, Result};
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
-use tracing::{error, info};
+use tracing::{error, info, warn};
+use vfu::listen::BoundPath;
 use vfu::server::{bind_socket, Server, ServerConfig, Shutdown};
 use vgrace_device::NvGraceGpu;
 
@@ -18,7 +19,7 @@ use crate::units::human;
 
 /// Where one device listens.
 enum Endpoint {
-    /// A socket we created and remove on exit.
+    /// A socket we create at this path and remove on exit while it is still ours.
     Path(PathBuf),
     /// An inherited listening socket.
     Fd(i32),
@@ -47,9 +48,11 @@ pub fn run(args: ServeArgs) -> Result<()> {
     }
 
     // Signal handlers go in before any socket exists: once a client can see the socket, SIGTERM
-    // already means a clean stop.
+    // already means a clean stop. SIGHUP (the controlling terminal or session going away) stops
+    // the same way instead of killing the process and leaving the socket behind.
     let shutdown = Shutdown::new().context("cannot create the shutdown event")?;
-    let mut signals = Signals::new([SIGTERM, SIGINT]).context("cannot install signal handlers")?;
+    let mut signals =
+        Signals::new([SIGTERM, SIGINT, SIGHUP]).context("cannot install signal handlers")?;
     let signal_handle = signals.handle();
     let on_signal = shutdown.clone();
     let signal_thread = thread::spawn(move || {
@@ -60,11 +63,16 @@ pub fn run(args: ServeArgs) -> Result<()> {
     });
 
     let mut bound: Vec<(Endpoint, NvGraceGpu, UnixListener)> = Vec::with_capacity(devices.len());
+    // The socket files we created, to remove at exit while they are still ours.
+    let mut created: Vec<BoundPath> = Vec::with_capacity(devices.len());
     for (endpoint, device) in devices {
         let listener = match listen(&endpoint) {
-            Ok(l) => l,
+            Ok((l, path)) => {
+                created.extend(path);
+                l
+            }
             Err(e) => {
-                remove_sockets(bound.iter().map(|(ep, _, _)| ep));
+                remove_sockets(&created);
                 signal_handle.close();
                 let _ = signal_thread.join();
                 return Err(e);
@@ -78,7 +86,6 @@ pub fn run(args: ServeArgs) -> Result<()> {
         ..ServerConfig::default()
     };
     let mut workers = Vec::with_capacity(bound.len());
-    let mut endpoints = Vec::with_capacity(bound.len());
     for (endpoint, device, listener) in bound {
         let where_ = describe(&endpoint);
         let layout = device.layout();
@@ -105,7 +112,6 @@ pub fn run(args: ServeArgs) -> Result<()> {
                 .serve(listener, &shutdown)
                 .with_context(|| format!("server on {name} failed"))
         }));
-        endpoints.push(endpoint);
     }
 
     let mut failure = None;
@@ -126,7 +132,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
     }
     signal_handle.close();
     let _ = signal_thread.join();
-    remove_sockets(endpoints.iter());
+    remove_sockets(&created);
     match failure {
         Some(e) => Err(e),
         None => {
@@ -136,12 +142,15 @@ pub fn run(args: ServeArgs) -> Result<()> {
     }
 }
 
-fn listen(endpoint: &Endpoint) -> Result<UnixListener> {
+/// The listener for `endpoint`, and the socket file if we created one.
+fn listen(endpoint: &Endpoint) -> Result<(UnixListener, Option<BoundPath>)> {
     match endpoint {
         Endpoint::Path(path) => {
-            bind_socket(path).with_context(|| format!("cannot listen on {}", path.display()))
+            let (listener, bound) = bind_socket(path)
+                .with_context(|| format!("cannot listen on {}", path.display()))?;
+            Ok((listener, Some(bound)))
         }
-        Endpoint::Fd(fd) => inherited_listener(*fd),
+        Endpoint::Fd(fd) => Ok((inherited_listener(*fd)?, None)),
     }
 }
 
@@ -187,14 +196,17 @@ fn backing_name(entries: &[DeviceEntry], endpoint: &Endpoint) -> String {
     }
 }
 
-fn remove_sockets<'a>(endpoints: impl Iterator<Item = &'a Endpoint>) {
-    for endpoint in endpoints {
-        if let Endpoint::Path(path) = endpoint {
-            if let Err(e) = std::fs::remove_file(path) {
-                if e.kind() != std::io::ErrorKind::NotFound {
-                    error!("cannot remove {}: {e}", path.display());
-                }
-            }
+/// Removes the socket files we created, leaving alone any path that now names something else
+/// (a newer server's socket, a file put there after we started).
+fn remove_sockets(created: &[BoundPath]) {
+    for bound in created {
+        match bound.remove() {
+            Ok(true) => {}
+            Ok(false) => warn!(
+                "not removing {}: it is gone or no longer the socket this server created",
+                bound.path.display()
+            ),
+            Err(e) => error!("cannot remove {}: {e}", bound.path.display()),
         }
     }
 }

@@ -374,3 +374,41 @@ fn refused_uid_cannot_use_the_device() {
     let out = vgrace(&["check", "--socket", socket.to_str().unwrap()]);
     assert!(!out.status.success());
 }
+
+#[test]
+fn a_regular_file_put_at_the_socket_path_survives_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("gpu.sock");
+    let mut served = Served::start(&socket, &[]);
+    std::fs::remove_file(&socket).unwrap();
+    std::fs::write(&socket, b"not yours").unwrap();
+    let (status, err) = served.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(status.success(), "{err}");
+    assert_eq!(std::fs::read(&socket).unwrap(), b"not yours", "{err}");
+}
+
+#[test]
+fn a_newer_servers_socket_at_the_path_survives_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("gpu.sock");
+    let mut served = Served::start(&socket, &[]);
+    std::fs::remove_file(&socket).unwrap();
+    let newer = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    let (status, err) = served.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(status.success(), "{err}");
+    assert!(
+        std::os::unix::net::UnixStream::connect(&socket).is_ok(),
+        "{err}"
+    );
+    drop(newer);
+}
+
+#[test]
+fn sighup_stops_cleanly_and_removes_the_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("gpu.sock");
+    let mut served = Served::start(&socket, &[]);
+    let (status, err) = served.signal(nix::sys::signal::Signal::SIGHUP);
+    assert_eq!(status.code(), Some(0), "{status:?} {err}");
+    assert!(!socket.exists(), "{err}");
+}

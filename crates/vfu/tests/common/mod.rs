@@ -196,7 +196,7 @@ impl Harness {
     pub fn with_config(config: ServerConfig) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("dev.sock");
-        let listener = bind_socket(&path).unwrap();
+        let (listener, _bound) = bind_socket(&path).unwrap();
         let device = TestDevice::new();
         let irqs = device.irqs.clone();
         let counters = device.counters.clone();

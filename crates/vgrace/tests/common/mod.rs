@@ -36,7 +36,7 @@ impl Drop for Running {
 pub fn serve(cfg: &GpuConfig, config: ServerConfig) -> Running {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("gpu.sock");
-    let listener = bind_socket(&path).unwrap();
+    let (listener, _bound) = bind_socket(&path).unwrap();
     let dev = NvGraceGpu::new(cfg).unwrap();
     let shutdown = Shutdown::new().unwrap();
     let sd = shutdown.clone();
