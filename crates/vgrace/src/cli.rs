@@ -185,4 +185,3 @@ mod tests {
         Cli::command().debug_assert();
     }
 }
-

@@ -50,6 +50,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
     // Signal handlers go in before any socket exists: once a client can see the socket, SIGTERM
     // already means a clean stop. SIGHUP (the controlling terminal or session going away) stops
     // the same way instead of killing the process and leaving the socket behind.
+    ignore_file_size_signal()?;
     let shutdown = Shutdown::new().context("cannot create the shutdown event")?;
     let mut signals =
         Signals::new([SIGTERM, SIGINT, SIGHUP]).context("cannot install signal handlers")?;
@@ -82,6 +83,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
     }
 
     let server_config = ServerConfig {
+        stall_timeout: args.stall_timeout,
         allow_uids: (!args.allow_uid.is_empty()).then(|| args.allow_uid.clone()),
         ..ServerConfig::default()
     };
@@ -209,4 +211,13 @@ fn remove_sockets(created: &[BoundPath]) {
             Err(e) => error!("cannot remove {}: {e}", bound.path.display()),
         }
     }
+}
+
+/// A write past the process's file-size limit (`ulimit -f`) raises SIGXFSZ, which would kill
+/// every device; ignored, the write fails with EFBIG instead and the client gets that errno.
+fn ignore_file_size_signal() -> Result<()> {
+    use nix::sys::signal::{signal, SigHandler, Signal};
+    // SAFETY: installing SIG_IGN runs no handler code, so nothing async-signal-unsafe can run.
+    unsafe { signal(Signal::SIGXFSZ, SigHandler::SigIgn) }.context("cannot ignore SIGXFSZ")?;
+    Ok(())
 }

@@ -325,6 +325,45 @@ fn full_filesystem_is_an_errno_not_a_signal() {
     assert_eq!(c.region_read(0, 0x1498, 4).unwrap().len(), 4);
 }
 
+/// An operator's file-size limit (`ulimit -f`) below the device memory: writes past it answer
+/// EFBIG instead of SIGXFSZ killing the server.
+#[test]
+fn file_size_limit_is_an_errno_not_a_signal() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = sock(&dir, "gpu.sock");
+    let file = dir.path().join("mem.bin");
+    let mut srv = Proc::serve(
+        &[
+            "--socket",
+            s.to_str().unwrap(),
+            "--mem-size",
+            MEM_ARG,
+            "--backing",
+            file.to_str().unwrap(),
+        ],
+        &[&s],
+    );
+    let st = Command::new("prlimit")
+        .arg(format!("--pid={}", srv.pid()))
+        .arg("--fsize=8388608:8388608")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let mut c = Client::connect(&s).unwrap();
+    c.region_write(4, 0x1000, SENTINEL).unwrap();
+    assert_eq!(
+        c.region_write(4, 64 << 20, SENTINEL)
+            .unwrap_err()
+            .remote_errno(),
+        Some(Errno::EFBIG)
+    );
+    assert!(srv.alive());
+    assert_eq!(
+        c.region_read(4, 0x1000, SENTINEL.len() as u32).unwrap(),
+        SENTINEL
+    );
+}
+
 /// A client may grow the file it was given; the extra bytes are not device memory, so the next
 /// server on that file starts (with a warning) and serves the memory as it was.
 #[test]

@@ -115,6 +115,17 @@ fn bad_size_is_refused_clearly() {
 }
 
 #[test]
+fn zero_stall_timeout_is_refused_clearly() {
+    let out = vgrace(&["serve", "--stall-timeout", "0s"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr_of(&out).contains("stall timeout must be above zero"),
+        "{}",
+        stderr_of(&out)
+    );
+}
+
+#[test]
 fn zero_size_is_refused_as_link_down() {
     let out = vgrace(&["layout", "--mem-size", "0"]);
     assert!(!out.status.success());
