@@ -517,6 +517,28 @@ impl<S: Stream> Buffered<S> {
     }
 }
 
+/// Most parts a message is sent in after its header (messages have at most 3).
+const MAX_PARTS: usize = 4;
+
+/// The header and `parts` as iovecs in a stack array (keeps the hot path free of allocations);
+/// returns how many are used.
+fn iovecs<'a>(
+    head: &'a [u8],
+    parts: &[&'a [u8]],
+    iov: &mut [IoSlice<'a>; MAX_PARTS + 1],
+) -> Result<usize, TransportError> {
+    if parts.len() > MAX_PARTS {
+        return Err(TransportError::Io(std::io::Error::other(
+            "too many message parts",
+        )));
+    }
+    iov[0] = IoSlice::new(head);
+    for (slot, p) in iov[1..].iter_mut().zip(parts) {
+        *slot = IoSlice::new(p);
+    }
+    Ok(parts.len() + 1)
+}
+
 impl<S: Stream> Transport for Buffered<S> {
     fn send(
         &self,
@@ -525,17 +547,8 @@ impl<S: Stream> Transport for Buffered<S> {
         fds: &[BorrowedFd<'_>],
     ) -> Result<(), TransportError> {
         let head = header.encode();
-        // Stack arrays keep the hot path free of allocations (messages have at most 3 parts).
-        let mut iov = [IoSlice::new(&[]); 5];
-        iov[0] = IoSlice::new(&head);
-        let mut n = 1;
-        for p in parts {
-            let slot = iov.get_mut(n).ok_or_else(|| {
-                TransportError::Io(std::io::Error::other("too many message parts"))
-            })?;
-            *slot = IoSlice::new(p);
-            n += 1;
-        }
+        let mut iov = [IoSlice::new(&[]); MAX_PARTS + 1];
+        let n = iovecs(&head, parts, &mut iov)?;
         self.io.write(&iov[..n], fds)
     }
 
@@ -546,16 +559,8 @@ impl<S: Stream> Transport for Buffered<S> {
         span: &FileSpan<'_>,
     ) -> Result<(), TransportError> {
         let head = header.encode();
-        let mut iov = [IoSlice::new(&[]); 5];
-        iov[0] = IoSlice::new(&head);
-        let mut n = 1;
-        for p in parts {
-            let slot = iov.get_mut(n).ok_or_else(|| {
-                TransportError::Io(std::io::Error::other("too many message parts"))
-            })?;
-            *slot = IoSlice::new(p);
-            n += 1;
-        }
+        let mut iov = [IoSlice::new(&[]); MAX_PARTS + 1];
+        let n = iovecs(&head, parts, &mut iov)?;
         self.io.write_span(&iov[..n], span)
     }
 

@@ -286,13 +286,7 @@ impl Memory {
         self.check(offset, buf.len())?;
         match &self.access {
             Access::Mapped(region) => {
-                let slice = region.get_slice(offset as usize, buf.len()).map_err(|_| {
-                    AccessError::OutOfRange {
-                        offset,
-                        len: buf.len(),
-                    }
-                })?;
-                slice.copy_to(buf);
+                mapped(region, offset, buf.len())?.copy_to(buf);
                 Ok(())
             }
             Access::FileIo { .. } => {
@@ -316,13 +310,7 @@ impl Memory {
         self.check(offset, data.len())?;
         match &self.access {
             Access::Mapped(region) => {
-                let slice = region.get_slice(offset as usize, data.len()).map_err(|_| {
-                    AccessError::OutOfRange {
-                        offset,
-                        len: data.len(),
-                    }
-                })?;
-                slice.copy_from(data);
+                mapped(region, offset, data.len())?.copy_from(data);
                 Ok(())
             }
             Access::FileIo { failing, .. } => {
@@ -352,6 +340,18 @@ impl Memory {
         self.covered(offset, len)?;
         Ok((self.file.as_fd(), offset))
     }
+}
+
+/// The volatile view of `len` bytes at `offset` of the mapping (vm-memory checks the bounds).
+fn mapped(
+    region: &MmapRegion<()>,
+    offset: u64,
+    len: usize,
+) -> Result<vm_memory::VolatileSlice<'_, ()>, AccessError> {
+    usize::try_from(offset)
+        .ok()
+        .and_then(|at| region.get_slice(at, len).ok())
+        .ok_or(AccessError::OutOfRange { offset, len })
 }
 
 /// The mmap constants vm-memory takes as plain integers.

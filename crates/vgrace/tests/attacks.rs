@@ -80,6 +80,24 @@ impl Proc {
         Self { child, log }
     }
 
+    /// `vgrace serve` of the small device backed by `mem.bin` in `dir`: (server, socket, file).
+    fn file_backed(dir: &tempfile::TempDir) -> (Self, PathBuf, PathBuf) {
+        let s = sock(dir, "gpu.sock");
+        let file = dir.path().join("mem.bin");
+        let srv = Self::serve(
+            &[
+                "--socket",
+                s.to_str().unwrap(),
+                "--mem-size",
+                MEM_ARG,
+                "--backing",
+                file.to_str().unwrap(),
+            ],
+            &[&s],
+        );
+        (srv, s, file)
+    }
+
     fn pid(&self) -> i32 {
         i32::try_from(self.child.id()).unwrap()
     }
@@ -211,19 +229,7 @@ fn client_cannot_resize_the_memfd_it_was_given() {
 #[test]
 fn truncated_backing_file_answers_eio_and_the_server_lives() {
     let dir = tempfile::tempdir().unwrap();
-    let s = sock(&dir, "gpu.sock");
-    let file = dir.path().join("mem.bin");
-    let mut srv = Proc::serve(
-        &[
-            "--socket",
-            s.to_str().unwrap(),
-            "--mem-size",
-            MEM_ARG,
-            "--backing",
-            file.to_str().unwrap(),
-        ],
-        &[&s],
-    );
+    let (mut srv, s, file) = Proc::file_backed(&dir);
     let mut c = Client::connect(&s).unwrap();
     c.region_write(4, 0x1000, SENTINEL).unwrap();
     let fd = c.region_info(4).unwrap().fd.unwrap();
@@ -330,19 +336,7 @@ fn full_filesystem_is_an_errno_not_a_signal() {
 #[test]
 fn file_size_limit_is_an_errno_not_a_signal() {
     let dir = tempfile::tempdir().unwrap();
-    let s = sock(&dir, "gpu.sock");
-    let file = dir.path().join("mem.bin");
-    let mut srv = Proc::serve(
-        &[
-            "--socket",
-            s.to_str().unwrap(),
-            "--mem-size",
-            MEM_ARG,
-            "--backing",
-            file.to_str().unwrap(),
-        ],
-        &[&s],
-    );
+    let (mut srv, s, _file) = Proc::file_backed(&dir);
     let st = Command::new("prlimit")
         .arg(format!("--pid={}", srv.pid()))
         .arg("--fsize=8388608:8388608")
