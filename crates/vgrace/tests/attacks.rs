@@ -592,6 +592,32 @@ fn second_client_is_refused_with_ebusy_at_once() {
     );
 }
 
+/// A client that sends half a header while the device is held neither spins the accept loop
+/// (its bytes are only peeked at, so its socket stays readable) nor waits forever: it is closed
+/// after the waiting limit, and the holder keeps the device.
+#[test]
+fn half_a_header_while_busy_does_not_spin_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = sock(&dir, "gpu.sock");
+    let srv = Proc::serve(
+        &["--socket", s.to_str().unwrap(), "--mem-size", MEM_ARG],
+        &[&s],
+    );
+    let mut holder = Client::connect(&s).unwrap();
+    let mut waiter = UnixStream::connect(&s).unwrap();
+    waiter.write_all(&version_msg()[..8]).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let t0 = srv.cpu_ticks();
+    std::thread::sleep(Duration::from_millis(1500));
+    let spent = srv.cpu_ticks() - t0;
+    let tick = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .unwrap()
+        .unwrap() as u64;
+    assert!(spent < tick / 4, "{spent} ticks of CPU in 1.5 s");
+    assert!(closed_by_server(&mut waiter));
+    assert_eq!(holder.region_read(0, 0x1498, 4).unwrap().len(), 4);
+}
+
 /// A VMM that disconnects and reconnects at once is served, not refused: the old session is
 /// still ending when the new client's VERSION arrives.
 #[test]

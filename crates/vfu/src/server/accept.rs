@@ -114,21 +114,38 @@ const WAIT_LIMIT: Duration = Duration::from_secs(2);
 /// Back-off bounds after accept fails for lack of fds or memory.
 const BACKOFF_MIN: Duration = Duration::from_millis(10);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
-/// At most one log line per this interval for a repeating condition.
+/// Log lines about a repeating condition (fd shortage, a full queue): one per this interval.
 const LOG_EVERY: Duration = Duration::from_secs(10);
+/// EBUSY refusals name both peers; a client connecting in a loop gets one line per second.
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(1);
+/// A waiting client that sent part of a header is looked at again after this long (its socket
+/// stays readable, since the bytes are only peeked at, and must not spin the loop).
+const PARTIAL_RECHECK: Duration = Duration::from_millis(50);
 
 /// Lets a repeating condition log once per interval, counting what it kept quiet.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Throttle {
+    every: Duration,
     last: Option<Instant>,
     quiet: u64,
 }
 
 impl Throttle {
+    fn every(every: Duration) -> Self {
+        Self {
+            every,
+            last: None,
+            quiet: 0,
+        }
+    }
+
     /// `Some(times kept quiet since the last line)` when a line may be written now.
     fn ready(&mut self) -> Option<u64> {
         let now = Instant::now();
-        if self.last.is_some_and(|t| now.duration_since(t) < LOG_EVERY) {
+        if self
+            .last
+            .is_some_and(|t| now.duration_since(t) < self.every)
+        {
             self.quiet += 1;
             return None;
         }
@@ -162,6 +179,8 @@ struct Waiter {
     deadline: Instant,
     /// Its first header is complete (peeked, not consumed: it can still be handed over).
     header: Option<Header>,
+    /// Part of a header is in: not polled again before this.
+    recheck: Option<Instant>,
 }
 
 /// The accept loop's state.
@@ -175,6 +194,7 @@ pub(crate) struct Acceptor<'a> {
     backoff: Option<(Instant, Duration)>,
     fd_shortage: Throttle,
     overflow: Throttle,
+    refusals: Throttle,
 }
 
 impl<'a> Acceptor<'a> {
@@ -193,8 +213,9 @@ impl<'a> Acceptor<'a> {
             handoff,
             waiting: VecDeque::new(),
             backoff: None,
-            fd_shortage: Throttle::default(),
-            overflow: Throttle::default(),
+            fd_shortage: Throttle::every(LOG_EVERY),
+            overflow: Throttle::every(LOG_EVERY),
+            refusals: Throttle::every(REFUSAL_LOG_EVERY),
         }
     }
 
@@ -235,14 +256,19 @@ impl<'a> Acceptor<'a> {
         });
         let mut waiter_at = Vec::with_capacity(self.waiting.len());
         for w in &self.waiting {
-            if w.header.is_none() {
+            if w.header.is_none() && w.recheck.is_none_or(|t| t <= now) {
                 fds.push(PollFd::new(w.stream.as_fd(), PollFlags::POLLIN));
                 waiter_at.push(Some(fds.len() - 1));
             } else {
                 waiter_at.push(None);
             }
         }
-        let mut wake = self.waiting.iter().map(|w| w.deadline).min();
+        let mut wake = self
+            .waiting
+            .iter()
+            .flat_map(|w| [Some(w.deadline), w.recheck])
+            .flatten()
+            .min();
         if let Some((until, _)) = self.backoff.filter(|_| backing_off) {
             wake = Some(wake.map_or(until, |w| w.min(until)));
         }
@@ -294,7 +320,11 @@ impl<'a> Acceptor<'a> {
                     w.header = Header::decode(&head).ok();
                     w.header.is_some()
                 }
-                Ok(_) | Err(Errno::EAGAIN | Errno::EINTR) => true,
+                Ok(_) => {
+                    w.recheck = Some(Instant::now() + PARTIAL_RECHECK);
+                    true
+                }
+                Err(Errno::EAGAIN | Errno::EINTR) => true,
                 Err(_) => false,
             }
         });
@@ -330,7 +360,7 @@ impl<'a> Acceptor<'a> {
             self.waiting.pop_front()
         };
         while let Some(w) = next.take() {
-            let (peer, deadline, header) = (w.peer, w.deadline, w.header);
+            let (peer, deadline, header, recheck) = (w.peer, w.deadline, w.header, w.recheck);
             match self.seat(w.stream, peer) {
                 Seating::Seated => next = self.waiting.pop_front(),
                 Seating::Stopped => return false,
@@ -340,6 +370,7 @@ impl<'a> Acceptor<'a> {
                         peer,
                         deadline,
                         header,
+                        recheck,
                     });
                     break;
                 }
@@ -350,6 +381,7 @@ impl<'a> Acceptor<'a> {
         }
         let holder = self.seat.holder();
         let now = Instant::now();
+        let log = &mut self.refusals;
         self.waiting.retain(|w| match (w.header, holder) {
             // The holder hung up: its session ends in a moment and this client gets the seat.
             (Some(_), Some((_, true))) if w.deadline > now => true,
@@ -357,7 +389,7 @@ impl<'a> Acceptor<'a> {
             // the kernel keeps in the listen backlog meanwhile.
             (_, None) => true,
             (Some(h), holder) => {
-                refuse_busy(w, &h, holder.map(|(p, _)| p));
+                refuse_busy(w, &h, holder.map(|(p, _)| p), log);
                 false
             }
             (None, _) if w.deadline <= now => {
@@ -409,6 +441,7 @@ impl<'a> Acceptor<'a> {
             peer,
             deadline: Instant::now() + WAIT_LIMIT,
             header: None,
+            recheck: None,
         });
         Ok(true)
     }
@@ -448,12 +481,15 @@ impl<'a> Acceptor<'a> {
 }
 
 /// Answers a waiting client's first message with EBUSY; the connection closes when `w` drops.
-fn refuse_busy(w: &Waiter, first: &Header, holder: Option<Peer>) {
-    let holder = holder.map_or_else(|| "another client".to_string(), |h| h.to_string());
-    warn!(
-        peer = %w.peer,
-        "refused a second client with EBUSY: the device is held by {holder}"
-    );
+fn refuse_busy(w: &Waiter, first: &Header, holder: Option<Peer>, log: &mut Throttle) {
+    if let Some(quiet) = log.ready() {
+        let holder = holder.map_or_else(|| "another client".to_string(), |h| h.to_string());
+        warn!(
+            peer = %w.peer,
+            refused_quietly = quiet,
+            "refused a second client with EBUSY: the device is held by {holder}"
+        );
+    }
     let reply = first.error_reply(Errno::EBUSY).encode();
     let _ = send(
         w.stream.as_raw_fd(),
