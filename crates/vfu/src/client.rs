@@ -12,8 +12,8 @@ use crate::errno::Errno;
 use crate::error::Error;
 use crate::transport::{Transport, UnixTransport};
 use crate::wire::{
-    self, cmd, Caps, DeviceInfoMsg, DmaAccess, DmaMap, DmaUnmap, Header, RegionAccess, Version,
-    FLAG_NO_REPLY, FLAG_TYPE_COMMAND, HEADER_SIZE, MAX_FIXED_PAYLOAD, REGION_INFO_SIZE,
+    self, cmd, Caps, DeviceInfoMsg, DmaAccess, DmaMap, DmaUnmap, Feature, Header, MigData,
+    RegionAccess, Version, FLAG_NO_REPLY, FLAG_TYPE_COMMAND, HEADER_SIZE, REGION_INFO_SIZE,
 };
 
 /// REGION_INFO as the client sees it.
@@ -172,7 +172,7 @@ impl Client {
 
     /// Answers one DMA_READ/DMA_WRITE from the twin socket out of the local DMA regions.
     fn serve_twin_request(&mut self) -> Result<(), Error> {
-        let max = HEADER_SIZE + self.caps.max_data_xfer_size as usize + MAX_FIXED_PAYLOAD as usize;
+        let max = wire::max_message_size(self.caps.max_data_xfer_size);
         let Some(twin) = self.twin.as_mut() else {
             return Ok(());
         };
@@ -255,7 +255,7 @@ impl Client {
 
     /// Receives the next message, whatever it is.
     pub fn recv_raw(&mut self) -> Result<RawReply, Error> {
-        let max = HEADER_SIZE + self.caps.max_data_xfer_size as usize + MAX_FIXED_PAYLOAD as usize;
+        let max = wire::max_message_size(self.caps.max_data_xfer_size);
         let f = self.t.recv(max)?;
         let payload = self.t.payload(&f).to_vec();
         Ok(RawReply {
@@ -422,7 +422,7 @@ impl Client {
     }
 
     fn finish_region_read(&mut self, h: &Header, buf: &mut [u8]) -> Result<usize, Error> {
-        let max = HEADER_SIZE + self.caps.max_data_xfer_size as usize + MAX_FIXED_PAYLOAD as usize;
+        let max = wire::max_message_size(self.caps.max_data_xfer_size);
         let mut fixed = [0u8; RegionAccess::SIZE];
         loop {
             self.pump_twin()?;
@@ -519,31 +519,21 @@ impl Client {
 
     /// DEVICE_FEATURE; returns the data after `argsz, flags`.
     pub fn device_feature(&mut self, flags: u32, data: &[u8]) -> Result<Vec<u8>, Error> {
-        let mut p = Vec::with_capacity(8 + data.len());
-        p.extend_from_slice(&(4096u32).to_ne_bytes());
-        p.extend_from_slice(&flags.to_ne_bytes());
-        p.extend_from_slice(data);
-        let r = self.request(cmd::DEVICE_FEATURE, &[&p], &[])?;
+        let req = Feature { argsz: 4096, flags };
+        let r = self.request(cmd::DEVICE_FEATURE, &[&req.encode(data)], &[])?;
         Ok(r.payload.get(8..).unwrap_or(&[]).to_vec())
     }
 
     /// MIG_DATA_READ of up to `size` bytes.
     pub fn mig_data_read(&mut self, size: u32) -> Result<Vec<u8>, Error> {
-        let mut p = Vec::with_capacity(8);
-        p.extend_from_slice(&(8 + size).to_ne_bytes());
-        p.extend_from_slice(&size.to_ne_bytes());
-        let r = self.request(cmd::MIG_DATA_READ, &[&p], &[])?;
+        let r = self.request(cmd::MIG_DATA_READ, &[&MigData::read_request(size)], &[])?;
         Ok(r.payload.get(8..).unwrap_or(&[]).to_vec())
     }
 
     /// MIG_DATA_WRITE.
     pub fn mig_data_write(&mut self, data: &[u8]) -> Result<(), Error> {
-        let size = u32::try_from(data.len()).map_err(|_| Error::Protocol("too large".into()))?;
-        let mut p = Vec::with_capacity(8 + data.len());
-        p.extend_from_slice(&(8 + size).to_ne_bytes());
-        p.extend_from_slice(&size.to_ne_bytes());
-        p.extend_from_slice(data);
-        self.request(cmd::MIG_DATA_WRITE, &[&p], &[])?;
+        u32::try_from(data.len()).map_err(|_| Error::Protocol("too large".into()))?;
+        self.request(cmd::MIG_DATA_WRITE, &[&MigData::encode_with(data)], &[])?;
         Ok(())
     }
 

@@ -141,6 +141,14 @@ pub trait Device: Send {
         Ok(None)
     }
 
+    /// DEVICE_GET_REGION_IO_FDS for a valid region index: the errno to answer. No device here
+    /// offers ioeventfds yet, so the only answer is an error; the default is ENOTTY, as the
+    /// kernel's nvgrace driver answers.
+    fn region_io_fds(&self, index: u32) -> Errno {
+        let _ = index;
+        Errno::ENOTTY
+    }
+
     /// REGION_WRITE: write `data` at `offset` of region `index`. Returns how many bytes were
     /// consumed (may be fewer when the device clips at the region end).
     fn region_write(&mut self, index: u32, offset: u64, data: &[u8]) -> Result<usize, Errno>;

@@ -70,7 +70,7 @@ impl DmaChannel {
     /// One command and its reply; an error reply becomes its errno, anything malformed EIO.
     fn call(&mut self, cmd: u16, parts: &[&[u8]]) -> Result<Vec<u8>, Errno> {
         use crate::transport::Transport;
-        use crate::wire::{Header, FLAG_TYPE_COMMAND, HEADER_SIZE, MAX_FIXED_PAYLOAD};
+        use crate::wire::{Header, FLAG_TYPE_COMMAND, HEADER_SIZE};
         self.next_id = self.next_id.wrapping_add(1);
         let len: usize = parts.iter().map(|p| p.len()).sum();
         let msg_size = u32::try_from(HEADER_SIZE + len).map_err(|_| Errno::E2BIG)?;
@@ -82,7 +82,7 @@ impl DmaChannel {
             error: 0,
         };
         self.t.send(&h, parts, &[]).map_err(|_| Errno::EIO)?;
-        let max = HEADER_SIZE + self.max_xfer as usize + MAX_FIXED_PAYLOAD as usize;
+        let max = crate::wire::max_message_size(self.max_xfer);
         let f = self.t.recv(max).map_err(|_| Errno::EIO)?;
         if f.header.msg_id != h.msg_id
             || f.header.cmd != cmd

@@ -25,6 +25,12 @@ pub const DEFAULT_MAX_DMA_MAPS: u32 = 65535;
 /// Largest fixed part of any message payload, added to `max_data_xfer_size` to bound messages.
 pub const MAX_FIXED_PAYLOAD: u32 = 4096;
 
+/// The largest message either side accepts once `max_data_xfer_size` is known: a header, the
+/// data, and the fixed part of the largest command around it.
+pub fn max_message_size(max_data_xfer_size: u32) -> usize {
+    HEADER_SIZE + max_data_xfer_size as usize + MAX_FIXED_PAYLOAD as usize
+}
+
 /// Message type bits of `flags`.
 pub const FLAG_TYPE_MASK: u32 = 0xf;
 /// Type value of a command.
@@ -942,6 +948,27 @@ impl Feature {
         }
         Ok((f, r.rest()))
     }
+
+    /// The request: `argsz, flags`, then `data`.
+    pub fn encode(&self, data: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(8 + data.len());
+        out.put_u32(self.argsz);
+        out.put_u32(self.flags);
+        out.extend_from_slice(data);
+        out
+    }
+
+    /// The reply to this request with the device's `data`: `argsz` says the whole size, and the
+    /// data is included only when the client's `argsz` leaves room for it (as VFIO's ioctl).
+    pub fn encode_reply(&self, data: &[u8]) -> Vec<u8> {
+        let total = 8 + data.len();
+        let fits = self.argsz as usize >= total;
+        Self {
+            argsz: u32::try_from(total).unwrap_or(u32::MAX),
+            flags: self.flags,
+        }
+        .encode(if fits { data } else { &[] })
+    }
 }
 
 /// MIG_DATA_READ/WRITE fixed part.
@@ -968,6 +995,25 @@ impl MigData {
             });
         }
         Ok((m, r.rest()))
+    }
+
+    /// A message carrying `data` (MIG_DATA_WRITE request, MIG_DATA_READ reply): `argsz` is the
+    /// whole payload, `size` the data's length.
+    pub fn encode_with(data: &[u8]) -> Vec<u8> {
+        let size = u32::try_from(data.len()).unwrap_or(u32::MAX);
+        let mut out = Vec::with_capacity(8 + data.len());
+        out.put_u32(size.saturating_add(8));
+        out.put_u32(size);
+        out.extend_from_slice(data);
+        out
+    }
+
+    /// A MIG_DATA_READ request for up to `size` bytes.
+    pub fn read_request(size: u32) -> Vec<u8> {
+        let mut out = Vec::with_capacity(8);
+        out.put_u32(size.saturating_add(8));
+        out.put_u32(size);
+        out
     }
 }
 
