@@ -12,8 +12,9 @@ use crate::errno::Errno;
 use crate::error::Error;
 use crate::transport::{Transport, UnixTransport};
 use crate::wire::{
-    self, cmd, Caps, DeviceInfoMsg, DmaAccess, DmaMap, DmaUnmap, Feature, Header, MigData,
-    RegionAccess, Version, FLAG_NO_REPLY, FLAG_TYPE_COMMAND, HEADER_SIZE, REGION_INFO_SIZE,
+    self, cmd, Caps, DeviceInfoMsg, DmaAccess, DmaMap, DmaUnmap, DmaWriteReply, Feature, Header,
+    MigData, RegionAccess, Version, FLAG_NO_REPLY, FLAG_TYPE_COMMAND, HEADER_SIZE,
+    REGION_INFO_SIZE,
 };
 
 /// REGION_INFO as the client sees it.
@@ -570,21 +571,24 @@ fn serve_dma(
     let len = usize::try_from(a.count).map_err(|_| Errno::EFAULT)?;
     let end = off.checked_add(len).ok_or(Errno::EFAULT)?;
     let window = region.get_mut(off..end).ok_or(Errno::EFAULT)?;
-    let mut out = Vec::with_capacity(16 + len);
-    out.extend_from_slice(&a.address.to_ne_bytes());
     match command {
         cmd::DMA_READ => {
-            out.extend_from_slice(&a.count.to_ne_bytes());
+            let mut out = Vec::with_capacity(16 + len);
+            a.encode_into(&mut out);
             out.extend_from_slice(window);
+            Ok(out)
         }
         cmd::DMA_WRITE => {
             if data.len() != len {
                 return Err(Errno::EINVAL);
             }
             window.copy_from_slice(data);
-            out.extend_from_slice(&(len as u32).to_ne_bytes());
+            Ok(DmaWriteReply {
+                address: a.address,
+                count: u32::try_from(len).map_err(|_| Errno::EINVAL)?,
+            }
+            .encode())
         }
-        _ => return Err(Errno::EINVAL),
+        _ => Err(Errno::EINVAL),
     }
-    Ok(out)
 }

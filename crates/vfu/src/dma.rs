@@ -121,7 +121,8 @@ impl DmaChannel {
             let mut req = Vec::with_capacity(16);
             crate::wire::DmaAccess { address, count }.encode_into(&mut req);
             let reply = self.call(crate::wire::cmd::DMA_WRITE, &[&req, chunk])?;
-            if reply.len() < 8 || reply[..8] != address.to_ne_bytes() {
+            let done = crate::wire::DmaWriteReply::decode(&reply).map_err(|_| Errno::EIO)?;
+            if done.address != address || u64::from(done.count) != count {
                 return Err(Errno::EIO);
             }
             address += count;
