@@ -366,101 +366,88 @@ impl Version {
         out
     }
 
-    /// Parses the capabilities object; absent fields take the spec's defaults.
+    /// Parses the capabilities object; absent fields take the spec's defaults, unknown ones
+    /// are ignored (peers add their own), and a field of the wrong type is an error.
     pub fn caps(&self) -> Result<Caps, WireError> {
         let mut caps = Caps::default();
         if self.json.trim().is_empty() {
             return Ok(caps);
         }
-        let value: serde_json::Value =
+        let doc: VersionJson =
             serde_json::from_str(&self.json).map_err(|e| WireError::Json(e.to_string()))?;
-        let root = value
-            .as_object()
-            .ok_or_else(|| WireError::Json("not an object".into()))?;
-        let Some(c) = root.get("capabilities") else {
+        let Some(c) = doc.capabilities else {
             return Ok(caps);
         };
-        let c = c
-            .as_object()
-            .ok_or_else(|| WireError::Json("capabilities is not an object".into()))?;
-        let num = |name: &str| -> Result<Option<u64>, WireError> {
-            match c.get(name) {
-                None => Ok(None),
-                Some(v) => v
-                    .as_u64()
-                    .map(Some)
-                    .ok_or_else(|| WireError::Json(format!("{name} is not a number"))),
-            }
-        };
-        let small = |name: &'static str, v: u64| -> Result<u32, WireError> {
-            u32::try_from(v).map_err(|_| WireError::Invalid {
-                field: name,
-                value: v,
-            })
-        };
-        if let Some(v) = num("max_msg_fds")? {
-            caps.max_msg_fds = small("max_msg_fds", v)?;
-        }
-        if let Some(v) = num("max_data_xfer_size")? {
-            caps.max_data_xfer_size = small("max_data_xfer_size", v)?;
-        }
-        if let Some(v) = num("max_dma_maps")? {
-            caps.max_dma_maps = small("max_dma_maps", v)?;
-        }
-        if let Some(v) = num("pgsizes")? {
-            caps.pgsizes = v;
-        }
-        if let Some(v) = c.get("write_multiple") {
-            caps.write_multiple = v
-                .as_bool()
-                .ok_or_else(|| WireError::Json("write_multiple is not a bool".into()))?;
-        }
-        if let Some(m) = c.get("migration") {
-            if !m.is_object() {
-                return Err(WireError::Json("migration is not an object".into()));
-            }
-        }
-        if let Some(t) = c.get("twin_socket") {
-            let t = t
-                .as_object()
-                .ok_or_else(|| WireError::Json("twin_socket is not an object".into()))?;
-            let supported = match t.get("supported") {
-                None => false,
-                Some(v) => v
-                    .as_bool()
-                    .ok_or_else(|| WireError::Json("twin_socket.supported is not a bool".into()))?,
-            };
-            let index = match t.get("fd_index") {
-                None => 0,
-                Some(v) => v
-                    .as_u64()
-                    .and_then(|i| u32::try_from(i).ok())
-                    .ok_or_else(|| {
-                        WireError::Json("twin_socket.fd_index is not a small number".into())
-                    })?,
-            };
-            caps.twin_socket = supported.then_some(index);
-        }
+        caps.max_msg_fds = c.max_msg_fds.unwrap_or(caps.max_msg_fds);
+        caps.max_data_xfer_size = c.max_data_xfer_size.unwrap_or(caps.max_data_xfer_size);
+        caps.max_dma_maps = c.max_dma_maps.unwrap_or(caps.max_dma_maps);
+        caps.pgsizes = c.pgsizes.unwrap_or(caps.pgsizes);
+        caps.write_multiple = c.write_multiple.unwrap_or(caps.write_multiple);
+        caps.twin_socket = c
+            .twin_socket
+            .and_then(|t| t.supported.then_some(t.fd_index));
         Ok(caps)
     }
 
     /// JSON text describing `caps`.
     pub fn caps_json(caps: &Caps) -> String {
-        let mut c = serde_json::json!({
-            "max_msg_fds": caps.max_msg_fds,
-            "max_data_xfer_size": caps.max_data_xfer_size,
-            "max_dma_maps": caps.max_dma_maps,
-            "pgsizes": caps.pgsizes,
-            "write_multiple": caps.write_multiple,
-        });
-        if let (Some(index), Some(obj)) = (caps.twin_socket, c.as_object_mut()) {
-            obj.insert(
-                "twin_socket".into(),
-                serde_json::json!({ "supported": true, "fd_index": index }),
-            );
-        }
-        serde_json::json!({ "capabilities": c }).to_string()
+        let doc = VersionJson {
+            capabilities: Some(CapsJson {
+                max_msg_fds: Some(caps.max_msg_fds),
+                max_data_xfer_size: Some(caps.max_data_xfer_size),
+                max_dma_maps: Some(caps.max_dma_maps),
+                pgsizes: Some(caps.pgsizes),
+                write_multiple: Some(caps.write_multiple),
+                _migration: None,
+                twin_socket: caps.twin_socket.map(|fd_index| TwinSocketJson {
+                    supported: true,
+                    fd_index,
+                }),
+            }),
+        };
+        serde_json::to_string(&doc).unwrap_or_default()
     }
+}
+
+/// The JSON after VERSION's numbers, as the spec lays it out.
+#[derive(Debug, serde::Deserialize, serde::Serialize)]
+struct VersionJson {
+    #[serde(default)]
+    capabilities: Option<CapsJson>,
+}
+
+/// `capabilities`: every field optional (absent means the spec's default).
+#[derive(Debug, serde::Deserialize, serde::Serialize)]
+struct CapsJson {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    max_msg_fds: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    max_data_xfer_size: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    max_dma_maps: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pgsizes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    write_multiple: Option<bool>,
+    /// The legacy migration object older peers still send: accepted (it must be an object),
+    /// not used and never echoed.
+    #[serde(default, skip_serializing, rename = "migration")]
+    _migration: Option<LegacyMigration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    twin_socket: Option<TwinSocketJson>,
+}
+
+/// `capabilities.migration` of older peers: any object (its fields are not ours to use).
+#[derive(Debug, serde::Deserialize)]
+struct LegacyMigration {}
+
+/// `capabilities.twin_socket`.
+#[derive(Debug, serde::Deserialize, serde::Serialize)]
+struct TwinSocketJson {
+    #[serde(default)]
+    supported: bool,
+    #[serde(default)]
+    fd_index: u32,
 }
 
 /// DMA_MAP payload.
@@ -1332,5 +1319,4 @@ mod tests {
         assert_eq!(DmaWriteReply::decode(&bytes).unwrap(), r);
         assert!(DmaWriteReply::decode(&[bytes.clone(), vec![0; 4]].concat()).is_err());
     }
-
 }
