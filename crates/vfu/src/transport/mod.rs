@@ -11,9 +11,9 @@
 //! Framing lives here ([`Buffered`] over any [`Stream`]); the AF_UNIX socket and its system calls
 //! in `unix.rs`; an in-memory stream for tests and fuzzing in `mem.rs` (feature `testing`).
 
-mod unix;
 #[cfg(any(test, feature = "testing"))]
 mod mem;
+mod unix;
 
 #[cfg(any(test, feature = "testing"))]
 pub use mem::{MemStream, MemTransport};

@@ -189,8 +189,8 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
     use crate::errno::Errno;
-    use vfio_bindings::bindings::vfio::vfio_region_sparse_mmap_area;
     use proptest::prelude::*;
+    use vfio_bindings::bindings::vfio::vfio_region_sparse_mmap_area;
 
     #[test]
     fn header_round_trips() {

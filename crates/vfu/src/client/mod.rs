@@ -7,14 +7,17 @@ use std::path::Path;
 
 use vfio_bindings::bindings::vfio::{vfio_irq_set, vfio_region_info};
 
+mod twin;
+
+use twin::Twin;
+
 use crate::device::{IrqInfo, SparseArea};
 use crate::errno::Errno;
 use crate::error::Error;
 use crate::transport::{Transport, UnixTransport};
 use crate::wire::{
-    self, cmd, Caps, DeviceInfoMsg, DmaAccess, DmaMap, DmaUnmap, DmaWriteReply, Feature, Header,
-    MigData, RegionAccess, Version, FLAG_NO_REPLY, FLAG_TYPE_COMMAND, HEADER_SIZE,
-    REGION_INFO_SIZE,
+    self, cmd, Caps, DeviceInfoMsg, DmaAccess, DmaMap, DmaUnmap, Feature, Header, MigData,
+    RegionAccess, Version, FLAG_NO_REPLY, FLAG_TYPE_COMMAND, HEADER_SIZE, REGION_INFO_SIZE,
 };
 
 /// REGION_INFO as the client sees it.
@@ -45,10 +48,9 @@ pub struct Client {
     t: UnixTransport,
     next_id: u16,
     caps: Caps,
-    /// Twin socket, when negotiated: the server's DMA_READ/DMA_WRITE requests arrive here.
-    twin: Option<UnixTransport>,
-    /// Guest memory exported without an fd (served to DMA_READ/DMA_WRITE), by DMA address.
-    local_dma: std::collections::BTreeMap<u64, Vec<u8>>,
+    /// Twin socket, when negotiated: the server's DMA_READ/DMA_WRITE requests arrive there
+    /// and are served from memory this client exported without an fd.
+    twin: Option<Twin>,
 }
 
 impl Client {
@@ -82,7 +84,6 @@ impl Client {
             next_id: 0,
             caps: Caps::default(),
             twin: None,
-            local_dma: std::collections::BTreeMap::new(),
         }
     }
 
@@ -96,7 +97,7 @@ impl Client {
                 reply.fds.into_iter().nth(index as usize).ok_or_else(|| {
                     Error::Protocol("twin socket announced without its fd".into())
                 })?;
-            self.twin = Some(UnixTransport::new(UnixStream::from(fd)));
+            self.twin = Some(Twin::new(UnixStream::from(fd)));
         }
         Ok(theirs)
     }
@@ -127,78 +128,30 @@ impl Client {
     /// DMA_READ/DMA_WRITE on the twin socket, answered while this client waits for replies.
     pub fn dma_map_local(&mut self, flags: u32, address: u64, size: u64) -> Result<(), Error> {
         let len = usize::try_from(size).map_err(|_| Error::Protocol("region too large".into()))?;
+        if self.twin.is_none() {
+            return Err(Error::Protocol(
+                "memory without an fd needs a twin socket (Client::with_twin_socket)".into(),
+            ));
+        }
         self.dma_map(flags, 0, address, size, None)?;
-        self.local_dma.insert(address, vec![0; len]);
+        if let Some(twin) = self.twin.as_mut() {
+            twin.export(address, len);
+        }
         Ok(())
     }
 
     /// The local DMA region starting at `address`.
     pub fn local_dma(&mut self, address: u64) -> Option<&mut Vec<u8>> {
-        self.local_dma.get_mut(&address)
+        self.twin.as_mut()?.region(address)
     }
 
-    /// Serves the twin socket until the main socket has something to read.
-    fn pump_twin(&mut self) -> Result<(), Error> {
-        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-        loop {
-            let Some(twin) = self.twin.as_ref() else {
-                return Ok(());
-            };
-            if self.t.buffered() > 0 {
-                return Ok(());
-            }
-            let (main_ready, twin_ready) = if twin.buffered() > 0 {
-                (false, true)
-            } else {
-                let mut fds = [
-                    PollFd::new(self.t.stream().as_fd(), PollFlags::POLLIN),
-                    PollFd::new(twin.stream().as_fd(), PollFlags::POLLIN),
-                ];
-                match poll(&mut fds, PollTimeout::NONE) {
-                    Ok(_) => {}
-                    Err(Errno::EINTR) => continue,
-                    Err(e) => return Err(e.into()),
-                }
-                let ready = |f: &PollFd<'_>| f.revents().is_some_and(|r| !r.is_empty());
-                (ready(&fds[0]), ready(&fds[1]))
-            };
-            if twin_ready {
-                self.serve_twin_request()?;
-            }
-            if main_ready {
-                return Ok(());
-            }
-        }
-    }
-
-    /// Answers one DMA_READ/DMA_WRITE from the twin socket out of the local DMA regions.
-    fn serve_twin_request(&mut self) -> Result<(), Error> {
-        let max = wire::max_message_size(self.caps.max_data_xfer_size);
-        let Some(twin) = self.twin.as_mut() else {
-            return Ok(());
-        };
-        let f = match twin.recv(max) {
-            Ok(f) => f,
-            Err(crate::transport::TransportError::Closed) => {
+    /// With a twin socket: serves the server's DMA requests until our own socket has something
+    /// to read (a reply may depend on them).
+    fn serve_twin(&mut self) -> Result<(), Error> {
+        if let Some(twin) = self.twin.as_mut() {
+            if !twin.serve_until_readable(&self.t, self.caps.max_data_xfer_size)? {
                 self.twin = None;
-                return Ok(());
             }
-            Err(e) => return Err(e.into()),
-        };
-        let payload = twin.payload(&f).to_vec();
-        let h = f.header;
-        let answer = serve_dma(
-            &mut self.local_dma,
-            h.cmd,
-            &payload,
-            self.caps.max_data_xfer_size,
-        );
-        if h.no_reply() {
-            return Ok(());
-        }
-        match answer {
-            Ok(out) => twin.send(&h.reply(out.len()), &[&out], &[])?,
-            Err(errno) => twin.send(&h.error_reply(errno), &[], &[])?,
         }
         Ok(())
     }
@@ -268,7 +221,7 @@ impl Client {
 
     fn wait_reply(&mut self, sent: &Header) -> Result<RawReply, Error> {
         loop {
-            self.pump_twin()?;
+            self.serve_twin()?;
             let r = self.recv_raw()?;
             if r.header.msg_type() == FLAG_TYPE_COMMAND {
                 self.answer_server_command(&r)?;
@@ -426,7 +379,7 @@ impl Client {
         let max = wire::max_message_size(self.caps.max_data_xfer_size);
         let mut fixed = [0u8; RegionAccess::SIZE];
         loop {
-            self.pump_twin()?;
+            self.serve_twin()?;
             let (reply, data_len) = self.t.recv_into(max, &mut fixed, buf)?;
             if reply.msg_type() == FLAG_TYPE_COMMAND {
                 // The server asked something of us (DMA): refuse it, then keep waiting.
@@ -553,42 +506,4 @@ fn access(region: u32, offset: u64, len: usize) -> Result<[u8; RegionAccess::SIZ
         count,
     }
     .to_bytes())
-}
-
-/// A DMA_READ/DMA_WRITE against local memory: the reply payload, or the errno.
-fn serve_dma(
-    mem: &mut std::collections::BTreeMap<u64, Vec<u8>>,
-    command: u16,
-    payload: &[u8],
-    max_xfer: u32,
-) -> Result<Vec<u8>, Errno> {
-    let (a, data) = DmaAccess::decode(payload, max_xfer).map_err(|e| e.errno())?;
-    let (base, region) = mem
-        .range_mut(..=a.address)
-        .next_back()
-        .ok_or(Errno::EFAULT)?;
-    let off = usize::try_from(a.address - *base).map_err(|_| Errno::EFAULT)?;
-    let len = usize::try_from(a.count).map_err(|_| Errno::EFAULT)?;
-    let end = off.checked_add(len).ok_or(Errno::EFAULT)?;
-    let window = region.get_mut(off..end).ok_or(Errno::EFAULT)?;
-    match command {
-        cmd::DMA_READ => {
-            let mut out = Vec::with_capacity(16 + len);
-            a.encode_into(&mut out);
-            out.extend_from_slice(window);
-            Ok(out)
-        }
-        cmd::DMA_WRITE => {
-            if data.len() != len {
-                return Err(Errno::EINVAL);
-            }
-            window.copy_from_slice(data);
-            Ok(DmaWriteReply {
-                address: a.address,
-                count: u32::try_from(len).map_err(|_| Errno::EINVAL)?,
-            }
-            .encode())
-        }
-        _ => Err(Errno::EINVAL),
-    }
 }
