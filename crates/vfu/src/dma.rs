@@ -42,13 +42,6 @@ pub struct DmaRegion {
     mapping: Option<Mapping>,
 }
 
-impl DmaRegion {
-    /// True when the region is mapped into our address space.
-    pub fn is_mapped(&self) -> bool {
-        self.mapping.is_some()
-    }
-}
-
 /// The server end of a twin socket: where DMA_READ/DMA_WRITE go for regions without an fd.
 #[derive(Debug)]
 pub struct DmaChannel {

@@ -91,11 +91,6 @@ impl<D: Device> Server<D> {
         &self.device
     }
 
-    /// The device, mutably.
-    pub fn device_mut(&mut self) -> &mut D {
-        &mut self.device
-    }
-
     /// Serves clients one after another until `shutdown` is triggered. Accepting runs on a
     /// thread of its own, so a client that connects while another holds the device is answered
     /// at once (EBUSY) instead of waiting unseen.

@@ -58,13 +58,6 @@ impl Header {
         self.flags & FLAG_ERROR != 0
     }
 
-    /// Payload length, or an error if `msg_size` is smaller than a header.
-    pub fn payload_len(&self) -> Result<usize, WireError> {
-        let size = usize::try_from(self.msg_size).map_err(|_| WireError::BadSize(self.msg_size))?;
-        size.checked_sub(HEADER_SIZE)
-            .ok_or(WireError::BadSize(self.msg_size))
-    }
-
     /// The reply header for a command with `payload_len` bytes of reply payload.
     pub fn reply(&self, payload_len: usize) -> Self {
         Self {
