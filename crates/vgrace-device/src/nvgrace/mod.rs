@@ -68,16 +68,6 @@ impl NvGraceGpu {
         &self.layout
     }
 
-    /// The profile.
-    pub fn profile(&self) -> Profile {
-        self.layout.profile
-    }
-
-    /// Raises MSI-X vector `vector` (for fault-injection tooling).
-    pub fn raise_msix(&mut self, vector: u32) -> Result<bool, Errno> {
-        self.irqs.trigger(vfu::device::MSIX_IRQ_INDEX, vector)
-    }
-
     /// The variant's memory region for a VFIO region index, or `None` so the core handles it
     /// (upstream's `nvgrace_gpu_memregion`).
     fn memregion(&self, index: u32) -> Option<MemRegionLayout> {
