@@ -85,7 +85,7 @@ pub struct ExtCapability {
 /// Everything the core needs to build a function's config space, BARs and IRQ table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PciDescription {
-    /// Header identity.
+    /// Identity and fixed fields of the type 0 header.
     pub header: Header,
     /// Standard capabilities with their offsets, linked from 0x34 in this order.
     pub capabilities: Vec<(u8, Capability)>,
