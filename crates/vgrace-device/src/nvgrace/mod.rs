@@ -1,6 +1,6 @@
 //! The nvgrace variant, our `nvgrace-gpu-vfio-pci`: device memory exposed as emulated 64-bit
 //! prefetchable BARs sized to the next power of two, one sparse-mmap area over the real memory,
-//! all ones past it ([`memregion`]); the readiness registers over BAR0 ([`readiness`]); on
+//! all ones past it (`memregion`); the readiness registers over BAR0 ([`readiness`]); on
 //! gb200 the NVIDIA DVSEC ([`dvsec`]). Every other region, the IRQs and config space are the
 //! [`PciCore`]'s, built from this variant's [`PciDescription`].
 
