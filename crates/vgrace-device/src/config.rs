@@ -104,23 +104,24 @@ pub enum Backing {
 /// Everything that defines a device.
 #[derive(Debug, Clone)]
 pub struct GpuConfig {
-    /// Memory split profile.
+    /// Which generation's memory split (and DVSEC) to model.
     pub profile: Profile,
     /// PCI device id; `None` takes the profile's.
     pub device_id: Option<u16>,
-    /// `nvidia,gpu-mem-size`.
+    /// Device memory size in bytes, as the firmware's `nvidia,gpu-mem-size` gives it.
     pub mem_size: u64,
-    /// `nvidia,gpu-mem-base-pa`.
+    /// Host physical base of device memory (`nvidia,gpu-mem-base-pa`): checked for overflow
+    /// and reported in the layout, never dereferenced.
     pub mem_base: u64,
-    /// Memory backing.
+    /// Where device memory lives.
     pub backing: Backing,
     /// Time until the readiness registers read ready.
     pub ready_delay: Duration,
-    /// Injected fault.
+    /// A readiness register to hold at 0 forever, if any.
     pub fault: Option<Fault>,
 }
 
-/// usemem or resmem.
+/// What a memory region holds: cacheable usemem, or the write-combine resmem carve-out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum MemKind {
@@ -146,7 +147,7 @@ pub struct MemRegionLayout {
     pub region_index: u32,
     /// The BAR (its low register; the next BAR holds the upper half).
     pub bar: u8,
-    /// usemem or resmem.
+    /// Whether the region is usemem or resmem.
     pub kind: MemKind,
     /// Real memory in the region.
     pub memlength: u64,
@@ -163,13 +164,13 @@ pub struct MemRegionLayout {
 /// The whole device layout.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Layout {
-    /// Profile.
+    /// The profile the layout was computed for.
     pub profile: Profile,
-    /// PCI device id.
+    /// PCI device id, the configured one or the profile's default.
     pub device_id: u16,
-    /// Total memory.
+    /// Device memory size in bytes, over all regions.
     pub mem_size: u64,
-    /// Host physical base.
+    /// Host physical base of device memory.
     pub mem_base: u64,
     /// Memory regions by ascending region index.
     pub regions: Vec<MemRegionLayout>,

@@ -11,21 +11,21 @@ pub enum DeviceError {
     /// base + size does not fit in 64 bits, or a BAR size would not.
     #[error("device memory at {base:#x} of {size:#x} bytes overflows the address space")]
     Overflow {
-        /// Base.
+        /// Host physical base of device memory (`nvidia,gpu-mem-base-pa`).
         base: u64,
-        /// Size.
+        /// Device memory size in bytes (`nvidia,gpu-mem-size`).
         size: u64,
     },
     /// GH100 needs more than the 1 GiB carved out for resmem.
     #[error("device memory of {size} bytes is not larger than the 1 GiB reserved for resmem")]
     TooSmallForResmem {
-        /// Size.
+        /// Device memory size in bytes (below 1 GiB).
         size: u64,
     },
     /// usemem rounds down to zero.
     #[error("usemem rounds down to 0 (memory minus 1 GiB resmem is below one 512 MiB block): {size} bytes")]
     UsememZero {
-        /// Size.
+        /// Device memory size in bytes (less than 1.5 GiB).
         size: u64,
     },
     /// A device id outside the upstream table.
@@ -37,22 +37,30 @@ pub enum DeviceError {
     /// A profile/fault name that does not parse.
     #[error("unknown {what} `{value}` (expected {expected})")]
     BadName {
-        /// What was parsed.
+        /// Which kind of name was parsed ("profile", "fault").
         what: &'static str,
-        /// The text.
+        /// The text given, as given.
         value: String,
-        /// The accepted names.
+        /// The accepted names, for the message.
         expected: &'static str,
     },
     /// The backing file exists with another size.
     #[error("backing file {path} is {actual} bytes but the device needs {expected}")]
     BackingSizeMismatch {
-        /// Path.
+        /// The backing file, as configured.
         path: String,
-        /// Its size.
+        /// Its current length in bytes.
         actual: u64,
-        /// The memory size.
+        /// The device memory size it would need to have.
         expected: u64,
+    },
+    /// A device description declares a BAR the core cannot emulate.
+    #[error("BAR at region {index} of {size:#x} bytes cannot be emulated (64-bit BARs sit at region 0, 2 or 4, once each, with a power-of-two size)")]
+    BadBar {
+        /// The VFIO region index it was declared at.
+        index: u32,
+        /// The declared size in bytes.
+        size: u64,
     },
     /// Another process (or another device of this one) holds the backing file's lock.
     #[error("backing file {0} is in use by another vgrace server (it holds the file's lock)")]
@@ -60,9 +68,9 @@ pub enum DeviceError {
     /// Creating, sizing or mapping the backing memory failed.
     #[error("cannot set up {what}")]
     Backing {
-        /// What was being done.
+        /// What was being set up (memfd creation, sizing, sealing, mapping...).
         what: String,
-        /// The cause.
+        /// The system call's error.
         #[source]
         source: std::io::Error,
     },

@@ -1,7 +1,8 @@
 //! PCI config space as tables: the bytes, and per byte which bits the guest may write. BAR
-//! registers are virtualised through [`EmulatedBar`] slots; the ROM BAR reads 0.
+//! registers are virtualised through a [`BarTable`]; the ROM BAR reads 0. The tables are
+//! usually filled from a description ([`super::description`]).
 
-use super::bar::EmulatedBar;
+use super::bar::BarTable;
 
 /// Config space size (PCI Express extended space).
 pub const CONFIG_SIZE: usize = 4096;
@@ -10,7 +11,7 @@ pub const BAR_BASE: usize = 0x10;
 /// Expansion ROM BAR register.
 pub const ROM_BAR: usize = 0x30;
 
-/// Standard capability ids.
+/// Power management capability id.
 pub const CAP_PM: u8 = 0x01;
 /// MSI-X capability id.
 pub const CAP_MSIX: u8 = 0x11;
@@ -25,8 +26,8 @@ pub struct ConfigSpace {
     data: Box<[u8; CONFIG_SIZE]>,
     writable: Box<[u8; CONFIG_SIZE]>,
     initial: Box<[u8; CONFIG_SIZE]>,
-    /// 64-bit BAR pairs at 0x10 (BAR0/1), 0x18 (BAR2/3), 0x20 (BAR4/5); `None` reads 0.
-    bars: [Option<EmulatedBar>; 3],
+    /// 64-bit BAR pairs at 0x10 (BAR0/1), 0x18 (BAR2/3), 0x20 (BAR4/5); absent ones read 0.
+    bars: BarTable,
     last_cap: Option<usize>,
 }
 
@@ -37,13 +38,13 @@ impl Default for ConfigSpace {
 }
 
 impl ConfigSpace {
-    /// All zero, nothing writable.
+    /// All zero, nothing writable, no BARs.
     pub fn new() -> Self {
         Self {
             data: Box::new([0; CONFIG_SIZE]),
             writable: Box::new([0; CONFIG_SIZE]),
             initial: Box::new([0; CONFIG_SIZE]),
-            bars: [None; 3],
+            bars: BarTable::default(),
             last_cap: None,
         }
     }
@@ -83,16 +84,14 @@ impl ConfigSpace {
         self.last_cap = Some(offset);
     }
 
-    /// Installs an emulated BAR pair at `pair` (0: BAR0/1, 1: BAR2/3, 2: BAR4/5).
-    pub fn set_bar(&mut self, pair: usize, bar: Option<EmulatedBar>) {
-        if let Some(slot) = self.bars.get_mut(pair) {
-            *slot = bar;
-        }
+    /// Installs the BAR registers shown at 0x10-0x27.
+    pub fn set_bars(&mut self, bars: BarTable) {
+        self.bars = bars;
     }
 
-    /// The emulated BAR pair, if present.
-    pub fn bar(&self, pair: usize) -> Option<&EmulatedBar> {
-        self.bars.get(pair).and_then(|b| b.as_ref())
+    /// The BAR registers (sizes and flags as declared, values as the guest wrote them).
+    pub fn bars(&self) -> &BarTable {
+        &self.bars
     }
 
     /// Freezes the current contents as the reset state.
@@ -103,15 +102,14 @@ impl ConfigSpace {
     /// Back to the sealed contents; BAR values to 0.
     pub fn reset(&mut self) {
         self.data.copy_from_slice(&self.initial[..]);
-        for bar in self.bars.iter_mut().flatten() {
-            bar.value = 0;
-        }
+        self.bars.reset();
     }
 
-    fn bar_slot(offset: usize) -> Option<(usize, usize)> {
+    /// Byte index into the BAR registers when `offset` is one of them.
+    fn bar_byte(offset: usize) -> Option<usize> {
         (BAR_BASE..BAR_BASE + 24)
             .contains(&offset)
-            .then(|| ((offset - BAR_BASE) / 8, (offset - BAR_BASE) % 8))
+            .then(|| offset - BAR_BASE)
     }
 
     /// Reads `buf.len()` bytes at `offset`, clipped at the end; returns bytes read.
@@ -119,8 +117,8 @@ impl ConfigSpace {
         let n = buf.len().min(CONFIG_SIZE.saturating_sub(offset));
         for (i, out) in buf.iter_mut().take(n).enumerate() {
             let o = offset + i;
-            *out = if let Some((pair, byte)) = Self::bar_slot(o) {
-                self.bars[pair].map_or(0, |b| b.read_bytes()[byte])
+            *out = if let Some(i) = Self::bar_byte(o) {
+                self.bars.read_byte(i)
             } else if (ROM_BAR..ROM_BAR + 4).contains(&o) {
                 0
             } else {
@@ -136,10 +134,8 @@ impl ConfigSpace {
         let n = data.len().min(CONFIG_SIZE.saturating_sub(offset));
         for (i, b) in data.iter().take(n).enumerate() {
             let o = offset + i;
-            if let Some((pair, byte)) = Self::bar_slot(o) {
-                if let Some(bar) = self.bars[pair].as_mut() {
-                    bar.write_byte(byte, *b);
-                }
+            if let Some(i) = Self::bar_byte(o) {
+                self.bars.write_byte(i, *b);
             } else {
                 let m = self.writable[o];
                 self.data[o] = (self.data[o] & !m) | (b & m);

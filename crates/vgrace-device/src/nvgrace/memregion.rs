@@ -1,0 +1,126 @@
+//! The variant's memory regions (upstream's `nvgrace_gpu_memregion`): a BAR of
+//! roundup_pow_of_two(memlength) bytes whose first memlength bytes are device memory and mmap-able
+//! through one sparse area; the rest reads as all ones and drops writes. A region's
+//! [`MemRegionLayout`] is the single source for its REGION_INFO, its sparse area and its emulated
+//! BAR register.
+
+use vfio_bindings::bindings::vfio::{
+    VFIO_REGION_INFO_FLAG_MMAP, VFIO_REGION_INFO_FLAG_READ, VFIO_REGION_INFO_FLAG_WRITE,
+};
+use vfu::{Errno, FileSpan, RegionInfo, SparseArea};
+
+use crate::backing::Memory;
+use crate::config::{Layout, MemRegionLayout};
+use crate::pci::bar::BarDesc;
+use crate::pci::core::clip;
+
+/// The emulated BAR register of a memory region: 64-bit, prefetchable, the BAR size.
+pub(crate) fn bar(r: &MemRegionLayout) -> BarDesc {
+    BarDesc::mem64(r.region_index, r.bar_size, true)
+}
+
+/// The memory region at VFIO region `index`, or `None` when the index is the core's.
+/// Borrows only the layout and the memory, so the caller may still use its core.
+pub(crate) fn memregion<'a>(
+    layout: &Layout,
+    memory: &'a Memory,
+    index: u32,
+) -> Option<MemRegion<'a>> {
+    layout
+        .region(index)
+        .map(|r| MemRegion { layout: *r, memory })
+}
+
+/// One memory region and the memory behind it.
+pub(crate) struct MemRegion<'a> {
+    layout: MemRegionLayout,
+    memory: &'a Memory,
+}
+
+impl<'a> MemRegion<'a> {
+    /// REGION_INFO: the BAR size, read/write/mmap, and one sparse area over the real memory
+    /// only (never the rounding tail), with the backing fd.
+    pub(crate) fn info(&self) -> RegionInfo<'a> {
+        let r = &self.layout;
+        RegionInfo {
+            flags: VFIO_REGION_INFO_FLAG_READ
+                | VFIO_REGION_INFO_FLAG_WRITE
+                | VFIO_REGION_INFO_FLAG_MMAP,
+            size: bar(r).size,
+            fd_offset: r.fd_offset,
+            sparse_areas: vec![SparseArea {
+                offset: 0,
+                size: r.memlength,
+            }],
+            fd: Some(self.memory.fd()),
+        }
+    }
+
+    /// REGION_READ: memory, then all ones up to the BAR end; EINVAL at or past it.
+    pub(crate) fn read(&self, offset: u64, buf: &mut [u8]) -> Result<usize, Errno> {
+        let r = &self.layout;
+        let n = clip(r.bar_size, offset, buf.len())?;
+        let buf = &mut buf[..n];
+        let in_mem = mem_part(r.memlength, offset, n);
+        if in_mem > 0 {
+            self.memory
+                .read(r.fd_offset + offset, &mut buf[..in_mem])
+                .map_err(|e| e.errno())?;
+        }
+        // Past the real memory the BAR reads as all ones, as the hardware does.
+        buf[in_mem..].fill(0xff);
+        Ok(n)
+    }
+
+    /// REGION_WRITE: into memory, dropped past it; EINVAL at or past the BAR end.
+    pub(crate) fn write(&self, offset: u64, data: &[u8]) -> Result<usize, Errno> {
+        let r = &self.layout;
+        let n = clip(r.bar_size, offset, data.len())?;
+        let in_mem = mem_part(r.memlength, offset, n);
+        if in_mem > 0 {
+            self.memory
+                .write(r.fd_offset + offset, &data[..in_mem])
+                .map_err(|e| e.errno())?;
+        }
+        // Writes past the real memory are dropped silently (an errno would crash the guest).
+        Ok(n)
+    }
+
+    /// A read as a span of the backing fd plus its all-ones tail.
+    pub(crate) fn span(&self, offset: u64, count: usize) -> Result<FileSpan<'a>, Errno> {
+        let r = &self.layout;
+        let n = clip(r.bar_size, offset, count)?;
+        let in_mem = mem_part(r.memlength, offset, n);
+        let (fd, at) = self
+            .memory
+            .span(r.fd_offset + offset, in_mem)
+            .map_err(|e| e.errno())?;
+        Ok(FileSpan {
+            fd,
+            offset: at,
+            len: in_mem,
+            ones: n - in_mem,
+        })
+    }
+}
+
+/// Bytes of an access at `offset` of `n` that are real memory.
+fn mem_part(memlength: u64, offset: u64, n: usize) -> usize {
+    if offset >= memlength {
+        return 0;
+    }
+    usize::try_from(memlength - offset).map_or(n, |r| r.min(n))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mem_part_stops_at_memlength() {
+        assert_eq!(mem_part(100, 96, 8), 4);
+        assert_eq!(mem_part(100, 100, 8), 0);
+        assert_eq!(mem_part(100, u64::MAX, 8), 0);
+        assert_eq!(mem_part(u64::MAX, 0, 8), 8);
+    }
+}

@@ -1,0 +1,120 @@
+//! The two BAR0 registers the driver polls before touching device memory: C2C link status
+//! and HBM training status. Both read 0 until the training delay has passed, then `READY`,
+//! unless a fault is injected; both are read-only. The variant lays them over the core's
+//! plain BAR0 register file.
+
+use std::cell::Cell;
+use std::time::{Duration, Instant};
+
+use crate::config::Fault;
+
+/// C2C link status register (BAR0 offset).
+pub const C2C_LINK_STATUS: u64 = 0x1498;
+/// HBM training status register (BAR0 offset).
+pub const HBM_TRAINING_STATUS: u64 = 0x200bc;
+/// What both registers read once the device is ready.
+pub const READY: u32 = 0xff;
+/// Both registers are 32 bits wide.
+const WIDTH: u64 = 4;
+
+/// The readiness state: when training completes, and which fault keeps it from completing.
+#[derive(Debug)]
+pub struct Readiness {
+    delay: Duration,
+    ready_at: Instant,
+    /// Set once the deadline has passed, so later reads skip the clock (until reset).
+    trained: Cell<bool>,
+    fault: Option<Fault>,
+}
+
+impl Readiness {
+    /// Registers that read ready `delay` from now, or never for the register `fault` breaks.
+    pub fn new(delay: Duration, fault: Option<Fault>) -> Self {
+        Self {
+            delay,
+            ready_at: Instant::now() + delay,
+            trained: Cell::new(false),
+            fault,
+        }
+    }
+
+    /// Restarts the delay (a device reset re-runs link training).
+    pub fn reset(&mut self) {
+        self.ready_at = Instant::now() + self.delay;
+        self.trained.set(false);
+    }
+
+    /// Whether an access of `len` bytes at `offset` touches a readiness register.
+    pub fn touches(offset: u64, len: usize) -> bool {
+        [C2C_LINK_STATUS, HBM_TRAINING_STATUS]
+            .iter()
+            .any(|&reg| overlap(reg, offset, len).is_some())
+    }
+
+    /// Puts the registers' current values over the bytes of a BAR0 read of `buf` at `offset`.
+    pub fn overlay(&self, offset: u64, buf: &mut [u8]) {
+        for reg in [C2C_LINK_STATUS, HBM_TRAINING_STATUS] {
+            let Some((from, to)) = overlap(reg, offset, buf.len()) else {
+                continue;
+            };
+            let value = self.value(reg).to_le_bytes();
+            for o in from..to {
+                if let (Some(out), Some(v)) = (
+                    buf.get_mut((o - offset) as usize),
+                    value.get((o - reg) as usize),
+                ) {
+                    *out = *v;
+                }
+            }
+        }
+    }
+
+    fn value(&self, reg: u64) -> u32 {
+        let ready = self.trained.get() || Instant::now() >= self.ready_at;
+        self.trained.set(ready);
+        let broken = match reg {
+            C2C_LINK_STATUS => self.fault == Some(Fault::LinkDown),
+            // HBM training cannot finish over a link that is down.
+            _ => matches!(self.fault, Some(Fault::NeverReady | Fault::LinkDown)),
+        };
+        if ready && !broken {
+            READY
+        } else {
+            0
+        }
+    }
+}
+
+/// The byte range `[from, to)` an access of `len` at `offset` shares with register `reg`.
+fn overlap(reg: u64, offset: u64, len: usize) -> Option<(u64, u64)> {
+    let end = offset.saturating_add(len as u64);
+    let from = offset.max(reg);
+    let to = end.min(reg + WIDTH);
+    (from < to).then_some((from, to))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overlay_covers_only_the_register_bytes() {
+        let r = Readiness::new(Duration::ZERO, None);
+        let mut buf = [0x11u8; 8];
+        r.overlay(C2C_LINK_STATUS - 2, &mut buf);
+        assert_eq!(buf, [0x11, 0x11, 0xff, 0, 0, 0, 0x11, 0x11]);
+        assert!(Readiness::touches(HBM_TRAINING_STATUS + 3, 1));
+        assert!(!Readiness::touches(HBM_TRAINING_STATUS + 4, 8));
+        assert!(!Readiness::touches(u64::MAX, 8));
+    }
+
+    #[test]
+    fn faults_hold_their_register_at_zero() {
+        let never = Readiness::new(Duration::ZERO, Some(Fault::NeverReady));
+        assert_eq!(never.value(C2C_LINK_STATUS), READY);
+        assert_eq!(never.value(HBM_TRAINING_STATUS), 0);
+        let down = Readiness::new(Duration::ZERO, Some(Fault::LinkDown));
+        assert_eq!(down.value(C2C_LINK_STATUS), 0);
+        assert_eq!(down.value(HBM_TRAINING_STATUS), 0);
+    }
+}

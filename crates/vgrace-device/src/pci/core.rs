@@ -1,0 +1,285 @@
+//! The PCI core, our `vfio-pci-core`: one object that answers every VFIO region and IRQ index
+//! of a PCI function built from a [`PciDescription`]. A variant driver keeps a `PciCore`,
+//! answers the regions it owns and passes everything else here.
+//!
+//! What the core serves:
+//! - config space (region 7): the described header and capabilities, BAR registers with the
+//!   sizing probe, guest-writable bits as described;
+//! - BAR0, when described: a [`RegFile`] of the BAR's size taking 1, 2, 4 and 8-byte accesses;
+//! - any other described BAR: a region of the BAR's size that nothing backs, so reads are all
+//!   ones and writes are dropped (a variant normally owns such a BAR);
+//! - every other index below [`PCI_NUM_REGIONS`]: an absent region (size 0, flags 0);
+//! - IRQ_INFO and SET_IRQS from the IRQ counts the description implies;
+//! - reset: config space back to its sealed state, BAR registers to 0, the register file
+//!   cleared. Interrupt wiring survives a reset and is dropped when the client leaves.
+
+use vfio_bindings::bindings::vfio::{
+    VFIO_DEVICE_FLAGS_PCI, VFIO_DEVICE_FLAGS_RESET, VFIO_IRQ_INFO_AUTOMASKED,
+    VFIO_IRQ_INFO_EVENTFD, VFIO_IRQ_INFO_MASKABLE, VFIO_IRQ_INFO_NORESIZE,
+    VFIO_REGION_INFO_FLAG_READ, VFIO_REGION_INFO_FLAG_WRITE,
+};
+use vfu::device::{
+    BAR0_REGION_INDEX, CONFIG_REGION_INDEX, INTX_IRQ_INDEX, MSIX_IRQ_INDEX, PCI_NUM_IRQS,
+    PCI_NUM_REGIONS,
+};
+use vfu::irq::IrqTable;
+use vfu::{Device, DeviceInfo, Errno, IrqInfo, RegionInfo, SetIrqs};
+
+use super::config_space::{ConfigSpace, CONFIG_SIZE};
+use super::description::PciDescription;
+use super::regfile::RegFile;
+use crate::error::DeviceError;
+
+/// REGION_INFO flags of every region the core serves.
+const RW: u32 = VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_WRITE;
+
+/// A PCI function: config space, BAR registers, the BAR0 register file and the IRQ table.
+#[derive(Debug)]
+pub struct PciCore {
+    config: ConfigSpace,
+    bar0: Option<RegFile>,
+    irq_counts: [u32; PCI_NUM_IRQS as usize],
+    irqs: IrqTable,
+}
+
+impl PciCore {
+    /// Builds the function `desc` describes; fails if a BAR cannot be emulated.
+    pub fn new(desc: &PciDescription) -> Result<Self, DeviceError> {
+        let config = desc.config_space()?;
+        let bar0 = config
+            .bars()
+            .get(BAR0_REGION_INDEX)
+            .map(|b| RegFile::new(b.size));
+        let irq_counts = desc.irq_counts();
+        Ok(Self {
+            config,
+            bar0,
+            irqs: IrqTable::new(&irq_counts),
+            irq_counts,
+        })
+    }
+
+    /// Size of the BAR at region `index` if the description declared one.
+    fn bar_size(&self, index: u32) -> Option<u64> {
+        self.config.bars().get(index).map(|b| b.size)
+    }
+
+    /// Config space offset as an index, EINVAL at or past its end.
+    fn config_offset(offset: u64) -> Result<usize, Errno> {
+        usize::try_from(offset)
+            .ok()
+            .filter(|o| *o < CONFIG_SIZE)
+            .ok_or(Errno::EINVAL)
+    }
+}
+
+/// Bytes of an access of `len` at `offset` that a region of `size` serves, in the kernel's
+/// order: EINVAL when the access starts at or past the end (whatever `len`, so `offset + len`
+/// is never computed), else `len` clipped at the end.
+pub(crate) fn clip(size: u64, offset: u64, len: usize) -> Result<usize, Errno> {
+    if offset >= size {
+        return Err(Errno::EINVAL);
+    }
+    let room = size - offset;
+    Ok(usize::try_from(room).map_or(len, |r| r.min(len)))
+}
+
+impl Device for PciCore {
+    fn device_info(&self) -> DeviceInfo {
+        DeviceInfo {
+            flags: VFIO_DEVICE_FLAGS_PCI | VFIO_DEVICE_FLAGS_RESET,
+            num_regions: PCI_NUM_REGIONS,
+            num_irqs: PCI_NUM_IRQS,
+        }
+    }
+
+    fn region_info(&self, index: u32) -> Result<RegionInfo<'_>, Errno> {
+        let (flags, size) = if index >= PCI_NUM_REGIONS {
+            return Err(Errno::EINVAL);
+        } else if index == CONFIG_REGION_INDEX {
+            (RW, CONFIG_SIZE as u64)
+        } else if let Some(size) = self.bar_size(index) {
+            (RW, size)
+        } else {
+            (0, 0)
+        };
+        Ok(RegionInfo {
+            flags,
+            size,
+            fd_offset: 0,
+            sparse_areas: Vec::new(),
+            fd: None,
+        })
+    }
+
+    fn region_read(&mut self, index: u32, offset: u64, buf: &mut [u8]) -> Result<usize, Errno> {
+        if index == CONFIG_REGION_INDEX {
+            return Ok(self.config.read(Self::config_offset(offset)?, buf));
+        }
+        if index == BAR0_REGION_INDEX {
+            if let Some(regs) = &self.bar0 {
+                return regs.read(offset, buf).ok_or(Errno::EINVAL);
+            }
+        }
+        let size = self.bar_size(index).ok_or(Errno::EINVAL)?;
+        let n = clip(size, offset, buf.len())?;
+        buf[..n].fill(0xff);
+        Ok(n)
+    }
+
+    fn region_write(&mut self, index: u32, offset: u64, data: &[u8]) -> Result<usize, Errno> {
+        if index == CONFIG_REGION_INDEX {
+            return Ok(self.config.write(Self::config_offset(offset)?, data));
+        }
+        if index == BAR0_REGION_INDEX {
+            if let Some(regs) = &mut self.bar0 {
+                return regs.write(offset, data).ok_or(Errno::EINVAL);
+            }
+        }
+        let size = self.bar_size(index).ok_or(Errno::EINVAL)?;
+        clip(size, offset, data.len())
+    }
+
+    fn irq_info(&self, index: u32) -> Result<IrqInfo, Errno> {
+        let count = *self.irq_counts.get(index as usize).ok_or(Errno::EINVAL)?;
+        let flags = match index {
+            INTX_IRQ_INDEX if count > 0 => {
+                VFIO_IRQ_INFO_EVENTFD | VFIO_IRQ_INFO_MASKABLE | VFIO_IRQ_INFO_AUTOMASKED
+            }
+            MSIX_IRQ_INDEX if count > 0 => VFIO_IRQ_INFO_EVENTFD | VFIO_IRQ_INFO_NORESIZE,
+            _ if count > 0 => VFIO_IRQ_INFO_EVENTFD,
+            _ => 0,
+        };
+        Ok(IrqInfo { flags, count })
+    }
+
+    fn set_irqs(&mut self, req: SetIrqs) -> Result<(), Errno> {
+        self.irqs.apply(req)
+    }
+
+    fn reset(&mut self) -> Result<(), Errno> {
+        self.config.reset();
+        if let Some(regs) = &mut self.bar0 {
+            regs.reset();
+        }
+        Ok(())
+    }
+
+    fn client_detached(&mut self) {
+        self.irqs.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use vfu::device::{ROM_REGION_INDEX, VGA_REGION_INDEX};
+
+    use super::*;
+    use crate::pci::bar::BarDesc;
+    use crate::pci::description::{Capability, Header};
+
+    /// A made-up network function with a 64 KiB BAR0 and a 1 MiB BAR2, no variant at all.
+    fn plain_core() -> PciCore {
+        PciCore::new(&PciDescription {
+            header: Header {
+                vendor_id: 0x1af4,
+                device_id: 0x1041,
+                revision: 1,
+                class_code: 0x02_00_00,
+                subsystem_vendor_id: 0x1af4,
+                subsystem_id: 0x1100,
+                interrupt_pin: 1,
+            },
+            capabilities: vec![(
+                0x40,
+                Capability::MsiX {
+                    vectors: 4,
+                    table_bar: 0,
+                    table_offset: 0x8000,
+                    pba_bar: 0,
+                    pba_offset: 0x9000,
+                },
+            )],
+            ext_capabilities: Vec::new(),
+            bars: vec![
+                BarDesc::mem64(BAR0_REGION_INDEX, 64 << 10, false),
+                BarDesc::mem64(2, 1 << 20, true),
+            ],
+        })
+        .unwrap()
+    }
+
+    fn cfg32(d: &mut PciCore, offset: u64) -> u32 {
+        let mut b = [0u8; 4];
+        d.region_read(CONFIG_REGION_INDEX, offset, &mut b).unwrap();
+        u32::from_le_bytes(b)
+    }
+
+    #[test]
+    fn core_alone_serves_identity_bar0_absent_regions_and_sizing() {
+        let mut d = plain_core();
+        // Identity and the capability list.
+        assert_eq!(cfg32(&mut d, 0), 0x1041_1af4);
+        assert_eq!(cfg32(&mut d, 8) >> 8, 0x02_0000);
+        assert_eq!(cfg32(&mut d, 0x34) & 0xff, 0x40);
+        // BAR0 is a register file of the declared size.
+        let bar0 = d.region_info(BAR0_REGION_INDEX).unwrap();
+        assert_eq!((bar0.flags, bar0.size), (RW, 64 << 10));
+        d.region_write(BAR0_REGION_INDEX, 0x100, &0xfeed_u32.to_le_bytes())
+            .unwrap();
+        let mut b = [0u8; 4];
+        d.region_read(BAR0_REGION_INDEX, 0x100, &mut b).unwrap();
+        assert_eq!(u32::from_le_bytes(b), 0xfeed);
+        assert_eq!(
+            d.region_read(BAR0_REGION_INDEX, 64 << 10, &mut b),
+            Err(Errno::EINVAL)
+        );
+        // Upper halves, BAR4, ROM and VGA are absent; past the last index is EINVAL.
+        for index in [1, 3, 4, 5, ROM_REGION_INDEX, VGA_REGION_INDEX] {
+            let info = d.region_info(index).unwrap();
+            assert_eq!((info.flags, info.size), (0, 0), "region {index}");
+            assert_eq!(d.region_read(index, 0, &mut b), Err(Errno::EINVAL));
+        }
+        assert!(d.region_info(PCI_NUM_REGIONS).is_err());
+        // Sizing probe of the BAR it was given; reset puts it back to its flags.
+        d.region_write(CONFIG_REGION_INDEX, 0x18, &[0xff; 8])
+            .unwrap();
+        assert_eq!(cfg32(&mut d, 0x18), !((1u32 << 20) - 1) | 0xc);
+        assert_eq!(cfg32(&mut d, 0x1c), u32::MAX);
+        d.reset().unwrap();
+        assert_eq!(cfg32(&mut d, 0x18), 0xc);
+        d.region_read(BAR0_REGION_INDEX, 0x100, &mut b).unwrap();
+        assert_eq!(b, [0; 4]);
+    }
+
+    #[test]
+    fn unbacked_bar_reads_ones_drops_writes_and_clips() {
+        let mut d = plain_core();
+        let mut b = [0u8; 8];
+        assert_eq!(d.region_read(2, (1 << 20) - 2, &mut b), Ok(2));
+        assert_eq!(b[..2], [0xff, 0xff]);
+        assert_eq!(d.region_write(2, 0, &[1; 8]), Ok(8));
+        assert_eq!(d.region_write(2, u64::MAX, &[1; 8]), Err(Errno::EINVAL));
+    }
+
+    #[test]
+    fn irqs_follow_the_description() {
+        let d = plain_core();
+        assert_eq!(d.irq_info(INTX_IRQ_INDEX).unwrap().count, 1);
+        let msix = d.irq_info(MSIX_IRQ_INDEX).unwrap();
+        assert_eq!(msix.count, 4);
+        assert_ne!(msix.flags & VFIO_IRQ_INFO_NORESIZE, 0);
+        // No PCI Express capability: no error interrupt.
+        assert_eq!(d.irq_info(vfu::device::ERR_IRQ_INDEX).unwrap().count, 0);
+        assert!(d.irq_info(PCI_NUM_IRQS).is_err());
+    }
+
+    #[test]
+    fn clip_is_einval_at_the_end_whatever_the_count_then_clips() {
+        assert_eq!(clip(16, 16, 0), Err(Errno::EINVAL));
+        assert_eq!(clip(16, u64::MAX, usize::MAX), Err(Errno::EINVAL));
+        assert_eq!(clip(16, 12, usize::MAX), Ok(4));
+        assert_eq!(clip(u64::MAX, 0, 8), Ok(8));
+    }
+}
