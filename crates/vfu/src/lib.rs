@@ -4,6 +4,21 @@
 //! [`transport`] (a byte stream that also carries fds), [`server`] (one session per client,
 //! dispatching to a [`Device`]) and [`client`] (used by tests, benchmarks and `vgrace check`).
 //! [`dma`] and [`irq`] hold per-client DMA regions and interrupt eventfds.
+//!
+//! Serving a device takes an implementation of [`Device`] and three calls:
+//!
+//! ```no_run
+//! # fn serve(device: impl vfu::Device) -> Result<(), vfu::Error> {
+//! use vfu::server::{bind_socket, Server, ServerConfig, Shutdown};
+//! let (listener, _socket_file) = bind_socket("/tmp/dev.sock".as_ref())?;
+//! let stop = Shutdown::new()?; // stop.trigger() from another thread ends serve()
+//! Server::new(device, ServerConfig::default()).serve(listener, &stop)
+//! # }
+//! ```
+//!
+//! `crates/vgrace-device/examples/doorbell.rs` is a whole second device (a register file with a
+//! doorbell that raises INTx, and a memory BAR) on this crate and the PCI core, in about 90
+//! lines of code; `crates/vgrace-device/tests/example_doorbell.rs` serves it to the client.
 
 pub mod client;
 pub mod device;

@@ -187,8 +187,8 @@ pub fn decode_command<'a>(
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
-    use super::*;
     use super::codec::Put;
+    use super::*;
     use crate::errno::Errno;
     use proptest::prelude::*;
     use vfio_bindings::bindings::vfio::vfio_region_sparse_mmap_area;

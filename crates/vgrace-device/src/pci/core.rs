@@ -59,6 +59,12 @@ impl PciCore {
         })
     }
 
+    /// Raises interrupt `vector` of IRQ index `index` (signals its eventfd). False when the
+    /// client has not wired that vector; EINVAL when the device has no such vector.
+    pub fn trigger(&mut self, index: u32, vector: u32) -> Result<bool, Errno> {
+        self.irqs.trigger(index, vector)
+    }
+
     /// Size of the BAR at region `index` if the description declared one.
     fn bar_size(&self, index: u32) -> Option<u64> {
         self.config.bars().get(index).map(|b| b.size)

@@ -21,7 +21,7 @@ const COMMAND_WRITABLE: [u8; 2] = [0x47, 0x05];
 const EXP_BODY_LEN: usize = 0x3a;
 
 /// The identity and fixed fields of a type 0 header.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Header {
     /// Vendor id (0x00).
     pub vendor_id: u16,
@@ -83,7 +83,7 @@ pub struct ExtCapability {
 }
 
 /// Everything the core needs to build a function's config space, BARs and IRQ table.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct PciDescription {
     /// Identity and fixed fields of the type 0 header.
     pub header: Header,
