@@ -15,6 +15,10 @@ use vfu::{Errno, SparseArea};
 
 use crate::cli::CheckArgs;
 
+// These constants deliberately repeat what vgrace-device defines: `check` is an independent
+// oracle that judges any server (ours included) against the upstream ABI, so it must not take
+// the values from the implementation it checks.
+
 /// Device ids of the upstream table (plus the seed patch's 0x2343).
 const KNOWN_DEVICE_IDS: [u16; 6] = [0x2342, 0x2343, 0x2345, 0x2348, 0x2941, 0x31c2];
 /// The readiness registers and the value that means ready.
