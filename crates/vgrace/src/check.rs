@@ -315,10 +315,14 @@ fn mmap_coherent(t: &mut dyn Target, index: u32, info: &RegionView) -> Result<St
     let original = t.read(index, offset, 8).map_err(|e| e.to_string())?;
     t.write(index, offset, &0x5a5a_1234_dead_beef_u64.to_le_bytes())
         .map_err(|e| e.to_string())?;
-    let seen = map.read_u64(0);
-    map.write_u64(0, 0x0123_4567_89ab_cdef);
+    let seen = map.read_u64(0).map_err(|e| format!("mmap: {e:#}"));
+    let stored = map
+        .write_u64(0, 0x0123_4567_89ab_cdef)
+        .map_err(|e| format!("mmap: {e:#}"));
     let back = t.read(index, offset, 8).map_err(|e| e.to_string())?;
     let _ = t.write(index, offset, &original);
+    let seen = seen?;
+    stored?;
     if seen != 0x5a5a_1234_dead_beef {
         return Err(format!("mmap saw {seen:#x} after REGION_WRITE"));
     }
