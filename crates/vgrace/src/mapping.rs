@@ -61,3 +61,50 @@ impl Mapping {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::os::unix::fs::FileExt;
+
+    use super::*;
+
+    fn file(len: u64) -> (File, OwnedFd) {
+        let f = tempfile::tempfile().unwrap();
+        f.set_len(len).unwrap();
+        let fd = OwnedFd::from(f.try_clone().unwrap());
+        (f, fd)
+    }
+
+    #[test]
+    fn words_at_unaligned_offsets_reach_the_file() {
+        let (f, fd) = file(8192);
+        let map = Mapping::new(&fd, 4096, 4096).unwrap();
+        map.write_u64(3, 0x0123_4567_89ab_cdef).unwrap();
+        let mut back = [0u8; 8];
+        f.read_exact_at(&mut back, 4096 + 3).unwrap();
+        assert_eq!(back, 0x0123_4567_89ab_cdef_u64.to_le_bytes());
+        f.write_all_at(&0x5a5a_1234_dead_beef_u64.to_le_bytes(), 4096 + 101)
+            .unwrap();
+        assert_eq!(map.read_u64(101).unwrap(), 0x5a5a_1234_dead_beef);
+    }
+
+    #[test]
+    fn offsets_past_the_end_are_clamped_to_the_last_word() {
+        let (f, fd) = file(4096);
+        let map = Mapping::new(&fd, 0, 4096).unwrap();
+        map.write_u64(usize::MAX, 7).unwrap();
+        let mut back = [0u8; 8];
+        f.read_exact_at(&mut back, 4088).unwrap();
+        assert_eq!(u64::from_le_bytes(back), 7);
+        assert_eq!(map.read_u64(4093).unwrap(), 7);
+    }
+
+    #[test]
+    fn short_and_empty_mappings_are_refused() {
+        let (_f, fd) = file(4096);
+        assert!(Mapping::new(&fd, 0, 0).is_err());
+        assert!(Mapping::new(&fd, 0, 7).is_err());
+        assert!(Mapping::new(&fd, 1 << 63, 4096).is_err());
+    }
+}
