@@ -63,3 +63,39 @@ impl SharedMapping {
         self.slice(at, data.len()).copy_from(data);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::FileExt;
+
+    use super::*;
+
+    #[test]
+    fn reads_and_writes_at_any_offset_reach_the_file() {
+        let f = tempfile::tempfile().unwrap();
+        f.set_len(8192).unwrap();
+        let map = SharedMapping::new(f.as_fd(), 4096, 4096).unwrap();
+        assert_eq!(map.len(), 4096);
+        map.write(5, b"vgrace");
+        let mut back = [0u8; 6];
+        f.read_exact_at(&mut back, 4096 + 5).unwrap();
+        assert_eq!(&back, b"vgrace");
+        f.write_all_at(b"grace", 4096 + 4090).unwrap();
+        let mut seen = [0u8; 5];
+        map.read(4090, &mut seen);
+        assert_eq!(&seen, b"grace");
+        map.whole().copy_from(&[0xa5u8; 4096]);
+        f.read_exact_at(&mut seen, 4096 + 4091).unwrap();
+        assert_eq!(seen, [0xa5; 5]);
+    }
+
+    #[test]
+    #[should_panic(expected = "of the mapping")]
+    fn an_access_past_the_end_panics_instead_of_faulting() {
+        let f = tempfile::tempfile().unwrap();
+        f.set_len(4096).unwrap();
+        let map = SharedMapping::new(f.as_fd(), 0, 4096).unwrap();
+        map.write(4093, b"four");
+    }
+}

@@ -73,3 +73,40 @@ impl IrqSet<'_> {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::irq_flags::{ACTION_TRIGGER, DATA_BOOL};
+    use super::*;
+
+    #[test]
+    fn irq_set_payload_is_vfio_irq_set_then_data() {
+        let set = IrqSet {
+            flags: DATA_BOOL | ACTION_TRIGGER,
+            index: 2,
+            start: 1,
+            count: 3,
+            data: &[1, 0, 1],
+        };
+        let want: Vec<u8> = [23u32, 0x22, 2, 1, 3]
+            .iter()
+            .flat_map(|x| x.to_ne_bytes())
+            .chain([1, 0, 1])
+            .collect();
+        assert_eq!(set.payload(), want);
+        let m = set.msg(9);
+        assert_eq!(m.len(), HEADER_SIZE + want.len());
+        assert_eq!(&m[HEADER_SIZE..], &want[..]);
+        let h = Header::decode(&m[..HEADER_SIZE]).unwrap();
+        assert_eq!((h.msg_id, h.cmd, h.flags), (9, cmd::DEVICE_SET_IRQS, 0));
+        assert_eq!(h.msg_size as usize, m.len());
+    }
+
+    #[test]
+    fn with_size_overwrites_only_msg_size() {
+        let m = msg(1, cmd::DEVICE_RESET, 0, &[]);
+        let lied = with_size(m.clone(), 4096);
+        assert_eq!(Header::decode(&lied).unwrap().msg_size, 4096);
+        assert_eq!((&lied[..4], &lied[8..]), (&m[..4], &m[8..]));
+    }
+}
