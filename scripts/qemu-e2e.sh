@@ -15,17 +15,24 @@ bash "$here/qemu-setup.sh"
 # A gh100 whose usemem (1.5 GiB) and resmem (1 GiB + 100 MiB) are both below their power-of-two
 # BARs (2 GiB each), so both BARs have a tail that must read all ones.
 MEM_SIZE=${VGRACE_E2E_MEM_SIZE:-$(( 2660 << 20 ))}
-MEMBLK=$(( 512 << 20 )); RESMEM=$(( 1 << 30 ))
-USEMEM=$(( (MEM_SIZE - RESMEM) / MEMBLK * MEMBLK ))
-RES=$(( MEM_SIZE - USEMEM ))
-pow2() { local v=1; while [ $v -lt "$1" ]; do v=$(( v * 2 )); done; echo $v; }
-BAR4=$(pow2 $USEMEM); BAR2=$(pow2 $RES)
 PRE_OFF=$(( 0x1000 )); PRE_VAL=0xc0ffee11
 GW_OFF=$(( 0x2000 )); GW_VAL=0x5eed1234
 
 log "building vgrace (release)"
 (cd "$repo" && cargo build --release -q -p vgrace)
 VGRACE=$repo/target/release/vgrace
+
+# The split, BAR sizes and file offsets as vgrace itself lays them out (`vgrace layout --json`),
+# so this script cannot drift from the device model.
+layout_json=$("$VGRACE" layout --profile gh100 --mem-size "$MEM_SIZE" --json)
+layout_vals=$(python3 -c '
+import json, sys
+v = json.load(sys.stdin)
+r = {x["kind"]: x for x in v["regions"]}
+u, s = r["usemem"], r["resmem"]
+print(v["device_id"], u["memlength"], u["bar_size"], u["fd_offset"], s["memlength"], s["bar_size"])
+' <<<"$layout_json")
+read -r DEVID USEMEM BAR4 USEMEM_FD RES BAR2 <<<"$layout_vals"
 
 work=$ROOT/tmp/vgrace-e2e
 vg_pid=""
@@ -48,11 +55,11 @@ chmod +x "$initrd/init" "$initrd/bin/busybox"
 (cd "$initrd" && find . | cpio -o -H newc --quiet | gzip -1) >"$work/initrd.gz"
 cp "$CACHE/vmlinuz" "$work/vmlinuz"
 
-# The backing file, with a value the guest must find (usemem is at file offset 0).
+# The backing file, with a value the guest must find in usemem (at its file offset).
 backing=$work/gpu.mem
 truncate -s $MEM_SIZE "$backing"
 printf "$(printf '\\x%02x\\x%02x\\x%02x\\x%02x' $(( PRE_VAL & 0xff )) $(( (PRE_VAL >> 8) & 0xff )) $(( (PRE_VAL >> 16) & 0xff )) $(( (PRE_VAL >> 24) & 0xff )))" |
-  dd of="$backing" bs=1 seek=$PRE_OFF conv=notrunc status=none
+  dd of="$backing" bs=1 seek=$(( USEMEM_FD + PRE_OFF )) conv=notrunc status=none
 
 RUST_LOG=${RUST_LOG:-info} "$VGRACE" serve --socket "$work/gpu.sock" --profile gh100 \
   --mem-size $MEM_SIZE --backing "$backing" >"$work/vgrace.log" 2>&1 &
@@ -60,7 +67,7 @@ vg_pid=$!
 for _ in $(seq 100); do [ -S "$work/gpu.sock" ] && break; sleep 0.1; done
 [ -S "$work/gpu.sock" ] || { log "vgrace did not start"; cat "$work/vgrace.log"; exit 1; }
 
-append="console=ttyS0 panic=-1 quiet vgrace.devid=0x2342 vgrace.bar2=$BAR2 vgrace.bar4=$BAR4 vgrace.mem2=$RES vgrace.mem4=$USEMEM vgrace.preoff=$PRE_OFF vgrace.preval=$PRE_VAL vgrace.gwoff=$GW_OFF vgrace.gwval=$GW_VAL"
+append="console=ttyS0 panic=-1 quiet vgrace.devid=$(printf 0x%x "$DEVID") vgrace.bar2=$BAR2 vgrace.bar4=$BAR4 vgrace.mem2=$RES vgrace.mem4=$USEMEM vgrace.preoff=$PRE_OFF vgrace.preval=$PRE_VAL vgrace.gwoff=$GW_OFF vgrace.gwval=$GW_VAL"
 log "booting the guest (TCG)"
 set +e
 timeout 300 chroot "$ROOT" qemu-system-x86_64 -nodefaults -display none -serial stdio \
@@ -74,11 +81,11 @@ set -e
 tr -d '\r' <"$work/console.log" | grep -E 'VGRACE-|vfio|error|Kernel panic' || true
 
 host_ok=1
-got=$(od -An -tx4 -j $GW_OFF -N4 "$backing" | tr -d ' ')
+got=$(od -An -tx4 -j $(( USEMEM_FD + GW_OFF )) -N4 "$backing" | tr -d ' ')
 if [ "$(printf '%08x' $(( 0x$got )))" = "$(printf '%08x' $(( GW_VAL )))" ]; then
-  echo "VGRACE-HOST guest-write-in-backing-file PASS 0x$got at file offset $(printf '0x%x' $GW_OFF)"
+  echo "VGRACE-HOST guest-write-in-backing-file PASS 0x$got at file offset $(printf '0x%x' $(( USEMEM_FD + GW_OFF )))"
 else
-  echo "VGRACE-HOST guest-write-in-backing-file FAIL 0x$got at file offset $(printf '0x%x' $GW_OFF), expected $GW_VAL"
+  echo "VGRACE-HOST guest-write-in-backing-file FAIL 0x$got at file offset $(printf '0x%x' $(( USEMEM_FD + GW_OFF ))), expected $GW_VAL"
   host_ok=0
 fi
 

@@ -5,10 +5,12 @@ use std::io::{Read, Write};
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use test_support::procfs::status_kib;
+use test_support::{ServeChild, SharedMapping};
 use vfu::client::Client;
 use vfu::server::{Server, ServerConfig};
 use vfu::transport::UnixTransport;
@@ -233,45 +235,35 @@ pub fn rustvmm_roundtrip(iters: u64, p: Placement) -> Result<f64, BenchError> {
 /// memcpy into the client's mapping of the BAR4 fd vs into an anonymous buffer: bytes per
 /// second of each, for `size` bytes copied `iters` times.
 pub fn memcpy_pair(size: usize, iters: u64) -> Result<(f64, f64), BenchError> {
-    use nix::sys::mman::{mmap, munmap, MapFlags, ProtFlags};
     let device = bench_device()?;
     let info = vfu::Device::region_info(&device, 4).map_err(|e| format!("region info: {e}"))?;
     let fd = info.fd.ok_or("no region fd")?;
-    let len = std::num::NonZeroUsize::new(size).ok_or("size 0")?;
-    // SAFETY: a fresh shared mapping of the region fd, unmapped below; only used through the
-    // slice built from it while it is alive.
-    let ptr = unsafe {
-        mmap(
-            None,
-            len,
-            ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
-            MapFlags::MAP_SHARED,
-            fd.as_fd(),
-            0,
-        )
-    }?;
-    // SAFETY: ptr is a live mapping of `size` bytes, exclusively used here.
-    let mapped = unsafe { std::slice::from_raw_parts_mut(ptr.as_ptr().cast::<u8>(), size) };
+    if size == 0 {
+        return Err("size 0".into());
+    }
+    let mapping = SharedMapping::new(fd.as_fd(), 0, size)?;
+    // A volatile slice's byte copy is one memcpy for anything longer than a word.
+    let mapped = mapping.whole();
     let src = vec![0x5au8; size];
     let mut anon = vec![0u8; size];
-    mapped.copy_from_slice(&src);
+    mapped.copy_from(&src);
     anon.copy_from_slice(&src);
-    let time = |dst: &mut [u8]| {
+    let time = |copy: &mut dyn FnMut()| {
         let start = Instant::now();
         for _ in 0..iters {
-            dst.copy_from_slice(std::hint::black_box(&src));
-            std::hint::black_box(&mut *dst);
+            copy();
         }
         (size as u64 * iters) as f64 / start.elapsed().as_secs_f64()
     };
     let mut m = Vec::new();
     let mut a = Vec::new();
     for _ in 0..5 {
-        m.push(time(mapped));
-        a.push(time(&mut anon));
+        m.push(time(&mut || mapped.copy_from(std::hint::black_box(&src))));
+        a.push(time(&mut || {
+            anon.copy_from_slice(std::hint::black_box(&src));
+            std::hint::black_box(&mut anon);
+        }));
     }
-    // SAFETY: the mapping made above; `mapped` is not used after this.
-    unsafe { munmap(ptr, size) }?;
     Ok((median(&mut m), median(&mut a)))
 }
 
@@ -279,16 +271,14 @@ pub fn memcpy_pair(size: usize, iters: u64) -> Result<(f64, f64), BenchError> {
 pub fn startup(vgrace: &Path, mem_size: &str) -> Result<(Duration, u64), BenchError> {
     let dir = tempfile::tempdir()?;
     let sock = dir.path().join("s.sock");
-    let start = Instant::now();
-    let mut child = Command::new(vgrace)
-        .args(["serve", "--socket"])
+    let mut cmd = Command::new(vgrace);
+    cmd.args(["serve", "--socket"])
         .arg(&sock)
         .args(["--profile", "gb200", "--mem-size", mem_size])
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
+        .env("RUST_LOG", "warn");
+    let start = Instant::now();
+    // Killed and reaped when dropped, also on the error paths.
+    let child = ServeChild::spawn(cmd)?;
     let deadline = start + Duration::from_secs(30);
     let elapsed = loop {
         if let Ok(mut c) = Client::connect(&sock) {
@@ -297,20 +287,12 @@ pub fn startup(vgrace: &Path, mem_size: &str) -> Result<(Duration, u64), BenchEr
             break t;
         }
         if Instant::now() > deadline {
-            let _ = child.kill();
             return Err("vgrace did not answer within 30 s".into());
         }
         thread::sleep(Duration::from_micros(200));
     };
-    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id()))?;
-    let hwm = status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse::<u64>().ok())
-        .unwrap_or(0);
-    let _ = child.kill();
-    let _ = child.wait();
+    let hwm = status_kib(child.process(), "VmHWM")?.unwrap_or(0);
+    drop(child);
     Ok((elapsed, hwm))
 }
 

@@ -15,6 +15,10 @@ use vfu::{Errno, SparseArea};
 
 use crate::cli::CheckArgs;
 
+// These constants deliberately repeat what vgrace-device defines: `check` is an independent
+// oracle that judges any server (ours included) against the upstream ABI, so it must not take
+// the values from the implementation it checks.
+
 /// Device ids of the upstream table (plus the seed patch's 0x2343).
 const KNOWN_DEVICE_IDS: [u16; 6] = [0x2342, 0x2343, 0x2345, 0x2348, 0x2941, 0x31c2];
 /// The readiness registers and the value that means ready.
@@ -311,10 +315,14 @@ fn mmap_coherent(t: &mut dyn Target, index: u32, info: &RegionView) -> Result<St
     let original = t.read(index, offset, 8).map_err(|e| e.to_string())?;
     t.write(index, offset, &0x5a5a_1234_dead_beef_u64.to_le_bytes())
         .map_err(|e| e.to_string())?;
-    let seen = map.read_u64(0);
-    map.write_u64(0, 0x0123_4567_89ab_cdef);
+    let seen = map.read_u64(0).map_err(|e| format!("mmap: {e:#}"));
+    let stored = map
+        .write_u64(0, 0x0123_4567_89ab_cdef)
+        .map_err(|e| format!("mmap: {e:#}"));
     let back = t.read(index, offset, 8).map_err(|e| e.to_string())?;
     let _ = t.write(index, offset, &original);
+    let seen = seen?;
+    stored?;
     if seen != 0x5a5a_1234_dead_beef {
         return Err(format!("mmap saw {seen:#x} after REGION_WRITE"));
     }

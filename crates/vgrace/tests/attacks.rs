@@ -12,12 +12,14 @@ use std::io::{IoSlice, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+use test_support::irq_flags::{ACTION_TRIGGER, DATA_EVENTFD};
+use test_support::{msg, IrqSet, ServeChild};
 use vfu::client::Client;
+use vfu::device::MSIX_IRQ_INDEX;
 use vfu::server::ServerConfig;
 use vfu::wire::{cmd, Header, RegionAccess, Version, HEADER_SIZE};
 use vfu::Errno;
@@ -29,120 +31,27 @@ const MEM: u64 = (3 << 29) + 4096;
 const MEM_ARG: &str = "1610616832";
 const SENTINEL: &[u8] = b"device-memory-intact";
 
-/// A `vgrace serve` child process; its stderr is collected by a thread (so a chatty server never
-/// blocks on a full pipe) and it is killed if a test fails before stopping it.
-struct Proc {
-    child: Child,
-    log: Arc<Mutex<String>>,
+/// `vgrace serve ARGS...`, once it listens on every socket.
+fn serve(args: &[&str], sockets: &[&Path]) -> ServeChild {
+    ServeChild::serve(BIN, args).wait_listening(sockets)
 }
 
-impl Proc {
-    fn serve(args: &[&str], sockets: &[&Path]) -> Self {
-        let mut child = Command::new(BIN)
-            .arg("serve")
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let log = Arc::new(Mutex::new(String::new()));
-        let mut err = child.stderr.take().unwrap();
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = err.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
-        let deadline = Instant::now() + Duration::from_secs(20);
-        for s in sockets {
-            while UnixStream::connect(s).is_err() {
-                assert!(
-                    Instant::now() < deadline,
-                    "server did not listen on {}: {}",
-                    s.display(),
-                    log.lock().unwrap()
-                );
-                assert!(
-                    child.try_wait().unwrap().is_none(),
-                    "server exited: {}",
-                    log.lock().unwrap()
-                );
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-        Self { child, log }
-    }
-
-    /// `vgrace serve` of the small device backed by `mem.bin` in `dir`: (server, socket, file).
-    fn file_backed(dir: &tempfile::TempDir) -> (Self, PathBuf, PathBuf) {
-        let s = sock(dir, "gpu.sock");
-        let file = dir.path().join("mem.bin");
-        let srv = Self::serve(
-            &[
-                "--socket",
-                s.to_str().unwrap(),
-                "--mem-size",
-                MEM_ARG,
-                "--backing",
-                file.to_str().unwrap(),
-            ],
-            &[&s],
-        );
-        (srv, s, file)
-    }
-
-    fn pid(&self) -> i32 {
-        i32::try_from(self.child.id()).unwrap()
-    }
-
-    fn fd_count(&self) -> usize {
-        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
-            .unwrap()
-            .count()
-    }
-
-    /// User + system CPU time of the whole process, in clock ticks.
-    fn cpu_ticks(&self) -> u64 {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap();
-        // Fields after the command name (which may hold spaces) start after the last ')'.
-        let rest = &stat[stat.rfind(')').unwrap() + 2..];
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
-    }
-
-    fn alive(&mut self) -> bool {
-        self.child.try_wait().unwrap().is_none()
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
-    }
-
-    /// Waits until the server's fd count settles at `want` (a session ends asynchronously).
-    fn wait_fd_count(&self, want: usize) -> usize {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let n = self.fd_count();
-            if n == want || Instant::now() > deadline {
-                return n;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// `vgrace serve` of the small device backed by `mem.bin` in `dir`: (server, socket, file).
+fn file_backed(dir: &tempfile::TempDir) -> (ServeChild, PathBuf, PathBuf) {
+    let s = sock(dir, "gpu.sock");
+    let file = dir.path().join("mem.bin");
+    let srv = serve(
+        &[
+            "--socket",
+            s.to_str().unwrap(),
+            "--mem-size",
+            MEM_ARG,
+            "--backing",
+            file.to_str().unwrap(),
+        ],
+        &[&s],
+    );
+    (srv, s, file)
 }
 
 fn sock(dir: &tempfile::TempDir, name: &str) -> PathBuf {
@@ -156,17 +65,7 @@ fn version_msg() -> Vec<u8> {
         json: String::new(),
     }
     .encode();
-    let mut v = Header {
-        msg_id: 7,
-        cmd: cmd::VERSION,
-        msg_size: (HEADER_SIZE + payload.len()) as u32,
-        flags: 0,
-        error: 0,
-    }
-    .encode()
-    .to_vec();
-    v.extend_from_slice(&payload);
-    v
+    msg(7, cmd::VERSION, 0, &payload)
 }
 
 fn send_with_fds(s: &UnixStream, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> nix::Result<usize> {
@@ -229,7 +128,7 @@ fn client_cannot_resize_the_memfd_it_was_given() {
 #[test]
 fn truncated_backing_file_answers_eio_and_the_server_lives() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut srv, s, file) = Proc::file_backed(&dir);
+    let (mut srv, s, file) = file_backed(&dir);
     let mut c = Client::connect(&s).unwrap();
     c.region_write(4, 0x1000, SENTINEL).unwrap();
     let fd = c.region_info(4).unwrap().fd.unwrap();
@@ -336,7 +235,7 @@ fn full_filesystem_is_an_errno_not_a_signal() {
 #[test]
 fn file_size_limit_is_an_errno_not_a_signal() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut srv, s, _file) = Proc::file_backed(&dir);
+    let (mut srv, s, _file) = file_backed(&dir);
     let st = Command::new("prlimit")
         .arg(format!("--pid={}", srv.pid()))
         .arg("--fsize=8388608:8388608")
@@ -433,7 +332,7 @@ fn second_server_on_one_backing_file_is_refused() {
 fn fd_flood_leaves_the_server_fd_count_unchanged() {
     let dir = tempfile::tempdir().unwrap();
     let s = sock(&dir, "gpu.sock");
-    let srv = Proc::serve(
+    let srv = serve(
         &["--socket", s.to_str().unwrap(), "--mem-size", MEM_ARG],
         &[&s],
     );
@@ -461,7 +360,7 @@ fn fd_flood_leaves_the_server_fd_count_unchanged() {
 fn unfinished_message_cannot_pile_up_fds() {
     let dir = tempfile::tempdir().unwrap();
     let s = sock(&dir, "gpu.sock");
-    let srv = Proc::serve(
+    let srv = serve(
         &["--socket", s.to_str().unwrap(), "--mem-size", MEM_ARG],
         &[&s],
     );
@@ -516,7 +415,7 @@ fn full_fd_table_backs_off_and_serves_later() {
         ),
     )
     .unwrap();
-    let srv = Proc::serve(&["--config", cfg.to_str().unwrap()], &[&a, &b]);
+    let srv = serve(&["--config", cfg.to_str().unwrap()], &[&a, &b]);
     std::thread::sleep(Duration::from_millis(100));
     let mut ca = Client::connect(&a).unwrap();
     // Room for exactly 4 more fds: A's 4 eventfds fill the table.
@@ -531,7 +430,15 @@ fn full_fd_table_backs_off_and_serves_later() {
         .map(|_| nix::sys::eventfd::EventFd::new().unwrap().into())
         .collect();
     let borrowed: Vec<BorrowedFd<'_>> = efds.iter().map(|f| f.as_fd()).collect();
-    ca.set_irqs(0x24, 2, 0, 4, &[], &borrowed).unwrap();
+    IrqSet {
+        flags: DATA_EVENTFD | ACTION_TRIGGER,
+        index: MSIX_IRQ_INDEX,
+        start: 0,
+        count: 4,
+        data: &[],
+    }
+    .send(&mut ca, &borrowed)
+    .unwrap();
     assert_eq!(srv.fd_count(), limit, "the fd table is full");
 
     let b2 = b.clone();
@@ -599,7 +506,7 @@ fn second_client_is_refused_with_ebusy_at_once() {
 fn half_a_header_while_busy_does_not_spin_the_server() {
     let dir = tempfile::tempdir().unwrap();
     let s = sock(&dir, "gpu.sock");
-    let srv = Proc::serve(
+    let srv = serve(
         &["--socket", s.to_str().unwrap(), "--mem-size", MEM_ARG],
         &[&s],
     );

@@ -1,11 +1,11 @@
 //! End-to-end tests of the `vgrace` binary: real processes, real sockets, real signals.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output, Stdio};
+
+use test_support::ServeChild;
 
 const BIN: &str = env!("CARGO_BIN_EXE_vgrace");
 
@@ -21,78 +21,26 @@ fn stderr_of(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-/// A `vgrace serve` child that is killed if a test fails before stopping it.
-struct Served {
-    child: Option<Child>,
+/// `vgrace serve --socket SOCKET --mem-size 3543348019 EXTRA...` (killed if a test fails before
+/// stopping it), once it answers on the socket (a stale socket file may exist before it binds).
+fn start(socket: &Path, extra: &[&str]) -> ServeChild {
+    ServeChild::serve(BIN, serve_args(socket, extra)).wait_listening(&[socket])
 }
 
-impl Served {
-    fn start(socket: &Path, extra: &[&str]) -> Self {
-        Self::spawn(socket, extra, true)
-    }
-
-    /// For servers that refuse our uid: wait for the socket file instead of a session.
-    fn start_without_probe(socket: &Path, extra: &[&str]) -> Self {
-        Self::spawn(socket, extra, false)
-    }
-
-    fn spawn(socket: &Path, extra: &[&str], probe: bool) -> Self {
-        let mut args = vec![
-            "serve",
-            "--socket",
-            socket.to_str().unwrap(),
-            "--mem-size",
-            "3543348019",
-        ];
-        args.extend_from_slice(extra);
-        let child = Command::new(BIN)
-            .args(&args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let served = Self { child: Some(child) };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        // Wait until this server answers (a stale socket file may exist before it binds).
-        while !(if probe {
-            std::os::unix::net::UnixStream::connect(socket).is_ok()
-        } else {
-            socket.exists()
-        }) {
-            assert!(
-                Instant::now() < deadline,
-                "server did not create {}",
-                socket.display()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        served
-    }
-
-    fn signal(&mut self, sig: nix::sys::signal::Signal) -> (std::process::ExitStatus, String) {
-        let mut child = self.child.take().unwrap();
-        let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap());
-        nix::sys::signal::kill(pid, sig).unwrap();
-        let status = child.wait().unwrap();
-        let mut err = String::new();
-        child
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_string(&mut err)
-            .unwrap();
-        (status, err)
-    }
+/// For servers that refuse our uid: waits for the socket file instead of a session.
+fn start_without_probe(socket: &Path, extra: &[&str]) -> ServeChild {
+    ServeChild::serve(BIN, serve_args(socket, extra)).wait_created(&[socket])
 }
 
-impl Drop for Served {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
+fn serve_args<'a>(socket: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "--socket",
+        socket.to_str().unwrap(),
+        "--mem-size",
+        "3543348019",
+    ];
+    args.extend_from_slice(extra);
+    args
 }
 
 #[test]
@@ -199,7 +147,7 @@ fn socket_in_missing_directory_is_one_line() {
 fn serve_creates_socket_0600_and_sigterm_removes_it() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("gpu.sock");
-    let mut served = Served::start(&socket, &[]);
+    let mut served = start(&socket, &[]);
     let mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
     let (status, err) = served.signal(nix::sys::signal::Signal::SIGTERM);
     assert_eq!(mode, 0o600);
@@ -212,7 +160,7 @@ fn serve_creates_socket_0600_and_sigterm_removes_it() {
 fn live_socket_is_not_clobbered() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("gpu.sock");
-    let _first = Served::start(&socket, &[]);
+    let _first = start(&socket, &[]);
     let out = vgrace(&[
         "serve",
         "--socket",
@@ -235,7 +183,7 @@ fn stale_socket_is_replaced() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("gpu.sock");
     drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
-    let mut served = Served::start(&socket, &[]);
+    let mut served = start(&socket, &[]);
     let (status, err) = served.signal(nix::sys::signal::Signal::SIGINT);
     assert!(status.success(), "{err}");
 }
@@ -245,7 +193,7 @@ fn check_passes_against_our_server_on_every_profile() {
     for profile in ["gh100", "gb200", "seed"] {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("gpu.sock");
-        let _served = Served::start(&socket, &["--profile", profile]);
+        let _served = start(&socket, &["--profile", profile]);
         let out = vgrace(&["check", "--socket", socket.to_str().unwrap()]);
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(
@@ -262,7 +210,7 @@ fn check_fails_against_a_never_ready_device() {
     // The readiness rule polls for 30 s upstream; the fault makes it fail, so keep one such test.
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("gpu.sock");
-    let _served = Served::start(&socket, &["--fault", "link-down"]);
+    let _served = start(&socket, &["--fault", "link-down"]);
     let out = vgrace(&[
         "check",
         "--socket",
@@ -290,24 +238,10 @@ fn config_file_serves_two_devices() {
         ),
     )
     .unwrap();
-    let mut child = Command::new(BIN)
-        .args(["serve", "--config", cfg.to_str().unwrap()])
-        .stdin(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !(a.exists() && b.exists()) {
-        assert!(Instant::now() < deadline, "sockets not created");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let mut served =
+        ServeChild::serve(BIN, ["--config", cfg.to_str().unwrap()]).wait_created(&[&a, &b]);
     let out_b = vgrace(&["check", "--socket", b.to_str().unwrap()]);
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap()),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    let status = child.wait().unwrap();
+    let (status, _) = served.signal(nix::sys::signal::Signal::SIGTERM);
     assert!(
         out_b.status.success(),
         "{}",
@@ -330,20 +264,10 @@ fn serve_on_an_inherited_listening_fd() {
         nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
     )
     .unwrap();
-    let mut child = Command::new(BIN)
-        .args(["serve", "--fd", &fd.to_string(), "--mem-size", "4G"])
-        .stdin(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut served = ServeChild::serve(BIN, ["--fd", &fd.to_string(), "--mem-size", "4G"]);
     drop(listener);
     let out = vgrace(&["check", "--socket", socket.to_str().unwrap()]);
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap()),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    let status = child.wait().unwrap();
+    let (status, _) = served.signal(nix::sys::signal::Signal::SIGTERM);
     assert!(
         out.status.success(),
         "{}",
@@ -381,7 +305,7 @@ fn refused_uid_cannot_use_the_device() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("gpu.sock");
     let other = (nix::unistd::getuid().as_raw() + 1).to_string();
-    let _served = Served::start_without_probe(&socket, &["--allow-uid", &other]);
+    let _served = start_without_probe(&socket, &["--allow-uid", &other]);
     let out = vgrace(&["check", "--socket", socket.to_str().unwrap()]);
     assert!(!out.status.success());
 }
@@ -390,7 +314,7 @@ fn refused_uid_cannot_use_the_device() {
 fn a_regular_file_put_at_the_socket_path_survives_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("gpu.sock");
-    let mut served = Served::start(&socket, &[]);
+    let mut served = start(&socket, &[]);
     std::fs::remove_file(&socket).unwrap();
     std::fs::write(&socket, b"not yours").unwrap();
     let (status, err) = served.signal(nix::sys::signal::Signal::SIGTERM);
@@ -402,7 +326,7 @@ fn a_regular_file_put_at_the_socket_path_survives_sigterm() {
 fn a_newer_servers_socket_at_the_path_survives_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("gpu.sock");
-    let mut served = Served::start(&socket, &[]);
+    let mut served = start(&socket, &[]);
     std::fs::remove_file(&socket).unwrap();
     let newer = std::os::unix::net::UnixListener::bind(&socket).unwrap();
     let (status, err) = served.signal(nix::sys::signal::Signal::SIGTERM);
@@ -418,7 +342,7 @@ fn a_newer_servers_socket_at_the_path_survives_sigterm() {
 fn sighup_stops_cleanly_and_removes_the_socket() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("gpu.sock");
-    let mut served = Served::start(&socket, &[]);
+    let mut served = start(&socket, &[]);
     let (status, err) = served.signal(nix::sys::signal::Signal::SIGHUP);
     assert_eq!(status.code(), Some(0), "{status:?} {err}");
     assert!(!socket.exists(), "{err}");

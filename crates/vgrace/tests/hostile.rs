@@ -10,9 +10,12 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
+use test_support::irq_flags::{ACTION_TRIGGER, DATA_BOOL, DATA_EVENTFD, DATA_NONE};
+use test_support::{with_size, IrqSet};
 use vfu::client::Client;
+use vfu::device::{INTX_IRQ_INDEX, MSIX_IRQ_INDEX};
 use vfu::server::ServerConfig;
-use vfu::wire::{cmd, Header, RegionAccess, Version, FLAG_TYPE_REPLY, HEADER_SIZE};
+use vfu::wire::{cmd, RegionAccess, Version, FLAG_TYPE_REPLY};
 use vfu::Errno;
 use vgrace_device::{GpuConfig, Profile};
 
@@ -70,22 +73,12 @@ impl Srv {
     }
 }
 
-fn msg(command: u16, flags: u32, payload: &[u8]) -> Vec<u8> {
-    let h = Header {
-        msg_id: 0x77,
-        cmd: command,
-        msg_size: (HEADER_SIZE + payload.len()) as u32,
-        flags,
-        error: 0,
-    };
-    let mut v = h.encode().to_vec();
-    v.extend_from_slice(payload);
-    v
-}
+/// msg_id of every hostile message.
+const MSG_ID: u16 = 0x77;
 
-fn with_size(mut bytes: Vec<u8>, size: u32) -> Vec<u8> {
-    bytes[4..8].copy_from_slice(&size.to_ne_bytes());
-    bytes
+/// A whole message with msg_id [`MSG_ID`].
+fn msg(command: u16, flags: u32, payload: &[u8]) -> Vec<u8> {
+    test_support::msg(MSG_ID, command, flags, payload)
 }
 
 fn u32s(v: &[u32]) -> Vec<u8> {
@@ -127,46 +120,69 @@ fn pipe_fd() -> OwnedFd {
     nix::unistd::pipe().unwrap().0
 }
 
-/// Runs one case: optional VERSION first, then the hostile bytes with fds, then the check.
-fn case(negotiate: bool, bytes: Vec<u8>, fds: Vec<OwnedFd>, close_after: bool, expect: Expect) {
-    let srv = Srv::start();
-    let stream = UnixStream::connect(srv.path()).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    let mut c = if negotiate {
-        Client::from_stream(stream).unwrap()
-    } else {
-        Client::unnegotiated(stream)
-    };
-    let borrowed: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
-    c.send_raw(&bytes, &borrowed).unwrap();
-    if close_after {
-        c.stream().shutdown(std::net::Shutdown::Write).unwrap();
-    }
-    let reply = c.recv_raw();
-    match expect {
-        Expect::Errno(e) => {
-            let r = reply.unwrap();
-            assert!(r.header.is_error(), "expected {e}, got a success reply");
-            assert_eq!(r.header.error, e as u32, "expected {e}");
+/// One hostile input and its stated outcome.
+struct Case {
+    /// Negotiate VERSION before sending `bytes`.
+    negotiate: bool,
+    /// The hostile bytes, sent in one message.
+    bytes: Vec<u8>,
+    /// Fds sent with them.
+    fds: Vec<OwnedFd>,
+    /// Shut down the client's writing side after sending.
+    close_after: bool,
+    /// What the server must answer.
+    expect: Expect,
+}
+
+impl Case {
+    /// Runs the case: optional VERSION first, then the hostile bytes with fds, then the check.
+    fn run(self) {
+        let Case {
+            negotiate,
+            bytes,
+            fds,
+            close_after,
+            expect,
+        } = self;
+        let srv = Srv::start();
+        let stream = UnixStream::connect(srv.path()).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut c = if negotiate {
+            Client::from_stream(stream).unwrap()
+        } else {
+            Client::unnegotiated(stream)
+        };
+        let borrowed: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
+        c.send_raw(&bytes, &borrowed).unwrap();
+        if close_after {
+            c.stream().shutdown(std::net::Shutdown::Write).unwrap();
         }
-        Expect::AnyError => assert!(reply.unwrap().header.is_error()),
-        Expect::Closed => assert!(
-            reply.is_err(),
-            "expected the connection to close, got {:?}",
-            reply.map(|r| r.header)
-        ),
+        let reply = c.recv_raw();
+        match expect {
+            Expect::Errno(e) => {
+                let r = reply.unwrap();
+                assert!(r.header.is_error(), "expected {e}, got a success reply");
+                assert_eq!(r.header.error, e as u32, "expected {e}");
+            }
+            Expect::AnyError => assert!(reply.unwrap().header.is_error()),
+            Expect::Closed => assert!(
+                reply.is_err(),
+                "expected the connection to close, got {:?}",
+                reply.map(|r| r.header)
+            ),
+        }
+        drop(c);
+        srv.assert_intact();
     }
-    drop(c);
-    srv.assert_intact();
 }
 
 macro_rules! hostile {
-    ($name:ident, $negotiate:expr, $bytes:expr, $fds:expr, $close:expr, $expect:expr) => {
+    ($name:ident, $case:expr) => {
         #[test]
         fn $name() {
-            case($negotiate, $bytes, $fds, $close, $expect);
+            $case.run();
         }
     };
 }
@@ -187,538 +203,708 @@ fn version(major: u16, json: &str) -> Vec<u8> {
 // Framing.
 hostile!(
     short_header_then_close,
-    true,
-    vec![1, 0, 4, 0, 16, 0, 0, 0],
-    vec![],
-    true,
-    Expect::Closed
+    Case {
+        negotiate: true,
+        bytes: vec![1, 0, 4, 0, 16, 0, 0, 0],
+        fds: vec![],
+        close_after: true,
+        expect: Expect::Closed,
+    }
 );
 hostile!(
     msg_size_zero_closes,
-    true,
-    with_size(msg(cmd::DEVICE_RESET, 0, &[]), 0),
-    vec![],
-    false,
-    Expect::Closed
+    Case {
+        negotiate: true,
+        bytes: with_size(msg(cmd::DEVICE_RESET, 0, &[]), 0),
+        fds: vec![],
+        close_after: false,
+        expect: Expect::Closed,
+    }
 );
 hostile!(
     msg_size_below_header_closes,
-    true,
-    with_size(msg(cmd::DEVICE_RESET, 0, &[]), 15),
-    vec![],
-    false,
-    Expect::Closed
+    Case {
+        negotiate: true,
+        bytes: with_size(msg(cmd::DEVICE_RESET, 0, &[]), 15),
+        fds: vec![],
+        close_after: false,
+        expect: Expect::Closed,
+    }
 );
 hostile!(
     msg_size_4gib_then_close,
-    true,
-    with_size(msg(cmd::REGION_WRITE, 0, &access(4, 0, 4)), u32::MAX),
-    vec![],
-    true,
-    Expect::Closed
+    Case {
+        negotiate: true,
+        bytes: with_size(msg(cmd::REGION_WRITE, 0, &access(4, 0, 4)), u32::MAX),
+        fds: vec![],
+        close_after: true,
+        expect: Expect::Closed,
+    }
 );
 hostile!(
     oversized_region_write_is_e2big,
-    true,
-    msg(
-        cmd::REGION_WRITE,
-        0,
-        &[access(4, 0, 2 << 20), vec![0; 2 << 20]].concat()
-    ),
-    vec![],
-    false,
-    Expect::Errno(Errno::E2BIG)
+    Case {
+        negotiate: true,
+        bytes: msg(
+            cmd::REGION_WRITE,
+            0,
+            &[access(4, 0, 2 << 20), vec![0; 2 << 20]].concat()
+        ),
+        fds: vec![],
+        close_after: false,
+        expect: Expect::Errno(Errno::E2BIG),
+    }
 );
 hostile!(
     msg_size_longer_than_sent_then_close,
-    true,
-    with_size(msg(cmd::DEVICE_RESET, 0, &[]), 64),
-    vec![],
-    true,
-    Expect::Closed
+    Case {
+        negotiate: true,
+        bytes: with_size(msg(cmd::DEVICE_RESET, 0, &[]), 64),
+        fds: vec![],
+        close_after: true,
+        expect: Expect::Closed,
+    }
 );
 hostile!(
     truncated_region_read_payload,
-    true,
-    msg(cmd::REGION_READ, 0, &access(4, 0, 4)[..8]),
-    vec![],
-    false,
-    Expect::Errno(Errno::EINVAL)
+    Case {
+        negotiate: true,
+        bytes: msg(cmd::REGION_READ, 0, &access(4, 0, 4)[..8]),
+        fds: vec![],
+        close_after: false,
+        expect: Expect::Errno(Errno::EINVAL),
+    }
 );
 hostile!(
     region_read_with_trailing_bytes,
-    true,
-    msg(cmd::REGION_READ, 0, &[access(4, 0, 4), vec![0; 4]].concat()),
-    vec![],
-    false,
-    Expect::Errno(Errno::EINVAL)
+    Case {
+        negotiate: true,
+        bytes: msg(cmd::REGION_READ, 0, &[access(4, 0, 4), vec![0; 4]].concat()),
+        fds: vec![],
+        close_after: false,
+        expect: Expect::Errno(Errno::EINVAL),
+    }
 );
 hostile!(
     random_bytes_are_not_a_message,
-    true,
-    (0..4096u32)
-        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
-        .collect(),
-    vec![],
-    true,
-    Expect::Closed
+    Case {
+        negotiate: true,
+        bytes: (0..4096u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect(),
+        fds: vec![],
+        close_after: true,
+        expect: Expect::Closed,
+    }
 );
 hostile!(
     too_many_fds_closes,
-    true,
-    msg(cmd::DEVICE_RESET, 0, &[]),
-    (0..40).map(|_| eventfd()).collect(),
-    false,
-    Expect::Closed
+    Case {
+        negotiate: true,
+        bytes: msg(cmd::DEVICE_RESET, 0, &[]),
+        fds: (0..40).map(|_| eventfd()).collect(),
+        close_after: false,
+        expect: Expect::Closed,
+    }
 );
 
 // VERSION.
 hostile!(
     command_before_version_is_einval,
-    false,
-    msg(cmd::DEVICE_RESET, 0, &[]),
-    vec![],
-    false,
-    Expect::Errno(Errno::EINVAL)
+    Case {
+        negotiate: false,
+        bytes: msg(cmd::DEVICE_RESET, 0, &[]),
+        fds: vec![],
+        close_after: false,
+        expect: Expect::Errno(Errno::EINVAL),
+    }
 );
 hostile!(
     version_unknown_major_is_enotsup,
-    false,
-    version(9, ""),
-    vec![],
-    false,
-    Expect::Errno(Errno::ENOTSUP)
+    Case {
+        negotiate: false,
+        bytes: version(9, ""),
+        fds: vec![],
+        close_after: false,
+        expect: Expect::Errno(Errno::ENOTSUP),
+    }
 );
 hostile!(
     version_bad_json_is_einval,
-    false,
-    version(0, "{\"capabilities\":"),
-    vec![],
-    false,
-    Expect::Errno(Errno::EINVAL)
+    Case {
+        negotiate: false,
+        bytes: version(0, "{\"capabilities\":"),
+        fds: vec![],
+        close_after: false,
+        expect: Expect::Errno(Errno::EINVAL),
+    }
 );
 hostile!(
     version_json_wrong_types_is_einval,
-    false,
-    version(0, r#"{"capabilities":{"max_msg_fds":"many"}}"#),
-    vec![],
-    false,
-    Expect::Errno(Errno::EINVAL)
+    Case {
+        negotiate: false,
+        bytes: version(0, r#"{"capabilities":{"max_msg_fds":"many"}}"#),
+        fds: vec![],
+        close_after: false,
+        expect: Expect::Errno(Errno::EINVAL),
+    }
 );
 hostile!(
     version_xfer_size_over_u32_is_einval,
-    false,
-    version(0, r#"{"capabilities":{"max_data_xfer_size":99999999999}}"#),
-    vec![],
-    false,
-    Expect::Errno(Errno::EINVAL)
+    Case {
+        negotiate: false,
+        bytes: version(0, r#"{"capabilities":{"max_data_xfer_size":99999999999}}"#),
+        fds: vec![],
+        close_after: false,
+        expect: Expect::Errno(Errno::EINVAL),
+    }
 );
 hostile!(
     version_without_nul_is_einval,
-    false,
-    msg(cmd::VERSION, 0, b"\0\0\0\0{}"),
-    vec![],
-    false,
-    Expect::Errno(Errno::EINVAL)
+    Case {
+        negotiate: false,
+        bytes: msg(cmd::VERSION, 0, b"\0\0\0\0{}"),
+        fds: vec![],
+        close_after: false,
+        expect: Expect::Errno(Errno::EINVAL),
+    }
 );
 hostile!(
     version_truncated_is_einval,
-    false,
-    msg(cmd::VERSION, 0, &[0, 0]),
-    vec![],
-    false,
-    Expect::Errno(Errno::EINVAL)
+    Case {
+        negotiate: false,
+        bytes: msg(cmd::VERSION, 0, &[0, 0]),
+        fds: vec![],
+        close_after: false,
+        expect: Expect::Errno(Errno::EINVAL),
+    }
 );
 hostile!(
     second_version_is_einval,
-    true,
-    version(0, ""),
-    vec![],
-    false,
-    Expect::Errno(Errno::EINVAL)
+    Case {
+        negotiate: true,
+        bytes: version(0, ""),
+        fds: vec![],
+        close_after: false,
+        expect: Expect::Errno(Errno::EINVAL),
+    }
 );
 
 // Message types and commands.
 hostile!(
     reply_typed_message_is_einval,
-    true,
-    msg(cmd::DEVICE_RESET, FLAG_TYPE_REPLY, &[]),
-    vec![],
-    false,
-    Expect::Errno(Errno::EINVAL)
+    Case {
+        negotiate: true,
+        bytes: msg(cmd::DEVICE_RESET, FLAG_TYPE_REPLY, &[]),
+        fds: vec![],
+        close_after: false,
+        expect: Expect::Errno(Errno::EINVAL),
+    }
 );
 hostile!(
     unknown_command_is_enosys,
-    true,
-    msg(99, 0, &[1, 2, 3]),
-    vec![],
-    false,
-    Expect::Errno(Errno::ENOSYS)
+    Case {
+        negotiate: true,
+        bytes: msg(99, 0, &[1, 2, 3]),
+        fds: vec![],
+        close_after: false,
+        expect: Expect::Errno(Errno::ENOSYS),
+    }
 );
 hostile!(
     retired_command_14_is_enosys,
-    true,
-    msg(14, 0, &[0; 24]),
-    vec![],
-    false,
-    Expect::Errno(Errno::ENOSYS)
+    Case {
+        negotiate: true,
+        bytes: msg(14, 0, &[0; 24]),
+        fds: vec![],
+        close_after: false,
+        expect: Expect::Errno(Errno::ENOSYS),
+    }
 );
 hostile!(
     server_to_client_dma_read_is_enosys,
-    true,
-    msg(cmd::DMA_READ, 0, &[0; 16]),
-    vec![],
-    false,
-    Expect::Errno(Errno::ENOSYS)
+    Case {
+        negotiate: true,
+        bytes: msg(cmd::DMA_READ, 0, &[0; 16]),
+        fds: vec![],
+        close_after: false,
+        expect: Expect::Errno(Errno::ENOSYS),
+    }
 );
 
 // Region accesses.
 hostile!(
     region_read_count_over_max_is_e2big,
-    true,
-    msg(cmd::REGION_READ, 0, &access(4, 0, (1 << 20) + 1)),
-    vec![],
-    false,
-    Expect::Errno(Errno::E2BIG)
+    Case {
+        negotiate: true,
+        bytes: msg(cmd::REGION_READ, 0, &access(4, 0, (1 << 20) + 1)),
+        fds: vec![],
+        close_after: false,
+        expect: Expect::Errno(Errno::E2BIG),
+    }
 );
 hostile!(
     region_read_offset_that_wraps_is_einval,
-    true,
-    msg(cmd::REGION_READ, 0, &access(4, u64::MAX - 1, 4)),
-    vec![],
-    false,
-    Expect::Errno(Errno::EINVAL)
+    Case {
+        negotiate: true,
+        bytes: msg(cmd::REGION_READ, 0, &access(4, u64::MAX - 1, 4)),
+        fds: vec![],
+        close_after: false,
+        expect: Expect::Errno(Errno::EINVAL),
+    }
 );
 hostile!(
     region_index_9_is_einval,
-    true,
-    msg(cmd::REGION_READ, 0, &access(9, 0, 4)),
-    vec![],
-    false,
-    Expect::Errno(Errno::EINVAL)
+    Case {
+        negotiate: true,
+        bytes: msg(cmd::REGION_READ, 0, &access(9, 0, 4)),
+        fds: vec![],
+        close_after: false,
+        expect: Expect::Errno(Errno::EINVAL),
+    }
 );
 hostile!(
     region_index_max_is_einval,
-    true,
-    msg(cmd::REGION_READ, 0, &access(u32::MAX, 0, 4)),
-    vec![],
-    false,
-    Expect::Errno(Errno::EINVAL)
+    Case {
+        negotiate: true,
+        bytes: msg(cmd::REGION_READ, 0, &access(u32::MAX, 0, 4)),
+        fds: vec![],
+        close_after: false,
+        expect: Expect::Errno(Errno::EINVAL),
+    }
 );
 hostile!(
     bar4_offset_at_bar_end_is_einval,
-    true,
-    msg(cmd::REGION_READ, 0, &access(4, 512 << 20, 4)),
-    vec![],
-    false,
-    Expect::Errno(Errno::EINVAL)
+    Case {
+        negotiate: true,
+        bytes: msg(cmd::REGION_READ, 0, &access(4, 512 << 20, 4)),
+        fds: vec![],
+        close_after: false,
+        expect: Expect::Errno(Errno::EINVAL),
+    }
 );
 hostile!(
     region_write_short_data_is_einval,
-    true,
-    msg(
-        cmd::REGION_WRITE,
-        0,
-        &[access(4, 0, 8), vec![0; 4]].concat()
-    ),
-    vec![],
-    false,
-    Expect::Errno(Errno::EINVAL)
+    Case {
+        negotiate: true,
+        bytes: msg(
+            cmd::REGION_WRITE,
+            0,
+            &[access(4, 0, 8), vec![0; 4]].concat()
+        ),
+        fds: vec![],
+        close_after: false,
+        expect: Expect::Errno(Errno::EINVAL),
+    }
 );
 hostile!(
     region_write_long_data_is_einval,
-    true,
-    msg(
-        cmd::REGION_WRITE,
-        0,
-        &[access(4, 0, 4), vec![0; 8]].concat()
-    ),
-    vec![],
-    false,
-    Expect::Errno(Errno::EINVAL)
+    Case {
+        negotiate: true,
+        bytes: msg(
+            cmd::REGION_WRITE,
+            0,
+            &[access(4, 0, 4), vec![0; 8]].concat()
+        ),
+        fds: vec![],
+        close_after: false,
+        expect: Expect::Errno(Errno::EINVAL),
+    }
 );
 hostile!(
     bar0_three_byte_read_is_einval,
-    true,
-    msg(cmd::REGION_READ, 0, &access(0, 0, 3)),
-    vec![],
-    false,
-    Expect::Errno(Errno::EINVAL)
+    Case {
+        negotiate: true,
+        bytes: msg(cmd::REGION_READ, 0, &access(0, 0, 3)),
+        fds: vec![],
+        close_after: false,
+        expect: Expect::Errno(Errno::EINVAL),
+    }
 );
 hostile!(
     config_read_past_4096_is_einval,
-    true,
-    msg(cmd::REGION_READ, 0, &access(7, 4096, 4)),
-    vec![],
-    false,
-    Expect::Errno(Errno::EINVAL)
+    Case {
+        negotiate: true,
+        bytes: msg(cmd::REGION_READ, 0, &access(7, 4096, 4)),
+        fds: vec![],
+        close_after: false,
+        expect: Expect::Errno(Errno::EINVAL),
+    }
 );
 hostile!(
     region_info_argsz_too_small_is_einval,
-    true,
-    msg(
-        cmd::DEVICE_GET_REGION_INFO,
-        0,
-        &[u32s(&[8, 0, 4, 0]), vec![0; 16]].concat()
-    ),
-    vec![],
-    false,
-    Expect::Errno(Errno::EINVAL)
+    Case {
+        negotiate: true,
+        bytes: msg(
+            cmd::DEVICE_GET_REGION_INFO,
+            0,
+            &[u32s(&[8, 0, 4, 0]), vec![0; 16]].concat()
+        ),
+        fds: vec![],
+        close_after: false,
+        expect: Expect::Errno(Errno::EINVAL),
+    }
 );
 hostile!(
     region_info_index_100_is_einval,
-    true,
-    msg(
-        cmd::DEVICE_GET_REGION_INFO,
-        0,
-        &[u32s(&[32, 0, 100, 0]), vec![0; 16]].concat()
-    ),
-    vec![],
-    false,
-    Expect::Errno(Errno::EINVAL)
+    Case {
+        negotiate: true,
+        bytes: msg(
+            cmd::DEVICE_GET_REGION_INFO,
+            0,
+            &[u32s(&[32, 0, 100, 0]), vec![0; 16]].concat()
+        ),
+        fds: vec![],
+        close_after: false,
+        expect: Expect::Errno(Errno::EINVAL),
+    }
 );
 hostile!(
     irq_info_index_9_is_einval,
-    true,
-    msg(cmd::DEVICE_GET_IRQ_INFO, 0, &u32s(&[16, 0, 9, 0])),
-    vec![],
-    false,
-    Expect::Errno(Errno::EINVAL)
+    Case {
+        negotiate: true,
+        bytes: msg(cmd::DEVICE_GET_IRQ_INFO, 0, &u32s(&[16, 0, 9, 0])),
+        fds: vec![],
+        close_after: false,
+        expect: Expect::Errno(Errno::EINVAL),
+    }
 );
 hostile!(
     device_info_argsz_4_is_einval,
-    true,
-    msg(cmd::DEVICE_GET_INFO, 0, &u32s(&[4, 0, 0, 0])),
-    vec![],
-    false,
-    Expect::Errno(Errno::EINVAL)
+    Case {
+        negotiate: true,
+        bytes: msg(cmd::DEVICE_GET_INFO, 0, &u32s(&[4, 0, 0, 0])),
+        fds: vec![],
+        close_after: false,
+        expect: Expect::Errno(Errno::EINVAL),
+    }
 );
 hostile!(
     region_io_fds_is_enotty,
-    true,
-    msg(cmd::DEVICE_GET_REGION_IO_FDS, 0, &u32s(&[16, 0, 4, 0])),
-    vec![],
-    false,
-    Expect::Errno(Errno::ENOTTY)
+    Case {
+        negotiate: true,
+        bytes: msg(cmd::DEVICE_GET_REGION_IO_FDS, 0, &u32s(&[16, 0, 4, 0])),
+        fds: vec![],
+        close_after: false,
+        expect: Expect::Errno(Errno::ENOTTY),
+    }
 );
 hostile!(
     fds_on_region_read_are_einval,
-    true,
-    msg(cmd::REGION_READ, 0, &access(4, 0, 4)),
-    vec![memfd()],
-    false,
-    Expect::Errno(Errno::EINVAL)
+    Case {
+        negotiate: true,
+        bytes: msg(cmd::REGION_READ, 0, &access(4, 0, 4)),
+        fds: vec![memfd()],
+        close_after: false,
+        expect: Expect::Errno(Errno::EINVAL),
+    }
 );
 hostile!(
     write_multi_without_negotiation_is_einval,
-    true,
-    msg(
-        cmd::REGION_WRITE_MULTI,
-        0,
-        &[1u64.to_ne_bytes().to_vec(), access(4, 0, 4), vec![0; 8]].concat()
-    ),
-    vec![],
-    false,
-    Expect::Errno(Errno::EINVAL)
+    Case {
+        negotiate: true,
+        bytes: msg(
+            cmd::REGION_WRITE_MULTI,
+            0,
+            &[1u64.to_ne_bytes().to_vec(), access(4, 0, 4), vec![0; 8]].concat()
+        ),
+        fds: vec![],
+        close_after: false,
+        expect: Expect::Errno(Errno::EINVAL),
+    }
 );
 hostile!(
     write_multi_huge_count_is_einval,
-    true,
-    msg(cmd::REGION_WRITE_MULTI, 0, &u64::MAX.to_ne_bytes()),
-    vec![],
-    false,
-    Expect::Errno(Errno::EINVAL)
+    Case {
+        negotiate: true,
+        bytes: msg(cmd::REGION_WRITE_MULTI, 0, &u64::MAX.to_ne_bytes()),
+        fds: vec![],
+        close_after: false,
+        expect: Expect::Errno(Errno::EINVAL),
+    }
 );
 
 // DMA.
 hostile!(
     dma_map_wrapping_is_eoverflow,
-    true,
-    msg(cmd::DMA_MAP, 0, &dma_map(3, u64::MAX - 0xfff, 0x2000)),
-    vec![],
-    false,
-    Expect::Errno(Errno::EOVERFLOW)
+    Case {
+        negotiate: true,
+        bytes: msg(cmd::DMA_MAP, 0, &dma_map(3, u64::MAX - 0xfff, 0x2000)),
+        fds: vec![],
+        close_after: false,
+        expect: Expect::Errno(Errno::EOVERFLOW),
+    }
 );
 hostile!(
     dma_map_size_zero_is_einval,
-    true,
-    msg(cmd::DMA_MAP, 0, &dma_map(3, 0x1000, 0)),
-    vec![],
-    false,
-    Expect::Errno(Errno::EINVAL)
+    Case {
+        negotiate: true,
+        bytes: msg(cmd::DMA_MAP, 0, &dma_map(3, 0x1000, 0)),
+        fds: vec![],
+        close_after: false,
+        expect: Expect::Errno(Errno::EINVAL),
+    }
 );
 hostile!(
     dma_map_bad_flags_is_einval,
-    true,
-    msg(cmd::DMA_MAP, 0, &dma_map(0x80, 0x1000, 0x1000)),
-    vec![],
-    false,
-    Expect::Errno(Errno::EINVAL)
+    Case {
+        negotiate: true,
+        bytes: msg(cmd::DMA_MAP, 0, &dma_map(0x80, 0x1000, 0x1000)),
+        fds: vec![],
+        close_after: false,
+        expect: Expect::Errno(Errno::EINVAL),
+    }
 );
 hostile!(
     dma_map_two_fds_is_einval,
-    true,
-    msg(cmd::DMA_MAP, 0, &dma_map(3, 0x1000, 0x1000)),
-    vec![memfd(), memfd()],
-    false,
-    Expect::Errno(Errno::EINVAL)
+    Case {
+        negotiate: true,
+        bytes: msg(cmd::DMA_MAP, 0, &dma_map(3, 0x1000, 0x1000)),
+        fds: vec![memfd(), memfd()],
+        close_after: false,
+        expect: Expect::Errno(Errno::EINVAL),
+    }
 );
 hostile!(
     dma_map_pipe_fd_is_refused,
-    true,
-    msg(cmd::DMA_MAP, 0, &dma_map(3, 0x1000, 0x1000)),
-    vec![pipe_fd()],
-    false,
-    Expect::AnyError
+    Case {
+        negotiate: true,
+        bytes: msg(cmd::DMA_MAP, 0, &dma_map(3, 0x1000, 0x1000)),
+        fds: vec![pipe_fd()],
+        close_after: false,
+        expect: Expect::AnyError,
+    }
 );
 hostile!(
     dma_unmap_of_unmapped_region_is_enoent,
-    true,
-    msg(
-        cmd::DMA_UNMAP,
-        0,
-        &vfu::wire::DmaUnmap {
-            argsz: 24,
-            flags: 0,
-            address: 0x1000,
-            size: 0x1000
-        }
-        .encode()
-    ),
-    vec![],
-    false,
-    Expect::Errno(Errno::ENOENT)
+    Case {
+        negotiate: true,
+        bytes: msg(
+            cmd::DMA_UNMAP,
+            0,
+            &vfu::wire::DmaUnmap {
+                argsz: 24,
+                flags: 0,
+                address: 0x1000,
+                size: 0x1000
+            }
+            .encode()
+        ),
+        fds: vec![],
+        close_after: false,
+        expect: Expect::Errno(Errno::ENOENT),
+    }
 );
 hostile!(
     dma_map_truncated_is_einval,
-    true,
-    msg(cmd::DMA_MAP, 0, &dma_map(3, 0x1000, 0x1000)[..20]),
-    vec![],
-    false,
-    Expect::Errno(Errno::EINVAL)
+    Case {
+        negotiate: true,
+        bytes: msg(cmd::DMA_MAP, 0, &dma_map(3, 0x1000, 0x1000)[..20]),
+        fds: vec![],
+        close_after: false,
+        expect: Expect::Errno(Errno::EINVAL),
+    }
 );
 
 // Interrupts.
-fn set_irqs(flags: u32, index: u32, start: u32, count: u32, data: &[u8]) -> Vec<u8> {
-    msg(
-        cmd::DEVICE_SET_IRQS,
-        0,
-        &[
-            u32s(&[20 + data.len() as u32, flags, index, start, count]),
-            data.to_vec(),
-        ]
-        .concat(),
-    )
-}
 hostile!(
     set_irqs_past_vectors_is_einval,
-    true,
-    set_irqs(0x21, 2, 7, 2, &[]),
-    vec![],
-    false,
-    Expect::Errno(Errno::EINVAL)
+    Case {
+        negotiate: true,
+        bytes: IrqSet {
+            flags: DATA_NONE | ACTION_TRIGGER,
+            index: MSIX_IRQ_INDEX,
+            start: 7,
+            count: 2,
+            data: &[]
+        }
+        .msg(MSG_ID),
+        fds: vec![],
+        close_after: false,
+        expect: Expect::Errno(Errno::EINVAL),
+    }
 );
 hostile!(
     set_irqs_start_wraps_is_einval,
-    true,
-    set_irqs(0x21, 2, u32::MAX, 2, &[]),
-    vec![],
-    false,
-    Expect::Errno(Errno::EINVAL)
+    Case {
+        negotiate: true,
+        bytes: IrqSet {
+            flags: DATA_NONE | ACTION_TRIGGER,
+            index: MSIX_IRQ_INDEX,
+            start: u32::MAX,
+            count: 2,
+            data: &[]
+        }
+        .msg(MSG_ID),
+        fds: vec![],
+        close_after: false,
+        expect: Expect::Errno(Errno::EINVAL),
+    }
 );
 hostile!(
     set_irqs_two_data_flags_is_einval,
-    true,
-    set_irqs(0x23, 2, 0, 1, &[1]),
-    vec![],
-    false,
-    Expect::Errno(Errno::EINVAL)
+    Case {
+        negotiate: true,
+        bytes: IrqSet {
+            flags: DATA_NONE | DATA_BOOL | ACTION_TRIGGER,
+            index: MSIX_IRQ_INDEX,
+            start: 0,
+            count: 1,
+            data: &[1]
+        }
+        .msg(MSG_ID),
+        fds: vec![],
+        close_after: false,
+        expect: Expect::Errno(Errno::EINVAL),
+    }
 );
 hostile!(
     set_irqs_no_action_is_einval,
-    true,
-    set_irqs(0x01, 2, 0, 1, &[]),
-    vec![],
-    false,
-    Expect::Errno(Errno::EINVAL)
+    Case {
+        negotiate: true,
+        bytes: IrqSet {
+            flags: DATA_NONE,
+            index: MSIX_IRQ_INDEX,
+            start: 0,
+            count: 1,
+            data: &[]
+        }
+        .msg(MSG_ID),
+        fds: vec![],
+        close_after: false,
+        expect: Expect::Errno(Errno::EINVAL),
+    }
 );
 hostile!(
     set_irqs_index_9_is_einval,
-    true,
-    set_irqs(0x21, 9, 0, 1, &[]),
-    vec![],
-    false,
-    Expect::Errno(Errno::EINVAL)
+    Case {
+        negotiate: true,
+        bytes: IrqSet {
+            flags: DATA_NONE | ACTION_TRIGGER,
+            index: 9,
+            start: 0,
+            count: 1,
+            data: &[]
+        }
+        .msg(MSG_ID),
+        fds: vec![],
+        close_after: false,
+        expect: Expect::Errno(Errno::EINVAL),
+    }
 );
 hostile!(
     set_irqs_bool_short_data_is_einval,
-    true,
-    set_irqs(0x22, 2, 0, 4, &[1]),
-    vec![],
-    false,
-    Expect::Errno(Errno::EINVAL)
+    Case {
+        negotiate: true,
+        bytes: IrqSet {
+            flags: DATA_BOOL | ACTION_TRIGGER,
+            index: MSIX_IRQ_INDEX,
+            start: 0,
+            count: 4,
+            data: &[1]
+        }
+        .msg(MSG_ID),
+        fds: vec![],
+        close_after: false,
+        expect: Expect::Errno(Errno::EINVAL),
+    }
 );
 hostile!(
     set_irqs_fd_count_mismatch_is_einval,
-    true,
-    set_irqs(0x24, 2, 0, 2, &[]),
-    vec![eventfd()],
-    false,
-    Expect::Errno(Errno::EINVAL)
+    Case {
+        negotiate: true,
+        bytes: IrqSet {
+            flags: DATA_EVENTFD | ACTION_TRIGGER,
+            index: MSIX_IRQ_INDEX,
+            start: 0,
+            count: 2,
+            data: &[]
+        }
+        .msg(MSG_ID),
+        fds: vec![eventfd()],
+        close_after: false,
+        expect: Expect::Errno(Errno::EINVAL),
+    }
 );
 hostile!(
     set_irqs_pipe_instead_of_eventfd_is_einval,
-    true,
-    set_irqs(0x24, 2, 0, 1, &[]),
-    vec![pipe_fd()],
-    false,
-    Expect::Errno(Errno::EINVAL)
+    Case {
+        negotiate: true,
+        bytes: IrqSet {
+            flags: DATA_EVENTFD | ACTION_TRIGGER,
+            index: MSIX_IRQ_INDEX,
+            start: 0,
+            count: 1,
+            data: &[]
+        }
+        .msg(MSG_ID),
+        fds: vec![pipe_fd()],
+        close_after: false,
+        expect: Expect::Errno(Errno::EINVAL),
+    }
 );
 hostile!(
     set_irqs_memfd_instead_of_eventfd_is_einval,
-    true,
-    set_irqs(0x24, 0, 0, 1, &[]),
-    vec![memfd()],
-    false,
-    Expect::Errno(Errno::EINVAL)
+    Case {
+        negotiate: true,
+        bytes: IrqSet {
+            flags: DATA_EVENTFD | ACTION_TRIGGER,
+            index: INTX_IRQ_INDEX,
+            start: 0,
+            count: 1,
+            data: &[]
+        }
+        .msg(MSG_ID),
+        fds: vec![memfd()],
+        close_after: false,
+        expect: Expect::Errno(Errno::EINVAL),
+    }
 );
 
 // Features and migration.
 hostile!(
     feature_without_operation_is_einval,
-    true,
-    msg(cmd::DEVICE_FEATURE, 0, &u32s(&[8, 1])),
-    vec![],
-    false,
-    Expect::Errno(Errno::EINVAL)
+    Case {
+        negotiate: true,
+        bytes: msg(cmd::DEVICE_FEATURE, 0, &u32s(&[8, 1])),
+        fds: vec![],
+        close_after: false,
+        expect: Expect::Errno(Errno::EINVAL),
+    }
 );
 hostile!(
     feature_migration_is_enotty,
-    true,
-    msg(cmd::DEVICE_FEATURE, 0, &u32s(&[8, 1 | (1 << 16)])),
-    vec![],
-    false,
-    Expect::Errno(Errno::ENOTTY)
+    Case {
+        negotiate: true,
+        bytes: msg(cmd::DEVICE_FEATURE, 0, &u32s(&[8, 1 | (1 << 16)])),
+        fds: vec![],
+        close_after: false,
+        expect: Expect::Errno(Errno::ENOTTY),
+    }
 );
 hostile!(
     mig_data_read_is_enotty,
-    true,
-    msg(cmd::MIG_DATA_READ, 0, &u32s(&[8, 64])),
-    vec![],
-    false,
-    Expect::Errno(Errno::ENOTTY)
+    Case {
+        negotiate: true,
+        bytes: msg(cmd::MIG_DATA_READ, 0, &u32s(&[8, 64])),
+        fds: vec![],
+        close_after: false,
+        expect: Expect::Errno(Errno::ENOTTY),
+    }
 );
 hostile!(
     mig_data_write_size_mismatch_is_einval,
-    true,
-    msg(
-        cmd::MIG_DATA_WRITE,
-        0,
-        &[u32s(&[16, 64]), vec![0; 8]].concat()
-    ),
-    vec![],
-    false,
-    Expect::Errno(Errno::EINVAL)
+    Case {
+        negotiate: true,
+        bytes: msg(
+            cmd::MIG_DATA_WRITE,
+            0,
+            &[u32s(&[16, 64]), vec![0; 8]].concat()
+        ),
+        fds: vec![],
+        close_after: false,
+        expect: Expect::Errno(Errno::EINVAL),
+    }
 );
 
 /// The kernel checks an offset against the region before any arithmetic: at or past the end is

@@ -7,20 +7,18 @@ mod common;
 use std::io::Write;
 use std::os::fd::AsFd;
 
+use test_support::irq_flags::{ACTION_TRIGGER, DATA_EVENTFD};
+use test_support::procfs::{fd_count, map_count, rss_kib, Process};
+use test_support::{msg, with_size, IrqSet};
 use vfu::client::Client;
+use vfu::device::MSIX_IRQ_INDEX;
 use vfu::server::ServerConfig;
-use vfu::wire::{cmd, Header, RegionAccess, HEADER_SIZE};
+use vfu::wire::{cmd, RegionAccess, HEADER_SIZE};
 use vgrace_device::{GpuConfig, Profile};
 
-fn count_fds() -> usize {
-    std::fs::read_dir("/proc/self/fd").unwrap().count()
-}
-
-fn count_maps() -> usize {
-    std::fs::read_to_string("/proc/self/maps")
-        .unwrap()
-        .lines()
-        .count()
+/// This process's fds, mappings and RSS (KiB).
+fn figures() -> (usize, usize, u64) {
+    (fd_count(Process::This), map_count(Process::This), rss_kib())
 }
 
 /// Clients that vanish mid-message (half a header, half a payload, after passing fds) hundreds
@@ -39,7 +37,7 @@ fn clients_killed_mid_message_leave_nothing_behind() {
             .region_read(4, 0, 64)
             .unwrap();
     }
-    let (fds0, maps0, rss0) = (count_fds(), count_maps(), common::rss_kib());
+    let (fds0, maps0, rss0) = figures();
     let memfd = {
         let f = tempfile::tempfile().unwrap();
         f.set_len(1 << 20).unwrap();
@@ -51,24 +49,30 @@ fn clients_killed_mid_message_leave_nothing_behind() {
         c.dma_map(3, 0, 0x1000_0000, 1 << 20, Some(memfd.as_fd()))
             .unwrap();
         let efd = nix::sys::eventfd::EventFd::new().unwrap();
-        c.set_irqs(0x24, 2, 0, 1, &[], &[efd.as_fd()]).unwrap();
-        let h = Header {
-            msg_id: 1,
-            cmd: cmd::REGION_WRITE,
-            msg_size: (HEADER_SIZE + 16 + 4096) as u32,
-            flags: 0,
-            error: 0,
+        IrqSet {
+            flags: DATA_EVENTFD | ACTION_TRIGGER,
+            index: MSIX_IRQ_INDEX,
+            start: 0,
+            count: 1,
+            data: &[],
+        }
+        .send(&mut c, &[efd.as_fd()])
+        .unwrap();
+        // A REGION_WRITE announcing 4096 data bytes of which at most 1000 are ever sent.
+        let access = RegionAccess {
+            offset: 0,
+            region: 4,
+            count: 4096,
         };
-        let mut bytes = h.encode().to_vec();
-        bytes.extend_from_slice(
-            &RegionAccess {
-                offset: 0,
-                region: 4,
-                count: 4096,
-            }
-            .to_bytes(),
+        let bytes = with_size(
+            msg(
+                1,
+                cmd::REGION_WRITE,
+                0,
+                &[&access.to_bytes()[..], &[0u8; 1000]].concat(),
+            ),
+            (HEADER_SIZE + 16 + 4096) as u32,
         );
-        bytes.extend_from_slice(&[0u8; 1000]);
         let cut = match i % 3 {
             0 => 7,
             1 => 20,
@@ -83,7 +87,7 @@ fn clients_killed_mid_message_leave_nothing_behind() {
     }
     // One more full session proves the server is past every dead client.
     Client::connect(&path).unwrap().device_info().unwrap();
-    let (fds1, maps1, rss1) = (count_fds(), count_maps(), common::rss_kib());
+    let (fds1, maps1, rss1) = figures();
     drop(server);
     assert!(fds1 <= fds0 + 2, "fds {fds0} -> {fds1}");
     assert!(maps1 <= maps0 + 4, "mappings {maps0} -> {maps1}");

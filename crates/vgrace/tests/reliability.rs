@@ -6,34 +6,29 @@
 mod common;
 
 use std::collections::HashMap;
-use std::os::unix::net::UnixStream;
+use std::ffi::OsStr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use test_support::ServeChild;
 use vfu::client::Client;
 use vfu::server::ServerConfig;
 use vgrace_device::{GpuConfig, Profile};
 
 const BIN: &str = env!("CARGO_BIN_EXE_vgrace");
 
-fn spawn_serve(socket: &Path, backing: &Path) -> Child {
-    let child = Command::new(BIN)
-        .args(["serve", "--socket"])
-        .arg(socket)
-        .args(["--profile", "gb200", "--mem-size", "64M", "--backing"])
-        .arg(backing)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while UnixStream::connect(socket).is_err() {
-        assert!(Instant::now() < deadline, "server did not start");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    child
+fn spawn_serve(socket: &Path, backing: &Path) -> ServeChild {
+    let args: [&OsStr; 8] = [
+        OsStr::new("--socket"),
+        socket.as_os_str(),
+        OsStr::new("--profile"),
+        OsStr::new("gb200"),
+        OsStr::new("--mem-size"),
+        OsStr::new("64M"),
+        OsStr::new("--backing"),
+        backing.as_os_str(),
+    ];
+    ServeChild::serve(BIN, args).wait_listening(&[socket])
 }
 
 /// Every REGION_WRITE the server acknowledged is in the backing file after SIGKILL + restart.
@@ -51,8 +46,7 @@ fn sigkill_and_restart_on_the_same_file_loses_no_acknowledged_write() {
         c.region_write(4, off, &data).unwrap();
         written.push((off, data));
     }
-    child.kill().unwrap();
-    child.wait().unwrap();
+    child.kill();
     drop(c);
     let _ = std::fs::remove_file(&socket);
     let mut child = spawn_serve(&socket, &backing);
@@ -65,8 +59,7 @@ fn sigkill_and_restart_on_the_same_file_loses_no_acknowledged_write() {
         .iter()
         .filter(|(off, data)| c.region_read(4, **off, 4).unwrap() != data.to_vec())
         .count();
-    child.kill().unwrap();
-    child.wait().unwrap();
+    child.kill();
     assert_eq!(lost, 0);
 }
 
@@ -92,12 +85,7 @@ fn sigterm_during_traffic_exits_cleanly() {
         }
     });
     std::thread::sleep(Duration::from_millis(200));
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    let status = child.wait().unwrap();
+    let (status, _) = child.signal(nix::sys::signal::Signal::SIGTERM);
     assert!(traffic.join().unwrap(), "client never saw the server go");
     assert!(status.success());
     assert!(!socket.exists());

@@ -48,14 +48,3 @@ pub fn serve(cfg: &GpuConfig, config: ServerConfig) -> Running {
         thread: Some(thread),
     }
 }
-
-/// Resident set size of this process in KiB.
-pub fn rss_kib() -> u64 {
-    let s = std::fs::read_to_string("/proc/self/status").unwrap();
-    s.lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .unwrap()
-        .parse()
-        .unwrap()
-}
