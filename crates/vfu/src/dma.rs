@@ -2,32 +2,28 @@
 //! and bounds-checked reads and writes of guest memory.
 
 use std::collections::BTreeMap;
-use std::num::NonZeroUsize;
 use std::os::fd::OwnedFd;
-use std::ptr::NonNull;
+use std::os::unix::fs::FileExt;
 
-use nix::sys::mman::{mmap, munmap, MapFlags, ProtFlags};
+use nix::fcntl::{fcntl, FcntlArg, SealFlag};
+use vm_memory::{FileOffset, MmapRegion, VolatileMemory};
 
 use crate::errno::Errno;
 use crate::wire::{DmaMap, DMA_FLAG_READ, DMA_FLAG_WRITE};
 
-/// A shared mapping of a client fd, unmapped on drop.
+/// Most regions per client whose fd we keep open (fd-I/O regions); more are ENOSPC, so one
+/// client cannot fill the server's fd table with DMA maps.
+pub const MAX_FD_REGIONS: usize = 1024;
+
+/// How the server reaches a region's memory. A mapping faults (SIGBUS) if its file shrinks, so
+/// only fds sealed against shrinking (QEMU's memfd guest RAM is) are mapped; any other fd is
+/// reached with pread/pwrite, where a shrunk file is an errno, never a signal.
 #[derive(Debug)]
-struct Mapping {
-    ptr: NonNull<libc::c_void>,
-    len: usize,
-}
-
-// SAFETY: the mapping is plain shared memory owned by this value; access goes through
-// `DmaTable` methods that take `&self`/`&mut self` and copy bytes, so moving it between threads
-// is sound.
-unsafe impl Send for Mapping {}
-
-impl Drop for Mapping {
-    fn drop(&mut self) {
-        // SAFETY: `ptr`/`len` are exactly what mmap returned and this is the only unmap.
-        let _ = unsafe { munmap(self.ptr, self.len) };
-    }
+enum Access {
+    /// A shared mapping of a sealed fd, copied through volatile slices (the guest writes it).
+    Mapped(MmapRegion<()>),
+    /// The fd itself at `offset`.
+    FileIo { file: std::fs::File, offset: u64 },
 }
 
 /// One DMA region.
@@ -39,7 +35,7 @@ pub struct DmaRegion {
     pub size: u64,
     /// DMA_FLAG_READ / DMA_FLAG_WRITE.
     pub flags: u32,
-    mapping: Option<Mapping>,
+    access: Option<Access>,
 }
 
 /// The server end of a twin socket: where DMA_READ/DMA_WRITE go for regions without an fd.
@@ -232,9 +228,15 @@ impl DmaTable {
         if overlaps {
             return Err(Errno::EEXIST);
         }
-        let mapping = match fd {
+        let access = match fd {
             None => None,
-            Some(fd) => Some(map_fd(&fd, map)?),
+            Some(fd) => {
+                let access = access_fd(fd, map)?;
+                if matches!(access, Access::FileIo { .. }) && self.fd_regions() >= MAX_FD_REGIONS {
+                    return Err(Errno::ENOSPC);
+                }
+                Some(access)
+            }
         };
         self.regions.insert(
             map.address,
@@ -242,10 +244,18 @@ impl DmaTable {
                 address: map.address,
                 size: map.size,
                 flags: map.flags,
-                mapping,
+                access,
             },
         );
         Ok(())
+    }
+
+    /// Regions whose fd we hold open.
+    fn fd_regions(&self) -> usize {
+        self.regions
+            .values()
+            .filter(|r| matches!(r.access, Some(Access::FileIo { .. })))
+            .count()
     }
 
     /// Removes exactly the region `[address, address+size)`; anything else is ENOENT.
@@ -264,8 +274,9 @@ impl DmaTable {
         self.regions.clear();
     }
 
-    /// The mapped region containing `[address, address+len)` and the offset into it.
-    fn locate(&self, address: u64, len: usize, need: u32) -> Result<(&Mapping, usize), Errno> {
+    /// The region containing `[address, address+len)` with the access `need`s, its memory and
+    /// the offset into it.
+    fn locate(&self, address: u64, len: usize, need: u32) -> Result<(&Access, u64), Errno> {
         let len64 = u64::try_from(len).map_err(|_| Errno::EINVAL)?;
         let end = address.checked_add(len64).ok_or(Errno::EOVERFLOW)?;
         let (_, r) = self
@@ -279,65 +290,113 @@ impl DmaTable {
         if r.flags & need != need {
             return Err(Errno::EPERM);
         }
-        let m = r.mapping.as_ref().ok_or(Errno::ENOTSUP)?;
-        let off = usize::try_from(address - r.address).map_err(|_| Errno::EFAULT)?;
-        Ok((m, off))
+        let access = r.access.as_ref().ok_or(Errno::ENOTSUP)?;
+        Ok((access, address - r.address))
     }
 
-    /// Reads guest memory at `address` into `buf`; the range must lie in one mapped region.
+    /// Reads guest memory at `address` into `buf`; the range must lie in one region with an fd.
     pub fn read(&self, address: u64, buf: &mut [u8]) -> Result<(), Errno> {
-        let (m, off) = self.locate(address, buf.len(), DMA_FLAG_READ)?;
-        // SAFETY: `locate` proved off+len <= region size == mapping length; the source is shared
-        // memory the guest may change concurrently, which a byte copy tolerates.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                m.ptr.as_ptr().cast::<u8>().add(off),
-                buf.as_mut_ptr(),
-                buf.len(),
-            )
-        };
-        Ok(())
+        match self.locate(address, buf.len(), DMA_FLAG_READ)? {
+            (Access::Mapped(m), off) => {
+                volatile(m, off, buf.len())?.copy_to(buf);
+                Ok(())
+            }
+            (Access::FileIo { file, offset }, off) => file
+                .read_exact_at(buf, offset + off)
+                .map_err(|e| io_errno(&e)),
+        }
     }
 
-    /// Writes `data` to guest memory at `address`; the range must lie in one mapped region.
+    /// Writes `data` to guest memory at `address`; the range must lie in one region with an fd.
     pub fn write(&self, address: u64, data: &[u8]) -> Result<(), Errno> {
-        let (m, off) = self.locate(address, data.len(), DMA_FLAG_WRITE)?;
-        // SAFETY: as in `read`; the mapping was made writable because the region has WRITE.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                data.as_ptr(),
-                m.ptr.as_ptr().cast::<u8>().add(off),
-                data.len(),
-            )
-        };
-        Ok(())
+        match self.locate(address, data.len(), DMA_FLAG_WRITE)? {
+            (Access::Mapped(m), off) => {
+                volatile(m, off, data.len())?.copy_from(data);
+                Ok(())
+            }
+            (Access::FileIo { file, offset }, off) => {
+                // Never grow the client's file: a write past its end is a fault, as a read is.
+                let file_len = file.metadata().map_err(|e| io_errno(&e))?.len();
+                if offset + off + data.len() as u64 > file_len {
+                    return Err(Errno::EFAULT);
+                }
+                file.write_all_at(data, offset + off)
+                    .map_err(|e| io_errno(&e))
+            }
+        }
     }
 }
 
-fn map_fd(fd: &OwnedFd, map: &DmaMap) -> Result<Mapping, Errno> {
+/// The volatile view of `len` bytes at `off` of a mapping (bounds-checked by vm-memory).
+fn volatile(
+    m: &MmapRegion<()>,
+    off: u64,
+    len: usize,
+) -> Result<vm_memory::VolatileSlice<'_, ()>, Errno> {
+    usize::try_from(off)
+        .ok()
+        .and_then(|at| m.get_slice(at, len).ok())
+        .ok_or(Errno::EFAULT)
+}
+
+/// An i/o error as the errno a device should see: a file that ended is a fault.
+fn io_errno(e: &std::io::Error) -> Errno {
+    match e.kind() {
+        std::io::ErrorKind::UnexpectedEof => Errno::EFAULT,
+        _ => e.raw_os_error().map_or(Errno::EIO, Errno::from_raw),
+    }
+}
+
+/// True when nobody can shrink `fd` (a memfd sealed with F_SEAL_SHRINK); other files, or fds
+/// that cannot be sealed, answer false.
+fn sealed_against_shrinking(fd: &impl std::os::fd::AsFd) -> bool {
+    fcntl(fd, FcntlArg::F_GET_SEALS)
+        .map(|bits| SealFlag::from_bits_truncate(bits).contains(SealFlag::F_SEAL_SHRINK))
+        .unwrap_or(false)
+}
+
+fn access_fd(fd: OwnedFd, map: &DmaMap) -> Result<Access, Errno> {
     let len = usize::try_from(map.size).map_err(|_| Errno::EINVAL)?;
-    let nz = NonZeroUsize::new(len).ok_or(Errno::EINVAL)?;
-    let offset = libc::off_t::try_from(map.offset).map_err(|_| Errno::EINVAL)?;
-    let mut prot = ProtFlags::empty();
+    if len == 0 {
+        return Err(Errno::EINVAL);
+    }
+    let file = std::fs::File::from(fd);
+    if !sealed_against_shrinking(&file) {
+        // Refuse what cannot be read or written as a file at all (a pipe, a socket).
+        let meta = file.metadata().map_err(|e| io_errno(&e))?;
+        if !meta.is_file() {
+            return Err(Errno::EINVAL);
+        }
+        return Ok(Access::FileIo {
+            file,
+            offset: map.offset,
+        });
+    }
+    // Sealed against shrinking, the file can only keep or grow its length: a mapping inside it
+    // now stays backed for good; one reaching past its end would fault at once.
+    let file_len = file.metadata().map_err(|e| io_errno(&e))?.len();
+    let end = map.offset.checked_add(map.size).ok_or(Errno::EINVAL)?;
+    if end > file_len {
+        return Err(Errno::EINVAL);
+    }
+    let mut prot = 0;
     if map.flags & DMA_FLAG_READ != 0 {
-        prot |= ProtFlags::PROT_READ;
+        prot |= nix::libc::PROT_READ;
     }
     if map.flags & DMA_FLAG_WRITE != 0 {
-        prot |= ProtFlags::PROT_WRITE;
+        prot |= nix::libc::PROT_WRITE;
     }
-    // SAFETY: a new shared mapping at a kernel-chosen address; it aliases no Rust object and is
-    // only accessed through bounds-checked copies.
-    let ptr = unsafe {
-        mmap(
-            None,
-            nz,
-            prot,
-            MapFlags::MAP_SHARED | MapFlags::MAP_NORESERVE,
-            fd,
-            offset,
-        )
-    }?;
-    Ok(Mapping { ptr, len })
+    let region = MmapRegion::build(
+        Some(FileOffset::new(file, map.offset)),
+        len,
+        prot,
+        nix::libc::MAP_SHARED | nix::libc::MAP_NORESERVE,
+    )
+    .map_err(|e| match e {
+        vm_memory::mmap::MmapRegionError::Mmap(io) => io_errno(&io),
+        _ => Errno::EINVAL,
+    })?;
+    Ok(Access::Mapped(region))
 }
 
 #[cfg(test)]
@@ -400,5 +459,80 @@ mod tests {
         let mut t = DmaTable::new(8);
         assert!(t.add(&map(0, 0x1000), Some(r)).is_err());
         assert!(t.is_empty());
+    }
+
+    fn sealed_memfd(size: u64) -> OwnedFd {
+        let m = memfd::MemfdOptions::default()
+            .allow_sealing(true)
+            .create("dma-test")
+            .unwrap();
+        m.as_file().set_len(size).unwrap();
+        m.add_seals(&[memfd::FileSeal::SealShrink, memfd::FileSeal::SealGrow])
+            .unwrap();
+        m.into_file().into()
+    }
+
+    #[test]
+    fn sealed_memfd_is_mapped_and_unsealed_fd_is_reached_with_file_io() {
+        let mut t = DmaTable::new(8);
+        t.add(&map(0x10000, 0x1000), Some(sealed_memfd(0x1000)))
+            .unwrap();
+        t.add(&map(0x20000, 0x1000), Some(memfd(0x1000))).unwrap();
+        let kinds: Vec<bool> = t
+            .regions
+            .values()
+            .map(|r| matches!(r.access, Some(Access::Mapped(_))))
+            .collect();
+        assert_eq!(kinds, vec![true, false]);
+        for base in [0x10000u64, 0x20000] {
+            t.write(base + 8, b"guestmem").unwrap();
+            let mut b = [0u8; 8];
+            t.read(base + 8, &mut b).unwrap();
+            assert_eq!(&b, b"guestmem");
+        }
+    }
+
+    /// A client that shrinks the (unsealed) file it mapped after DMA_MAP gets a fault errno on
+    /// the next DMA access instead of a SIGBUS in the server, and the file does not grow back.
+    #[test]
+    fn shrunk_unsealed_dma_fd_is_efault_not_sigbus() {
+        let fd = memfd(0x2000);
+        let client_copy = fd.try_clone().unwrap();
+        let mut t = DmaTable::new(8);
+        t.add(&map(0x10000, 0x2000), Some(fd)).unwrap();
+        nix::unistd::ftruncate(&client_copy, 0x1000).unwrap();
+        let mut b = [0u8; 8];
+        assert_eq!(t.read(0x11800, &mut b), Err(Errno::EFAULT));
+        assert_eq!(t.write(0x11800, &b), Err(Errno::EFAULT));
+        assert_eq!(
+            std::fs::File::from(client_copy).metadata().unwrap().len(),
+            0x1000
+        );
+        t.read(0x10000, &mut b).unwrap();
+    }
+
+    #[test]
+    fn fd_regions_are_bounded() {
+        let mut t = DmaTable::new(u32::MAX);
+        let f = memfd(0x1000);
+        for i in 0..MAX_FD_REGIONS as u64 {
+            t.add(&map(i << 12, 0x1000), Some(f.try_clone().unwrap()))
+                .unwrap();
+        }
+        let next = (MAX_FD_REGIONS as u64) << 12;
+        assert_eq!(
+            t.add(&map(next, 0x1000), Some(f.try_clone().unwrap())),
+            Err(Errno::ENOSPC)
+        );
+        t.add(&map(next, 0x1000), None).unwrap();
+    }
+
+    #[test]
+    fn sealed_fd_shorter_than_the_map_is_refused() {
+        let mut t = DmaTable::new(8);
+        assert_eq!(
+            t.add(&map(0x10000, 0x2000), Some(sealed_memfd(0x1000))),
+            Err(Errno::EINVAL)
+        );
     }
 }

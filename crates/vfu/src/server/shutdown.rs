@@ -108,6 +108,24 @@ mod tests {
     /// deregistering could be reused by another device's socket).
     #[test]
     fn trigger_never_touches_a_reused_fd_number() {
+        // Fd numbers are only predictable in a process where nothing else opens files: run the
+        // body in a child process that runs this test alone.
+        const ALONE: &str = "VFU_SHUTDOWN_TEST_ALONE";
+        if std::env::var_os(ALONE).is_none() {
+            let out = std::process::Command::new(std::env::current_exe().unwrap())
+                .args([
+                    "--exact",
+                    "server::shutdown::tests::trigger_never_touches_a_reused_fd_number",
+                    "--test-threads=1",
+                ])
+                .env(ALONE, "1")
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(out.status.success(), "{text}");
+            assert!(text.contains("1 passed"), "{text}");
+            return;
+        }
         let s = Shutdown::new().unwrap();
         let (a, mut a_peer) = UnixStream::pair().unwrap();
         let number = std::os::fd::AsRawFd::as_raw_fd(&a);
