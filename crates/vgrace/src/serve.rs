@@ -214,10 +214,12 @@ fn remove_sockets(created: &[BoundPath]) {
 }
 
 /// A write past the process's file-size limit (`ulimit -f`) raises SIGXFSZ, which would kill
-/// every device; ignored, the write fails with EFBIG instead and the client gets that errno.
+/// every device. Blocked (in this thread, before any server thread exists, so every thread
+/// inherits the mask), the write fails with EFBIG instead and the client gets that errno.
 fn ignore_file_size_signal() -> Result<()> {
-    use nix::sys::signal::{signal, SigHandler, Signal};
-    // SAFETY: installing SIG_IGN runs no handler code, so nothing async-signal-unsafe can run.
-    unsafe { signal(Signal::SIGXFSZ, SigHandler::SigIgn) }.context("cannot ignore SIGXFSZ")?;
+    use nix::sys::signal::{SigSet, Signal};
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGXFSZ);
+    set.thread_block().context("cannot block SIGXFSZ")?;
     Ok(())
 }
