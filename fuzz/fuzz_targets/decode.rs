@@ -1,8 +1,10 @@
-//! Arbitrary bytes through the wire decoder: header, every command, capability chains.
+//! Arbitrary bytes through the wire decoders: header, every command, capability chains, the
+//! multi-write list and SET_IRQS with its data.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use vfu::wire::{self, Header, HEADER_SIZE};
+use vfio_bindings::bindings::vfio::vfio_irq_set;
+use vfu::wire::{self, Decode, Header, SparseAreas, WriteMulti, HEADER_SIZE};
 
 fuzz_target!(|data: &[u8]| {
     if data.len() < HEADER_SIZE {
@@ -14,9 +16,9 @@ fuzz_target!(|data: &[u8]| {
     };
     let payload = &data[HEADER_SIZE..];
     let _ = wire::decode_command(&header, payload, 1 << 20);
-    if let Ok(info) = wire::decode_region_info(payload) {
-        let _ = wire::decode_sparse_areas(payload, &info);
-    }
+    let _ = SparseAreas::decode(payload);
+    let _ = WriteMulti::decode(payload);
+    let _ = <(vfio_irq_set, &[u8])>::decode(payload);
     if let Ok(v) = wire::Version::decode(payload) {
         let _ = v.caps();
     }

@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use libfuzzer_sys::fuzz_target;
 use vfu::server::{Server, ServerConfig};
 use vfu::transport::{MemTransport, Transport};
-use vfu::wire::{cmd, Header, Version, HEADER_SIZE};
+use vfu::wire::{cmd, Encode, Header, Version, HEADER_SIZE};
 use vgrace_device::{GpuConfig, NvGraceGpu, Profile};
 
 static SERVER: Mutex<Option<Server<NvGraceGpu>>> = Mutex::new(None);

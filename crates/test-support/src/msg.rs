@@ -1,6 +1,7 @@
 //! Raw vfio-user messages, built byte by byte so tests can also send what no client would.
 
 use std::os::fd::BorrowedFd;
+use vfu::wire::Encode;
 
 use vfu::client::Client;
 use vfu::wire::{cmd, Header, HEADER_SIZE};
@@ -78,6 +79,7 @@ impl IrqSet<'_> {
 mod tests {
     use super::irq_flags::{ACTION_TRIGGER, DATA_BOOL};
     use super::*;
+    use vfu::wire::Decode;
 
     #[test]
     fn irq_set_payload_is_vfio_irq_set_then_data() {

@@ -9,7 +9,9 @@ use nix::fcntl::{fcntl, FcntlArg, SealFlag};
 use vm_memory::{FileOffset, MmapRegion, VolatileMemory};
 
 use crate::errno::Errno;
-use crate::wire::{DmaMap, DMA_FLAG_READ, DMA_FLAG_WRITE};
+use crate::wire::{
+    Decode, DmaAccess, DmaMap, DmaWriteReply, Encode, DMA_FLAG_READ, DMA_FLAG_WRITE,
+};
 
 /// Most regions per client whose fd we keep open (fd-I/O regions); more are ENOSPC, so one
 /// client cannot fill the server's fd table with DMA maps.
@@ -90,11 +92,9 @@ impl DmaChannel {
     fn read(&mut self, mut address: u64, buf: &mut [u8]) -> Result<(), Errno> {
         for chunk in buf.chunks_mut(self.max_xfer as usize) {
             let count = chunk.len() as u64;
-            let mut req = Vec::with_capacity(16);
-            crate::wire::DmaAccess { address, count }.encode_into(&mut req);
+            let req = DmaAccess { address, count }.encode();
             let reply = self.call(crate::wire::cmd::DMA_READ, &[&req])?;
-            let (a, data) =
-                crate::wire::DmaAccess::decode(&reply, self.max_xfer).map_err(|_| Errno::EIO)?;
+            let (a, data) = <(DmaAccess, &[u8])>::decode(&reply).map_err(|_| Errno::EIO)?;
             if a.address != address || a.count != count || data.len() != chunk.len() {
                 return Err(Errno::EIO);
             }
@@ -107,10 +107,9 @@ impl DmaChannel {
     fn write(&mut self, mut address: u64, data: &[u8]) -> Result<(), Errno> {
         for chunk in data.chunks(self.max_xfer as usize) {
             let count = chunk.len() as u64;
-            let mut req = Vec::with_capacity(16);
-            crate::wire::DmaAccess { address, count }.encode_into(&mut req);
+            let req = DmaAccess { address, count }.encode();
             let reply = self.call(crate::wire::cmd::DMA_WRITE, &[&req, chunk])?;
-            let done = crate::wire::DmaWriteReply::decode(&reply).map_err(|_| Errno::EIO)?;
+            let done = DmaWriteReply::decode(&reply).map_err(|_| Errno::EIO)?;
             if done.address != address || u64::from(done.count) != count {
                 return Err(Errno::EIO);
             }

@@ -6,6 +6,7 @@ mod common;
 use std::os::fd::AsFd;
 use std::os::unix::fs::PermissionsExt;
 use std::sync::atomic::Ordering;
+use vfu::wire::{Decode, Encode};
 
 use common::{memfd, Harness, RAM, RAM_MMAP, RAM_SIZE, REGS};
 use nix::sys::eventfd::{EfdFlags, EventFd};
@@ -154,15 +155,15 @@ fn region_info_carries_sparse_area_and_one_fd() {
 fn region_info_with_small_argsz_asks_for_more_without_caps() {
     let h = Harness::start();
     let mut c = h.client();
-    let mut p = Vec::new();
     let req = vfio_bindings::bindings::vfio::vfio_region_info {
         argsz: 32,
         index: RAM,
         ..Default::default()
     };
-    vfu::wire::encode_region_info(&req, &mut p);
-    let r = c.request(cmd::DEVICE_GET_REGION_INFO, &[&p], &[]).unwrap();
-    let info = vfu::wire::decode_region_info(&r.payload).unwrap();
+    let r = c
+        .request(cmd::DEVICE_GET_REGION_INFO, &[&req.encode()], &[])
+        .unwrap();
+    let info = vfio_bindings::bindings::vfio::vfio_region_info::decode(&r.payload).unwrap();
     assert_eq!(info.argsz, 32 + 32);
     assert_eq!(info.flags & 8, 0);
     assert_eq!(info.cap_offset, 0);

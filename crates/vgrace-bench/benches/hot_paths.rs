@@ -3,6 +3,7 @@
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use vfu::wire::{self, cmd, Header, RegionAccess};
+use vfu::wire::{Decode, Encode};
 use vfu::Device;
 
 fn decode(c: &mut Criterion) {

@@ -14,6 +14,7 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+use vfu::wire::{Decode, Encode};
 
 use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
 use test_support::irq_flags::{ACTION_TRIGGER, DATA_EVENTFD};

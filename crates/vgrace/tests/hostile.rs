@@ -9,6 +9,7 @@ use std::io::Write;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
+use vfu::wire::Encode;
 
 use test_support::irq_flags::{ACTION_TRIGGER, DATA_BOOL, DATA_EVENTFD, DATA_NONE};
 use test_support::{with_size, IrqSet};

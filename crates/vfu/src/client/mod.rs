@@ -5,7 +5,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 
-use vfio_bindings::bindings::vfio::{vfio_irq_set, vfio_region_info};
+use vfio_bindings::bindings::vfio::{vfio_irq_info, vfio_irq_set, vfio_region_info};
 
 mod twin;
 
@@ -19,6 +19,7 @@ use crate::wire::{
     self, cmd, Caps, DeviceInfoMsg, DmaAccess, DmaMap, DmaUnmap, Feature, Header, MigData,
     RegionAccess, Version, FLAG_NO_REPLY, FLAG_TYPE_COMMAND, HEADER_SIZE, REGION_INFO_SIZE,
 };
+use crate::wire::{Decode, Encode, SparseAreas};
 
 /// REGION_INFO as the client sees it.
 #[derive(Debug)]
@@ -249,8 +250,10 @@ impl Client {
     fn answer_server_command(&mut self, r: &RawReply) -> Result<(), Error> {
         let errno = match r.header.cmd {
             cmd::DMA_READ | cmd::DMA_WRITE => {
-                match DmaAccess::decode(&r.payload, self.caps.max_data_xfer_size) {
-                    Ok(_) => Errno::EFAULT,
+                match <(DmaAccess, &[u8])>::decode(&r.payload)
+                    .and_then(|(a, _)| wire::check_count(a.count, self.caps.max_data_xfer_size))
+                {
+                    Ok(()) => Errno::EFAULT,
                     Err(e) => e.errno(),
                 }
             }
@@ -281,15 +284,14 @@ impl Client {
                 index,
                 ..Default::default()
             };
-            let mut p = Vec::with_capacity(REGION_INFO_SIZE);
-            wire::encode_region_info(&req, &mut p);
-            let r = self.request(cmd::DEVICE_GET_REGION_INFO, &[&p], &[])?;
-            let info = wire::decode_region_info(&r.payload)?;
+            let r = self.request(cmd::DEVICE_GET_REGION_INFO, &[&req.encode()], &[])?;
+            let info = vfio_region_info::decode(&r.payload)?;
             if info.argsz > argsz {
                 argsz = info.argsz;
                 continue;
             }
-            let sparse_areas = wire::decode_sparse_areas(&r.payload, &info)?
+            let sparse_areas = SparseAreas::decode(&r.payload)?
+                .0
                 .into_iter()
                 .map(|a| SparseArea {
                     offset: a.offset,
@@ -307,17 +309,13 @@ impl Client {
 
     /// DEVICE_GET_IRQ_INFO.
     pub fn irq_info(&mut self, index: u32) -> Result<IrqInfo, Error> {
-        let req = vfio_bindings::bindings::vfio::vfio_irq_info {
+        let req = vfio_irq_info {
             argsz: wire::IRQ_INFO_SIZE as u32,
             index,
             ..Default::default()
         };
-        let r = self.request(
-            cmd::DEVICE_GET_IRQ_INFO,
-            &[&wire::encode_irq_info(&req)],
-            &[],
-        )?;
-        let info = wire::decode_irq_info(&r.payload)?;
+        let r = self.request(cmd::DEVICE_GET_IRQ_INFO, &[&req.encode()], &[])?;
+        let info = vfio_irq_info::decode(&r.payload)?;
         Ok(IrqInfo {
             flags: info.flags,
             count: info.count,
@@ -342,11 +340,7 @@ impl Client {
             count,
             ..Default::default()
         };
-        self.request(
-            cmd::DEVICE_SET_IRQS,
-            &[&wire::encode_irq_set(&set, bools)],
-            fds,
-        )?;
+        self.request(cmd::DEVICE_SET_IRQS, &[&(set, bools).encode()], fds)?;
         Ok(())
     }
 
@@ -397,7 +391,7 @@ impl Client {
             }
             let n =
                 data_len.ok_or_else(|| Error::Protocol("malformed REGION_READ reply".into()))?;
-            let (a, _) = RegionAccess::decode(&fixed, u32::MAX)?;
+            let a = RegionAccess::decode(&fixed)?;
             if a.count as usize != n {
                 return Err(Error::Protocol(format!(
                     "REGION_READ reply of {n} bytes says count {}",
@@ -412,7 +406,7 @@ impl Client {
     pub fn region_write(&mut self, region: u32, offset: u64, data: &[u8]) -> Result<u32, Error> {
         let req = access(region, offset, data.len())?;
         let r = self.request(cmd::REGION_WRITE, &[&req, data], &[])?;
-        Ok(RegionAccess::decode(&r.payload, u32::MAX)?.0.count)
+        Ok(RegionAccess::decode(&r.payload)?.count)
     }
 
     /// REGION_WRITE with No_reply: returns once sent.
@@ -474,20 +468,28 @@ impl Client {
     /// DEVICE_FEATURE; returns the data after `argsz, flags`.
     pub fn device_feature(&mut self, flags: u32, data: &[u8]) -> Result<Vec<u8>, Error> {
         let req = Feature { argsz: 4096, flags };
-        let r = self.request(cmd::DEVICE_FEATURE, &[&req.encode(data)], &[])?;
+        let r = self.request(cmd::DEVICE_FEATURE, &[&(req, data).encode()], &[])?;
         Ok(r.payload.get(8..).unwrap_or(&[]).to_vec())
     }
 
     /// MIG_DATA_READ of up to `size` bytes.
     pub fn mig_data_read(&mut self, size: u32) -> Result<Vec<u8>, Error> {
-        let r = self.request(cmd::MIG_DATA_READ, &[&MigData::read_request(size)], &[])?;
+        let r = self.request(
+            cmd::MIG_DATA_READ,
+            &[&MigData::for_len(size as usize).encode()],
+            &[],
+        )?;
         Ok(r.payload.get(8..).unwrap_or(&[]).to_vec())
     }
 
     /// MIG_DATA_WRITE.
     pub fn mig_data_write(&mut self, data: &[u8]) -> Result<(), Error> {
         u32::try_from(data.len()).map_err(|_| Error::Protocol("too large".into()))?;
-        self.request(cmd::MIG_DATA_WRITE, &[&MigData::encode_with(data)], &[])?;
+        self.request(
+            cmd::MIG_DATA_WRITE,
+            &[&(MigData::for_len(data.len()), data).encode()],
+            &[],
+        )?;
         Ok(())
     }
 

@@ -11,7 +11,7 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use crate::errno::Errno;
 use crate::error::Error;
 use crate::transport::{Transport, TransportError, UnixTransport};
-use crate::wire::{self, cmd, DmaAccess, DmaWriteReply};
+use crate::wire::{self, cmd, Decode, DmaAccess, DmaWriteReply, Encode};
 
 /// The twin socket and the memory it serves, by DMA address.
 #[derive(Debug)]
@@ -101,7 +101,8 @@ fn serve_dma(
     payload: &[u8],
     max_xfer: u32,
 ) -> Result<Vec<u8>, Errno> {
-    let (a, data) = DmaAccess::decode(payload, max_xfer).map_err(|e| e.errno())?;
+    let (a, data) = <(DmaAccess, &[u8])>::decode(payload).map_err(|e| e.errno())?;
+    wire::check_count(a.count, max_xfer).map_err(|e| e.errno())?;
     let (base, region) = mem
         .range_mut(..=a.address)
         .next_back()

@@ -20,7 +20,7 @@ use tracing::{info, warn};
 
 use super::shutdown::Shutdown;
 use crate::error::Error;
-use crate::wire::{Header, HEADER_SIZE};
+use crate::wire::{Decode, Header, HEADER_SIZE};
 
 /// Who is at the other end of a connection (SO_PEERCRED), for log lines.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -490,7 +490,7 @@ fn refuse_busy(w: &Waiter, first: &Header, holder: Option<Peer>, log: &mut Throt
             "refused a second client with EBUSY: the device is held by {holder}"
         );
     }
-    let reply = first.error_reply(Errno::EBUSY).encode();
+    let reply = first.error_reply(Errno::EBUSY).to_bytes();
     let _ = send(
         w.stream.as_raw_fd(),
         &reply,

@@ -21,6 +21,7 @@ use crate::wire::{
     self, Caps, Command, DeviceInfoMsg, DmaMap, DmaUnmap, MigData, MultiWrite, RegionAccess,
     RegionIoFds, Version, REGION_INFO_SIZE,
 };
+use crate::wire::{Encode, SparseAreas};
 
 /// An empty successful reply.
 fn done(r: Result<(), Errno>) -> Reply {
@@ -96,11 +97,10 @@ impl Session {
                     .device_feature(f.flags, data)
                     .map(|out| f.encode_reply(&out)),
             ),
-            Command::MigDataRead(m) => payload(
-                device
-                    .mig_data_read(m.size)
-                    .map(|data| MigData::encode_with(&data[..data.len().min(m.size as usize)])),
-            ),
+            Command::MigDataRead(m) => payload(device.mig_data_read(m.size).map(|data| {
+                let data = &data[..data.len().min(m.size as usize)];
+                (MigData::for_len(data.len()), data).encode()
+            })),
             Command::MigDataWrite(_, data) => done(device.mig_data_write(data)),
         }
     }
@@ -218,12 +218,13 @@ fn irq_info<D: Device>(device: &D, req: &vfio_irq_info) -> Reply {
         return Reply::Err(Errno::EINVAL);
     }
     payload(device.irq_info(req.index).map(|i| {
-        wire::encode_irq_info(&vfio_irq_info {
+        vfio_irq_info {
             argsz: wire::IRQ_INFO_SIZE as u32,
             flags: i.flags,
             index: req.index,
             count: i.count,
-        })
+        }
+        .encode()
     }))
 }
 
@@ -269,18 +270,19 @@ fn region_info<D: Device>(device: &D, req: &vfio_region_info) -> Reply {
         Ok(i) => i,
         Err(e) => return Reply::Err(e),
     };
-    let areas: Vec<vfio_region_sparse_mmap_area> = info
-        .sparse_areas
-        .iter()
-        .map(|a| vfio_region_sparse_mmap_area {
-            offset: a.offset,
-            size: a.size,
-        })
-        .collect();
-    let cap_len = if areas.is_empty() {
+    let areas = SparseAreas(
+        info.sparse_areas
+            .iter()
+            .map(|a| vfio_region_sparse_mmap_area {
+                offset: a.offset,
+                size: a.size,
+            })
+            .collect(),
+    );
+    let cap_len = if areas.0.is_empty() {
         0
     } else {
-        wire::sparse_cap_size(areas.len()).unwrap_or(usize::MAX)
+        SparseAreas::encoded_len(areas.0.len()).unwrap_or(usize::MAX)
     };
     let needed = REGION_INFO_SIZE.saturating_add(cap_len);
     let fits = req.argsz as usize >= needed;
@@ -303,9 +305,9 @@ fn region_info<D: Device>(device: &D, req: &vfio_region_info) -> Reply {
         offset: info.fd_offset,
     };
     let mut payload = Vec::with_capacity(needed);
-    wire::encode_region_info(&out_info, &mut payload);
+    out_info.encode_into(&mut payload);
     if cap_len > 0 && fits {
-        wire::encode_sparse_cap(&areas, &mut payload);
+        areas.encode_into(&mut payload);
     }
     let fd = match info.fd.map(|f| f.try_clone_to_owned()) {
         Some(Ok(fd)) => Some(fd),

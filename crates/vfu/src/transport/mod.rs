@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use nix::errno::Errno;
 
 use crate::device::FileSpan;
-use crate::wire::{Header, HEADER_SIZE};
+use crate::wire::{Decode, Header, HEADER_SIZE};
 
 /// Most fds one message may carry (more close the connection). Enforced as fds arrive, so a
 /// message that never completes cannot make us hold more than this many of the peer's fds.
@@ -423,7 +423,7 @@ impl<S: Stream> Transport for Buffered<S> {
         parts: &[&[u8]],
         fds: &[BorrowedFd<'_>],
     ) -> Result<(), TransportError> {
-        let head = header.encode();
+        let head = header.to_bytes();
         let mut iov = [IoSlice::new(&[]); MAX_PARTS + 1];
         let n = iovecs(&head, parts, &mut iov)?;
         self.io.write(&iov[..n], fds)
@@ -435,7 +435,7 @@ impl<S: Stream> Transport for Buffered<S> {
         parts: &[&[u8]],
         span: &FileSpan<'_>,
     ) -> Result<(), TransportError> {
-        let head = header.encode();
+        let head = header.to_bytes();
         let mut iov = [IoSlice::new(&[]); MAX_PARTS + 1];
         let n = iovecs(&head, parts, &mut iov)?;
         self.io.write_span(&iov[..n], span)

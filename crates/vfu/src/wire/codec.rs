@@ -1,5 +1,12 @@
 //! The building blocks every layout is read and written with: a bounds-checked reader, host-order
-//! appends, and the decode error.
+//! appends, the decode error, and the one convention every layout follows:
+//!
+//! - [`Encode`]: `encode_into` appends the bytes, `encode` returns them;
+//! - [`Decode`]: `decode(payload)` reads the layout (a fixed layout from the whole payload, a
+//!   fixed part followed by data as the pair `(fixed, data)`), checking lengths first.
+//!
+//! A type describes its fixed fields once, as a [`Layout`] (`read` and `write`); the
+//! [`layout!`] macro derives `Encode` and `Decode` for it and for it followed by data.
 
 use crate::errno::Errno;
 
@@ -143,4 +150,80 @@ impl Put for Vec<u8> {
     fn put_u64(&mut self, v: u64) {
         self.extend_from_slice(&v.to_ne_bytes());
     }
+}
+
+/// A layout that can be written into a message.
+pub trait Encode {
+    /// Appends the bytes to `out`.
+    fn encode_into(&self, out: &mut Vec<u8>);
+
+    /// The bytes in a new buffer.
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.encode_into(&mut out);
+        out
+    }
+}
+
+/// A layout read from a payload.
+pub trait Decode<'a>: Sized {
+    /// Reads the layout from `payload`, checking lengths before anything is allocated.
+    fn decode(payload: &'a [u8]) -> Result<Self, WireError>;
+}
+
+/// The fixed fields of a layout, read and written in order; checks that need the whole value
+/// go in `check`.
+pub(crate) trait Layout: Sized {
+    /// Reads the fields.
+    fn read(r: &mut Reader<'_>) -> Result<Self, WireError>;
+    /// Writes the fields.
+    fn write(&self, out: &mut Vec<u8>);
+    /// Refuses values the protocol does not allow (default: none).
+    fn check(&self) -> Result<(), WireError> {
+        Ok(())
+    }
+}
+
+/// `Encode` and `Decode` for a [`Layout`]: alone (trailing bytes are ignored, as the kernel
+/// ignores bytes past `argsz`), and followed by data as `(fixed, data)`.
+macro_rules! layout {
+    ($($t:ty),* $(,)?) => {$(
+        impl $crate::wire::Encode for $t {
+            fn encode_into(&self, out: &mut Vec<u8>) {
+                $crate::wire::codec::Layout::write(self, out)
+            }
+        }
+        impl<'a> $crate::wire::Decode<'a> for $t {
+            fn decode(payload: &'a [u8]) -> Result<Self, $crate::wire::WireError> {
+                let v = <$t as $crate::wire::codec::Layout>::read(
+                    &mut $crate::wire::codec::Reader::new(payload),
+                )?;
+                $crate::wire::codec::Layout::check(&v)?;
+                Ok(v)
+            }
+        }
+        impl<'a> $crate::wire::Encode for ($t, &'a [u8]) {
+            fn encode_into(&self, out: &mut Vec<u8>) {
+                $crate::wire::codec::Layout::write(&self.0, out);
+                out.extend_from_slice(self.1);
+            }
+        }
+        impl<'a> $crate::wire::Decode<'a> for ($t, &'a [u8]) {
+            fn decode(payload: &'a [u8]) -> Result<Self, $crate::wire::WireError> {
+                let mut r = $crate::wire::codec::Reader::new(payload);
+                let v = <$t as $crate::wire::codec::Layout>::read(&mut r)?;
+                $crate::wire::codec::Layout::check(&v)?;
+                Ok((v, r.rest()))
+            }
+        }
+    )*};
+}
+pub(crate) use layout;
+
+/// E2BIG-style refusal of a count above the negotiated `max_data_xfer_size`.
+pub fn check_count(count: u64, max: u32) -> Result<(), WireError> {
+    if count > u64::from(max) {
+        return Err(WireError::TooLarge { count, max });
+    }
+    Ok(())
 }

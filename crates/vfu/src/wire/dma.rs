@@ -1,6 +1,6 @@
 //! DMA_MAP, DMA_UNMAP, and the server-to-client DMA_READ / DMA_WRITE.
 
-use super::codec::{Put, Reader, WireError};
+use super::codec::{layout, Layout, Put, Reader, WireError};
 
 /// DMA_MAP payload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -9,11 +9,11 @@ pub struct DmaMap {
     pub argsz: u32,
     /// READ (bit 0) / WRITE (bit 1).
     pub flags: u32,
-    /// Offset into the fd.
+    /// Where the region starts in the fd that comes with the message.
     pub offset: u64,
-    /// DMA address.
+    /// DMA address of the region's first byte.
     pub address: u64,
-    /// Size.
+    /// Length of the region in bytes (not zero).
     pub size: u64,
 }
 
@@ -25,49 +25,48 @@ pub const DMA_FLAG_WRITE: u32 = 2;
 impl DmaMap {
     /// Encoded size.
     pub const SIZE: usize = 32;
+}
 
-    /// Decodes and checks that address+size and offset+size do not overflow.
-    pub fn decode(payload: &[u8]) -> Result<Self, WireError> {
-        let mut r = Reader::new(payload);
-        let m = Self {
+impl Layout for DmaMap {
+    fn read(r: &mut Reader<'_>) -> Result<Self, WireError> {
+        Ok(Self {
             argsz: r.u32()?,
             flags: r.u32()?,
             offset: r.u64()?,
             address: r.u64()?,
             size: r.u64()?,
-        };
-        if m.flags & !(DMA_FLAG_READ | DMA_FLAG_WRITE) != 0 {
-            return Err(WireError::Invalid {
-                field: "dma flags",
-                value: u64::from(m.flags),
-            });
-        }
-        if m.size == 0 {
-            return Err(WireError::Invalid {
-                field: "dma size",
-                value: 0,
-            });
-        }
-        m.address.checked_add(m.size).ok_or(WireError::Overflow {
-            offset: m.address,
-            count: m.size,
-        })?;
-        m.offset.checked_add(m.size).ok_or(WireError::Overflow {
-            offset: m.offset,
-            count: m.size,
-        })?;
-        Ok(m)
+        })
     }
 
-    /// Encodes.
-    pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(Self::SIZE);
+    fn write(&self, out: &mut Vec<u8>) {
         out.put_u32(self.argsz);
         out.put_u32(self.flags);
         out.put_u64(self.offset);
         out.put_u64(self.address);
         out.put_u64(self.size);
-        out
+    }
+
+    /// Known flags only, a size, and neither address+size nor offset+size overflowing.
+    fn check(&self) -> Result<(), WireError> {
+        if self.flags & !(DMA_FLAG_READ | DMA_FLAG_WRITE) != 0 {
+            return Err(WireError::Invalid {
+                field: "dma flags",
+                value: u64::from(self.flags),
+            });
+        }
+        if self.size == 0 {
+            return Err(WireError::Invalid {
+                field: "dma size",
+                value: 0,
+            });
+        }
+        for start in [self.address, self.offset] {
+            start.checked_add(self.size).ok_or(WireError::Overflow {
+                offset: start,
+                count: self.size,
+            })?;
+        }
+        Ok(())
     }
 }
 
@@ -78,19 +77,19 @@ pub struct DmaUnmap {
     pub argsz: u32,
     /// Unused (dirty bitmap flags are not supported).
     pub flags: u32,
-    /// DMA address.
+    /// DMA address of the region to remove (exactly as mapped).
     pub address: u64,
-    /// Size.
+    /// Its length (exactly as mapped).
     pub size: u64,
 }
 
 impl DmaUnmap {
     /// Encoded size.
     pub const SIZE: usize = 24;
+}
 
-    /// Decodes.
-    pub fn decode(payload: &[u8]) -> Result<Self, WireError> {
-        let mut r = Reader::new(payload);
+impl Layout for DmaUnmap {
+    fn read(r: &mut Reader<'_>) -> Result<Self, WireError> {
         Ok(Self {
             argsz: r.u32()?,
             flags: r.u32()?,
@@ -99,51 +98,45 @@ impl DmaUnmap {
         })
     }
 
-    /// Encodes.
-    pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(Self::SIZE);
+    fn write(&self, out: &mut Vec<u8>) {
         out.put_u32(self.argsz);
         out.put_u32(self.flags);
         out.put_u64(self.address);
         out.put_u64(self.size);
-        out
     }
 }
 
-/// DMA_READ/DMA_WRITE fixed part: address and count.
+/// DMA_READ/DMA_WRITE fixed part (requests, and DMA_READ's reply before its data).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DmaAccess {
     /// Client DMA address.
     pub address: u64,
-    /// Bytes.
+    /// Bytes to transfer (checked against `max_data_xfer_size` by whoever serves it).
     pub count: u64,
 }
 
-impl DmaAccess {
-    /// Decodes and checks `count` against `max_xfer`.
-    pub fn decode(payload: &[u8], max_xfer: u32) -> Result<(Self, &[u8]), WireError> {
-        let mut r = Reader::new(payload);
-        let a = Self {
+impl Layout for DmaAccess {
+    fn read(r: &mut Reader<'_>) -> Result<Self, WireError> {
+        Ok(Self {
             address: r.u64()?,
             count: r.u64()?,
-        };
-        if a.count > u64::from(max_xfer) {
-            return Err(WireError::TooLarge {
-                count: a.count,
-                max: max_xfer,
-            });
-        }
-        a.address.checked_add(a.count).ok_or(WireError::Overflow {
-            offset: a.address,
-            count: a.count,
-        })?;
-        Ok((a, r.rest()))
+        })
     }
 
-    /// Encodes the fixed part.
-    pub fn encode_into(&self, out: &mut Vec<u8>) {
+    fn write(&self, out: &mut Vec<u8>) {
         out.put_u64(self.address);
         out.put_u64(self.count);
+    }
+
+    /// address + count may not wrap.
+    fn check(&self) -> Result<(), WireError> {
+        self.address
+            .checked_add(self.count)
+            .ok_or(WireError::Overflow {
+                offset: self.address,
+                count: self.count,
+            })
+            .map(|_| ())
     }
 }
 
@@ -161,10 +154,10 @@ pub struct DmaWriteReply {
 impl DmaWriteReply {
     /// Payload size.
     pub const SIZE: usize = 12;
+}
 
-    /// Decodes a reply payload (exactly 12 bytes).
-    pub fn decode(payload: &[u8]) -> Result<Self, WireError> {
-        let mut r = Reader::new(payload);
+impl Layout for DmaWriteReply {
+    fn read(r: &mut Reader<'_>) -> Result<Self, WireError> {
         let reply = Self {
             address: r.u64()?,
             count: r.u32()?,
@@ -172,17 +165,16 @@ impl DmaWriteReply {
         if r.remaining() != 0 {
             return Err(WireError::Invalid {
                 field: "DMA_WRITE reply size",
-                value: payload.len() as u64,
+                value: (Self::SIZE + r.remaining()) as u64,
             });
         }
         Ok(reply)
     }
 
-    /// Encodes the payload.
-    pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(Self::SIZE);
+    fn write(&self, out: &mut Vec<u8>) {
         out.put_u64(self.address);
         out.put_u32(self.count);
-        out
     }
 }
+
+layout!(DmaMap, DmaUnmap, DmaAccess, DmaWriteReply);

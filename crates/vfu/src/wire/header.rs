@@ -1,6 +1,6 @@
 //! The 16-byte message header and its flag bits.
 
-use super::codec::{Reader, WireError};
+use super::codec::{layout, Layout, Put, Reader, WireError};
 use super::{FLAG_ERROR, FLAG_NO_REPLY, FLAG_TYPE_MASK, FLAG_TYPE_REPLY, HEADER_SIZE};
 use crate::errno::Errno;
 
@@ -19,10 +19,8 @@ pub struct Header {
     pub error: u32,
 }
 
-impl Header {
-    /// Decodes the first 16 bytes of `buf`.
-    pub fn decode(buf: &[u8]) -> Result<Self, WireError> {
-        let mut r = Reader::new(buf);
+impl Layout for Header {
+    fn read(r: &mut Reader<'_>) -> Result<Self, WireError> {
         Ok(Self {
             msg_id: r.u16()?,
             cmd: r.u16()?,
@@ -32,8 +30,19 @@ impl Header {
         })
     }
 
-    /// Encodes into 16 bytes.
-    pub fn encode(&self) -> [u8; HEADER_SIZE] {
+    fn write(&self, out: &mut Vec<u8>) {
+        out.put_u16(self.msg_id);
+        out.put_u16(self.cmd);
+        out.put_u32(self.msg_size);
+        out.put_u32(self.flags);
+        out.put_u32(self.error);
+    }
+}
+layout!(Header);
+
+impl Header {
+    /// The 16 bytes on the stack: every message's hot path sends them without allocating.
+    pub fn to_bytes(&self) -> [u8; HEADER_SIZE] {
         let mut out = [0u8; HEADER_SIZE];
         out[0..2].copy_from_slice(&self.msg_id.to_ne_bytes());
         out[2..4].copy_from_slice(&self.cmd.to_ne_bytes());

@@ -7,7 +7,12 @@
 //! offsets are the device's to check: the kernel answers an offset at or past the region end with
 //! EINVAL whatever the count, before any arithmetic.
 //!
-//! One file per message family; everything is re-exported here, so users name `wire::X`.
+//! One file per message family; everything is re-exported here, so users name `wire::X`. Every
+//! layout follows one convention: [`Encode`] (`encode_into` / `encode`) and [`Decode`]
+//! (`decode(payload)`), a fixed part followed by data decoding as the pair `(fixed, data)`.
+//! Limits that depend on the session (`max_data_xfer_size`) are checked by [`decode_command`]
+//! and [`check_count`], not by the layouts. Two hot-path layouts, [`Header`] and
+//! [`RegionAccess`], also have `to_bytes() -> [u8; N]` so a round trip allocates nothing.
 
 use vfio_bindings::bindings::vfio::{vfio_irq_info, vfio_irq_set, vfio_region_info};
 
@@ -19,7 +24,7 @@ mod irq;
 mod region;
 mod version;
 
-pub use codec::WireError;
+pub use codec::{check_count, Decode, Encode, WireError};
 pub use dma::*;
 pub use feature::*;
 pub use header::*;
@@ -112,20 +117,21 @@ pub enum Command<'a> {
     MigDataWrite(MigData, &'a [u8]),
 }
 
-/// Decodes a client command's payload. `max_xfer` is the negotiated `max_data_xfer_size`.
+/// Decodes a client command's payload. `max_xfer` is the negotiated `max_data_xfer_size`:
+/// counts above it are refused here, before the device or any allocation sees them.
 pub fn decode_command<'a>(
     hdr: &Header,
     payload: &'a [u8],
     max_xfer: u32,
 ) -> Result<Command<'a>, WireError> {
-    let exact = |need: usize| -> Result<(), WireError> {
-        if payload.len() < need {
-            Err(WireError::Short {
-                needed: need,
-                have: payload.len(),
-            })
-        } else {
+    let length = |field: &'static str, ok: bool| -> Result<(), WireError> {
+        if ok {
             Ok(())
+        } else {
+            Err(WireError::Invalid {
+                field,
+                value: payload.len() as u64,
+            })
         }
     };
     Ok(match hdr.cmd {
@@ -133,51 +139,40 @@ pub fn decode_command<'a>(
         cmd::DMA_MAP => Command::DmaMap(DmaMap::decode(payload)?),
         cmd::DMA_UNMAP => Command::DmaUnmap(DmaUnmap::decode(payload)?),
         cmd::DEVICE_GET_INFO => Command::DeviceGetInfo(DeviceInfoMsg::decode(payload)?),
-        cmd::DEVICE_GET_REGION_INFO => Command::RegionInfo(decode_region_info(payload)?),
+        cmd::DEVICE_GET_REGION_INFO => Command::RegionInfo(vfio_region_info::decode(payload)?),
         cmd::DEVICE_GET_REGION_IO_FDS => Command::RegionIoFds(RegionIoFds::decode(payload)?),
-        cmd::DEVICE_GET_IRQ_INFO => Command::IrqInfo(decode_irq_info(payload)?),
+        cmd::DEVICE_GET_IRQ_INFO => Command::IrqInfo(vfio_irq_info::decode(payload)?),
         cmd::DEVICE_SET_IRQS => {
-            let (set, data) = decode_irq_set(payload)?;
+            let (set, data) = <(vfio_irq_set, &[u8])>::decode(payload)?;
             Command::SetIrqs(set, data)
         }
         cmd::REGION_READ => {
-            let (a, rest) = RegionAccess::decode(payload, max_xfer)?;
-            if !rest.is_empty() {
-                return Err(WireError::Invalid {
-                    field: "region read payload length",
-                    value: payload.len() as u64,
-                });
-            }
+            let (a, rest) = <(RegionAccess, &[u8])>::decode(payload)?;
+            check_count(u64::from(a.count), max_xfer)?;
+            length("region read payload length", rest.is_empty())?;
             Command::RegionRead(a)
         }
         cmd::REGION_WRITE => {
-            let (a, data) = RegionAccess::decode(payload, max_xfer)?;
-            if data.len() != a.count as usize {
-                return Err(WireError::Invalid {
-                    field: "region write data length",
-                    value: data.len() as u64,
-                });
-            }
+            let (a, data) = <(RegionAccess, &[u8])>::decode(payload)?;
+            check_count(u64::from(a.count), max_xfer)?;
+            length("region write data length", data.len() == a.count as usize)?;
             Command::RegionWrite(a, data)
         }
         cmd::DEVICE_RESET => Command::Reset,
-        cmd::REGION_WRITE_MULTI => Command::WriteMulti(decode_write_multi(payload)?),
+        cmd::REGION_WRITE_MULTI => Command::WriteMulti(WriteMulti::decode(payload)?.0),
         cmd::DEVICE_FEATURE => {
-            let (f, data) = Feature::decode(payload)?;
+            let (f, data) = <(Feature, &[u8])>::decode(payload)?;
             Command::Feature(f, data)
         }
         cmd::MIG_DATA_READ => {
-            exact(8)?;
-            Command::MigDataRead(MigData::decode(payload, max_xfer)?.0)
+            let m = MigData::decode(payload)?;
+            check_count(u64::from(m.size), max_xfer)?;
+            Command::MigDataRead(m)
         }
         cmd::MIG_DATA_WRITE => {
-            let (m, data) = MigData::decode(payload, max_xfer)?;
-            if data.len() != m.size as usize {
-                return Err(WireError::Invalid {
-                    field: "mig data length",
-                    value: data.len() as u64,
-                });
-            }
+            let (m, data) = <(MigData, &[u8])>::decode(payload)?;
+            check_count(u64::from(m.size), max_xfer)?;
+            length("mig data length", data.len() == m.size as usize)?;
             Command::MigDataWrite(m, data)
         }
         other => return Err(WireError::UnknownCommand(other)),
@@ -285,17 +280,14 @@ mod tests {
             size: 1 << 30,
             offset: 0,
         };
-        let mut p = Vec::new();
-        encode_region_info(&info, &mut p);
-        encode_sparse_cap(
-            &[vfio_region_sparse_mmap_area {
-                offset: 0,
-                size: 12345,
-            }],
-            &mut p,
-        );
-        let back = decode_region_info(&p).unwrap();
-        let areas = decode_sparse_areas(&p, &back).unwrap();
+        let mut p = info.encode();
+        SparseAreas(vec![vfio_region_sparse_mmap_area {
+            offset: 0,
+            size: 12345,
+        }])
+        .encode_into(&mut p);
+        assert_eq!(vfio_region_info::decode(&p).unwrap().cap_offset, 32);
+        let areas = SparseAreas::decode(&p).unwrap().0;
         assert_eq!(
             areas,
             vec![vfio_region_sparse_mmap_area {
@@ -315,12 +307,11 @@ mod tests {
             size: 4096,
             offset: 0,
         };
-        let mut p = Vec::new();
-        encode_region_info(&info, &mut p);
+        let mut p = info.encode();
         p.put_u16(99);
         p.put_u16(1);
         p.put_u32(32);
-        assert!(decode_sparse_areas(&p, &info).is_err());
+        assert!(SparseAreas::decode(&p).is_err());
     }
 
     proptest! {
@@ -329,9 +320,9 @@ mod tests {
             let hdr = Header { cmd: cmd_id, msg_size: 16 + payload.len() as u32, ..Header::default() };
             let _ = decode_command(&hdr, &payload, 4096);
             let _ = Header::decode(&payload);
-            if let Ok(info) = decode_region_info(&payload) {
-                let _ = decode_sparse_areas(&payload, &info);
-            }
+            let _ = SparseAreas::decode(&payload);
+            let _ = WriteMulti::decode(&payload);
+            let _ = <(vfio_irq_set, &[u8])>::decode(&payload);
         }
     }
 

@@ -5,7 +5,7 @@ use vfio_bindings::bindings::vfio::{
     vfio_region_info, vfio_region_sparse_mmap_area, VFIO_REGION_INFO_CAP_SPARSE_MMAP,
 };
 
-use super::codec::{Put, Reader, WireError};
+use super::codec::{layout, Decode, Encode, Layout, Put, Reader, WireError};
 
 /// DEVICE_GET_INFO payload (request and reply).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -23,10 +23,10 @@ pub struct DeviceInfoMsg {
 impl DeviceInfoMsg {
     /// Encoded size.
     pub const SIZE: usize = 16;
+}
 
-    /// Decodes.
-    pub fn decode(payload: &[u8]) -> Result<Self, WireError> {
-        let mut r = Reader::new(payload);
+impl Layout for DeviceInfoMsg {
+    fn read(r: &mut Reader<'_>) -> Result<Self, WireError> {
         Ok(Self {
             argsz: r.u32()?,
             flags: r.u32()?,
@@ -35,108 +35,108 @@ impl DeviceInfoMsg {
         })
     }
 
-    /// Encodes.
-    pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(Self::SIZE);
+    fn write(&self, out: &mut Vec<u8>) {
         out.put_u32(self.argsz);
         out.put_u32(self.flags);
         out.put_u32(self.num_regions);
         out.put_u32(self.num_irqs);
-        out
     }
 }
 
 /// Size of `vfio_region_info` on the wire.
 pub const REGION_INFO_SIZE: usize = 32;
 
-/// Decodes a `vfio_region_info` (the request, or the head of a reply).
-pub fn decode_region_info(payload: &[u8]) -> Result<vfio_region_info, WireError> {
-    let mut r = Reader::new(payload);
-    Ok(vfio_region_info {
-        argsz: r.u32()?,
-        flags: r.u32()?,
-        index: r.u32()?,
-        cap_offset: r.u32()?,
-        size: r.u64()?,
-        offset: r.u64()?,
-    })
-}
+impl Layout for vfio_region_info {
+    fn read(r: &mut Reader<'_>) -> Result<Self, WireError> {
+        Ok(Self {
+            argsz: r.u32()?,
+            flags: r.u32()?,
+            index: r.u32()?,
+            cap_offset: r.u32()?,
+            size: r.u64()?,
+            offset: r.u64()?,
+        })
+    }
 
-/// Encodes a `vfio_region_info`.
-pub fn encode_region_info(info: &vfio_region_info, out: &mut Vec<u8>) {
-    out.put_u32(info.argsz);
-    out.put_u32(info.flags);
-    out.put_u32(info.index);
-    out.put_u32(info.cap_offset);
-    out.put_u64(info.size);
-    out.put_u64(info.offset);
-}
-
-/// Size of the sparse-mmap capability with `n` areas.
-pub fn sparse_cap_size(n: usize) -> Option<usize> {
-    n.checked_mul(16)?.checked_add(16)
-}
-
-/// Encodes a sparse-mmap capability (header id 1 version 1, `next` = 0, then the areas).
-pub fn encode_sparse_cap(areas: &[vfio_region_sparse_mmap_area], out: &mut Vec<u8>) {
-    out.put_u16(VFIO_REGION_INFO_CAP_SPARSE_MMAP as u16);
-    out.put_u16(1);
-    out.put_u32(0);
-    out.put_u32(u32::try_from(areas.len()).unwrap_or(u32::MAX));
-    out.put_u32(0);
-    for a in areas {
-        out.put_u64(a.offset);
-        out.put_u64(a.size);
+    fn write(&self, out: &mut Vec<u8>) {
+        out.put_u32(self.argsz);
+        out.put_u32(self.flags);
+        out.put_u32(self.index);
+        out.put_u32(self.cap_offset);
+        out.put_u64(self.size);
+        out.put_u64(self.offset);
     }
 }
 
-/// Walks a region-info reply's capability chain and returns the sparse-mmap areas, if any.
-/// Offsets are relative to the start of `vfio_region_info`, i.e. of `payload`.
-pub fn decode_sparse_areas(
-    payload: &[u8],
-    info: &vfio_region_info,
-) -> Result<Vec<vfio_region_sparse_mmap_area>, WireError> {
-    let mut areas = Vec::new();
-    if info.cap_offset == 0 {
-        return Ok(areas);
+/// The sparse-mmap capability of a REGION_INFO reply: encoded as the capability (header id 1
+/// version 1, `next` 0, then the areas); decoded from a whole reply by walking its chain from
+/// `cap_offset` (offsets count from the start of `vfio_region_info`, i.e. of the payload).
+#[derive(Debug, Clone, Default)]
+pub struct SparseAreas(pub Vec<vfio_region_sparse_mmap_area>);
+
+impl SparseAreas {
+    /// Size of the capability with `n` areas.
+    pub fn encoded_len(n: usize) -> Option<usize> {
+        n.checked_mul(16)?.checked_add(16)
     }
-    let mut next = info.cap_offset as usize;
-    let mut hops = 0;
-    while next != 0 {
-        hops += 1;
-        if hops > 16 || next < REGION_INFO_SIZE {
-            return Err(WireError::Invalid {
-                field: "cap_offset",
-                value: next as u64,
-            });
+}
+
+impl Encode for SparseAreas {
+    fn encode_into(&self, out: &mut Vec<u8>) {
+        out.put_u16(VFIO_REGION_INFO_CAP_SPARSE_MMAP as u16);
+        out.put_u16(1);
+        out.put_u32(0);
+        out.put_u32(u32::try_from(self.0.len()).unwrap_or(u32::MAX));
+        out.put_u32(0);
+        for a in &self.0 {
+            out.put_u64(a.offset);
+            out.put_u64(a.size);
         }
-        let cap = payload.get(next..).ok_or(WireError::Short {
-            needed: next,
-            have: payload.len(),
-        })?;
-        let mut r = Reader::new(cap);
-        let id = r.u16()?;
-        let _version = r.u16()?;
-        let n = r.u32()? as usize;
-        if id == VFIO_REGION_INFO_CAP_SPARSE_MMAP as u16 {
-            let nr = r.u32()? as usize;
-            let _reserved = r.u32()?;
-            if nr > r.remaining() / 16 {
-                return Err(WireError::Short {
-                    needed: nr.saturating_mul(16),
-                    have: r.remaining(),
+    }
+}
+
+impl<'a> Decode<'a> for SparseAreas {
+    fn decode(payload: &'a [u8]) -> Result<Self, WireError> {
+        let info = vfio_region_info::decode(payload)?;
+        let mut areas = Vec::new();
+        let mut next = info.cap_offset as usize;
+        let mut hops = 0;
+        while next != 0 {
+            hops += 1;
+            if hops > 16 || next < REGION_INFO_SIZE {
+                return Err(WireError::Invalid {
+                    field: "cap_offset",
+                    value: next as u64,
                 });
             }
-            for _ in 0..nr {
-                areas.push(vfio_region_sparse_mmap_area {
-                    offset: r.u64()?,
-                    size: r.u64()?,
-                });
+            let cap = payload.get(next..).ok_or(WireError::Short {
+                needed: next,
+                have: payload.len(),
+            })?;
+            let mut r = Reader::new(cap);
+            let id = r.u16()?;
+            let _version = r.u16()?;
+            let n = r.u32()? as usize;
+            if id == VFIO_REGION_INFO_CAP_SPARSE_MMAP as u16 {
+                let nr = r.u32()? as usize;
+                let _reserved = r.u32()?;
+                if nr > r.remaining() / 16 {
+                    return Err(WireError::Short {
+                        needed: nr.saturating_mul(16),
+                        have: r.remaining(),
+                    });
+                }
+                for _ in 0..nr {
+                    areas.push(vfio_region_sparse_mmap_area {
+                        offset: r.u64()?,
+                        size: r.u64()?,
+                    });
+                }
             }
+            next = n;
         }
-        next = n;
+        Ok(Self(areas))
     }
-    Ok(areas)
 }
 
 /// GET_REGION_IO_FDS request.
@@ -152,16 +152,21 @@ pub struct RegionIoFds {
     pub count: u32,
 }
 
-impl RegionIoFds {
-    /// Decodes.
-    pub fn decode(payload: &[u8]) -> Result<Self, WireError> {
-        let mut r = Reader::new(payload);
+impl Layout for RegionIoFds {
+    fn read(r: &mut Reader<'_>) -> Result<Self, WireError> {
         Ok(Self {
             argsz: r.u32()?,
             flags: r.u32()?,
             index: r.u32()?,
             count: r.u32()?,
         })
+    }
+
+    fn write(&self, out: &mut Vec<u8>) {
+        out.put_u32(self.argsz);
+        out.put_u32(self.flags);
+        out.put_u32(self.index);
+        out.put_u32(self.count);
     }
 }
 
@@ -180,40 +185,32 @@ impl RegionAccess {
     /// Encoded size of the fixed part.
     pub const SIZE: usize = 16;
 
-    /// Decodes and checks `count` against `max_xfer` (the offset is the device's to check).
-    pub fn decode(payload: &[u8], max_xfer: u32) -> Result<(Self, &[u8]), WireError> {
-        let mut r = Reader::new(payload);
-        let a = Self {
-            offset: r.u64()?,
-            region: r.u32()?,
-            count: r.u32()?,
-        };
-        if a.count > max_xfer {
-            return Err(WireError::TooLarge {
-                count: u64::from(a.count),
-                max: max_xfer,
-            });
-        }
-        // No offset+count overflow check here: the kernel refuses an offset at or past the
-        // region's end with EINVAL before any arithmetic, and so must the device (see
-        // `Device`); an overflow answer here would pre-empt that.
-        Ok((a, r.rest()))
-    }
-
-    /// Encodes the fixed part.
-    pub fn encode_into(&self, out: &mut Vec<u8>) {
-        out.put_u64(self.offset);
-        out.put_u32(self.region);
-        out.put_u32(self.count);
-    }
-
-    /// The fixed part as bytes.
+    /// The fixed part on the stack: the REGION_READ hot path sends it without allocating.
     pub fn to_bytes(&self) -> [u8; Self::SIZE] {
         let mut out = [0u8; Self::SIZE];
         out[0..8].copy_from_slice(&self.offset.to_ne_bytes());
         out[8..12].copy_from_slice(&self.region.to_ne_bytes());
         out[12..16].copy_from_slice(&self.count.to_ne_bytes());
         out
+    }
+}
+
+// No offset+count overflow check: the kernel refuses an offset at or past the region's end with
+// EINVAL before any arithmetic, and so must the device (see `Device`); an overflow answer here
+// would pre-empt that. The count is checked against `max_data_xfer_size` by `decode_command`.
+impl Layout for RegionAccess {
+    fn read(r: &mut Reader<'_>) -> Result<Self, WireError> {
+        Ok(Self {
+            offset: r.u64()?,
+            region: r.u32()?,
+            count: r.u32()?,
+        })
+    }
+
+    fn write(&self, out: &mut Vec<u8>) {
+        out.put_u64(self.offset);
+        out.put_u32(self.region);
+        out.put_u32(self.count);
     }
 }
 
@@ -230,37 +227,56 @@ pub struct MultiWrite {
     pub data: [u8; 8],
 }
 
-/// Decodes REGION_WRITE_MULTI: `wr_cnt u64` then `wr_cnt` 24-byte writes.
-pub fn decode_write_multi(payload: &[u8]) -> Result<Vec<MultiWrite>, WireError> {
-    let mut r = Reader::new(payload);
-    let n = r.u64()?;
-    if n > (r.remaining() / 24) as u64 || n == 0 {
-        return Err(WireError::Invalid {
-            field: "wr_cnt",
-            value: n,
-        });
-    }
-    let mut out = Vec::with_capacity(n as usize);
-    for _ in 0..n {
-        let offset = r.u64()?;
-        let region = r.u32()?;
-        let count = r.u32()?;
-        if count == 0 || count > 8 {
+/// REGION_WRITE_MULTI: `wr_cnt u64` then `wr_cnt` 24-byte writes of 1 to 8 bytes each.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WriteMulti(pub Vec<MultiWrite>);
+
+impl<'a> Decode<'a> for WriteMulti {
+    fn decode(payload: &'a [u8]) -> Result<Self, WireError> {
+        let mut r = Reader::new(payload);
+        let n = r.u64()?;
+        if n > (r.remaining() / 24) as u64 || n == 0 {
             return Err(WireError::Invalid {
-                field: "write_multi count",
-                value: u64::from(count),
+                field: "wr_cnt",
+                value: n,
             });
         }
-        // Offsets are the device's to check (EINVAL at or past the region end), as for
-        // REGION_WRITE.
-        let mut data = [0u8; 8];
-        data.copy_from_slice(r.bytes(8)?);
-        out.push(MultiWrite {
-            offset,
-            region,
-            count,
-            data,
-        });
+        let mut out = Vec::with_capacity(n as usize);
+        for _ in 0..n {
+            let offset = r.u64()?;
+            let region = r.u32()?;
+            let count = r.u32()?;
+            if count == 0 || count > 8 {
+                return Err(WireError::Invalid {
+                    field: "write_multi count",
+                    value: u64::from(count),
+                });
+            }
+            // Offsets are the device's to check (EINVAL at or past the region end), as for
+            // REGION_WRITE.
+            let mut data = [0u8; 8];
+            data.copy_from_slice(r.bytes(8)?);
+            out.push(MultiWrite {
+                offset,
+                region,
+                count,
+                data,
+            });
+        }
+        Ok(Self(out))
     }
-    Ok(out)
 }
+
+impl Encode for WriteMulti {
+    fn encode_into(&self, out: &mut Vec<u8>) {
+        out.put_u64(self.0.len() as u64);
+        for w in &self.0 {
+            out.put_u64(w.offset);
+            out.put_u32(w.region);
+            out.put_u32(w.count);
+            out.extend_from_slice(&w.data);
+        }
+    }
+}
+
+layout!(DeviceInfoMsg, vfio_region_info, RegionIoFds, RegionAccess);

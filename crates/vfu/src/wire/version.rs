@@ -1,6 +1,6 @@
 //! VERSION: the numbers, and the capabilities JSON (serde derive).
 
-use super::codec::{Put, Reader, WireError};
+use super::codec::{Decode, Encode, Put, Reader, WireError};
 use super::{DEFAULT_MAX_DATA_XFER_SIZE, DEFAULT_MAX_DMA_MAPS, DEFAULT_MAX_MSG_FDS};
 
 /// VERSION payload: major, minor, and the optional JSON capabilities text.
@@ -46,9 +46,9 @@ impl Default for Caps {
     }
 }
 
-impl Version {
-    /// Decodes a VERSION payload; the JSON must be UTF-8 and NUL-terminated when present.
-    pub fn decode(payload: &[u8]) -> Result<Self, WireError> {
+impl<'a> Decode<'a> for Version {
+    /// The numbers, then the JSON, which must be UTF-8 and NUL-terminated when present.
+    fn decode(payload: &'a [u8]) -> Result<Self, WireError> {
         let mut r = Reader::new(payload);
         let major = r.u16()?;
         let minor = r.u16()?;
@@ -66,19 +66,21 @@ impl Version {
             json: text.trim_end_matches('\0').to_string(),
         })
     }
+}
 
-    /// Encodes (appending the NUL when there is JSON).
-    pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(5 + self.json.len());
+impl Encode for Version {
+    /// The numbers, then the JSON with its NUL when there is any.
+    fn encode_into(&self, out: &mut Vec<u8>) {
         out.put_u16(self.major);
         out.put_u16(self.minor);
         if !self.json.is_empty() {
             out.extend_from_slice(self.json.as_bytes());
             out.push(0);
         }
-        out
     }
+}
 
+impl Version {
     /// Parses the capabilities object; absent fields take the spec's defaults, unknown ones
     /// are ignored (peers add their own), and a field of the wrong type is an error.
     pub fn caps(&self) -> Result<Caps, WireError> {
