@@ -184,6 +184,30 @@ pub(crate) trait Layout: Sized {
     }
 }
 
+/// A [`Layout`] from the list of its fields in wire order (each a `u16`, `u32` or `u64`, in host
+/// byte order), with an optional `check` function and `..Default::default()` for structs that
+/// have more (unused) fields; then [`layout!`] on it.
+macro_rules! fields {
+    ($t:ty { $($f:ident: $k:ident),* $(,)? } $(check $check:path)? $(; default $d:tt)?) => {
+        impl $crate::wire::codec::Layout for $t {
+            fn read(
+                r: &mut $crate::wire::codec::Reader<'_>,
+            ) -> Result<Self, $crate::wire::WireError> {
+                Ok(Self { $($f: r.$k()?,)* $(..fields!(@default $d))? })
+            }
+            fn write(&self, out: &mut Vec<u8>) {
+                $(out.extend_from_slice(&self.$f.to_ne_bytes());)*
+            }
+            $(fn check(&self) -> Result<(), $crate::wire::WireError> {
+                $check(self)
+            })?
+        }
+        $crate::wire::codec::layout!($t);
+    };
+    (@default $d:tt) => { Default::default() };
+}
+pub(crate) use fields;
+
 /// `Encode` and `Decode` for a [`Layout`]: alone (trailing bytes are ignored, as the kernel
 /// ignores bytes past `argsz`), and followed by data as `(fixed, data)`.
 macro_rules! layout {

@@ -1,6 +1,6 @@
 //! DMA_MAP, DMA_UNMAP, and the server-to-client DMA_READ / DMA_WRITE.
 
-use super::codec::{layout, Layout, Put, Reader, WireError};
+use super::codec::{fields, layout, Layout, Put, Reader, WireError};
 
 /// DMA_MAP payload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,47 +27,29 @@ impl DmaMap {
     pub const SIZE: usize = 32;
 }
 
-impl Layout for DmaMap {
-    fn read(r: &mut Reader<'_>) -> Result<Self, WireError> {
-        Ok(Self {
-            argsz: r.u32()?,
-            flags: r.u32()?,
-            offset: r.u64()?,
-            address: r.u64()?,
-            size: r.u64()?,
-        })
-    }
+fields!(DmaMap { argsz: u32, flags: u32, offset: u64, address: u64, size: u64 } check check_map);
 
-    fn write(&self, out: &mut Vec<u8>) {
-        out.put_u32(self.argsz);
-        out.put_u32(self.flags);
-        out.put_u64(self.offset);
-        out.put_u64(self.address);
-        out.put_u64(self.size);
+/// Known flags only, a size, and neither address+size nor offset+size overflowing.
+fn check_map(m: &DmaMap) -> Result<(), WireError> {
+    if m.flags & !(DMA_FLAG_READ | DMA_FLAG_WRITE) != 0 {
+        return Err(WireError::Invalid {
+            field: "dma flags",
+            value: u64::from(m.flags),
+        });
     }
-
-    /// Known flags only, a size, and neither address+size nor offset+size overflowing.
-    fn check(&self) -> Result<(), WireError> {
-        if self.flags & !(DMA_FLAG_READ | DMA_FLAG_WRITE) != 0 {
-            return Err(WireError::Invalid {
-                field: "dma flags",
-                value: u64::from(self.flags),
-            });
-        }
-        if self.size == 0 {
-            return Err(WireError::Invalid {
-                field: "dma size",
-                value: 0,
-            });
-        }
-        for start in [self.address, self.offset] {
-            start.checked_add(self.size).ok_or(WireError::Overflow {
-                offset: start,
-                count: self.size,
-            })?;
-        }
-        Ok(())
+    if m.size == 0 {
+        return Err(WireError::Invalid {
+            field: "dma size",
+            value: 0,
+        });
     }
+    for start in [m.address, m.offset] {
+        start.checked_add(m.size).ok_or(WireError::Overflow {
+            offset: start,
+            count: m.size,
+        })?;
+    }
+    Ok(())
 }
 
 /// DMA_UNMAP payload (also the reply payload).
@@ -88,23 +70,12 @@ impl DmaUnmap {
     pub const SIZE: usize = 24;
 }
 
-impl Layout for DmaUnmap {
-    fn read(r: &mut Reader<'_>) -> Result<Self, WireError> {
-        Ok(Self {
-            argsz: r.u32()?,
-            flags: r.u32()?,
-            address: r.u64()?,
-            size: r.u64()?,
-        })
-    }
-
-    fn write(&self, out: &mut Vec<u8>) {
-        out.put_u32(self.argsz);
-        out.put_u32(self.flags);
-        out.put_u64(self.address);
-        out.put_u64(self.size);
-    }
-}
+fields!(DmaUnmap {
+    argsz: u32,
+    flags: u32,
+    address: u64,
+    size: u64
+});
 
 /// DMA_READ/DMA_WRITE fixed part (requests, and DMA_READ's reply before its data).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,29 +86,17 @@ pub struct DmaAccess {
     pub count: u64,
 }
 
-impl Layout for DmaAccess {
-    fn read(r: &mut Reader<'_>) -> Result<Self, WireError> {
-        Ok(Self {
-            address: r.u64()?,
-            count: r.u64()?,
+fields!(DmaAccess { address: u64, count: u64 } check check_access);
+
+/// address + count may not wrap.
+fn check_access(a: &DmaAccess) -> Result<(), WireError> {
+    a.address
+        .checked_add(a.count)
+        .ok_or(WireError::Overflow {
+            offset: a.address,
+            count: a.count,
         })
-    }
-
-    fn write(&self, out: &mut Vec<u8>) {
-        out.put_u64(self.address);
-        out.put_u64(self.count);
-    }
-
-    /// address + count may not wrap.
-    fn check(&self) -> Result<(), WireError> {
-        self.address
-            .checked_add(self.count)
-            .ok_or(WireError::Overflow {
-                offset: self.address,
-                count: self.count,
-            })
-            .map(|_| ())
-    }
+        .map(|_| ())
 }
 
 /// The reply to DMA_WRITE: the address, and the count of bytes written as a **u32** (the
@@ -177,4 +136,4 @@ impl Layout for DmaWriteReply {
     }
 }
 
-layout!(DmaMap, DmaUnmap, DmaAccess, DmaWriteReply);
+layout!(DmaWriteReply);

@@ -4,7 +4,7 @@ use vfio_bindings::bindings::vfio::{
     VFIO_DEVICE_FEATURE_GET, VFIO_DEVICE_FEATURE_PROBE, VFIO_DEVICE_FEATURE_SET,
 };
 
-use super::codec::{layout, Encode, Layout, Put, Reader, WireError};
+use super::codec::{fields, Encode, WireError};
 
 /// DEVICE_FEATURE fixed part.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -15,31 +15,19 @@ pub struct Feature {
     pub flags: u32,
 }
 
-impl Layout for Feature {
-    fn read(r: &mut Reader<'_>) -> Result<Self, WireError> {
-        Ok(Self {
-            argsz: r.u32()?,
-            flags: r.u32()?,
-        })
-    }
+fields!(Feature { argsz: u32, flags: u32 } check check_feature);
 
-    fn write(&self, out: &mut Vec<u8>) {
-        out.put_u32(self.argsz);
-        out.put_u32(self.flags);
+/// At least one of GET/SET/PROBE and nothing else above the feature index.
+fn check_feature(f: &Feature) -> Result<(), WireError> {
+    let ops = f.flags & !0xffff;
+    let known = VFIO_DEVICE_FEATURE_GET | VFIO_DEVICE_FEATURE_SET | VFIO_DEVICE_FEATURE_PROBE;
+    if ops & !known != 0 || ops == 0 {
+        return Err(WireError::Invalid {
+            field: "feature flags",
+            value: u64::from(f.flags),
+        });
     }
-
-    /// At least one of GET/SET/PROBE and nothing else above the feature index.
-    fn check(&self) -> Result<(), WireError> {
-        let ops = self.flags & !0xffff;
-        let known = VFIO_DEVICE_FEATURE_GET | VFIO_DEVICE_FEATURE_SET | VFIO_DEVICE_FEATURE_PROBE;
-        if ops & !known != 0 || ops == 0 {
-            return Err(WireError::Invalid {
-                field: "feature flags",
-                value: u64::from(self.flags),
-            });
-        }
-        Ok(())
-    }
+    Ok(())
 }
 
 impl Feature {
@@ -65,19 +53,10 @@ pub struct MigData {
     pub size: u32,
 }
 
-impl Layout for MigData {
-    fn read(r: &mut Reader<'_>) -> Result<Self, WireError> {
-        Ok(Self {
-            argsz: r.u32()?,
-            size: r.u32()?,
-        })
-    }
-
-    fn write(&self, out: &mut Vec<u8>) {
-        out.put_u32(self.argsz);
-        out.put_u32(self.size);
-    }
-}
+fields!(MigData {
+    argsz: u32,
+    size: u32
+});
 
 impl MigData {
     /// The fixed part for a message carrying `len` bytes (MIG_DATA_WRITE request, MIG_DATA_READ
@@ -90,5 +69,3 @@ impl MigData {
         }
     }
 }
-
-layout!(Feature, MigData);

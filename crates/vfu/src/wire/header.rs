@@ -1,6 +1,6 @@
 //! The 16-byte message header and its flag bits.
 
-use super::codec::{layout, Layout, Put, Reader, WireError};
+use super::codec::fields;
 use super::{FLAG_ERROR, FLAG_NO_REPLY, FLAG_TYPE_MASK, FLAG_TYPE_REPLY, HEADER_SIZE};
 use crate::errno::Errno;
 
@@ -19,26 +19,13 @@ pub struct Header {
     pub error: u32,
 }
 
-impl Layout for Header {
-    fn read(r: &mut Reader<'_>) -> Result<Self, WireError> {
-        Ok(Self {
-            msg_id: r.u16()?,
-            cmd: r.u16()?,
-            msg_size: r.u32()?,
-            flags: r.u32()?,
-            error: r.u32()?,
-        })
-    }
-
-    fn write(&self, out: &mut Vec<u8>) {
-        out.put_u16(self.msg_id);
-        out.put_u16(self.cmd);
-        out.put_u32(self.msg_size);
-        out.put_u32(self.flags);
-        out.put_u32(self.error);
-    }
-}
-layout!(Header);
+fields!(Header {
+    msg_id: u16,
+    cmd: u16,
+    msg_size: u32,
+    flags: u32,
+    error: u32
+});
 
 impl Header {
     /// The 16 bytes on the stack: every message's hot path sends them without allocating.

@@ -5,7 +5,7 @@ use vfio_bindings::bindings::vfio::{
     vfio_region_info, vfio_region_sparse_mmap_area, VFIO_REGION_INFO_CAP_SPARSE_MMAP,
 };
 
-use super::codec::{layout, Decode, Encode, Layout, Put, Reader, WireError};
+use super::codec::{fields, Decode, Encode, Put, Reader, WireError};
 
 /// DEVICE_GET_INFO payload (request and reply).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -25,48 +25,24 @@ impl DeviceInfoMsg {
     pub const SIZE: usize = 16;
 }
 
-impl Layout for DeviceInfoMsg {
-    fn read(r: &mut Reader<'_>) -> Result<Self, WireError> {
-        Ok(Self {
-            argsz: r.u32()?,
-            flags: r.u32()?,
-            num_regions: r.u32()?,
-            num_irqs: r.u32()?,
-        })
-    }
-
-    fn write(&self, out: &mut Vec<u8>) {
-        out.put_u32(self.argsz);
-        out.put_u32(self.flags);
-        out.put_u32(self.num_regions);
-        out.put_u32(self.num_irqs);
-    }
-}
+fields!(DeviceInfoMsg {
+    argsz: u32,
+    flags: u32,
+    num_regions: u32,
+    num_irqs: u32
+});
 
 /// Size of `vfio_region_info` on the wire.
 pub const REGION_INFO_SIZE: usize = 32;
 
-impl Layout for vfio_region_info {
-    fn read(r: &mut Reader<'_>) -> Result<Self, WireError> {
-        Ok(Self {
-            argsz: r.u32()?,
-            flags: r.u32()?,
-            index: r.u32()?,
-            cap_offset: r.u32()?,
-            size: r.u64()?,
-            offset: r.u64()?,
-        })
-    }
-
-    fn write(&self, out: &mut Vec<u8>) {
-        out.put_u32(self.argsz);
-        out.put_u32(self.flags);
-        out.put_u32(self.index);
-        out.put_u32(self.cap_offset);
-        out.put_u64(self.size);
-        out.put_u64(self.offset);
-    }
-}
+fields!(vfio_region_info {
+    argsz: u32,
+    flags: u32,
+    index: u32,
+    cap_offset: u32,
+    size: u64,
+    offset: u64
+});
 
 /// The sparse-mmap capability of a REGION_INFO reply: encoded as the capability (header id 1
 /// version 1, `next` 0, then the areas); decoded from a whole reply by walking its chain from
@@ -152,23 +128,12 @@ pub struct RegionIoFds {
     pub count: u32,
 }
 
-impl Layout for RegionIoFds {
-    fn read(r: &mut Reader<'_>) -> Result<Self, WireError> {
-        Ok(Self {
-            argsz: r.u32()?,
-            flags: r.u32()?,
-            index: r.u32()?,
-            count: r.u32()?,
-        })
-    }
-
-    fn write(&self, out: &mut Vec<u8>) {
-        out.put_u32(self.argsz);
-        out.put_u32(self.flags);
-        out.put_u32(self.index);
-        out.put_u32(self.count);
-    }
-}
+fields!(RegionIoFds {
+    argsz: u32,
+    flags: u32,
+    index: u32,
+    count: u32
+});
 
 /// REGION_READ/REGION_WRITE fixed part (and their replies').
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -198,21 +163,11 @@ impl RegionAccess {
 // No offset+count overflow check: the kernel refuses an offset at or past the region's end with
 // EINVAL before any arithmetic, and so must the device (see `Device`); an overflow answer here
 // would pre-empt that. The count is checked against `max_data_xfer_size` by `decode_command`.
-impl Layout for RegionAccess {
-    fn read(r: &mut Reader<'_>) -> Result<Self, WireError> {
-        Ok(Self {
-            offset: r.u64()?,
-            region: r.u32()?,
-            count: r.u32()?,
-        })
-    }
-
-    fn write(&self, out: &mut Vec<u8>) {
-        out.put_u64(self.offset);
-        out.put_u32(self.region);
-        out.put_u32(self.count);
-    }
-}
+fields!(RegionAccess {
+    offset: u64,
+    region: u32,
+    count: u32
+});
 
 /// One write of REGION_WRITE_MULTI.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -278,5 +233,3 @@ impl Encode for WriteMulti {
         }
     }
 }
-
-layout!(DeviceInfoMsg, vfio_region_info, RegionIoFds, RegionAccess);
