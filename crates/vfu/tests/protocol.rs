@@ -195,34 +195,24 @@ fn region_write_then_read_round_trips() {
 
 #[test]
 fn region_fd_mmap_is_coherent_with_region_access() {
-    use nix::sys::mman::{mmap, munmap, MapFlags, ProtFlags};
+    use vm_memory::{FileOffset, MmapRegion, VolatileMemory};
     let h = Harness::start();
     let mut c = h.client();
     let r = c.region_info(RAM).unwrap();
-    let fd = r.fd.unwrap();
-    let len = std::num::NonZeroUsize::new(RAM_MMAP as usize).unwrap();
-    // SAFETY: a fresh shared mapping of the region fd, unmapped at the end of the test.
-    let ptr = unsafe {
-        mmap(
-            None,
-            len,
-            ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
-            MapFlags::MAP_SHARED,
-            &fd,
-            0,
-        )
-    }
+    let file = std::fs::File::from(r.fd.unwrap());
+    let map = MmapRegion::<()>::build(
+        Some(FileOffset::new(file, 0)),
+        RAM_MMAP as usize,
+        libc::PROT_READ | libc::PROT_WRITE,
+        libc::MAP_SHARED,
+    )
     .unwrap();
     c.region_write(RAM, 100, &[0xab; 8]).unwrap();
-    // SAFETY: offset 100..108 lies inside the 32 KiB mapping.
-    let seen =
-        unsafe { std::slice::from_raw_parts(ptr.as_ptr().cast::<u8>().add(100), 8) }.to_vec();
-    // SAFETY: offset 200 lies inside the mapping, which is writable.
-    unsafe { ptr.as_ptr().cast::<u8>().add(200).write_volatile(0x5a) };
+    let mut seen = [0u8; 8];
+    map.get_slice(100, 8).unwrap().copy_to(&mut seen);
+    map.get_slice(200, 1).unwrap().copy_from(&[0x5au8]);
     let back = c.region_read(RAM, 200, 1).unwrap();
-    // SAFETY: the mapping made above, unmapped once.
-    unsafe { munmap(ptr, RAM_MMAP as usize) }.unwrap();
-    assert_eq!(seen, vec![0xab; 8]);
+    assert_eq!(seen, [0xab; 8]);
     assert_eq!(back, vec![0x5a]);
 }
 
@@ -752,44 +742,22 @@ fn bound_path_removes_only_our_own_socket() {
 
 /// The attribute changes (chmod, chown) inotify reports for entries of `dir` while `f` runs.
 fn attribute_changes_in(dir: &std::path::Path, f: impl FnOnce()) -> Vec<String> {
-    use std::ffi::CString;
-    use std::os::unix::ffi::OsStrExt;
-    // SAFETY: plain system call without pointers; the result is checked.
-    let fd = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
-    assert!(fd >= 0, "{}", std::io::Error::last_os_error());
-    // SAFETY: fd was just opened by us and is owned by nothing else.
-    let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-    let dir_c = CString::new(dir.as_os_str().as_bytes()).unwrap();
-    // SAFETY: fd is an inotify descriptor and dir_c a NUL-terminated path that outlives the call.
-    let wd = unsafe {
-        libc::inotify_add_watch(
-            std::os::fd::AsRawFd::as_raw_fd(&fd),
-            dir_c.as_ptr(),
-            libc::IN_ATTRIB,
-        )
-    };
-    assert!(wd >= 0, "{}", std::io::Error::last_os_error());
+    use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+    let ino = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC).unwrap();
+    ino.add_watch(dir, AddWatchFlags::IN_ATTRIB).unwrap();
     f();
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut file = std::fs::File::from(fd);
-    let n = match std::io::Read::read(&mut file, &mut buf) {
-        Ok(n) => n,
-        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => 0,
+    match ino.read_events() {
+        Ok(events) => events
+            .into_iter()
+            .map(|e| {
+                e.name
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default()
+            })
+            .collect(),
+        Err(nix::errno::Errno::EAGAIN) => Vec::new(),
         Err(e) => panic!("{e}"),
-    };
-    let mut names = Vec::new();
-    let mut off = 0;
-    let head = std::mem::size_of::<libc::inotify_event>();
-    while off + head <= n {
-        // SAFETY: the kernel wrote a whole event header at off; read_unaligned copes with alignment.
-        let ev: libc::inotify_event =
-            unsafe { std::ptr::read_unaligned(buf[off..].as_ptr().cast()) };
-        let name = &buf[off + head..off + head + ev.len as usize];
-        let end = name.iter().position(|&b| b == 0).unwrap_or(name.len());
-        names.push(String::from_utf8_lossy(&name[..end]).into_owned());
-        off += head + ev.len as usize;
     }
-    names
 }
 
 #[test]

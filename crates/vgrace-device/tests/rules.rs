@@ -5,6 +5,8 @@
 use std::os::fd::AsFd;
 use std::time::Duration;
 
+use test_support::procfs::rss_kib;
+use test_support::SharedMapping;
 use vfu::{Device, Errno};
 use vgrace_device::{Backing, DeviceError, Fault, GpuConfig, NvGraceGpu, Profile};
 
@@ -417,16 +419,6 @@ fn overflowing_base_is_refused() {
     ));
 }
 
-fn rss_kib() -> u64 {
-    let s = std::fs::read_to_string("/proc/self/status").unwrap();
-    s.lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .unwrap()
-        .parse()
-        .unwrap()
-}
-
 #[test]
 fn memfd_480g_is_sparse() {
     let before = rss_kib();
@@ -504,33 +496,16 @@ fn file_backing_size_mismatch_refused() {
 
 #[test]
 fn mmap_and_region_access_are_coherent() {
-    use nix::sys::mman::{mmap, munmap, MapFlags, ProtFlags};
     let mut d = dev(Profile::Gh100, ODD);
     let info = d.region_info(2).unwrap();
     let fd = info.fd.unwrap().try_clone_to_owned().unwrap();
-    let off = info.fd_offset as i64;
-    let len = std::num::NonZeroUsize::new(4096).unwrap();
-    // SAFETY: a fresh shared mapping of the device fd, unmapped below.
-    let p = unsafe {
-        mmap(
-            None,
-            len,
-            ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
-            MapFlags::MAP_SHARED,
-            fd.as_fd(),
-            off,
-        )
-    }
-    .unwrap();
+    let map = SharedMapping::new(fd.as_fd(), info.fd_offset, 4096).unwrap();
     d.region_write(2, 8, &[0x42]).unwrap();
-    // SAFETY: offset 8 is inside the 4 KiB mapping.
-    let seen = unsafe { p.as_ptr().cast::<u8>().add(8).read_volatile() };
-    // SAFETY: offset 9 is inside the writable mapping.
-    unsafe { p.as_ptr().cast::<u8>().add(9).write_volatile(0x24) };
+    let mut seen = [0u8; 1];
+    map.read(8, &mut seen);
+    map.write(9, &[0x24]);
     let back = read(&mut d, 2, 9, 1).unwrap();
-    // SAFETY: the mapping made above, unmapped once.
-    unsafe { munmap(p, 4096) }.unwrap();
-    assert_eq!(seen, 0x42);
+    assert_eq!(seen, [0x42]);
     assert_eq!(back, vec![0x24]);
 }
 
