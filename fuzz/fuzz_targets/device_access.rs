@@ -1,25 +1,50 @@
-//! Random config-space, BAR0 and memory-region accesses against a small gh100: no panic, and
-//! reads never return more than asked.
+//! Random config-space, BAR0 and memory-region accesses, with resets, against small devices of
+//! every shape the upstream versions give (gh100 under 7.2 with its reset rule, gb200 under 6.9
+//! split the Hopper way, gb200 under 7.2 with its real BAR1, a link-down core device): no
+//! panic, and reads never return more than asked.
 #![no_main]
 
 use std::sync::Mutex;
 
 use libfuzzer_sys::fuzz_target;
 use vfu::Device;
-use vgrace_device::{GpuConfig, NvGraceGpu, Profile};
+use vgrace_device::{GpuConfig, LinuxVersion, NvGraceGpu, Profile};
 
-static DEVICE: Mutex<Option<NvGraceGpu>> = Mutex::new(None);
+static DEVICES: Mutex<Vec<NvGraceGpu>> = Mutex::new(Vec::new());
+
+fn devices() -> Vec<NvGraceGpu> {
+    let small = |profile, size, linux| GpuConfig {
+        linux,
+        bar1_size: 1 << 20,
+        ..GpuConfig::memfd(profile, size)
+    };
+    [
+        small(Profile::Gh100, (3 << 29) + 12345, LinuxVersion::V7_2),
+        small(Profile::Gb200, (3 << 29) + 12345, LinuxVersion::V6_9),
+        small(Profile::Gb200, (3 << 29) + 12345, LinuxVersion::V7_2),
+        small(Profile::Gb200, 0, LinuxVersion::V6_19),
+    ]
+    .iter()
+    .map(|cfg| NvGraceGpu::new(cfg).unwrap_or_else(|e| panic!("device: {e}")))
+    .collect()
+}
 
 fuzz_target!(|data: &[u8]| {
-    let mut guard = match DEVICE.lock() {
+    let mut guard = match DEVICES.lock() {
         Ok(g) => g,
         Err(p) => p.into_inner(),
     };
-    let dev = guard.get_or_insert_with(|| {
-        let cfg = GpuConfig::memfd(Profile::Gh100, (3 << 29) + 12345);
-        NvGraceGpu::new(&cfg).unwrap_or_else(|e| panic!("device: {e}"))
-    });
-    for op in data.chunks(12) {
+    if guard.is_empty() {
+        *guard = devices();
+    }
+    let Some(first) = data.first() else {
+        return;
+    };
+    let count = guard.len();
+    let Some(dev) = guard.get_mut(usize::from(*first) % count) else {
+        return;
+    };
+    for op in data[1..].chunks(12) {
         if op.len() < 12 {
             break;
         }

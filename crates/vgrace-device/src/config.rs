@@ -16,6 +16,65 @@ pub const RESMEM_SIZE: u64 = 1 << 30;
 pub const MEMBLK_SIZE: u64 = 512 << 20;
 /// Device ids the upstream driver binds to (plus 0x2343 from the seed patch).
 pub const KNOWN_DEVICE_IDS: [u16; 6] = [0x2342, 0x2343, 0x2345, 0x2348, 0x2941, 0x31c2];
+/// Default size of Blackwell's real BAR1 (the GPUDirect RDMA aperture). We found no public
+/// source giving the GB200/GB300 value, so this is our choice: 128 GiB, the BAR1 of the Hopper
+/// H100 generation. `--bar1-size` sets it.
+pub const DEFAULT_BAR1_SIZE: u64 = 128 << 30;
+/// How long upstream polls the readiness registers (POLL_TIMEOUT_MS), at probe and after a
+/// reset.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Upstream's poll quantum (POLL_QUANTUM_MS).
+pub const READY_POLL: Duration = Duration::from_secs(1);
+
+/// The kernel whose nvgrace-gpu-vfio-pci to behave like, as QEMU's versioned machine types pin
+/// a machine's behaviour. Each rule that changed says in which version it came.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, Default)]
+pub enum LinuxVersion {
+    /// 6.9: the first driver (resmem/usemem split for every device, no DVSEC, no readiness).
+    #[serde(rename = "6.9")]
+    V6_9,
+    /// 6.14: the DVSEC (Blackwell: no resmem, the real BAR1 at region 2) and the readiness poll
+    /// at probe.
+    #[serde(rename = "6.14")]
+    V6_14,
+    /// 6.19: the first memory access after a reset checks memory decode and readiness.
+    #[serde(rename = "6.19")]
+    V6_19,
+    /// 7.2: the newest (CXL readiness for Blackwell-Next is not modelled yet).
+    #[default]
+    #[serde(rename = "7.2")]
+    V7_2,
+}
+
+impl LinuxVersion {
+    /// Every version we model, oldest first.
+    pub const ALL: [LinuxVersion; 4] = [Self::V6_9, Self::V6_14, Self::V6_19, Self::V7_2];
+}
+
+impl FromStr for LinuxVersion {
+    type Err = DeviceError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|v| v.to_string() == s.trim())
+            .ok_or_else(|| DeviceError::BadName {
+                what: "Linux version",
+                value: s.to_string(),
+                expected: "6.9, 6.14, 6.19 or 7.2",
+            })
+    }
+}
+
+impl fmt::Display for LinuxVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::V6_9 => "6.9",
+            Self::V6_14 => "6.14",
+            Self::V6_19 => "6.19",
+            Self::V7_2 => "7.2",
+        })
+    }
+}
 
 /// Which generation's memory split to model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -35,6 +94,16 @@ impl Profile {
         match self {
             Profile::Gh100 | Profile::Seed => 0x2342,
             Profile::Gb200 => 0x2941,
+        }
+    }
+
+    /// The device ids of this generation in the upstream table (GH200: 120GB, 480GB, SKU;
+    /// GB200 and GB300, which follow the same rules); the seed patch also listed 0x2343.
+    pub fn device_ids(self) -> &'static [u16] {
+        match self {
+            Profile::Gh100 => &[0x2342, 0x2345, 0x2348],
+            Profile::Gb200 => &[0x2941, 0x31c2],
+            Profile::Seed => &[0x2342, 0x2343],
         }
     }
 }
@@ -119,6 +188,36 @@ pub struct GpuConfig {
     pub ready_delay: Duration,
     /// A readiness register to hold at 0 forever, if any.
     pub fault: Option<Fault>,
+    /// The kernel whose driver to behave like.
+    pub linux: LinuxVersion,
+    /// False when the firmware has no `nvidia,gpu-mem-*` properties at all: like a size of 0,
+    /// the device is then served by the core alone.
+    pub mem_properties: bool,
+    /// Size of Blackwell's real BAR1 (a power of two).
+    pub bar1_size: u64,
+    /// Time until the readiness registers read ready again after a reset.
+    pub reset_ready_delay: Duration,
+    /// How long readiness is polled (at probe, and after a reset from 6.19 on) before ETIME.
+    pub ready_timeout: Duration,
+}
+
+/// Why a device is served by the PCI core alone, without memory regions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CoreOnly {
+    /// `nvidia,gpu-mem-size` is 0: the C2C link is down (the property fetch fails with ENOMEM).
+    LinkDown,
+    /// The firmware has no memory properties.
+    NoMemProperties,
+}
+
+impl fmt::Display for CoreOnly {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            CoreOnly::LinkDown => "the firmware says the C2C link is down (memory size 0)",
+            CoreOnly::NoMemProperties => "the firmware has no nvidia,gpu-mem-* properties",
+        })
+    }
 }
 
 /// What a memory region holds: cacheable usemem, or the write-combine resmem carve-out.
@@ -174,6 +273,13 @@ pub struct Layout {
     pub mem_base: u64,
     /// Memory regions by ascending region index.
     pub regions: Vec<MemRegionLayout>,
+    /// The kernel whose driver the layout follows.
+    pub linux: LinuxVersion,
+    /// Set when the device is served by the core alone (no memory regions), and why.
+    pub core_only: Option<CoreOnly>,
+    /// Size of the real BAR1 at region 2, when the device shows it (Blackwell, when region 2 is
+    /// not taken by resmem).
+    pub bar1_size: Option<u64>,
 }
 
 impl Layout {
@@ -195,6 +301,21 @@ impl GpuConfig {
             backing: Backing::Memfd,
             ready_delay: Duration::ZERO,
             fault: None,
+            linux: LinuxVersion::default(),
+            mem_properties: true,
+            bar1_size: DEFAULT_BAR1_SIZE,
+            reset_ready_delay: Duration::ZERO,
+            ready_timeout: READY_TIMEOUT,
+        }
+    }
+
+    /// Whether the driver would carve resmem out: on Hopper always; on Blackwell only before
+    /// 6.14, which never read the DVSEC that says the MIG bug is fixed.
+    pub fn has_mig_hw_bug(&self) -> bool {
+        match self.profile {
+            Profile::Gh100 => true,
+            Profile::Gb200 => self.linux < LinuxVersion::V6_14,
+            Profile::Seed => false,
         }
     }
 
@@ -202,15 +323,54 @@ impl GpuConfig {
     pub fn layout(&self) -> Result<Layout, DeviceError> {
         let size = self.mem_size;
         let base = self.mem_base;
-        if size == 0 {
-            return Err(DeviceError::LinkDown);
-        }
-        base.checked_add(size)
-            .ok_or(DeviceError::Overflow { base, size })?;
         let device_id = self.device_id.unwrap_or(self.profile.default_device_id());
         if !KNOWN_DEVICE_IDS.contains(&device_id) {
             return Err(DeviceError::UnknownDeviceId(device_id));
         }
+        if !self.profile.device_ids().contains(&device_id) {
+            return Err(DeviceError::DeviceIdNotOfProfile {
+                id: device_id,
+                profile: self.profile.to_string(),
+                ids: self
+                    .profile
+                    .device_ids()
+                    .iter()
+                    .map(|i| format!("{i:#06x}"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            });
+        }
+        let bar1 = (self.profile == Profile::Gb200)
+            .then_some(self.bar1_size)
+            .map(|s| {
+                if s.is_power_of_two() && s >= 4096 {
+                    Ok(s)
+                } else {
+                    Err(DeviceError::BadBar1Size(s))
+                }
+            })
+            .transpose()?;
+        let core_only = if !self.mem_properties {
+            Some(CoreOnly::NoMemProperties)
+        } else if size == 0 {
+            Some(CoreOnly::LinkDown)
+        } else {
+            None
+        };
+        if let Some(reason) = core_only {
+            return Ok(Layout {
+                profile: self.profile,
+                device_id,
+                mem_size: 0,
+                mem_base: base,
+                regions: Vec::new(),
+                linux: self.linux,
+                core_only: Some(reason),
+                bar1_size: bar1,
+            });
+        }
+        base.checked_add(size)
+            .ok_or(DeviceError::Overflow { base, size })?;
         let region = |index: u32,
                       kind: MemKind,
                       memlength: u64,
@@ -230,8 +390,10 @@ impl GpuConfig {
                 base_pa: base + fd_offset,
             })
         };
-        let regions = match self.profile {
-            Profile::Gh100 => {
+        let split = self.has_mig_hw_bug();
+        let regions = match (self.profile, split) {
+            (Profile::Seed, _) => vec![region(2, MemKind::Usemem, size, 0)?],
+            (_, true) => {
                 let rest = size
                     .checked_sub(RESMEM_SIZE)
                     .ok_or(DeviceError::TooSmallForResmem { size })?;
@@ -244,8 +406,7 @@ impl GpuConfig {
                     region(4, MemKind::Usemem, usemem, 0)?,
                 ]
             }
-            Profile::Gb200 => vec![region(4, MemKind::Usemem, size, 0)?],
-            Profile::Seed => vec![region(2, MemKind::Usemem, size, 0)?],
+            (_, false) => vec![region(4, MemKind::Usemem, size, 0)?],
         };
         Ok(Layout {
             profile: self.profile,
@@ -253,6 +414,10 @@ impl GpuConfig {
             mem_size: size,
             mem_base: base,
             regions,
+            linux: self.linux,
+            core_only: None,
+            // With resmem at region 2, the variant hides BAR1 there.
+            bar1_size: bar1.filter(|_| !split),
         })
     }
 }
@@ -284,13 +449,8 @@ mod tests {
 
     fn cfg(profile: Profile, mem_size: u64) -> GpuConfig {
         GpuConfig {
-            profile,
-            device_id: None,
-            mem_size,
             mem_base: 0x4000_0000_0000,
-            backing: Backing::Memfd,
-            ready_delay: Duration::ZERO,
-            fault: None,
+            ..GpuConfig::memfd(profile, mem_size)
         }
     }
 
@@ -331,11 +491,11 @@ mod tests {
     }
 
     #[test]
-    fn size_zero_is_refused_as_link_down() {
-        assert!(matches!(
-            cfg(Profile::Gb200, 0).layout().unwrap_err(),
-            DeviceError::LinkDown
-        ));
+    fn size_zero_is_a_core_device_for_link_down() {
+        let l = cfg(Profile::Gb200, 0).layout().unwrap();
+        assert_eq!(l.core_only, Some(CoreOnly::LinkDown));
+        assert!(l.regions.is_empty());
+        assert!(l.bar1_size.is_some());
     }
 
     #[test]

@@ -3,11 +3,6 @@
 /// Why a device could not be described or created.
 #[derive(Debug, thiserror::Error)]
 pub enum DeviceError {
-    /// `nvidia,gpu-mem-size` is 0: the firmware says the C2C link is down.
-    #[error(
-        "device memory size is 0: the C2C link is down (upstream refuses the device with ENOMEM)"
-    )]
-    LinkDown,
     /// base + size does not fit in 64 bits, or a BAR size would not.
     #[error("device memory at {base:#x} of {size:#x} bytes overflows the address space")]
     Overflow {
@@ -28,6 +23,22 @@ pub enum DeviceError {
         /// Device memory size in bytes (less than 1.5 GiB).
         size: u64,
     },
+    /// A device id of another generation than the profile.
+    #[error("device id {id:#06x} is not a {profile} id (use one of {ids})")]
+    DeviceIdNotOfProfile {
+        /// The id asked for.
+        id: u16,
+        /// The profile.
+        profile: String,
+        /// The profile's ids, as a list for the message.
+        ids: String,
+    },
+    /// BAR1 must be a power of two of at least a page.
+    #[error("BAR1 size {0} is not a power of two of at least 4096 bytes")]
+    BadBar1Size(u64),
+    /// The readiness registers did not read ready in time (the probe's ETIME).
+    #[error("the device did not become ready within {0:?} (C2C link or HBM training): upstream refuses to offer it (ETIME)")]
+    NotReady(std::time::Duration),
     /// A device id outside the upstream table.
     #[error("device id {0:#06x} is not an nvgrace device id (known: 0x2342, 0x2343, 0x2345, 0x2348, 0x2941, 0x31c2)")]
     UnknownDeviceId(u16),

@@ -15,7 +15,8 @@ pub mod nvgrace;
 pub mod pci;
 
 pub use config::{
-    parse_size, Backing, Fault, GpuConfig, Layout, MemKind, MemRegionLayout, Profile,
+    parse_size, Backing, CoreOnly, Fault, GpuConfig, Layout, LinuxVersion, MemKind,
+    MemRegionLayout, Profile,
 };
 pub use error::DeviceError;
 pub use nvgrace::NvGraceGpu;

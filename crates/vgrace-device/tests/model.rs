@@ -121,6 +121,8 @@ proptest! {
     fn device_matches_reference_model(ops in proptest::collection::vec(op(), 1..40)) {
         let cfg = GpuConfig::memfd(Profile::Gh100, MEM);
         let mut dev = NvGraceGpu::new(&cfg).unwrap();
+        // Memory decode on, as a guest sets it (6.19+ refuses memory after a reset without it).
+        dev.region_write(7, 4, &[0x06, 0x00]).unwrap();
         let resmem = MEM - (512 << 20);
         let mut model = Model {
             mem: HashMap::new(),

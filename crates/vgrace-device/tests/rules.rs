@@ -8,7 +8,9 @@ use std::time::Duration;
 use test_support::procfs::rss_kib;
 use test_support::SharedMapping;
 use vfu::{Device, Errno};
-use vgrace_device::{Backing, DeviceError, Fault, GpuConfig, NvGraceGpu, Profile};
+use vgrace_device::{
+    Backing, CoreOnly, DeviceError, Fault, GpuConfig, LinuxVersion, NvGraceGpu, Profile,
+};
 
 const GIB: u64 = 1 << 30;
 const ODD: u64 = 3_543_348_019;
@@ -99,10 +101,12 @@ fn memory_regions_carry_one_fd() {
     assert!(d.region_info(0).unwrap().fd.is_none());
 }
 
+/// gb200 has no resmem from 6.14: region 2 is not a memory region (it is the real BAR1).
 #[test]
-fn gb200_has_no_bar2_region() {
+fn gb200_has_no_resmem_region() {
     let d = dev(Profile::Gb200, ODD);
-    assert_eq!(d.region_info(2).unwrap().size, 0);
+    assert!(d.layout().region(2).is_none());
+    assert!(d.region_info(2).unwrap().sparse_areas.is_empty());
 }
 
 #[test]
@@ -195,9 +199,10 @@ fn bar_partial_unaligned_access() {
 
 #[test]
 fn absent_bar_reads_zero() {
-    let mut d = dev(Profile::Gb200, ODD);
-    cfg_write32(&mut d, 0x18, u32::MAX);
-    assert_eq!(bar64(&mut d, 2), 0);
+    // The seed layout has memory at BAR2 only: the BAR4 registers belong to nothing.
+    let mut d = dev(Profile::Seed, ODD);
+    cfg_write32(&mut d, 0x20, u32::MAX);
+    assert_eq!(bar64(&mut d, 4), 0);
     assert_eq!(cfg32(&mut d, 0x30), 0);
 }
 
@@ -222,6 +227,7 @@ fn reset_clears_emulated_bars() {
 #[test]
 fn reset_keeps_memory() {
     let mut d = dev(Profile::Gh100, ODD);
+    enable_memory_decode(&mut d);
     d.region_write(4, 4096, b"keep").unwrap();
     d.reset().unwrap();
     assert_eq!(read(&mut d, 4, 4096, 4).unwrap(), b"keep".to_vec());
@@ -251,6 +257,7 @@ fn readiness_waits_for_the_training_delay() {
 fn reset_rearms_readiness() {
     let mut c = cfg(Profile::Gb200, ODD);
     c.ready_delay = Duration::from_millis(200);
+    c.reset_ready_delay = Duration::from_millis(200);
     let mut d = NvGraceGpu::new(&c).unwrap();
     std::thread::sleep(Duration::from_millis(250));
     let before = reg32(&mut d, 0x200bc);
@@ -393,12 +400,211 @@ fn unknown_device_id_refused() {
     ));
 }
 
+// ---- Behaviour by Linux version (the upstream versions table) ----
+
+fn at(profile: Profile, mem_size: u64, linux: LinuxVersion) -> GpuConfig {
+    GpuConfig {
+        linux,
+        bar1_size: 64 << 20,
+        ..cfg(profile, mem_size)
+    }
+}
+
+fn enable_memory_decode(d: &mut NvGraceGpu) {
+    d.region_write(CONFIG, 4, &[0x06, 0x00]).unwrap();
+}
+
+/// All versions: size 0 (C2C link down) is not a refusal; the probe falls back to the core ops
+/// and the device is a plain vfio-pci function: config space and BAR0, no memory regions.
 #[test]
-fn size_zero_is_refused_as_link_down() {
+fn link_down_is_served_as_a_core_device_on_every_version() {
+    for linux in LinuxVersion::ALL {
+        let mut d = NvGraceGpu::new(&at(Profile::Gh100, 0, linux)).unwrap();
+        assert_eq!(cfg32(&mut d, 0), 0x2342_10de);
+        assert_eq!(d.region_info(0).unwrap().size, 16 << 20);
+        for index in [2, 4] {
+            assert_eq!(
+                d.region_info(index).unwrap().size,
+                0,
+                "{linux} region {index}"
+            );
+        }
+        assert_eq!(d.layout().core_only, Some(CoreOnly::LinkDown));
+    }
+}
+
+/// No memory properties at all is the same fallback, and a Blackwell keeps its real BAR1.
+#[test]
+fn no_memory_properties_is_a_core_device_with_blackwell_bar1() {
+    let c = GpuConfig {
+        mem_properties: false,
+        ..at(Profile::Gb200, 96 * GIB, LinuxVersion::V6_14)
+    };
+    let mut d = NvGraceGpu::new(&c).unwrap();
+    assert_eq!(d.layout().core_only, Some(CoreOnly::NoMemProperties));
+    assert_eq!(d.region_info(4).unwrap().size, 0);
+    assert_eq!(d.region_info(2).unwrap().size, 64 << 20);
+    d.region_write(2, 0x100, b"bar1").unwrap();
+    assert_eq!(read(&mut d, 2, 0x100, 4).unwrap(), b"bar1");
+}
+
+/// 6.9 never read the DVSEC: a Blackwell is split the Hopper way (1 GiB resmem at BAR2).
+#[test]
+fn gb200_under_6_9_gets_the_hopper_resmem_split() {
+    let d = NvGraceGpu::new(&at(Profile::Gb200, 4 * GIB, LinuxVersion::V6_9)).unwrap();
+    let resmem = d.layout().region(2).unwrap();
+    assert_eq!((resmem.memlength, resmem.bar_size), (GIB, GIB));
+    assert_eq!(d.layout().region(4).unwrap().memlength, 3 * GIB);
+    assert_eq!(d.layout().bar1_size, None);
+    assert_eq!(d.region_info(2).unwrap().sparse_areas.len(), 1);
+}
+
+/// 6.14+: with the DVSEC bit there is no resmem; region 2 is the device's real BAR1, an ordinary
+/// prefetchable 64-bit core BAR: READ|WRITE|MMAP over its whole size, no sparse area.
+#[test]
+fn gb200_from_6_14_shows_its_real_bar1_at_region_2() {
+    for linux in [LinuxVersion::V6_14, LinuxVersion::V6_19, LinuxVersion::V7_2] {
+        let mut d = NvGraceGpu::new(&at(Profile::Gb200, 4 * GIB, linux)).unwrap();
+        let info = d.region_info(2).unwrap();
+        assert_eq!((info.size, info.flags), (64 << 20, 7), "{linux}");
+        assert!(info.sparse_areas.is_empty());
+        assert!(info.fd.is_some());
+        assert_eq!(d.layout().region(4).unwrap().memlength, 4 * GIB);
+        d.region_write(2, (64 << 20) - 4, b"tail").unwrap();
+        assert_eq!(read(&mut d, 2, (64 << 20) - 4, 8).unwrap(), b"tail");
+        assert_eq!(read(&mut d, 2, 64 << 20, 1), Err(Errno::EINVAL));
+    }
+}
+
+#[test]
+fn bar1_answers_the_sizing_probe_and_resets_like_any_bar() {
+    let mut d = NvGraceGpu::new(&at(Profile::Gb200, 4 * GIB, LinuxVersion::V7_2)).unwrap();
+    cfg_write32(&mut d, 0x18, 0xffff_ffff);
+    cfg_write32(&mut d, 0x1c, 0xffff_ffff);
+    let low = cfg32(&mut d, 0x18);
+    let high = cfg32(&mut d, 0x1c);
+    assert_eq!(
+        (u64::from(high) << 32) | u64::from(low),
+        !((64u64 << 20) - 1) | 0xc
+    );
+    d.region_write(2, 0, b"kept").unwrap();
+    d.reset().unwrap();
+    assert_eq!(cfg32(&mut d, 0x18), 0xc);
+    assert_eq!(read(&mut d, 2, 0, 4).unwrap(), b"kept");
+}
+
+/// GB300 (0x31c2) follows the gb200 rules; an id of another generation is refused.
+#[test]
+fn gb300_follows_the_gb200_rules_and_ids_must_match_the_profile() {
+    let mut c = at(Profile::Gb200, 4 * GIB, LinuxVersion::V7_2);
+    c.device_id = Some(0x31c2);
+    let d = NvGraceGpu::new(&c).unwrap();
+    assert_eq!(d.layout().regions.len(), 1);
+    assert!(d.layout().bar1_size.is_some());
+    let mut wrong = cfg(Profile::Gh100, ODD);
+    wrong.device_id = Some(0x2941);
     assert!(matches!(
-        NvGraceGpu::new(&cfg(Profile::Gh100, 0)),
-        Err(DeviceError::LinkDown)
+        NvGraceGpu::new(&wrong),
+        Err(DeviceError::DeviceIdNotOfProfile { id: 0x2941, .. })
     ));
+}
+
+#[test]
+fn unknown_linux_version_lists_the_known_ones() {
+    let err = "5.15".parse::<LinuxVersion>().unwrap_err().to_string();
+    assert!(err.contains("6.9, 6.14, 6.19 or 7.2"), "{err}");
+    assert_eq!("6.19".parse::<LinuxVersion>().unwrap(), LinuxVersion::V6_19);
+}
+
+/// A reset keeps COMMAND (the kernel saves and restores config space around it).
+#[test]
+fn reset_keeps_the_command_register() {
+    let mut d = dev(Profile::Gh100, ODD);
+    enable_memory_decode(&mut d);
+    d.reset().unwrap();
+    assert_eq!(cfg32(&mut d, 4) & 0xffff, 0x0006);
+}
+
+/// 6.19+: the first memory access after a reset with memory decode off is EIO; once decode is
+/// on it proceeds. Before 6.19 nothing is checked.
+#[test]
+fn first_access_after_reset_with_decode_off_is_eio_from_6_19() {
+    for (linux, checked) in [
+        (LinuxVersion::V6_14, false),
+        (LinuxVersion::V6_19, true),
+        (LinuxVersion::V7_2, true),
+    ] {
+        let mut d = NvGraceGpu::new(&at(Profile::Gh100, ODD, linux)).unwrap();
+        d.reset().unwrap();
+        let first = read(&mut d, 4, 0, 4);
+        if checked {
+            assert_eq!(first, Err(Errno::EIO), "{linux}");
+            enable_memory_decode(&mut d);
+        }
+        assert!(read(&mut d, 4, 0, 4).is_ok(), "{linux}");
+    }
+}
+
+/// Reads check wherever they land in the BAR (the all-ones tail too); a write wholly in the
+/// tail skips the check (upstream checks writes only below memlength).
+#[test]
+fn reset_check_covers_tail_reads_but_not_tail_writes() {
+    let mut d = NvGraceGpu::new(&at(Profile::Gb200, ODD, LinuxVersion::V6_19)).unwrap();
+    d.reset().unwrap();
+    let tail = ODD + 16;
+    assert_eq!(d.region_write(4, tail, &[1; 4]), Ok(4));
+    assert_eq!(read(&mut d, 4, tail, 4), Err(Errno::EIO));
+    assert_eq!(d.region_write(4, 0, &[1; 4]), Err(Errno::EIO));
+}
+
+/// 6.19+: with decode on, the first access after a reset waits for the readiness registers
+/// (the post-reset training time) and then proceeds.
+#[test]
+fn first_access_after_reset_waits_for_readiness_from_6_19() {
+    let c = GpuConfig {
+        reset_ready_delay: Duration::from_millis(1200),
+        ..at(Profile::Gh100, ODD, LinuxVersion::V6_19)
+    };
+    let mut d = NvGraceGpu::new(&c).unwrap();
+    enable_memory_decode(&mut d);
+    d.reset().unwrap();
+    assert_eq!(
+        read(&mut d, 0, 0x1498, 4).unwrap(),
+        vec![0; 4],
+        "training again"
+    );
+    assert!(read(&mut d, 4, 0, 4).is_ok());
+    assert_eq!(read(&mut d, 0, 0x1498, 4).unwrap(), vec![0xff, 0, 0, 0]);
+}
+
+/// 6.19+: if the device never reads ready after a reset, the access gives ETIME.
+#[test]
+fn first_access_after_reset_is_etime_when_never_ready() {
+    let c = GpuConfig {
+        fault: Some(Fault::NeverReady),
+        ready_timeout: Duration::from_millis(300),
+        ..at(Profile::Gh100, ODD, LinuxVersion::V7_2)
+    };
+    let mut d = NvGraceGpu::new(&c).unwrap();
+    enable_memory_decode(&mut d);
+    d.reset().unwrap();
+    assert_eq!(read(&mut d, 4, 0, 4), Err(Errno::ETIME));
+    assert_eq!(d.region_write(4, 0, &[0; 4]), Err(Errno::ETIME));
+}
+
+/// 6.14+: the probe waits for readiness and refuses a device that never trains.
+#[test]
+fn probe_refuses_a_device_that_never_reads_ready() {
+    let c = GpuConfig {
+        fault: Some(Fault::LinkDown),
+        ready_timeout: Duration::from_millis(200),
+        ..at(Profile::Gb200, ODD, LinuxVersion::V6_14)
+    };
+    assert!(matches!(
+        NvGraceGpu::new(&c).unwrap().probe_ready(),
+        Err(DeviceError::NotReady(_))
+    ));
+    assert!(dev(Profile::Gh100, ODD).probe_ready().is_ok());
 }
 
 #[test]

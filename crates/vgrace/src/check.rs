@@ -114,6 +114,20 @@ fn check_all(t: &mut dyn Target, ready_timeout: Duration) -> Vec<Outcome> {
     let mut memory_regions = Vec::new();
     for index in [2u32, 4] {
         match t.region_info(index) {
+            // Blackwell from Linux 6.14: region 2 is the device's real BAR1, a core BAR with no
+            // sparse area (the whole BAR is mappable), not a memory region of the variant.
+            Ok(info) if index == 2 && info.size > 0 && info.sparse.is_empty() => push(
+                "region 2: the real BAR1 (power-of-two size, READ|WRITE|MMAP, no sparse area)",
+                pow2(info.size).and_then(|_| {
+                    if info.flags & (FLAG_READ | FLAG_WRITE | FLAG_MMAP)
+                        == FLAG_READ | FLAG_WRITE | FLAG_MMAP
+                    {
+                        Ok(format!("{:#x} bytes", info.size))
+                    } else {
+                        Err(format!("flags {:#x}", info.flags))
+                    }
+                }),
+            ),
             Ok(info) if info.size > 0 => memory_regions.push((index, info)),
             Ok(_) => {}
             Err(e) => push(

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use vgrace_device::{Fault, Profile};
+use vgrace_device::{Fault, LinuxVersion, Profile};
 
 /// vgrace: a software NVIDIA Grace GPU (nvgrace-gpu-vfio-pci) served over vfio-user.
 #[derive(Debug, Parser)]
@@ -55,6 +55,25 @@ pub struct DeviceArgs {
     /// Inject a fault: never-ready (HBM never trains) or link-down (C2C link never up).
     #[arg(long)]
     pub fault: Option<Fault>,
+    /// Behave as nvgrace-gpu-vfio-pci of this Linux version: 6.9, 6.14, 6.19 or 7.2.
+    #[arg(long, default_value = "7.2")]
+    pub linux: LinuxVersion,
+    /// The firmware has no nvidia,gpu-mem-* properties: like --mem-size 0 (C2C link down), the
+    /// device is served as a plain vfio-pci function without memory regions.
+    #[arg(long)]
+    pub no_mem_properties: bool,
+    /// Size of Blackwell's real BAR1 (region 2 from 6.14), a power of two (our choice of default:
+    /// no public source gives the GB200 value).
+    #[arg(long, default_value = "128G", value_parser = parse_size_arg)]
+    pub bar1_size: u64,
+    /// Time until the readiness registers read ready again after a reset (6.19+: the first
+    /// memory access after a reset waits for it).
+    #[arg(long, default_value = "0s", value_parser = parse_duration)]
+    pub reset_ready_delay: Duration,
+    /// How long readiness is polled (1 s steps) at start and after a reset before ETIME
+    /// (upstream: 30 s).
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub ready_timeout: Duration,
 }
 
 /// `vgrace serve`.
@@ -73,6 +92,10 @@ pub struct ServeArgs {
     /// Accept clients only from these uids (checked with SO_PEERCRED); repeatable.
     #[arg(long = "allow-uid")]
     pub allow_uid: Vec<u32>,
+    /// From Linux 6.14 a device whose readiness registers never read ready is not offered
+    /// (serve waits --ready-timeout, then exits); serve it anyway, for guest-side testing.
+    #[arg(long)]
+    pub serve_unready: bool,
     /// Drop a client whose message stays incomplete this long after it began (it would hold
     /// the device forever); waiting between messages is never limited. E.g. 5s, 500ms.
     #[arg(long, default_value = "5s", value_parser = parse_stall_timeout)]

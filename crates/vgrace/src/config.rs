@@ -10,6 +10,11 @@
 //! device_id = "0x2342"       # optional
 //! ready_delay = "2s"         # optional
 //! fault = "never-ready"      # optional: never-ready | link-down
+//! linux = "6.19"             # optional: 6.9 | 6.14 | 6.19 | 7.2 (default: the newest)
+//! mem_properties = false     # optional: the firmware has no memory properties (core device)
+//! bar1_size = "128G"         # optional: Blackwell's real BAR1
+//! reset_ready_delay = "3s"   # optional: training time after a reset
+//! ready_timeout = "30s"      # optional: readiness polling limit
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -48,6 +53,16 @@ struct DeviceTable {
     ready_delay: Option<String>,
     #[serde(default)]
     fault: Option<Fault>,
+    #[serde(default)]
+    linux: Option<String>,
+    #[serde(default)]
+    mem_properties: Option<bool>,
+    #[serde(default)]
+    bar1_size: Option<NumOrString>,
+    #[serde(default)]
+    reset_ready_delay: Option<String>,
+    #[serde(default)]
+    ready_timeout: Option<String>,
 }
 
 /// The whole file.
@@ -126,6 +141,25 @@ impl DeviceTable {
             Some(s) => parse_duration(s).map_err(|e| anyhow::anyhow!("ready_delay: {e}"))?,
             None => Duration::ZERO,
         };
+        let duration = |v: &Option<String>, name: &str, default: Duration| -> Result<Duration> {
+            match v {
+                Some(s) => parse_duration(s).map_err(|e| anyhow::anyhow!("{name}: {e}")),
+                None => Ok(default),
+            }
+        };
+        let linux = match &self.linux {
+            Some(v) => v
+                .parse()
+                .map_err(|e: vgrace_device::DeviceError| anyhow::anyhow!("linux: {e}"))?,
+            None => defaults.linux,
+        };
+        let bar1_size = match &self.bar1_size {
+            Some(v) => num(v, |s| {
+                vgrace_device::parse_size(s).map_err(|e| e.to_string())
+            })
+            .context("bar1_size")?,
+            None => defaults.bar1_size,
+        };
         let args = DeviceArgs {
             profile: self.profile.unwrap_or(defaults.profile),
             device_id,
@@ -134,6 +168,15 @@ impl DeviceTable {
             backing: self.backing.unwrap_or(defaults.backing),
             ready_delay,
             fault: self.fault,
+            linux,
+            no_mem_properties: !self.mem_properties.unwrap_or(true),
+            bar1_size,
+            reset_ready_delay: duration(
+                &self.reset_ready_delay,
+                "reset_ready_delay",
+                defaults.reset_ready_delay,
+            )?,
+            ready_timeout: duration(&self.ready_timeout, "ready_timeout", defaults.ready_timeout)?,
         };
         crate::device_config(&args)
     }

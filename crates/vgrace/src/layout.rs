@@ -27,13 +27,35 @@ pub fn render(layout: &Layout) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{} device 10de:{:04x}, {} ({} bytes) of device memory at host PA {:#x}",
+        "{} device 10de:{:04x} as Linux {} serves it, {} ({} bytes) of device memory at host PA {:#x}",
         layout.profile,
         layout.device_id,
+        layout.linux,
         human(layout.mem_size),
         layout.mem_size,
         layout.mem_base
     );
+    if let Some(why) = layout.core_only {
+        let _ = writeln!(
+            out,
+            "no memory regions: {why}; served by the PCI core alone (config space, BAR0{})",
+            if layout.bar1_size.is_some() {
+                ", BAR1"
+            } else {
+                ""
+            }
+        );
+    }
+    if let Some(size) = layout.bar1_size {
+        let _ = writeln!(
+            out,
+            "region 2 is the real BAR1 (64-bit prefetchable, {}, all of it mappable)",
+            human(size)
+        );
+    }
+    if layout.regions.is_empty() {
+        return out;
+    }
     let _ = writeln!(out);
     let _ = writeln!(
         out,

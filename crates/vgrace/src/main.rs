@@ -89,5 +89,10 @@ pub fn device_config(args: &DeviceArgs) -> Result<GpuConfig> {
         backing,
         ready_delay: args.ready_delay,
         fault: args.fault,
+        linux: args.linux,
+        mem_properties: !args.no_mem_properties,
+        bar1_size: args.bar1_size,
+        reset_ready_delay: args.reset_ready_delay,
+        ready_timeout: args.ready_timeout,
     })
 }

@@ -11,7 +11,7 @@ use signal_hook::iterator::Signals;
 use tracing::{error, info, warn};
 use vfu::listen::BoundPath;
 use vfu::server::{bind_socket, Server, ServerConfig, Shutdown};
-use vgrace_device::NvGraceGpu;
+use vgrace_device::{LinuxVersion, NvGraceGpu};
 
 use crate::cli::ServeArgs;
 use crate::config::{self, DeviceEntry};
@@ -44,6 +44,17 @@ pub fn run(args: ServeArgs) -> Result<()> {
     for entry in &entries {
         let device = NvGraceGpu::new(&entry.config)
             .with_context(|| format!("cannot create the device for {}", entry.socket.display()))?;
+        // From 6.14 the probe polls the readiness registers and refuses a device that never
+        // reads ready; --serve-unready offers it anyway (for guest-side tests).
+        if entry.config.linux >= LinuxVersion::V6_14 && !args.serve_unready {
+            device.probe_ready().with_context(|| {
+                format!(
+                    "not serving {} (Linux {}; --serve-unready serves it anyway)",
+                    entry.socket.display(),
+                    entry.config.linux
+                )
+            })?;
+        }
         devices.push((endpoint_of(entry), device));
     }
 
@@ -91,20 +102,35 @@ pub fn run(args: ServeArgs) -> Result<()> {
     for (endpoint, device, listener) in bound {
         let where_ = describe(&endpoint);
         let layout = device.layout();
-        let bars: Vec<String> = layout
+        let mut bars: Vec<String> = layout
             .regions
             .iter()
             .map(|r| format!("BAR{} {}", r.bar, human(r.bar_size)))
             .collect();
-        info!(
-            "serving {} 10de:{:04x} with {} of {} memory ({}) on {}",
-            layout.profile,
-            layout.device_id,
-            human(layout.mem_size),
-            backing_name(&entries, &endpoint),
-            bars.join(", "),
-            where_
-        );
+        if let Some(size) = layout.bar1_size {
+            bars.push(format!("BAR1 {} at region 2", human(size)));
+        }
+        match layout.core_only {
+            None => info!(
+                "serving {} 10de:{:04x} as Linux {} does, with {} of {} memory ({}) on {}",
+                layout.profile,
+                layout.device_id,
+                layout.linux,
+                human(layout.mem_size),
+                backing_name(&entries, &endpoint),
+                bars.join(", "),
+                where_
+            ),
+            Some(why) => info!(
+                "serving {} 10de:{:04x} as Linux {} does, as a plain vfio-pci function without \
+                 memory regions because {why} (BAR0{}) on {}",
+                layout.profile,
+                layout.device_id,
+                layout.linux,
+                bars.iter().map(|b| format!(", {b}")).collect::<String>(),
+                where_
+            ),
+        }
         let shutdown = shutdown.clone();
         let config = server_config.clone();
         let name = where_.clone();

@@ -73,13 +73,43 @@ fn zero_stall_timeout_is_refused_clearly() {
     );
 }
 
+/// Size 0 is the firmware's "C2C link down": not a refusal but a plain vfio-pci function (all
+/// versions: the probe falls back to the core ops).
 #[test]
-fn zero_size_is_refused_as_link_down() {
-    let out = vgrace(&["layout", "--mem-size", "0"]);
-    assert!(!out.status.success());
+fn zero_size_is_served_as_a_core_device() {
+    let out = vgrace(&["layout", "--mem-size", "0", "--profile", "gb200"]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("no memory regions"), "{text}");
+    assert!(text.contains("C2C link is down"), "{text}");
+    assert!(text.contains("real BAR1"), "{text}");
+}
+
+/// From 6.14 a device that never reads ready is not offered: serve waits --ready-timeout,
+/// then exits with one clear line; --serve-unready serves it anyway; 6.9 never polled.
+#[test]
+fn never_ready_device_is_not_served_from_6_14() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("gpu.sock");
+    let out = vgrace(&[
+        "serve",
+        "--socket",
+        socket.to_str().unwrap(),
+        "--mem-size",
+        "3543348019",
+        "--fault",
+        "never-ready",
+        "--ready-timeout",
+        "1s",
+    ]);
     let err = stderr_of(&out);
-    assert_eq!(err.trim().lines().count(), 1, "{err}");
-    assert!(!err.contains("panicked"), "{err}");
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("did not become ready"), "{err}");
+    assert!(err.contains("--serve-unready"), "{err}");
+    assert!(!socket.exists());
+    let _unready = start(&socket, &["--fault", "never-ready", "--serve-unready"]);
+    let old = dir.path().join("old.sock");
+    let _v69 = start(&old, &["--fault", "never-ready", "--linux", "6.9"]);
 }
 
 #[test]
@@ -210,7 +240,7 @@ fn check_fails_against_a_never_ready_device() {
     // The readiness rule polls for 30 s upstream; the fault makes it fail, so keep one such test.
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("gpu.sock");
-    let _served = start(&socket, &["--fault", "link-down"]);
+    let _served = start(&socket, &["--fault", "link-down", "--serve-unready"]);
     let out = vgrace(&[
         "check",
         "--socket",

@@ -56,6 +56,16 @@ impl<'a> MemRegion<'a> {
         }
     }
 
+    /// Bytes of real memory in the region.
+    pub(crate) fn memlength(&self) -> u64 {
+        self.layout.memlength
+    }
+
+    /// The region's BAR size.
+    pub(crate) fn bar_size(&self) -> u64 {
+        self.layout.bar_size
+    }
+
     /// REGION_READ: memory, then all ones up to the BAR end; EINVAL at or past it.
     pub(crate) fn read(&self, offset: u64, buf: &mut [u8]) -> Result<usize, Errno> {
         let r = &self.layout;

@@ -6,16 +6,18 @@
 
 mod memregion;
 
+pub mod bar1;
 pub mod dvsec;
 pub mod readiness;
 
-use vfu::device::BAR0_REGION_INDEX;
+use vfu::device::{BAR0_REGION_INDEX, CONFIG_REGION_INDEX};
 use vfu::{Device, DeviceInfo, Errno, FileSpan, IrqInfo, RegionInfo, SetIrqs};
 
-use self::memregion::memregion;
+use self::bar1::{Bar1, BAR1_REGION_INDEX};
+use self::memregion::{memregion, MemRegion};
 use self::readiness::Readiness;
 use crate::backing::Memory;
-use crate::config::{GpuConfig, Layout, Profile};
+use crate::config::{GpuConfig, Layout, LinuxVersion, Profile, READY_POLL};
 use crate::error::DeviceError;
 use crate::pci::bar::BarDesc;
 use crate::pci::{Capability, Header, PciCore, PciDescription};
@@ -32,14 +34,23 @@ pub const MSIX_TABLE_OFFSET: u32 = 0x00fe_0000;
 pub const MSIX_PBA_OFFSET: u32 = 0x00ff_0000;
 /// Subsystem id we report (any value; the guest driver does not key on it).
 pub const SUBSYSTEM_ID: u16 = 0x16ee;
+/// COMMAND register bit 1: memory space decode.
+const MEMORY_SPACE_ENABLE: u16 = 0x2;
 
 /// A software Grace GPU: a [`PciCore`] plus the memory regions, readiness registers and DVSEC.
 #[derive(Debug)]
 pub struct NvGraceGpu {
     core: PciCore,
     layout: Layout,
-    memory: Memory,
+    /// Device memory; `None` when the device is served by the core alone (link down).
+    memory: Option<Memory>,
+    /// Blackwell's real BAR1 at region 2, when shown.
+    bar1: Option<Bar1>,
     readiness: Readiness,
+    /// 6.19+: set by a reset, cleared by the first memory access that found the device ready.
+    reset_done: bool,
+    /// How long that access polls readiness before ETIME.
+    ready_timeout: std::time::Duration,
 }
 
 impl NvGraceGpu {
@@ -48,13 +59,61 @@ impl NvGraceGpu {
     pub fn new(cfg: &GpuConfig) -> Result<Self, DeviceError> {
         let layout = cfg.layout()?;
         let core = PciCore::new(&description(&layout))?;
-        let memory = Memory::new(&cfg.backing, layout.mem_size)?;
+        let memory = match layout.core_only {
+            Some(_) => None,
+            None => Some(Memory::new(&cfg.backing, layout.mem_size)?),
+        };
+        let bar1 = layout.bar1_size.map(Bar1::new).transpose()?;
         Ok(Self {
             core,
             memory,
-            readiness: Readiness::new(cfg.ready_delay, cfg.fault),
+            bar1,
+            readiness: Readiness::new(cfg.ready_delay, cfg.reset_ready_delay, cfg.fault),
+            reset_done: false,
+            ready_timeout: cfg.ready_timeout,
             layout,
         })
+    }
+
+    /// The probe's readiness poll (6.14+): both BAR0 registers must read ready within the
+    /// timeout, polled every second; otherwise the device is not offered (ETIME).
+    pub fn probe_ready(&self) -> Result<(), DeviceError> {
+        if self.readiness.wait_ready(READY_POLL, self.ready_timeout) {
+            Ok(())
+        } else {
+            Err(DeviceError::NotReady(self.ready_timeout))
+        }
+    }
+
+    /// The variant's memory region at `index`, if it owns one.
+    fn memregion(&self, index: u32) -> Option<MemRegion<'_>> {
+        memregion(&self.layout, self.memory.as_ref()?, index)
+    }
+
+    /// BAR1, when `index` is its region.
+    fn bar1(&self, index: u32) -> Option<&Bar1> {
+        self.bar1.as_ref().filter(|_| index == BAR1_REGION_INDEX)
+    }
+
+    /// 6.19+: the first memory access after a reset finds memory decode off (EIO) or waits for
+    /// the readiness registers (ETIME if they never read ready), as upstream's
+    /// `nvgrace_gpu_check_device_ready`. The wait blocks this device's session, as the kernel
+    /// blocks the VMM's read.
+    fn check_ready_after_reset(&mut self) -> Result<(), Errno> {
+        if !self.reset_done {
+            return Ok(());
+        }
+        let mut command = [0u8; 2];
+        self.core
+            .region_read(CONFIG_REGION_INDEX, 4, &mut command)?;
+        if u16::from_le_bytes(command) & MEMORY_SPACE_ENABLE == 0 {
+            return Err(Errno::EIO);
+        }
+        if !self.readiness.wait_ready(READY_POLL, self.ready_timeout) {
+            return Err(Errno::ETIME);
+        }
+        self.reset_done = false;
+        Ok(())
     }
 
     /// The memory layout the device was built from: profile, device id, and which region holds
@@ -87,6 +146,9 @@ impl NvGraceGpu {
 fn description(layout: &Layout) -> PciDescription {
     let mut bars = vec![BarDesc::mem64(BAR0_REGION_INDEX, BAR0_SIZE, false)];
     bars.extend(layout.regions.iter().map(memregion::bar));
+    if let Some(size) = layout.bar1_size {
+        bars.push(BarDesc::mem64(BAR1_REGION_INDEX, size, true));
+    }
     let mut ext_capabilities = Vec::new();
     if layout.profile == Profile::Gb200 {
         ext_capabilities.push(dvsec::gpu_capability(NVIDIA_VENDOR_ID));
@@ -132,15 +194,25 @@ impl Device for NvGraceGpu {
     }
 
     fn region_info(&self, index: u32) -> Result<RegionInfo<'_>, Errno> {
-        match memregion(&self.layout, &self.memory, index) {
-            Some(m) => Ok(m.info()),
+        if let Some(m) = self.memregion(index) {
+            return Ok(m.info());
+        }
+        match self.bar1(index) {
+            Some(b) => Ok(b.info()),
             None => self.core.region_info(index),
         }
     }
 
     fn region_read(&mut self, index: u32, offset: u64, buf: &mut [u8]) -> Result<usize, Errno> {
-        if let Some(m) = memregion(&self.layout, &self.memory, index) {
-            return m.read(offset, buf);
+        if self.memregion(index).is_some() {
+            // Reads check after a reset wherever they land, the all-ones tail included.
+            self.check_after_reset_if_bar_hit(index, offset)?;
+            if let Some(m) = self.memregion(index) {
+                return m.read(offset, buf);
+            }
+        }
+        if let Some(b) = self.bar1(index) {
+            return b.read(offset, buf);
         }
         let n = self.core.region_read(index, offset, buf)?;
         if index == BAR0_REGION_INDEX {
@@ -155,15 +227,34 @@ impl Device for NvGraceGpu {
         offset: u64,
         count: usize,
     ) -> Result<Option<FileSpan<'_>>, Errno> {
-        match memregion(&self.layout, &self.memory, index) {
-            Some(m) => m.span(offset, count).map(Some),
-            None => self.core.region_read_span(index, offset, count),
+        if self.memregion(index).is_some() {
+            self.check_after_reset_if_bar_hit(index, offset)?;
+            return match self.memregion(index) {
+                Some(m) => m.span(offset, count).map(Some),
+                None => Ok(None),
+            };
         }
+        if self.bar1(index).is_some() {
+            return match self.bar1(index) {
+                Some(b) => b.span(offset, count).map(Some),
+                None => Ok(None),
+            };
+        }
+        self.core.region_read_span(index, offset, count)
     }
 
     fn region_write(&mut self, index: u32, offset: u64, data: &[u8]) -> Result<usize, Errno> {
-        if let Some(m) = memregion(&self.layout, &self.memory, index) {
-            return m.write(offset, data);
+        if let Some(memlength) = self.memregion(index).map(|m| m.memlength()) {
+            // Writes check only when they reach memory (a write wholly in the tail skips it).
+            if offset < memlength {
+                self.check_after_reset_if_bar_hit(index, offset)?;
+            }
+            if let Some(m) = self.memregion(index) {
+                return m.write(offset, data);
+            }
+        }
+        if let Some(b) = self.bar1(index) {
+            return b.write(offset, data);
         }
         if index == BAR0_REGION_INDEX {
             return self.bar0_write(offset, data);
@@ -181,13 +272,28 @@ impl Device for NvGraceGpu {
 
     fn reset(&mut self) -> Result<(), Errno> {
         // Emulated BARs back to 0, the register file cleared and link training re-run; memory
-        // contents survive a reset, as on the hardware.
+        // contents survive a reset, as on the hardware. COMMAND survives too (the kernel saves
+        // and restores config space around the reset).
         self.core.reset()?;
         self.readiness.reset();
+        // 6.19's reset_done handler: the next memory access checks readiness first.
+        self.reset_done = self.layout.linux >= LinuxVersion::V6_19;
         Ok(())
     }
 
     fn client_detached(&mut self) {
         self.core.client_detached();
+    }
+}
+
+impl NvGraceGpu {
+    /// The reset check for an access at `offset` of memory region `index`: upstream checks
+    /// only after the offset passed the BAR-size test (an offset past the BAR is EINVAL first).
+    fn check_after_reset_if_bar_hit(&mut self, index: u32, offset: u64) -> Result<(), Errno> {
+        let bar_size = self.memregion(index).map_or(0, |m| m.bar_size());
+        if offset >= bar_size {
+            return Err(Errno::EINVAL);
+        }
+        self.check_ready_after_reset()
     }
 }

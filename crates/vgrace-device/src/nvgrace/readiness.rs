@@ -20,7 +20,8 @@ const WIDTH: u64 = 4;
 /// The readiness state: when training completes, and which fault keeps it from completing.
 #[derive(Debug)]
 pub struct Readiness {
-    delay: Duration,
+    /// Training time after a reset.
+    reset_delay: Duration,
     ready_at: Instant,
     /// Set once the deadline has passed, so later reads skip the clock (until reset).
     trained: Cell<bool>,
@@ -28,20 +29,42 @@ pub struct Readiness {
 }
 
 impl Readiness {
-    /// Registers that read ready `delay` from now, or never for the register `fault` breaks.
-    pub fn new(delay: Duration, fault: Option<Fault>) -> Self {
+    /// Registers that read ready `delay` from now (and `reset_delay` after each reset), or
+    /// never for the register `fault` breaks.
+    pub fn new(delay: Duration, reset_delay: Duration, fault: Option<Fault>) -> Self {
         Self {
-            delay,
+            reset_delay,
             ready_at: Instant::now() + delay,
             trained: Cell::new(false),
             fault,
         }
     }
 
-    /// Restarts the delay (a device reset re-runs link training).
+    /// Restarts training (a device reset re-runs it), for the post-reset delay.
     pub fn reset(&mut self) {
-        self.ready_at = Instant::now() + self.delay;
+        self.ready_at = Instant::now() + self.reset_delay;
         self.trained.set(false);
+    }
+
+    /// Whether both registers read `READY` now (what the driver polls).
+    pub fn is_ready(&self) -> bool {
+        self.value(C2C_LINK_STATUS) == READY && self.value(HBM_TRAINING_STATUS) == READY
+    }
+
+    /// Polls [`Readiness::is_ready`] every `quantum` for up to `timeout`, as upstream's
+    /// `nvgrace_gpu_wait_device_ready` does; false when it never became ready.
+    pub fn wait_ready(&self, quantum: Duration, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.is_ready() {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            std::thread::sleep(quantum.min(deadline - now));
+        }
     }
 
     /// Whether an access of `len` bytes at `offset` touches a readiness register.
@@ -99,7 +122,7 @@ mod tests {
 
     #[test]
     fn overlay_covers_only_the_register_bytes() {
-        let r = Readiness::new(Duration::ZERO, None);
+        let r = Readiness::new(Duration::ZERO, Duration::ZERO, None);
         let mut buf = [0x11u8; 8];
         r.overlay(C2C_LINK_STATUS - 2, &mut buf);
         assert_eq!(buf, [0x11, 0x11, 0xff, 0, 0, 0, 0x11, 0x11]);
@@ -110,10 +133,10 @@ mod tests {
 
     #[test]
     fn faults_hold_their_register_at_zero() {
-        let never = Readiness::new(Duration::ZERO, Some(Fault::NeverReady));
+        let never = Readiness::new(Duration::ZERO, Duration::ZERO, Some(Fault::NeverReady));
         assert_eq!(never.value(C2C_LINK_STATUS), READY);
         assert_eq!(never.value(HBM_TRAINING_STATUS), 0);
-        let down = Readiness::new(Duration::ZERO, Some(Fault::LinkDown));
+        let down = Readiness::new(Duration::ZERO, Duration::ZERO, Some(Fault::LinkDown));
         assert_eq!(down.value(C2C_LINK_STATUS), 0);
         assert_eq!(down.value(HBM_TRAINING_STATUS), 0);
     }

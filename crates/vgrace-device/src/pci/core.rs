@@ -30,6 +30,9 @@ use super::description::PciDescription;
 use super::regfile::RegFile;
 use crate::error::DeviceError;
 
+/// Offset of the COMMAND register.
+const COMMAND: usize = 0x04;
+
 /// REGION_INFO flags of every region the core serves.
 const RW: u32 = VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_WRITE;
 
@@ -164,7 +167,14 @@ impl Device for PciCore {
     }
 
     fn reset(&mut self) -> Result<(), Errno> {
+        // VFIO_DEVICE_RESET saves config space, resets the function and restores it
+        // (pci_try_reset_function, pci_dev_restore), and the virtual config keeps the guest's
+        // COMMAND: memory decode and bus mastering read as before the reset. Everything else
+        // (BAR registers included) goes back to its reset state.
+        let mut command = [0u8; 2];
+        self.config.read(COMMAND, &mut command);
         self.config.reset();
+        self.config.write(COMMAND, &command);
         if let Some(regs) = &mut self.bar0 {
             regs.reset();
         }
