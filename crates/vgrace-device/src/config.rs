@@ -199,6 +199,41 @@ pub struct GpuConfig {
     pub reset_ready_delay: Duration,
     /// How long readiness is polled (at probe, and after a reset from 6.19 on) before ETIME.
     pub ready_timeout: Duration,
+    /// Poisoned pages (6.19+): reads that touch them fail as upstream's do.
+    pub poison: Vec<Poison>,
+}
+
+/// A poisoned page of device memory (an uncorrectable ECC error), named by the memory region and
+/// an offset in it; the whole 4 KiB page around the offset is poisoned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Poison {
+    /// VFIO region index of the memory region (2 or 4).
+    pub region: u32,
+    /// Offset in the region of the poisoned page's first byte.
+    pub offset: u64,
+}
+
+/// Page granularity of poison.
+pub const POISON_PAGE: u64 = 4096;
+
+impl FromStr for Poison {
+    type Err = DeviceError;
+    /// `REGION:OFFSET`, e.g. `4:0x1000` (the offset decimal or 0x hex).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || DeviceError::BadPoison(s.to_string());
+        let (region, offset) = s.split_once(':').ok_or_else(bad)?;
+        let region = region.trim().parse().map_err(|_| bad())?;
+        let offset = offset.trim();
+        let offset = match offset.strip_prefix("0x") {
+            Some(hex) => u64::from_str_radix(hex, 16),
+            None => offset.parse(),
+        }
+        .map_err(|_| bad())?;
+        Ok(Self {
+            region,
+            offset: offset / POISON_PAGE * POISON_PAGE,
+        })
+    }
 }
 
 /// Why a device is served by the PCI core alone, without memory regions.
@@ -280,6 +315,8 @@ pub struct Layout {
     /// Size of the real BAR1 at region 2, when the device shows it (Blackwell, when region 2 is
     /// not taken by resmem).
     pub bar1_size: Option<u64>,
+    /// Poisoned pages, page-aligned, each inside its region's memory.
+    pub poisoned: Vec<Poison>,
 }
 
 impl Layout {
@@ -306,6 +343,7 @@ impl GpuConfig {
             bar1_size: DEFAULT_BAR1_SIZE,
             reset_ready_delay: Duration::ZERO,
             ready_timeout: READY_TIMEOUT,
+            poison: Vec::new(),
         }
     }
 
@@ -317,6 +355,29 @@ impl GpuConfig {
             Profile::Gb200 => self.linux < LinuxVersion::V6_14,
             Profile::Seed => false,
         }
+    }
+
+    /// The poisoned pages, each checked to lie in the memory of a region of `regions` (ECC
+    /// poison handling arrived in 6.19).
+    fn checked_poison(&self, regions: &[MemRegionLayout]) -> Result<Vec<Poison>, DeviceError> {
+        if !self.poison.is_empty() && self.linux < LinuxVersion::V6_19 {
+            return Err(DeviceError::PoisonBeforeLinux619(self.linux.to_string()));
+        }
+        for p in &self.poison {
+            let inside = regions
+                .iter()
+                .any(|r| r.region_index == p.region && p.offset < r.memlength);
+            if !inside {
+                return Err(DeviceError::PoisonOutsideMemory {
+                    region: p.region,
+                    offset: p.offset,
+                });
+            }
+        }
+        let mut pages = self.poison.clone();
+        pages.sort_by_key(|p| (p.region, p.offset));
+        pages.dedup();
+        Ok(pages)
     }
 
     /// Validates the firmware values and computes the layout (no memory is touched).
@@ -367,6 +428,7 @@ impl GpuConfig {
                 linux: self.linux,
                 core_only: Some(reason),
                 bar1_size: bar1,
+                poisoned: self.checked_poison(&[])?,
             });
         }
         base.checked_add(size)
@@ -413,11 +475,12 @@ impl GpuConfig {
             device_id,
             mem_size: size,
             mem_base: base,
-            regions,
             linux: self.linux,
             core_only: None,
             // With resmem at region 2, the variant hides BAR1 there.
             bar1_size: bar1.filter(|_| !split),
+            poisoned: self.checked_poison(&regions)?,
+            regions,
         })
     }
 }

@@ -39,6 +39,22 @@ pub enum DeviceError {
     /// The readiness registers did not read ready in time (the probe's ETIME).
     #[error("the device did not become ready within {0:?} (C2C link or HBM training): upstream refuses to offer it (ETIME)")]
     NotReady(std::time::Duration),
+    /// `--poison` text that is not `REGION:OFFSET`.
+    #[error("`{0}` is not a poisoned page (use REGION:OFFSET, e.g. 4:0x1000)")]
+    BadPoison(String),
+    /// Poison asked for a kernel that did not handle it.
+    #[error("ECC poison handling arrived in Linux 6.19; --linux {0} has none")]
+    PoisonBeforeLinux619(String),
+    /// A poisoned page outside any memory region's memory.
+    #[error(
+        "poisoned page at region {region} offset {offset:#x} is not in a memory region's memory"
+    )]
+    PoisonOutsideMemory {
+        /// Region index.
+        region: u32,
+        /// Offset.
+        offset: u64,
+    },
     /// A device id outside the upstream table.
     #[error("device id {0:#06x} is not an nvgrace device id (known: 0x2342, 0x2343, 0x2345, 0x2348, 0x2941, 0x31c2)")]
     UnknownDeviceId(u16),

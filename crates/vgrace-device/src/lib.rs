@@ -16,7 +16,7 @@ pub mod pci;
 
 pub use config::{
     parse_size, Backing, CoreOnly, Fault, GpuConfig, Layout, LinuxVersion, MemKind,
-    MemRegionLayout, Profile,
+    MemRegionLayout, Poison, Profile,
 };
 pub use error::DeviceError;
 pub use nvgrace::NvGraceGpu;

@@ -592,6 +592,49 @@ fn first_access_after_reset_is_etime_when_never_ready() {
     assert_eq!(d.region_write(4, 0, &[0; 4]), Err(Errno::ETIME));
 }
 
+/// 6.19+: a read that touches a poisoned page answers EFAULT (the copy out of device memory
+/// faults upstream); other pages, and writes, are unaffected.
+#[test]
+fn read_touching_a_poisoned_page_is_efault_from_6_19() {
+    let c = GpuConfig {
+        poison: vec!["4:0x2010".parse().unwrap()],
+        ..at(Profile::Gh100, ODD, LinuxVersion::V6_19)
+    };
+    let mut d = NvGraceGpu::new(&c).unwrap();
+    assert_eq!(d.layout().poisoned[0].offset, 0x2000);
+    assert_eq!(read(&mut d, 4, 0x2ff0, 0x20), Err(Errno::EFAULT));
+    assert_eq!(read(&mut d, 4, 0x1ffc, 8), Err(Errno::EFAULT));
+    assert!(read(&mut d, 4, 0x3000, 8).is_ok());
+    assert!(read(&mut d, 4, 0x1000, 8).is_ok());
+    assert_eq!(d.region_write(4, 0x2000, &[1; 8]), Ok(8));
+    assert!(matches!(
+        d.region_read_span(4, 0x2000, 64 << 10),
+        Err(Errno::EFAULT)
+    ));
+}
+
+/// Poison is refused before 6.19 and outside a memory region's memory.
+#[test]
+fn poison_needs_6_19_and_a_page_of_memory() {
+    let before = GpuConfig {
+        poison: vec!["4:0".parse().unwrap()],
+        ..at(Profile::Gh100, ODD, LinuxVersion::V6_14)
+    };
+    assert!(matches!(
+        NvGraceGpu::new(&before),
+        Err(DeviceError::PoisonBeforeLinux619(_))
+    ));
+    let tail = GpuConfig {
+        poison: vec![format!("4:{}", 3 * GIB).parse().unwrap()],
+        ..at(Profile::Gh100, ODD, LinuxVersion::V7_2)
+    };
+    assert!(matches!(
+        NvGraceGpu::new(&tail),
+        Err(DeviceError::PoisonOutsideMemory { .. })
+    ));
+    assert!("4-0x10".parse::<vgrace_device::Poison>().is_err());
+}
+
 /// 6.14+: the probe waits for readiness and refuses a device that never trains.
 #[test]
 fn probe_refuses_a_device_that_never_reads_ready() {

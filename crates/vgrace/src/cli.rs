@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use vgrace_device::{Fault, LinuxVersion, Profile};
+use vgrace_device::{Fault, LinuxVersion, Poison, Profile};
 
 /// vgrace: a software NVIDIA Grace GPU (nvgrace-gpu-vfio-pci) served over vfio-user.
 #[derive(Debug, Parser)]
@@ -74,6 +74,10 @@ pub struct DeviceArgs {
     /// (upstream: 30 s).
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub ready_timeout: Duration,
+    /// Poison a 4 KiB page of device memory (uncorrectable ECC error, Linux 6.19+):
+    /// REGION:OFFSET, e.g. 4:0x1000; repeatable. Reads that touch it answer EFAULT.
+    #[arg(long)]
+    pub poison: Vec<Poison>,
 }
 
 /// `vgrace serve`.

@@ -15,6 +15,7 @@
 //! bar1_size = "128G"         # optional: Blackwell's real BAR1
 //! reset_ready_delay = "3s"   # optional: training time after a reset
 //! ready_timeout = "30s"      # optional: readiness polling limit
+//! poison = ["4:0x1000"]      # optional: poisoned pages (REGION:OFFSET), Linux 6.19+
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -63,6 +64,8 @@ struct DeviceTable {
     reset_ready_delay: Option<String>,
     #[serde(default)]
     ready_timeout: Option<String>,
+    #[serde(default)]
+    poison: Vec<String>,
 }
 
 /// The whole file.
@@ -177,6 +180,14 @@ impl DeviceTable {
                 defaults.reset_ready_delay,
             )?,
             ready_timeout: duration(&self.ready_timeout, "ready_timeout", defaults.ready_timeout)?,
+            poison: self
+                .poison
+                .iter()
+                .map(|p| {
+                    p.parse()
+                        .map_err(|e: vgrace_device::DeviceError| anyhow::anyhow!("poison: {e}"))
+                })
+                .collect::<Result<_>>()?,
         };
         crate::device_config(&args)
     }

@@ -53,6 +53,13 @@ pub fn render(layout: &Layout) -> String {
             human(size)
         );
     }
+    for p in &layout.poisoned {
+        let _ = writeln!(
+            out,
+            "poisoned page: region {} offset {:#x} (reads touching it answer EFAULT)",
+            p.region, p.offset
+        );
+    }
     if layout.regions.is_empty() {
         return out;
     }

@@ -94,5 +94,6 @@ pub fn device_config(args: &DeviceArgs) -> Result<GpuConfig> {
         bar1_size: args.bar1_size,
         reset_ready_delay: args.reset_ready_delay,
         ready_timeout: args.ready_timeout,
+        poison: args.poison.clone(),
     })
 }

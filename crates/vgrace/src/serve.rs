@@ -110,6 +110,13 @@ pub fn run(args: ServeArgs) -> Result<()> {
         if let Some(size) = layout.bar1_size {
             bars.push(format!("BAR1 {} at region 2", human(size)));
         }
+        for p in &layout.poisoned {
+            warn!(
+                region = p.region,
+                offset = p.offset,
+                "poisoned page on {where_}: reads that touch it answer EFAULT"
+            );
+        }
         match layout.core_only {
             None => info!(
                 "serving {} 10de:{:04x} as Linux {} does, with {} of {} memory ({}) on {}",

@@ -17,7 +17,7 @@ use self::bar1::{Bar1, BAR1_REGION_INDEX};
 use self::memregion::{memregion, MemRegion};
 use self::readiness::Readiness;
 use crate::backing::Memory;
-use crate::config::{GpuConfig, Layout, LinuxVersion, Profile, READY_POLL};
+use crate::config::{GpuConfig, Layout, LinuxVersion, Profile, POISON_PAGE, READY_POLL};
 use crate::error::DeviceError;
 use crate::pci::bar::BarDesc;
 use crate::pci::{Capability, Header, PciCore, PciDescription};
@@ -207,6 +207,7 @@ impl Device for NvGraceGpu {
         if self.memregion(index).is_some() {
             // Reads check after a reset wherever they land, the all-ones tail included.
             self.check_after_reset_if_bar_hit(index, offset)?;
+            self.check_poison(index, offset, buf.len())?;
             if let Some(m) = self.memregion(index) {
                 return m.read(offset, buf);
             }
@@ -229,6 +230,7 @@ impl Device for NvGraceGpu {
     ) -> Result<Option<FileSpan<'_>>, Errno> {
         if self.memregion(index).is_some() {
             self.check_after_reset_if_bar_hit(index, offset)?;
+            self.check_poison(index, offset, count)?;
             return match self.memregion(index) {
                 Some(m) => m.span(offset, count).map(Some),
                 None => Ok(None),
@@ -287,6 +289,22 @@ impl Device for NvGraceGpu {
 }
 
 impl NvGraceGpu {
+    /// 6.19+: a read that touches a poisoned page fails as upstream's does: the copy out of
+    /// device memory faults (`copy_to_user` in `nvgrace_gpu_map_and_read`, `-EFAULT`). Writes
+    /// are not checked (a store does not consume poison).
+    fn check_poison(&self, index: u32, offset: u64, len: usize) -> Result<(), Errno> {
+        let end = offset.saturating_add(len as u64);
+        let hit = self
+            .layout
+            .poisoned
+            .iter()
+            .any(|p| p.region == index && p.offset < end && offset < p.offset + POISON_PAGE);
+        if hit {
+            return Err(Errno::EFAULT);
+        }
+        Ok(())
+    }
+
     /// The reset check for an access at `offset` of memory region `index`: upstream checks
     /// only after the offset passed the BAR-size test (an offset past the BAR is EINVAL first).
     fn check_after_reset_if_bar_hit(&mut self, index: u32, offset: u64) -> Result<(), Errno> {
