@@ -1,14 +1,17 @@
 //! Random config-space, BAR0 and memory-region accesses, with resets, against small devices of
 //! every shape the upstream versions give (gh100 under 7.2 with its reset rule, gb200 under 6.9
-//! split the Hopper way, gb200 under 7.2 with its real BAR1, a link-down core device): no
+//! split the Hopper way, gb200 under 7.2 with its real BAR1, a link-down core device, a
+//! Blackwell-Next with a CXL DVSEC and a poisoned page): no
 //! panic, and reads never return more than asked.
 #![no_main]
 
 use std::sync::Mutex;
 
 use libfuzzer_sys::fuzz_target;
+use std::time::Duration;
 use vfu::Device;
-use vgrace_device::{GpuConfig, LinuxVersion, NvGraceGpu, Profile};
+
+use vgrace_device::{Cxl, GpuConfig, LinuxVersion, NvGraceGpu, Poison, Profile};
 
 static DEVICES: Mutex<Vec<NvGraceGpu>> = Mutex::new(Vec::new());
 
@@ -23,6 +26,18 @@ fn devices() -> Vec<NvGraceGpu> {
         small(Profile::Gb200, (3 << 29) + 12345, LinuxVersion::V6_9),
         small(Profile::Gb200, (3 << 29) + 12345, LinuxVersion::V7_2),
         small(Profile::Gb200, 0, LinuxVersion::V6_19),
+        GpuConfig {
+            cxl: Some(Cxl {
+                valid_delay: Duration::ZERO,
+                active_delay: Duration::ZERO,
+                timeout_code: 0,
+            }),
+            poison: vec![Poison {
+                region: 4,
+                offset: 0x1000,
+            }],
+            ..small(Profile::Gb200, (3 << 29) + 12345, LinuxVersion::V7_2)
+        },
     ]
     .iter()
     .map(|cfg| NvGraceGpu::new(cfg).unwrap_or_else(|e| panic!("device: {e}")))

@@ -142,6 +142,10 @@ pub enum Fault {
     NeverReady,
     /// The C2C link never comes up (0x1498 never reads 0xFF).
     LinkDown,
+    /// The CXL DVSEC never says "memory info valid".
+    CxlNeverValid,
+    /// The CXL DVSEC never says "memory active".
+    CxlNeverActive,
 }
 
 impl FromStr for Fault {
@@ -150,10 +154,12 @@ impl FromStr for Fault {
         match s {
             "never-ready" => Ok(Fault::NeverReady),
             "link-down" => Ok(Fault::LinkDown),
+            "cxl-never-valid" => Ok(Fault::CxlNeverValid),
+            "cxl-never-active" => Ok(Fault::CxlNeverActive),
             _ => Err(DeviceError::BadName {
                 what: "fault",
                 value: s.to_string(),
-                expected: "never-ready or link-down",
+                expected: "never-ready, link-down, cxl-never-valid or cxl-never-active",
             }),
         }
     }
@@ -201,6 +207,30 @@ pub struct GpuConfig {
     pub ready_timeout: Duration,
     /// Poisoned pages (6.19+): reads that touch them fail as upstream's do.
     pub poison: Vec<Poison>,
+    /// A CXL Device DVSEC (Blackwell-Next; gb200 only), read for readiness from 7.2.
+    pub cxl: Option<Cxl>,
+}
+
+/// The CXL Device DVSEC of a Blackwell-Next part (read for readiness by Linux 7.2): its Range 1
+/// Size Low register says "memory info valid" after `valid_delay` and "memory active" after
+/// `active_delay` (both counted from start or reset), and carries the active timeout code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Cxl {
+    /// Time until bit 0 (memory info valid) is set.
+    pub valid_delay: Duration,
+    /// Time until bit 1 (memory active) is set.
+    pub active_delay: Duration,
+    /// Memory_Active_Timeout, bits 15:13: the driver waits 1 s x 4^code for "active" (capped at
+    /// 256 s).
+    pub timeout_code: u8,
+}
+
+impl Cxl {
+    /// How long the driver waits for "memory active" after "valid".
+    pub fn active_timeout(&self) -> Duration {
+        let secs = 4u64.saturating_pow(u32::from(self.timeout_code)).min(256);
+        Duration::from_secs(secs)
+    }
 }
 
 /// A poisoned page of device memory (an uncorrectable ECC error), named by the memory region and
@@ -317,6 +347,8 @@ pub struct Layout {
     pub bar1_size: Option<u64>,
     /// Poisoned pages, page-aligned, each inside its region's memory.
     pub poisoned: Vec<Poison>,
+    /// The CXL Device DVSEC, when the part has one.
+    pub cxl: Option<Cxl>,
 }
 
 impl Layout {
@@ -344,6 +376,7 @@ impl GpuConfig {
             reset_ready_delay: Duration::ZERO,
             ready_timeout: READY_TIMEOUT,
             poison: Vec::new(),
+            cxl: None,
         }
     }
 
@@ -401,6 +434,12 @@ impl GpuConfig {
                     .join(", "),
             });
         }
+        if self.cxl.is_some_and(|c| c.timeout_code > 7) {
+            return Err(DeviceError::BadCxlTimeoutCode);
+        }
+        if self.cxl.is_some() && self.profile != Profile::Gb200 {
+            return Err(DeviceError::CxlNeedsGb200);
+        }
         let bar1 = (self.profile == Profile::Gb200)
             .then_some(self.bar1_size)
             .map(|s| {
@@ -429,6 +468,7 @@ impl GpuConfig {
                 core_only: Some(reason),
                 bar1_size: bar1,
                 poisoned: self.checked_poison(&[])?,
+                cxl: self.cxl,
             });
         }
         base.checked_add(size)
@@ -480,6 +520,7 @@ impl GpuConfig {
             // With resmem at region 2, the variant hides BAR1 there.
             bar1_size: bar1.filter(|_| !split),
             poisoned: self.checked_poison(&regions)?,
+            cxl: self.cxl,
             regions,
         })
     }

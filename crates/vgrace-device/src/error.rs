@@ -39,6 +39,14 @@ pub enum DeviceError {
     /// The readiness registers did not read ready in time (the probe's ETIME).
     #[error("the device did not become ready within {0:?} (C2C link or HBM training): upstream refuses to offer it (ETIME)")]
     NotReady(std::time::Duration),
+    /// The CXL timeout code has 3 bits.
+    #[error(
+        "the CXL memory-active timeout code is 3 bits (0-7; 0 = 1 s, n = 4^n s, capped at 256 s)"
+    )]
+    BadCxlTimeoutCode,
+    /// CXL readiness is a Blackwell-Next feature.
+    #[error("a CXL Device DVSEC belongs to a Blackwell-Next part: use --profile gb200")]
+    CxlNeedsGb200,
     /// `--poison` text that is not `REGION:OFFSET`.
     #[error("`{0}` is not a poisoned page (use REGION:OFFSET, e.g. 4:0x1000)")]
     BadPoison(String),

@@ -15,7 +15,7 @@ pub mod nvgrace;
 pub mod pci;
 
 pub use config::{
-    parse_size, Backing, CoreOnly, Fault, GpuConfig, Layout, LinuxVersion, MemKind,
+    parse_size, Backing, CoreOnly, Cxl, Fault, GpuConfig, Layout, LinuxVersion, MemKind,
     MemRegionLayout, Poison, Profile,
 };
 pub use error::DeviceError;

@@ -9,7 +9,7 @@ use test_support::procfs::rss_kib;
 use test_support::SharedMapping;
 use vfu::{Device, Errno};
 use vgrace_device::{
-    Backing, CoreOnly, DeviceError, Fault, GpuConfig, LinuxVersion, NvGraceGpu, Profile,
+    Backing, CoreOnly, Cxl, DeviceError, Fault, GpuConfig, LinuxVersion, NvGraceGpu, Profile,
 };
 
 const GIB: u64 = 1 << 30;
@@ -633,6 +633,86 @@ fn poison_needs_6_19_and_a_page_of_memory() {
         Err(DeviceError::PoisonOutsideMemory { .. })
     ));
     assert!("4-0x10".parse::<vgrace_device::Poison>().is_err());
+}
+
+fn cxl_part(linux: LinuxVersion, cxl: Cxl, fault: Option<Fault>) -> NvGraceGpu {
+    NvGraceGpu::new(&GpuConfig {
+        cxl: Some(cxl),
+        fault,
+        ..at(Profile::Gb200, ODD, linux)
+    })
+    .unwrap()
+}
+
+fn quick_cxl() -> Cxl {
+    Cxl {
+        valid_delay: Duration::ZERO,
+        active_delay: Duration::from_millis(300),
+        timeout_code: 0,
+    }
+}
+
+/// Blackwell-Next: a CXL Device DVSEC (vendor 0x1e98, id 0) whose Range 1 Size Low (DVSEC +
+/// 0x1C) shows "valid" and then "active" after their delays, with the timeout code in 15:13.
+#[test]
+fn cxl_dvsec_reports_valid_then_active_with_its_timeout_code() {
+    let cxl = Cxl {
+        timeout_code: 2,
+        ..quick_cxl()
+    };
+    let mut d = cxl_part(LinuxVersion::V7_2, cxl, None);
+    assert_eq!(
+        cfg32(&mut d, 0x140) & 0xffff,
+        0x0023,
+        "DVSEC extended capability id"
+    );
+    assert_eq!(cfg32(&mut d, 0x144) & 0xffff, 0x1e98);
+    assert_eq!(cfg32(&mut d, 0x148) & 0xffff, 0);
+    assert_eq!(cfg32(&mut d, 0x15c), (2 << 13) | 1, "valid, not yet active");
+    std::thread::sleep(Duration::from_millis(350));
+    assert_eq!(cfg32(&mut d, 0x15c), (2 << 13) | 3);
+    assert_eq!(
+        cfg32(&mut d, 0x100) >> 20,
+        0x140,
+        "the NVIDIA DVSEC links to the CXL one"
+    );
+}
+
+/// 7.2 reads readiness from the CXL DVSEC: the BAR0 pair may say ready while "active" has not
+/// come; the probe then fails once the encoded timeout (1 s for code 0) is over.
+#[test]
+fn linux_7_2_reads_readiness_from_the_cxl_dvsec() {
+    let d = cxl_part(LinuxVersion::V7_2, quick_cxl(), Some(Fault::CxlNeverActive));
+    assert!(matches!(d.probe_ready(), Err(DeviceError::NotReady(_))));
+    let never_valid = cxl_part(LinuxVersion::V7_2, quick_cxl(), Some(Fault::CxlNeverValid));
+    assert!(never_valid.probe_ready().is_err());
+    // 6.19 ignores the DVSEC and polls the BAR0 pair, which is ready.
+    let old = cxl_part(
+        LinuxVersion::V6_19,
+        quick_cxl(),
+        Some(Fault::CxlNeverActive),
+    );
+    assert!(old.probe_ready().is_ok());
+    // "active" after 300 ms is within the 1 s timeout.
+    assert!(cxl_part(LinuxVersion::V7_2, quick_cxl(), None)
+        .probe_ready()
+        .is_ok());
+}
+
+/// After a reset the CXL delays start again, and 7.2's first memory access waits for them.
+#[test]
+fn cxl_readiness_restarts_at_reset_and_gates_the_first_access() {
+    let mut d = cxl_part(LinuxVersion::V7_2, quick_cxl(), None);
+    enable_memory_decode(&mut d);
+    std::thread::sleep(Duration::from_millis(350));
+    d.reset().unwrap();
+    assert_eq!(
+        cfg32(&mut d, 0x15c) & 3,
+        1,
+        "active again only after the delay"
+    );
+    assert!(read(&mut d, 4, 0, 4).is_ok());
+    assert_eq!(cfg32(&mut d, 0x15c) & 3, 3);
 }
 
 /// 6.14+: the probe waits for readiness and refuses a device that never trains.

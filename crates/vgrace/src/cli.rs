@@ -74,6 +74,20 @@ pub struct DeviceArgs {
     /// (upstream: 30 s).
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub ready_timeout: Duration,
+    /// Give the part a CXL Device DVSEC (Blackwell-Next, gb200 only): Linux 7.2 reads readiness
+    /// from its Range 1 Size Low register instead of the BAR0 pair.
+    #[arg(long)]
+    pub cxl: bool,
+    /// With --cxl: time until "memory info valid" (the 7.2 driver waits 1 s for it).
+    #[arg(long, default_value = "0s", value_parser = parse_duration, requires = "cxl")]
+    pub cxl_valid_delay: Duration,
+    /// With --cxl: time until "memory active".
+    #[arg(long, default_value = "0s", value_parser = parse_duration, requires = "cxl")]
+    pub cxl_active_delay: Duration,
+    /// With --cxl: Memory_Active_Timeout code (0-7): the driver waits 1 s x 4^code for
+    /// "memory active", capped at 256 s.
+    #[arg(long, default_value = "0", requires = "cxl")]
+    pub cxl_timeout_code: u8,
     /// Poison a 4 KiB page of device memory (uncorrectable ECC error, Linux 6.19+):
     /// REGION:OFFSET, e.g. 4:0x1000; repeatable. Reads that touch it answer EFAULT.
     #[arg(long)]

@@ -16,6 +16,10 @@
 //! reset_ready_delay = "3s"   # optional: training time after a reset
 //! ready_timeout = "30s"      # optional: readiness polling limit
 //! poison = ["4:0x1000"]      # optional: poisoned pages (REGION:OFFSET), Linux 6.19+
+//! cxl = true                 # optional (gb200): a CXL Device DVSEC, read for readiness by 7.2
+//! cxl_valid_delay = "0s"     # optional: time until "memory info valid"
+//! cxl_active_delay = "2s"    # optional: time until "memory active"
+//! cxl_timeout_code = 1       # optional: active timeout 1 s x 4^code (capped at 256 s)
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -66,6 +70,14 @@ struct DeviceTable {
     ready_timeout: Option<String>,
     #[serde(default)]
     poison: Vec<String>,
+    #[serde(default)]
+    cxl: Option<bool>,
+    #[serde(default)]
+    cxl_valid_delay: Option<String>,
+    #[serde(default)]
+    cxl_active_delay: Option<String>,
+    #[serde(default)]
+    cxl_timeout_code: Option<u8>,
 }
 
 /// The whole file.
@@ -188,6 +200,18 @@ impl DeviceTable {
                         .map_err(|e: vgrace_device::DeviceError| anyhow::anyhow!("poison: {e}"))
                 })
                 .collect::<Result<_>>()?,
+            cxl: self.cxl.unwrap_or(false),
+            cxl_valid_delay: duration(
+                &self.cxl_valid_delay,
+                "cxl_valid_delay",
+                defaults.cxl_valid_delay,
+            )?,
+            cxl_active_delay: duration(
+                &self.cxl_active_delay,
+                "cxl_active_delay",
+                defaults.cxl_active_delay,
+            )?,
+            cxl_timeout_code: self.cxl_timeout_code.unwrap_or(defaults.cxl_timeout_code),
         };
         crate::device_config(&args)
     }

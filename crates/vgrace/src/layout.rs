@@ -53,6 +53,21 @@ pub fn render(layout: &Layout) -> String {
             human(size)
         );
     }
+    if let Some(c) = &layout.cxl {
+        let _ = writeln!(
+            out,
+            "CXL Device DVSEC at 0x140: memory info valid after {:?}, active after {:?}, timeout code {} ({:?}){}",
+            c.valid_delay,
+            c.active_delay,
+            c.timeout_code,
+            c.active_timeout(),
+            if layout.linux >= vgrace_device::LinuxVersion::V7_2 {
+                "; readiness is read here"
+            } else {
+                "; this kernel reads the BAR0 pair instead"
+            }
+        );
+    }
     for p in &layout.poisoned {
         let _ = writeln!(
             out,

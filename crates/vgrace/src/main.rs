@@ -95,5 +95,10 @@ pub fn device_config(args: &DeviceArgs) -> Result<GpuConfig> {
         reset_ready_delay: args.reset_ready_delay,
         ready_timeout: args.ready_timeout,
         poison: args.poison.clone(),
+        cxl: args.cxl.then_some(vgrace_device::Cxl {
+            valid_delay: args.cxl_valid_delay,
+            active_delay: args.cxl_active_delay,
+            timeout_code: args.cxl_timeout_code,
+        }),
     })
 }

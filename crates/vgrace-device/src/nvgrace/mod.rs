@@ -7,6 +7,7 @@
 mod memregion;
 
 pub mod bar1;
+pub mod cxl;
 pub mod dvsec;
 pub mod readiness;
 
@@ -14,6 +15,7 @@ use vfu::device::{BAR0_REGION_INDEX, CONFIG_REGION_INDEX};
 use vfu::{Device, DeviceInfo, Errno, FileSpan, IrqInfo, RegionInfo, SetIrqs};
 
 use self::bar1::{Bar1, BAR1_REGION_INDEX};
+use self::cxl::CxlReadiness;
 use self::memregion::{memregion, MemRegion};
 use self::readiness::Readiness;
 use crate::backing::Memory;
@@ -47,6 +49,8 @@ pub struct NvGraceGpu {
     /// Blackwell's real BAR1 at region 2, when shown.
     bar1: Option<Bar1>,
     readiness: Readiness,
+    /// The CXL DVSEC's live register, on a Blackwell-Next part.
+    cxl: Option<CxlReadiness>,
     /// 6.19+: set by a reset, cleared by the first memory access that found the device ready.
     reset_done: bool,
     /// How long that access polls readiness before ETIME.
@@ -69,6 +73,7 @@ impl NvGraceGpu {
             memory,
             bar1,
             readiness: Readiness::new(cfg.ready_delay, cfg.reset_ready_delay, cfg.fault),
+            cxl: cfg.cxl.map(|c| CxlReadiness::new(c, cfg.fault)),
             reset_done: false,
             ready_timeout: cfg.ready_timeout,
             layout,
@@ -78,10 +83,20 @@ impl NvGraceGpu {
     /// The probe's readiness poll (6.14+): both BAR0 registers must read ready within the
     /// timeout, polled every second; otherwise the device is not offered (ETIME).
     pub fn probe_ready(&self) -> Result<(), DeviceError> {
-        if self.readiness.wait_ready(READY_POLL, self.ready_timeout) {
+        if self.wait_ready() {
             Ok(())
         } else {
             Err(DeviceError::NotReady(self.ready_timeout))
+        }
+    }
+
+    /// Waits for readiness as the driver of this version does: from 7.2 a part with a CXL
+    /// Device DVSEC is read there ("valid" within 1 s, then "active" within its encoded
+    /// timeout); otherwise the BAR0 pair, polled every second up to the timeout.
+    fn wait_ready(&self) -> bool {
+        match &self.cxl {
+            Some(cxl) if self.layout.linux >= LinuxVersion::V7_2 => cxl.wait_ready(READY_POLL),
+            _ => self.readiness.wait_ready(READY_POLL, self.ready_timeout),
         }
     }
 
@@ -109,7 +124,7 @@ impl NvGraceGpu {
         if u16::from_le_bytes(command) & MEMORY_SPACE_ENABLE == 0 {
             return Err(Errno::EIO);
         }
-        if !self.readiness.wait_ready(READY_POLL, self.ready_timeout) {
+        if !self.wait_ready() {
             return Err(Errno::ETIME);
         }
         self.reset_done = false;
@@ -152,6 +167,9 @@ fn description(layout: &Layout) -> PciDescription {
     let mut ext_capabilities = Vec::new();
     if layout.profile == Profile::Gb200 {
         ext_capabilities.push(dvsec::gpu_capability(NVIDIA_VENDOR_ID));
+    }
+    if let Some(c) = &layout.cxl {
+        ext_capabilities.push(cxl::device_dvsec(c));
     }
     PciDescription {
         header: Header {
@@ -219,6 +237,9 @@ impl Device for NvGraceGpu {
         if index == BAR0_REGION_INDEX {
             self.readiness.overlay(offset, &mut buf[..n]);
         }
+        if let (CONFIG_REGION_INDEX, Some(cxl)) = (index, &self.cxl) {
+            cxl.overlay(offset, &mut buf[..n]);
+        }
         Ok(n)
     }
 
@@ -278,6 +299,9 @@ impl Device for NvGraceGpu {
         // and restores config space around the reset).
         self.core.reset()?;
         self.readiness.reset();
+        if let Some(cxl) = &mut self.cxl {
+            cxl.reset();
+        }
         // 6.19's reset_done handler: the next memory access checks readiness first.
         self.reset_done = self.layout.linux >= LinuxVersion::V6_19;
         Ok(())
