@@ -20,7 +20,7 @@ GW_OFF=$(( 0x2000 )); GW_VAL=0x5eed1234
 
 log "building vgrace (release)"
 (cd "$repo" && cargo build --release -q -p vgrace)
-VGRACE=$repo/target/release/vgrace
+VGRACE=${CARGO_TARGET_DIR:-$repo/target}/release/vgrace
 
 # The split, BAR sizes and file offsets as vgrace itself lays them out (`vgrace layout --json`),
 # so this script cannot drift from the device model.
