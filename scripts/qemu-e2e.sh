@@ -1,38 +1,67 @@
 #!/usr/bin/env bash
-# End-to-end test in a real guest: vgrace serves a gh100 (non-power-of-two memory, file backing),
-# QEMU 11 (from a cached Debian sid chroot) boots a busybox guest under TCG with the device, the
-# guest checks identity, BAR layout and memory semantics, and the host checks the backing file.
-# Exits 0 only if every check passed.
+# End-to-end test in a real guest: vgrace serves a device, QEMU 11 (from a cached Debian sid
+# chroot) boots a busybox guest under TCG with it, the guest checks identity, BAR layout and memory
+# semantics, and the host checks the backing file. Exits 0 only if every check passed.
+#
+# VGRACE_E2E_PROFILE picks the case:
+#   gh100    (default) non-power-of-two memory, file backing: resmem at BAR2, usemem at BAR4
+#   gb200    Blackwell: all memory is usemem at BAR4, the real BAR1 at region 2 (BAR2),
+#            VGRACE_E2E_BAR1_SIZE (default 256M, small so that the guest's aperture has room)
+#   linkdown the C2C link is down (memory size 0): a plain vfio-pci function, BAR0 only
+# VGRACE_E2E_MEM_SIZE sets the memory size (gh100, gb200; default 2660 MiB).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/.." && pwd)
 CACHE=${VGRACE_QEMU_CACHE:-$HOME/.cache/vgrace-qemu}
 ROOT=$CACHE/root
+CASE=${VGRACE_E2E_PROFILE:-gh100}
 log() { printf '[qemu-e2e] %s\n' "$*" >&2; }
+
+# A gh100 whose usemem (1.5 GiB) and resmem (1 GiB + 100 MiB) are both below their power-of-two
+# BARs (2 GiB each), so both BARs have a tail that must read all ones. On gb200 the same size is
+# all usemem (2660 MiB in a 4 GiB BAR4: a tail too).
+MEM_SIZE=${VGRACE_E2E_MEM_SIZE:-$(( 2660 << 20 ))}
+BAR1_SIZE=${VGRACE_E2E_BAR1_SIZE:-256M}
+# BAR0 is 16 MiB on every profile (vgrace-device's BAR0_SIZE; `vgrace layout` does not print it).
+BAR0_SIZE=$(( 16 << 20 ))
+case $CASE in
+  gh100) profile_args=(--profile gh100 --mem-size "$MEM_SIZE") ;;
+  gb200) profile_args=(--profile gb200 --mem-size "$MEM_SIZE" --bar1-size "$BAR1_SIZE") ;;
+  linkdown) profile_args=(--profile gh100 --mem-size 0) ;;
+  *) log "unknown VGRACE_E2E_PROFILE '$CASE' (gh100, gb200 or linkdown)"; exit 2 ;;
+esac
+log "case $CASE"
 
 bash "$here/qemu-setup.sh"
 
-# A gh100 whose usemem (1.5 GiB) and resmem (1 GiB + 100 MiB) are both below their power-of-two
-# BARs (2 GiB each), so both BARs have a tail that must read all ones.
-MEM_SIZE=${VGRACE_E2E_MEM_SIZE:-$(( 2660 << 20 ))}
 PRE_OFF=$(( 0x1000 )); PRE_VAL=0xc0ffee11
 GW_OFF=$(( 0x2000 )); GW_VAL=0x5eed1234
+B1_VAL=0xb1a55e7e
 
 log "building vgrace (release)"
 (cd "$repo" && cargo build --release -q -p vgrace)
-VGRACE=$repo/target/release/vgrace
+VGRACE=${CARGO_TARGET_DIR:-$repo/target}/release/vgrace
 
 # The split, BAR sizes and file offsets as vgrace itself lays them out (`vgrace layout --json`),
-# so this script cannot drift from the device model.
-layout_json=$("$VGRACE" layout --profile gh100 --mem-size "$MEM_SIZE" --json)
+# so this script cannot drift from the device model. A BAR the layout does not have is size 0.
+layout_json=$("$VGRACE" layout "${profile_args[@]}" --json)
 layout_vals=$(python3 -c '
 import json, sys
 v = json.load(sys.stdin)
 r = {x["kind"]: x for x in v["regions"]}
-u, s = r["usemem"], r["resmem"]
-print(v["device_id"], u["memlength"], u["bar_size"], u["fd_offset"], s["memlength"], s["bar_size"])
+none = {"memlength": 0, "bar_size": 0, "fd_offset": 0}
+u, s = r.get("usemem", none), r.get("resmem", none)
+print(v["device_id"], u["memlength"], u["bar_size"], u["fd_offset"], s["memlength"], s["bar_size"],
+      v.get("bar1_size") or 0, v.get("core_only") or "-")
 ' <<<"$layout_json")
-read -r DEVID USEMEM BAR4 USEMEM_FD RES BAR2 <<<"$layout_vals"
+read -r DEVID USEMEM BAR4 USEMEM_FD RES BAR2 BAR1 CORE_ONLY <<<"$layout_vals"
+# The layout must be the case's shape, or the guest would check the wrong thing.
+case $CASE in
+  gh100) shape_ok=$([ "$CORE_ONLY" = - ] && [ "$BAR2" -gt 0 ] && [ "$BAR4" -gt 0 ] && [ "$BAR1" = 0 ] && echo 1 || echo 0) ;;
+  gb200) shape_ok=$([ "$CORE_ONLY" = - ] && [ "$BAR2" = 0 ] && [ "$BAR4" -gt 0 ] && [ "$BAR1" -gt 0 ] && echo 1 || echo 0) ;;
+  linkdown) shape_ok=$([ "$CORE_ONLY" = link-down ] && [ "$BAR2" = 0 ] && [ "$BAR4" = 0 ] && [ "$BAR1" = 0 ] && echo 1 || echo 0) ;;
+esac
+[ "$shape_ok" = 1 ] || { log "vgrace layout is not a $CASE shape:"; echo "$layout_json" >&2; exit 1; }
 
 work=$ROOT/tmp/vgrace-e2e
 vg_pid=""
@@ -55,19 +84,39 @@ chmod +x "$initrd/init" "$initrd/bin/busybox"
 (cd "$initrd" && find . | cpio -o -H newc --quiet | gzip -1) >"$work/initrd.gz"
 cp "$CACHE/vmlinuz" "$work/vmlinuz"
 
-# The backing file, with a value the guest must find in usemem (at its file offset).
-backing=$work/gpu.mem
-truncate -s $MEM_SIZE "$backing"
-printf "$(printf '\\x%02x\\x%02x\\x%02x\\x%02x' $(( PRE_VAL & 0xff )) $(( (PRE_VAL >> 8) & 0xff )) $(( (PRE_VAL >> 16) & 0xff )) $(( (PRE_VAL >> 24) & 0xff )))" |
-  dd of="$backing" bs=1 seek=$(( USEMEM_FD + PRE_OFF )) conv=notrunc status=none
+# With memory: a backing file, with a value the guest must find in usemem (at its file offset).
+# Link down has no memory region, so nothing to back and nothing to check on the host.
+backing=""
+serve_args=("${profile_args[@]}")
+if [ "$USEMEM" -gt 0 ]; then
+  backing=$work/gpu.mem
+  truncate -s $MEM_SIZE "$backing"
+  printf "$(printf '\\x%02x\\x%02x\\x%02x\\x%02x' $(( PRE_VAL & 0xff )) $(( (PRE_VAL >> 8) & 0xff )) $(( (PRE_VAL >> 16) & 0xff )) $(( (PRE_VAL >> 24) & 0xff )))" |
+    dd of="$backing" bs=1 seek=$(( USEMEM_FD + PRE_OFF )) conv=notrunc status=none
+  serve_args+=(--backing "$backing")
+fi
 
-RUST_LOG=${RUST_LOG:-info} "$VGRACE" serve --socket "$work/gpu.sock" --profile gh100 \
-  --mem-size $MEM_SIZE --backing "$backing" >"$work/vgrace.log" 2>&1 &
+RUST_LOG=${RUST_LOG:-info} "$VGRACE" serve --socket "$work/gpu.sock" "${serve_args[@]}" \
+  >"$work/vgrace.log" 2>&1 &
 vg_pid=$!
 for _ in $(seq 100); do [ -S "$work/gpu.sock" ] && break; sleep 0.1; done
 [ -S "$work/gpu.sock" ] || { log "vgrace did not start"; cat "$work/vgrace.log"; exit 1; }
 
-append="console=ttyS0 panic=-1 quiet vgrace.devid=$(printf 0x%x "$DEVID") vgrace.bar2=$BAR2 vgrace.bar4=$BAR4 vgrace.mem2=$RES vgrace.mem4=$USEMEM vgrace.preoff=$PRE_OFF vgrace.preval=$PRE_VAL vgrace.gwoff=$GW_OFF vgrace.gwval=$GW_VAL"
+# The expectations go to the guest's /init on the kernel command line (it reads /proc/cmdline).
+# A BAR size of 0 means the BAR must be absent.
+append="console=ttyS0 panic=-1 quiet vgrace.case=$CASE vgrace.devid=$(printf 0x%x "$DEVID")"
+case $CASE in
+  gh100) append+=" vgrace.bar2=$BAR2 vgrace.bar4=$BAR4 vgrace.mem2=$RES vgrace.mem4=$USEMEM" ;;
+  # BAR2 is BAR1: ordinary memory over the whole BAR (memory = size, no tail).
+  gb200) append+=" vgrace.bar0=$BAR0_SIZE vgrace.bar1=$BAR1 vgrace.bar2=$BAR1 vgrace.bar4=$BAR4 vgrace.mem2=$BAR1 vgrace.mem4=$USEMEM vgrace.b1val=$B1_VAL" ;;
+  linkdown) append+=" vgrace.bar0=$BAR0_SIZE vgrace.bar2=0 vgrace.bar4=0" ;;
+esac
+if [ "$USEMEM" -gt 0 ]; then
+  append+=" vgrace.preoff=$PRE_OFF vgrace.preval=$PRE_VAL vgrace.gwoff=$GW_OFF vgrace.gwval=$GW_VAL"
+fi
+# No 64-bit hole options are needed: the guest firmware puts the 64-bit BARs in a window above
+# RAM sized from the CPU's physical address bits, which fits even the default 128 GiB BAR1 (a BAR
+# that does not fit is left unassigned, start 0, and the guest reports it as a FAIL).
 log "booting the guest (TCG)"
 set +e
 timeout 300 chroot "$ROOT" qemu-system-x86_64 -nodefaults -display none -serial stdio \
@@ -81,19 +130,21 @@ set -e
 tr -d '\r' <"$work/console.log" | grep -E 'VGRACE-|vfio|error|Kernel panic' || true
 
 host_ok=1
-got=$(od -An -tx4 -j $(( USEMEM_FD + GW_OFF )) -N4 "$backing" | tr -d ' ')
-if [ "$(printf '%08x' $(( 0x$got )))" = "$(printf '%08x' $(( GW_VAL )))" ]; then
-  echo "VGRACE-HOST guest-write-in-backing-file PASS 0x$got at file offset $(printf '0x%x' $(( USEMEM_FD + GW_OFF )))"
-else
-  echo "VGRACE-HOST guest-write-in-backing-file FAIL 0x$got at file offset $(printf '0x%x' $(( USEMEM_FD + GW_OFF ))), expected $GW_VAL"
-  host_ok=0
+if [ -n "$backing" ]; then
+  got=$(od -An -tx4 -j $(( USEMEM_FD + GW_OFF )) -N4 "$backing" | tr -d ' ')
+  if [ "$(printf '%08x' $(( 0x$got )))" = "$(printf '%08x' $(( GW_VAL )))" ]; then
+    echo "VGRACE-HOST guest-write-in-backing-file PASS 0x$got at file offset $(printf '0x%x' $(( USEMEM_FD + GW_OFF )))"
+  else
+    echo "VGRACE-HOST guest-write-in-backing-file FAIL 0x$got at file offset $(printf '0x%x' $(( USEMEM_FD + GW_OFF ))), expected $GW_VAL"
+    host_ok=0
+  fi
 fi
 
 if [ $qemu_rc -eq 0 ] && [ $host_ok = 1 ] && grep -q 'VGRACE-RESULT PASS' "$work/console.log"; then
   echo "qemu-e2e: 1 passed, 0 failed"
   exit 0
 fi
-log "FAILED (qemu exit $qemu_rc); full console and vgrace log follow"
+log "$CASE FAILED (qemu exit $qemu_rc); full console and vgrace log follow"
 cat "$work/console.log"
 cat "$work/vgrace.log"
 echo "qemu-e2e: 0 passed, 1 failed"
