@@ -1,8 +1,15 @@
 //! `vgrace check`: a conformance client for any vfio-user server that claims to be an nvgrace
 //! device. It checks the ABI rules one by one and prints PASS/FAIL per rule.
 //!
-//! The checks restore what they change (memory words, BAR registers) where they can, but they do
-//! reset the device once, so run it against a device no guest is using.
+//! The checks restore what they change (memory words, BAR registers, COMMAND) where they can,
+//! but they reset the device (twice when it has memory), so run it against a device no guest is
+//! using. They leave no reset check pending: the last access after the last reset has decode on.
+//!
+//! `--linux VERSION` picks the rules that changed between kernels: Blackwell's layout (6.9
+//! splits it the Hopper way; from 6.14 region 2 is its real BAR1 and all memory is at region 4)
+//! and the first memory access after a reset (from 6.19 EIO while memory decode is off). Under
+//! every version a device without memory regions (C2C link down, no memory properties) is
+//! accepted as a core-only function.
 
 use std::os::fd::OwnedFd;
 use std::process::ExitCode;
@@ -13,6 +20,8 @@ use vfu::client::Client;
 use vfu::device::{BAR0_REGION_INDEX, CONFIG_REGION_INDEX};
 use vfu::{Errno, SparseArea};
 
+use vgrace_device::LinuxVersion;
+
 use crate::cli::CheckArgs;
 
 // These constants deliberately repeat what vgrace-device defines: `check` is an independent
@@ -21,6 +30,15 @@ use crate::cli::CheckArgs;
 
 /// Device ids of the upstream table (plus the seed patch's 0x2343).
 const KNOWN_DEVICE_IDS: [u16; 6] = [0x2342, 0x2343, 0x2345, 0x2348, 0x2941, 0x31c2];
+/// Blackwell (GB200, GB300): from 6.14 no resmem, and region 2 is the device's real BAR1.
+const BLACKWELL_DEVICE_IDS: [u16; 2] = [0x2941, 0x31c2];
+/// BAR0, the core's register BAR.
+const BAR0_SIZE: u64 = 16 << 20;
+/// PCI COMMAND and its memory space enable bit.
+const COMMAND_OFFSET: u64 = 4;
+const MEMORY_SPACE_ENABLE: u16 = 1 << 1;
+/// VFIO region index of Blackwell's BAR1 (its registers at config 0x18).
+const BAR1_REGION_INDEX: u32 = 2;
 /// The readiness registers and the value that means ready.
 const READY_REGISTERS: [(u64, &str); 2] = [(0x1498, "C2C link"), (0x200bc, "HBM training")];
 const READY_VALUE: u32 = 0xff;
@@ -78,12 +96,17 @@ pub fn run(args: &CheckArgs) -> Result<ExitCode> {
     let client = Client::connect(&args.socket)
         .with_context(|| format!("cannot connect to {}", args.socket.display()))?;
     let mut target = ClientTarget { client };
-    let outcomes = check_all(&mut target, args.ready_timeout);
+    println!(
+        "checking {} against the rules of Linux {}",
+        args.socket.display(),
+        args.linux
+    );
+    let outcomes = check_all(&mut target, args.ready_timeout, args.linux);
     let failed = outcomes.iter().filter(|o| o.result.is_err()).count();
     for o in &outcomes {
         match &o.result {
-            Ok(detail) => println!("PASS  {:<44} {detail}", o.rule),
-            Err(why) => println!("FAIL  {:<44} {why}", o.rule),
+            Ok(detail) => println!("PASS  {:<60} {detail}", o.rule),
+            Err(why) => println!("FAIL  {:<60} {why}", o.rule),
         }
     }
     println!("{} passed, {} failed", outcomes.len() - failed, failed);
@@ -94,8 +117,23 @@ pub fn run(args: &CheckArgs) -> Result<ExitCode> {
     })
 }
 
+/// What REGION_INFO showed at regions 2 and 4.
+#[derive(Default)]
+struct Regions {
+    /// The variant's memory regions (each with its sparse area), by index.
+    memory: Vec<(u32, RegionView)>,
+    /// A region 2 of non-zero size without sparse areas: a core BAR (Blackwell's real BAR1).
+    bar1: Option<RegionView>,
+}
+
+impl Regions {
+    fn has_memory(&self, index: u32) -> bool {
+        self.memory.iter().any(|(i, _)| *i == index)
+    }
+}
+
 /// Runs every rule; a rule that cannot even be attempted is a FAIL, never an abort.
-fn check_all(t: &mut dyn Target, ready_timeout: Duration) -> Vec<Outcome> {
+fn check_all(t: &mut dyn Target, ready_timeout: Duration, linux: LinuxVersion) -> Vec<Outcome> {
     let mut out = Vec::new();
     let mut push = |rule: &str, result: Result<String, String>| {
         out.push(Outcome {
@@ -106,45 +144,42 @@ fn check_all(t: &mut dyn Target, ready_timeout: Duration) -> Vec<Outcome> {
 
     push("identity: vendor 0x10de, known device id", identity(t));
     push("identity: class 3D controller (0x0302)", class_code(t));
-    push(
-        "bar0: readiness registers read 0xff",
-        readiness(t, ready_timeout),
-    );
+    let ready = readiness(t, ready_timeout);
+    let never_ready = ready.is_err();
+    push("bar0: readiness registers read 0xff", ready);
+    push("region 0: BAR0 is 16 MiB", bar0_size(t));
+    let blackwell = config_read32(t, 0)
+        .map(|id| BLACKWELL_DEVICE_IDS.contains(&((id >> 16) as u16)))
+        .unwrap_or(false);
 
-    let mut memory_regions = Vec::new();
+    let mut regions = Regions::default();
     for index in [2u32, 4] {
         match t.region_info(index) {
-            // Blackwell from Linux 6.14: region 2 is the device's real BAR1, a core BAR with no
-            // sparse area (the whole BAR is mappable), not a memory region of the variant.
-            Ok(info) if index == 2 && info.size > 0 && info.sparse.is_empty() => push(
-                "region 2: the real BAR1 (power-of-two size, READ|WRITE|MMAP, no sparse area)",
-                pow2(info.size).and_then(|_| {
-                    if info.flags & (FLAG_READ | FLAG_WRITE | FLAG_MMAP)
-                        == FLAG_READ | FLAG_WRITE | FLAG_MMAP
-                    {
-                        Ok(format!("{:#x} bytes", info.size))
-                    } else {
-                        Err(format!("flags {:#x}", info.flags))
-                    }
-                }),
-            ),
-            Ok(info) if info.size > 0 => memory_regions.push((index, info)),
-            Ok(_) => {}
+            Ok(info) if info.size == 0 => {}
+            // A core BAR, no sparse area (the whole BAR is mappable): Blackwell's real BAR1 from
+            // 6.14, or on a core-only Blackwell; not a memory region of the variant.
+            Ok(info) if index == BAR1_REGION_INDEX && info.sparse.is_empty() => {
+                regions.bar1 = Some(info);
+            }
+            Ok(info) => regions.memory.push((index, info)),
             Err(e) => push(
                 &format!("region {index}: REGION_INFO answers"),
                 Err(format!("{e:#}")),
             ),
         }
     }
-    push(
-        "memory: at least one memory region (BAR2/BAR4)",
-        if memory_regions.is_empty() {
-            Err("neither region 2 nor region 4 has a size".into())
-        } else {
-            Ok(format!("{} region(s)", memory_regions.len()))
-        },
-    );
-    for (index, info) in &memory_regions {
+    let core_only = regions.memory.is_empty();
+    if core_only {
+        push(
+            "core-only device (C2C link down or no memory properties)",
+            core_only_layout(&regions, blackwell),
+        );
+    } else {
+        let (rule, result) = layout(&regions, blackwell, linux);
+        push(&rule, result);
+    }
+
+    for (index, info) in &regions.memory {
         let bar = *index;
         let memlength = info.sparse.first().map(|a| a.size).unwrap_or(0);
         push(
@@ -192,11 +227,148 @@ fn check_all(t: &mut dyn Target, ready_timeout: Duration) -> Vec<Outcome> {
             sizing_probe(t, bar, info.size),
         );
     }
+    if let Some(info) = &regions.bar1 {
+        let index = BAR1_REGION_INDEX;
+        push(
+            "region 2: the real BAR1 (power-of-two size, READ|WRITE|MMAP, no sparse area)",
+            pow2(info.size).and_then(|_| flags(info.flags)),
+        );
+        push(
+            "region 2 (BAR1): the whole BAR maps through its fd",
+            bar1_mmap(t, info),
+        );
+        push(
+            "region 2 (BAR1): memory to its end (no all-ones tail)",
+            memory_rw(t, index, info.size),
+        );
+        push(
+            "region 2 (BAR1): access clipped at BAR end",
+            clipped(t, index, info.size),
+        );
+        push(
+            "region 2 (BAR1): offset at BAR end is EINVAL",
+            at_end_einval(t, index, info.size),
+        );
+        push(
+            "BAR2 (BAR1): sizing probe at 0x18 returns the size mask",
+            sizing_probe(t, index, info.size),
+        );
+    }
+
+    let mut bars: Vec<u32> = regions.memory.iter().map(|(index, _)| *index).collect();
+    if regions.bar1.is_some() {
+        bars.push(BAR1_REGION_INDEX);
+    }
+    bars.sort_unstable();
     push(
         "reset: emulated BARs read back as 0 after reset",
-        reset_clears_bars(t, &memory_regions),
+        reset_clears_bars(t, &bars),
     );
+    let probe = regions.memory.iter().map(|(index, _)| *index).max();
+    let (rule, checked) = if linux >= LinuxVersion::V6_19 {
+        (
+            "reset: first memory access with decode off is EIO (6.19+)",
+            true,
+        )
+    } else {
+        (
+            "reset: first memory access is not checked (before 6.19)",
+            false,
+        )
+    };
+    if never_ready && checked {
+        // With decode on, the access would wait for readiness as long as the server polls
+        // (30 s upstream) and then fail ETIME: the readiness rule already failed.
+        push(rule, Ok("skipped: the device did not read ready".into()));
+    } else {
+        push(rule, reset_decode(t, probe, checked));
+    }
     out
+}
+
+/// A device without memory regions is a plain vfio-pci function (all versions): config space,
+/// BAR0, and on Blackwell its real BAR1 at region 2; regions 2 and 4 have no sparse area.
+fn core_only_layout(regions: &Regions, blackwell: bool) -> Result<String, String> {
+    match (&regions.bar1, blackwell) {
+        (Some(bar1), _) => Ok(format!(
+            "no memory regions; region 2 is the real BAR1 ({:#x} bytes), region 4 absent",
+            bar1.size
+        )),
+        (None, true) => Err("a Blackwell shows its real BAR1 at region 2, found none".into()),
+        (None, false) => Ok("no memory regions; regions 2 and 4 absent".into()),
+    }
+}
+
+/// Which region holds what, by generation and version: Blackwell from 6.14 has no resmem (region
+/// 2 is its real BAR1, all memory at region 4); 6.9 splits it the Hopper way (resmem at region 2,
+/// usemem at region 4); a Hopper (and the seed's all-at-BAR2) always has memory at region 2.
+fn layout(
+    regions: &Regions,
+    blackwell: bool,
+    linux: LinuxVersion,
+) -> (String, Result<String, String>) {
+    let region2 = match (&regions.bar1, regions.memory.iter().find(|(i, _)| *i == 2)) {
+        (Some(_), _) => "region 2 is a core BAR (no sparse area)".to_string(),
+        (None, Some((_, info))) => format!("region 2 has {} sparse area(s)", info.sparse.len()),
+        (None, None) => "region 2 is absent".to_string(),
+    };
+    let region4 = if regions.has_memory(4) {
+        "region 4 is memory"
+    } else {
+        "region 4 is absent"
+    };
+    if blackwell && linux >= LinuxVersion::V6_14 {
+        let ok = regions.bar1.is_some() && regions.has_memory(4) && !regions.has_memory(2);
+        (
+            format!("layout (Linux {linux}, Blackwell): BAR1 at 2, all memory at 4"),
+            if ok {
+                Ok("no resmem".into())
+            } else {
+                Err(format!(
+                    "{region2}, {region4}; expected the real BAR1 at region 2 and all memory at region 4"
+                ))
+            },
+        )
+    } else if blackwell {
+        let resmem = regions
+            .memory
+            .iter()
+            .any(|(i, info)| *i == 2 && info.sparse.len() == 1);
+        let ok = resmem && regions.has_memory(4) && regions.bar1.is_none();
+        (
+            format!("layout (Linux {linux}, Blackwell): resmem at 2, usemem at 4"),
+            if ok {
+                Ok("split the Hopper way".into())
+            } else {
+                Err(format!(
+                    "{region2}, {region4}; expected resmem (one sparse area) at region 2 and usemem at region 4"
+                ))
+            },
+        )
+    } else {
+        let ok = regions.has_memory(2) && regions.bar1.is_none();
+        (
+            format!("layout (Linux {linux}, Hopper): memory at region 2"),
+            if ok {
+                Ok(format!("{region2}, {region4}"))
+            } else {
+                Err(format!(
+                    "{region2}, {region4}; expected resmem (or the seed's memory) at region 2"
+                ))
+            },
+        )
+    }
+}
+
+fn bar0_size(t: &mut dyn Target) -> Result<String, String> {
+    let info = t
+        .region_info(BAR0_REGION_INDEX)
+        .map_err(|e| format!("{e:#}"))?;
+    if info.size == BAR0_SIZE {
+        Ok(format!("{:#x} bytes", info.size))
+    } else {
+        Err(format!("size {:#x}, expected {BAR0_SIZE:#x}", info.size))
+    }
 }
 
 fn config_read32(t: &mut dyn Target, offset: u64) -> Result<u32, String> {
@@ -441,20 +613,130 @@ fn sizing_probe(t: &mut dyn Target, bar: u32, size: u64) -> Result<String, Strin
     }
 }
 
-fn reset_clears_bars(t: &mut dyn Target, regions: &[(u32, RegionView)]) -> Result<String, String> {
-    for (bar, _) in regions {
+fn reset_clears_bars(t: &mut dyn Target, bars: &[u32]) -> Result<String, String> {
+    for bar in bars {
         config_write32(t, bar_offset(*bar), 0x8000_0000)?;
         config_write32(t, bar_offset(*bar) + 4, 0x1)?;
     }
     t.reset().map_err(|e| format!("reset: {e:#}"))?;
-    for (bar, _) in regions {
+    for bar in bars {
         let lo = config_read32(t, bar_offset(*bar))?;
         let hi = config_read32(t, bar_offset(*bar) + 4)?;
         if lo != 0xc || hi != 0 {
             return Err(format!("BAR{bar} reads {hi:#x}:{lo:#x} after reset"));
         }
     }
-    Ok(format!("{} BAR(s)", regions.len()))
+    Ok(format!("{} BAR(s)", bars.len()))
+}
+
+fn config_read16(t: &mut dyn Target, offset: u64) -> Result<u16, String> {
+    let bytes = t
+        .read(CONFIG_REGION_INDEX, offset, 2)
+        .map_err(|e| format!("config read at {offset:#x}: {e:#}"))?;
+    let arr: [u8; 2] = bytes
+        .as_slice()
+        .try_into()
+        .map_err(|_| format!("config read at {offset:#x} returned {} bytes", bytes.len()))?;
+    Ok(u16::from_le_bytes(arr))
+}
+
+fn config_write16(t: &mut dyn Target, offset: u64, value: u16) -> Result<(), String> {
+    t.write(CONFIG_REGION_INDEX, offset, &value.to_le_bytes())
+        .map_err(|e| format!("config write at {offset:#x}: {e:#}"))
+}
+
+/// The reset rule (6.19+: `nvgrace_gpu_check_device_ready`): memory decode off, reset, and the
+/// first REGION_READ of memory region `index` must be EIO when `checked`, succeed otherwise;
+/// with decode on the read succeeds (and clears the check, so the device is left usable).
+/// COMMAND must survive the reset, and is restored at the end whatever happened.
+fn reset_decode(t: &mut dyn Target, index: Option<u32>, checked: bool) -> Result<String, String> {
+    let Some(index) = index else {
+        return Ok("skipped: a core-only device has no memory region".into());
+    };
+    let command = config_read16(t, COMMAND_OFFSET)?;
+    let result = reset_decode_steps(t, index, command, checked);
+    let restored = config_write16(t, COMMAND_OFFSET, command);
+    let detail = result?;
+    restored?;
+    Ok(detail)
+}
+
+fn reset_decode_steps(
+    t: &mut dyn Target,
+    index: u32,
+    command: u16,
+    checked: bool,
+) -> Result<String, String> {
+    let off = command & !MEMORY_SPACE_ENABLE;
+    config_write16(t, COMMAND_OFFSET, off)?;
+    t.reset().map_err(|e| format!("reset: {e:#}"))?;
+    let kept = config_read16(t, COMMAND_OFFSET)?;
+    let first = t.read(index, 0, 4);
+    // Decode on, then a read that must succeed under every version (it also ends the check).
+    config_write16(t, COMMAND_OFFSET, command | MEMORY_SPACE_ENABLE)?;
+    let second = t.read(index, 0, 4);
+    if kept != off {
+        return Err(format!(
+            "COMMAND {off:#06x} reads {kept:#06x} after the reset (it must survive it)"
+        ));
+    }
+    match (checked, first) {
+        (true, Err(CheckError::Errno(Errno::EIO))) => {}
+        (true, Err(e)) => return Err(format!("decode off: expected EIO, got {e}")),
+        (true, Ok(_)) => {
+            return Err("decode off: the read succeeded, expected EIO (6.19+)".into());
+        }
+        (false, Err(e)) => {
+            return Err(format!(
+                "decode off: {e}; before 6.19 the access after a reset is not checked"
+            ));
+        }
+        (false, Ok(_)) => {}
+    }
+    match second {
+        Ok(_) => Ok(format!(
+            "region {index}: {}, then with decode on the read succeeds",
+            if checked {
+                "EIO with decode off"
+            } else {
+                "decode off reads"
+            }
+        )),
+        Err(e) => Err(format!("decode on: the read failed: {e}")),
+    }
+}
+
+/// Blackwell's BAR1: the whole BAR is mappable through the region fd (no sparse area); maps its
+/// last MiB and checks it against REGION_READ/REGION_WRITE at the BAR's end.
+fn bar1_mmap(t: &mut dyn Target, info: &RegionView) -> Result<String, String> {
+    let Some(fd) = info.fd.as_ref() else {
+        return Err("no fd".into());
+    };
+    let len = info.size.min(1 << 20);
+    let start = info.size - len;
+    let offset = info.size.checked_sub(8).ok_or("BAR1 under 8 bytes")?;
+    let at = usize::try_from(offset - start).map_err(|e| e.to_string())?;
+    let map = crate::mapping::Mapping::new(fd, info.fd_offset + start, len)
+        .map_err(|e| format!("mmap of [{start:#x}, {:#x}): {e:#}", info.size))?;
+    let original = t
+        .read(BAR1_REGION_INDEX, offset, 8)
+        .map_err(|e| e.to_string())?;
+    t.write(
+        BAR1_REGION_INDEX,
+        offset,
+        &0x5a5a_1234_dead_beef_u64.to_le_bytes(),
+    )
+    .map_err(|e| e.to_string())?;
+    let seen = map.read_u64(at).map_err(|e| format!("mmap: {e:#}"));
+    let _ = t.write(BAR1_REGION_INDEX, offset, &original);
+    let seen = seen?;
+    if seen == 0x5a5a_1234_dead_beef {
+        Ok(format!("last word at {offset:#x} seen through the mapping"))
+    } else {
+        Err(format!(
+            "mmap saw {seen:#x} after REGION_WRITE at {offset:#x}"
+        ))
+    }
 }
 
 /// The vfu client as a check target.
@@ -496,5 +778,110 @@ fn to_check_error(e: vfu::Error) -> CheckError {
     match e.remote_errno() {
         Some(errno) => CheckError::Errno(errno),
         None => CheckError::Other(e.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    fn view(size: u64, sparse: &[(u64, u64)]) -> RegionView {
+        RegionView {
+            flags: FLAG_READ | FLAG_WRITE | FLAG_MMAP,
+            size,
+            fd_offset: 0,
+            sparse: sparse
+                .iter()
+                .map(|&(offset, size)| SparseArea { offset, size })
+                .collect(),
+            fd: None,
+        }
+    }
+
+    fn hopper_split() -> Regions {
+        Regions {
+            memory: vec![
+                (2, view(1 << 30, &[(0, 1 << 30)])),
+                (4, view(4 << 30, &[(0, 3 << 30)])),
+            ],
+            bar1: None,
+        }
+    }
+
+    fn blackwell_bar1() -> Regions {
+        Regions {
+            memory: vec![(4, view(4 << 30, &[(0, 3 << 30)]))],
+            bar1: Some(view(256 << 20, &[])),
+        }
+    }
+
+    #[test]
+    fn blackwell_layout_follows_the_version() {
+        use LinuxVersion::*;
+        assert!(layout(&hopper_split(), true, V6_9).1.is_ok());
+        assert!(layout(&blackwell_bar1(), true, V6_9).1.is_err());
+        for linux in [V6_14, V6_19, V7_2] {
+            assert!(layout(&blackwell_bar1(), true, linux).1.is_ok(), "{linux}");
+            assert!(layout(&hopper_split(), true, linux).1.is_err(), "{linux}");
+        }
+        // A Hopper never shows a BAR1 at region 2.
+        assert!(layout(&hopper_split(), false, V7_2).1.is_ok());
+        assert!(layout(&blackwell_bar1(), false, V7_2).1.is_err());
+    }
+
+    #[test]
+    fn core_only_blackwell_needs_its_bar1() {
+        let bar1 = Regions {
+            memory: Vec::new(),
+            bar1: Some(view(256 << 20, &[])),
+        };
+        assert!(core_only_layout(&bar1, true).is_ok());
+        assert!(core_only_layout(&Regions::default(), true).is_err());
+        assert!(core_only_layout(&Regions::default(), false).is_ok());
+    }
+
+    /// A server that never checks after a reset (6.14's behaviour), with a COMMAND register.
+    struct Unchecked {
+        command: u16,
+        resets: usize,
+    }
+
+    impl Target for Unchecked {
+        fn region_info(&mut self, _index: u32) -> Result<RegionView> {
+            Ok(view(0, &[]))
+        }
+        fn read(&mut self, index: u32, offset: u64, count: u32) -> Result<Vec<u8>, CheckError> {
+            if index == CONFIG_REGION_INDEX && offset == COMMAND_OFFSET {
+                return Ok(self.command.to_le_bytes()[..count as usize].to_vec());
+            }
+            Ok(vec![0; count as usize])
+        }
+        fn write(&mut self, index: u32, offset: u64, data: &[u8]) -> Result<(), CheckError> {
+            if index == CONFIG_REGION_INDEX && offset == COMMAND_OFFSET {
+                self.command = u16::from_le_bytes(data.try_into().unwrap());
+            }
+            Ok(())
+        }
+        fn reset(&mut self) -> Result<()> {
+            self.resets += 1;
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn reset_rule_follows_the_version_and_restores_command() {
+        let mut t = Unchecked {
+            command: 0x0406,
+            resets: 0,
+        };
+        assert!(reset_decode(&mut t, Some(4), false).is_ok());
+        let err = reset_decode(&mut t, Some(4), true).unwrap_err();
+        assert!(err.contains("expected EIO"), "{err}");
+        assert_eq!((t.command, t.resets), (0x0406, 2));
+        assert!(reset_decode(&mut t, None, true)
+            .unwrap()
+            .starts_with("skipped"));
+        assert_eq!(t.resets, 2);
     }
 }

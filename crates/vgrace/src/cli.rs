@@ -143,6 +143,10 @@ pub struct CheckArgs {
     /// How long to wait for the BAR0 readiness registers (upstream waits 30 s).
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub ready_timeout: Duration,
+    /// Judge the server by the rules of this Linux version's nvgrace-gpu-vfio-pci: 6.9, 6.14,
+    /// 6.19 or 7.2 (Blackwell's layout from 6.14, the reset check from 6.19).
+    #[arg(long, default_value = "7.2")]
+    pub linux: LinuxVersion,
 }
 
 /// `vgrace qemu-args`.

@@ -377,3 +377,152 @@ fn sighup_stops_cleanly_and_removes_the_socket() {
     assert_eq!(status.code(), Some(0), "{status:?} {err}");
     assert!(!socket.exists(), "{err}");
 }
+
+const LINUX_VERSIONS: [&str; 4] = ["6.9", "6.14", "6.19", "7.2"];
+
+/// `vgrace check --socket SOCKET --linux LINUX`: its stdout and whether it passed.
+fn check_as(socket: &Path, linux: &str) -> (bool, String) {
+    let out = vgrace(&[
+        "check",
+        "--socket",
+        socket.to_str().unwrap(),
+        "--linux",
+        linux,
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    (out.status.success(), format!("{stdout}{}", stderr_of(&out)))
+}
+
+/// Issue 11: the checker judges a server by the chosen kernel's rules, and ours passes them
+/// for every version and profile (Blackwell's BAR1 from 6.14, the reset check from 6.19). A
+/// second run passes too: the checker leaves no reset check pending behind it.
+#[test]
+fn check_follows_every_linux_version_on_gh100_and_gb200() {
+    for linux in LINUX_VERSIONS {
+        for profile in ["gh100", "gb200"] {
+            let dir = tempfile::tempdir().unwrap();
+            let socket = dir.path().join("gpu.sock");
+            let _served = start(
+                &socket,
+                &[
+                    "--profile",
+                    profile,
+                    "--linux",
+                    linux,
+                    "--bar1-size",
+                    "256M",
+                ],
+            );
+            for run in 0..2 {
+                let (passed, out) = check_as(&socket, linux);
+                assert!(passed, "{linux} {profile} run {run}:\n{out}");
+                assert!(!out.contains("FAIL"), "{linux} {profile} run {run}:\n{out}");
+                assert!(
+                    out.contains(&format!("against the rules of Linux {linux}")),
+                    "{out}"
+                );
+            }
+            let (_, out) = check_as(&socket, linux);
+            let blackwell_bar1 = profile == "gb200" && linux != "6.9";
+            assert_eq!(
+                out.contains("PASS  region 2 (BAR1): the whole BAR maps through its fd"),
+                blackwell_bar1,
+                "{linux} {profile}:\n{out}"
+            );
+            let reset_rule = if linux == "6.19" || linux == "7.2" {
+                "PASS  reset: first memory access with decode off is EIO (6.19+)"
+            } else {
+                "PASS  reset: first memory access is not checked (before 6.19)"
+            };
+            assert!(out.contains(reset_rule), "{linux} {profile}:\n{out}");
+        }
+    }
+}
+
+/// Memory size 0 (C2C link down) and missing memory properties serve a core-only device under
+/// every version; the checker accepts it as such (a Blackwell keeps its real BAR1).
+#[test]
+fn check_accepts_a_core_only_device_on_every_version() {
+    for linux in LINUX_VERSIONS {
+        for (profile, how) in [
+            ("gh100", "--mem-size 0"),
+            ("gb200", "--mem-size 0"),
+            ("gb200", "--no-mem-properties"),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let socket = dir.path().join("gpu.sock");
+            let mut args = vec![
+                "--socket",
+                socket.to_str().unwrap(),
+                "--profile",
+                profile,
+                "--linux",
+                linux,
+                "--bar1-size",
+                "256M",
+            ];
+            args.extend(how.split(' '));
+            if how == "--no-mem-properties" {
+                args.extend(["--mem-size", "3543348019"]);
+            }
+            let _served = ServeChild::serve(BIN, args).wait_listening(&[&socket]);
+            let (passed, out) = check_as(&socket, linux);
+            assert!(passed, "{linux} {profile} {how}:\n{out}");
+            assert!(
+                out.contains("PASS  core-only device (C2C link down or no memory properties)"),
+                "{linux} {profile} {how}:\n{out}"
+            );
+            assert!(
+                out.contains("skipped: a core-only device has no memory region"),
+                "{out}"
+            );
+            assert_eq!(
+                out.contains("region 2 is the real BAR1"),
+                profile == "gb200",
+                "{linux} {profile} {how}:\n{out}"
+            );
+        }
+    }
+}
+
+/// 6.9 split a Blackwell the Hopper way: a server showing 7.2's layout (BAR1 at region 2) fails.
+#[test]
+fn check_for_6_9_fails_a_7_2_blackwell_layout() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("gpu.sock");
+    let _served = start(
+        &socket,
+        &[
+            "--profile",
+            "gb200",
+            "--linux",
+            "7.2",
+            "--bar1-size",
+            "256M",
+        ],
+    );
+    let (passed, out) = check_as(&socket, "6.9");
+    assert!(!passed, "{out}");
+    assert!(
+        out.contains("FAIL  layout (Linux 6.9, Blackwell): resmem at 2, usemem at 4"),
+        "{out}"
+    );
+    assert!(out.contains("region 2 is a core BAR"), "{out}");
+}
+
+/// From 6.19 the first memory access after a reset with decode off is EIO: a 6.14 server, which
+/// lets it through, fails that rule (and only that one).
+#[test]
+fn check_for_7_2_fails_the_reset_rule_of_a_6_14_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("gpu.sock");
+    let _served = start(&socket, &["--linux", "6.14"]);
+    let (passed, out) = check_as(&socket, "7.2");
+    assert!(!passed, "{out}");
+    assert!(
+        out.contains("FAIL  reset: first memory access with decode off is EIO (6.19+)"),
+        "{out}"
+    );
+    assert!(out.contains("expected EIO"), "{out}");
+    assert_eq!(out.matches("FAIL").count(), 1, "{out}");
+}
