@@ -87,7 +87,15 @@ fn clients_killed_mid_message_leave_nothing_behind() {
     }
     // One more full session proves the server is past every dead client.
     Client::connect(&path).unwrap().device_info().unwrap();
-    let (fds1, maps1, rss1) = figures();
+    // That session ends on the server's side a moment after the client goes: let it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let (fds1, maps1, rss1) = loop {
+        let f = figures();
+        if f.0 <= fds0 + 2 || std::time::Instant::now() > deadline {
+            break f;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
     drop(server);
     assert!(fds1 <= fds0 + 2, "fds {fds0} -> {fds1}");
     assert!(maps1 <= maps0 + 4, "mappings {maps0} -> {maps1}");
