@@ -19,20 +19,29 @@ pub(super) fn bar0_size(t: &mut dyn Target) -> Result<String, String> {
     }
 }
 
-pub(super) fn config_read32(t: &mut dyn Target, offset: u64) -> Result<u32, String> {
+/// `N` bytes of config space at `offset`.
+fn config_read<const N: usize>(t: &mut dyn Target, offset: u64) -> Result<[u8; N], String> {
     let bytes = t
-        .read(CONFIG_REGION_INDEX, offset, 4)
+        .read(CONFIG_REGION_INDEX, offset, N as u32)
         .map_err(|e| format!("config read at {offset:#x}: {e:#}"))?;
-    let arr: [u8; 4] = bytes
+    bytes
         .as_slice()
         .try_into()
-        .map_err(|_| format!("config read at {offset:#x} returned {} bytes", bytes.len()))?;
-    Ok(u32::from_le_bytes(arr))
+        .map_err(|_| format!("config read at {offset:#x} returned {} bytes", bytes.len()))
+}
+
+/// Writes `bytes` to config space at `offset`.
+fn config_write(t: &mut dyn Target, offset: u64, bytes: &[u8]) -> Result<(), String> {
+    t.write(CONFIG_REGION_INDEX, offset, bytes)
+        .map_err(|e| format!("config write at {offset:#x}: {e:#}"))
+}
+
+pub(super) fn config_read32(t: &mut dyn Target, offset: u64) -> Result<u32, String> {
+    config_read::<4>(t, offset).map(u32::from_le_bytes)
 }
 
 pub(super) fn config_write32(t: &mut dyn Target, offset: u64, value: u32) -> Result<(), String> {
-    t.write(CONFIG_REGION_INDEX, offset, &value.to_le_bytes())
-        .map_err(|e| format!("config write at {offset:#x}: {e:#}"))
+    config_write(t, offset, &value.to_le_bytes())
 }
 
 pub(super) fn identity(t: &mut dyn Target) -> Result<String, String> {
@@ -282,19 +291,11 @@ pub(super) fn reset_clears_bars(t: &mut dyn Target, bars: &[u32]) -> Result<Stri
 }
 
 pub(super) fn config_read16(t: &mut dyn Target, offset: u64) -> Result<u16, String> {
-    let bytes = t
-        .read(CONFIG_REGION_INDEX, offset, 2)
-        .map_err(|e| format!("config read at {offset:#x}: {e:#}"))?;
-    let arr: [u8; 2] = bytes
-        .as_slice()
-        .try_into()
-        .map_err(|_| format!("config read at {offset:#x} returned {} bytes", bytes.len()))?;
-    Ok(u16::from_le_bytes(arr))
+    config_read::<2>(t, offset).map(u16::from_le_bytes)
 }
 
 pub(super) fn config_write16(t: &mut dyn Target, offset: u64, value: u16) -> Result<(), String> {
-    t.write(CONFIG_REGION_INDEX, offset, &value.to_le_bytes())
-        .map_err(|e| format!("config write at {offset:#x}: {e:#}"))
+    config_write(t, offset, &value.to_le_bytes())
 }
 
 /// The reset rule (6.19+: `nvgrace_gpu_check_device_ready`): memory decode off, reset, and the
