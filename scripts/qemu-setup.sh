@@ -6,7 +6,23 @@ set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 CACHE=${VGRACE_QEMU_CACHE:-$HOME/.cache/vgrace-qemu}
 ROOT=$CACHE/root
-MIRROR=${VGRACE_DEBIAN_MIRROR:-http://deb.debian.org/debian}
+# The Debian mirror comes from this machine's own apt sources (deb822 .sources files or the
+# classic sources.list), never from a host name written here; VGRACE_DEBIAN_MIRROR overrides.
+machine_mirror() {
+  local uri
+  uri=$(cat /etc/apt/sources.list.d/*.sources 2>/dev/null \
+    | awk '/^URIs:/ { for (i = 2; i <= NF; i++) if ($i !~ /security/) { print $i; exit } }')
+  if [ -z "$uri" ]; then
+    uri=$(awk '$1 == "deb" && $0 !~ /security/ { for (i = 2; i <= NF; i++) if ($i ~ /^[a-z]+:\/\//) { print $i; exit } }' \
+      /etc/apt/sources.list 2>/dev/null)
+  fi
+  printf '%s' "$uri"
+}
+MIRROR=${VGRACE_DEBIAN_MIRROR:-$(machine_mirror)}
+if [ -z "$MIRROR" ]; then
+  echo "[qemu-setup] no Debian mirror in /etc/apt/sources.list(.d); set VGRACE_DEBIAN_MIRROR" >&2
+  exit 1
+fi
 mkdir -p "$CACHE"
 log() { printf '[qemu-setup] %s\n' "$*" >&2; }
 
