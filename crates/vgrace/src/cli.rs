@@ -153,11 +153,20 @@ pub struct CheckArgs {
 #[derive(Debug, Args)]
 pub struct QemuArgsArgs {
     /// Socket path the device is (or will be) served on.
-    #[arg(long, default_value = "vgrace.sock")]
+    #[arg(long, default_value = "vgrace.sock", conflicts_with = "config")]
     pub socket: PathBuf,
-    /// Guest RAM size for the shared memory backend (QEMU syntax, e.g. 8G).
-    #[arg(long, default_value = "8G")]
-    pub guest_mem: String,
+    /// A node: the TOML file `vgrace serve --config` takes (one GPU per `[[device]]`).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Machine type: virt (arm64, the Grace shape) or q35 (x86); default: the host's.
+    #[arg(long)]
+    pub machine: Option<crate::node::Machine>,
+    /// Guest RAM size for the shared memory backend (e.g. 8G).
+    #[arg(long, default_value = "8G", value_parser = parse_size_arg)]
+    pub guest_mem: u64,
+    /// Print JSON (the node and the argument list) for integrators.
+    #[arg(long)]
+    pub json: bool,
     /// The device.
     #[command(flatten)]
     pub device: DeviceArgs,

@@ -6,6 +6,7 @@ mod cli;
 mod config;
 mod layout;
 mod mapping;
+mod node;
 mod qemu_args;
 mod serve;
 mod units;
