@@ -129,6 +129,13 @@ pub struct LayoutArgs {
     /// Print JSON instead of the table and diagram.
     #[arg(long)]
     pub json: bool,
+    /// A node: the TOML file `vgrace serve --config` takes; shows every GPU and the guest
+    /// aperture the node needs.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// With --config: the machine the aperture is for (virt or q35; default: the host's).
+    #[arg(long, requires = "config")]
+    pub machine: Option<crate::node::Machine>,
     /// The device.
     #[command(flatten)]
     pub device: DeviceArgs,

@@ -13,12 +13,59 @@ const DIAGRAM_WIDTH: u64 = 64;
 
 /// Prints the layout (table and diagram, or JSON).
 pub fn run(args: &LayoutArgs) -> Result<()> {
+    if let Some(path) = &args.config {
+        return run_node(path, args);
+    }
     let layout = crate::device_config(&args.device)?.layout()?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&layout)?);
     } else {
         print!("{}", render(&layout));
     }
+    Ok(())
+}
+
+/// `vgrace layout --config`: every GPU of the node, then the aperture the node needs.
+fn run_node(path: &std::path::Path, args: &LayoutArgs) -> Result<()> {
+    let entries = crate::config::load(path)?;
+    let layouts: Vec<(Layout, String)> = entries
+        .iter()
+        .map(|e| Ok((e.config.layout()?, e.socket.display().to_string())))
+        .collect::<Result<_>>()?;
+    let refs: Vec<(&Layout, String)> = layouts.iter().map(|(l, s)| (l, s.clone())).collect();
+    // Guest RAM only shifts q35's 64-bit hole; 8 GiB is qemu-args' default.
+    let machine = args.machine.unwrap_or_else(crate::node::Machine::host);
+    let node = crate::node::node(machine, &refs, 8 << 30);
+    if args.json {
+        let gpus: Vec<&Layout> = layouts.iter().map(|(l, _)| l).collect();
+        let value = serde_json::json!({ "gpus": gpus, "node": node });
+        println!("{}", serde_json::to_string_pretty(&value)?);
+        return Ok(());
+    }
+    for ((layout, socket), gpu) in layouts.iter().zip(&node.gpus) {
+        println!(
+            "== {} on {socket}: behind root port {}, window {}, NUMA nodes {}-{}",
+            gpu.id,
+            gpu.root_port,
+            human(gpu.pref64_window),
+            gpu.numa_nodes.0,
+            gpu.numa_nodes.1
+        );
+        print!("{}", render(layout));
+        println!();
+    }
+    println!(
+        "node ({}): {} GPU(s) need {} of 64-bit MMIO aperture (given as {}){}; {} NUMA nodes, guest CONFIG_NODES_SHIFT >= {}",
+        machine.name(),
+        node.gpus.len(),
+        human(node.aperture_needed),
+        human(node.aperture),
+        node.phys_bits
+            .map(|b| format!(", phys-bits {b}"))
+            .unwrap_or_default(),
+        node.numa_nodes,
+        node.nodes_shift_needed
+    );
     Ok(())
 }
 

@@ -25,6 +25,14 @@ pub enum Machine {
 }
 
 impl Machine {
+    /// QEMU's name for it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Machine::Virt => "virt",
+            Machine::Q35 => "q35",
+        }
+    }
+
     /// The host's architecture: virt on arm64, q35 elsewhere.
     pub fn host() -> Self {
         if cfg!(target_arch = "aarch64") {

@@ -526,3 +526,73 @@ fn check_for_7_2_fails_the_reset_rule_of_a_6_14_server() {
     assert!(out.contains("expected EIO"), "{out}");
     assert_eq!(out.matches("FAIL").count(), 1, "{out}");
 }
+
+fn four_gpu_node(dir: &Path) -> std::path::PathBuf {
+    let cfg = dir.join("node.toml");
+    let mut text = String::new();
+    for i in 0..4 {
+        text.push_str(&format!(
+            "[[device]]\nsocket = \"{}\"\nmem_size = \"480G\"\n",
+            dir.join(format!("gpu{i}.sock")).display()
+        ));
+    }
+    std::fs::write(&cfg, text).unwrap();
+    cfg
+}
+
+/// `qemu-args --config` prints a whole node: a root port per GPU (each GPU at 00.0), the 4 TiB
+/// aperture four 480 GiB GPUs need, 32 generic initiators on distinct nodes; `--json` says so.
+#[test]
+fn qemu_args_for_a_node_of_four_480g_gpus() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = four_gpu_node(dir.path());
+    let out = vgrace(&[
+        "qemu-args",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--machine",
+        "virt",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["node"]["aperture"], 4u64 << 40);
+    assert_eq!(v["node"]["gpus"].as_array().unwrap().len(), 4);
+    let args: Vec<String> = v["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_string())
+        .collect();
+    assert!(args.iter().any(|a| a.contains("highmem-mmio-size=4T")));
+    assert_eq!(
+        args.iter()
+            .filter(|a| a.contains("acpi-generic-initiator"))
+            .count(),
+        32
+    );
+    let nodes: std::collections::HashSet<&String> = args
+        .iter()
+        .filter(|a| a.starts_with("-numa node"))
+        .collect();
+    assert_eq!(nodes.len(), 33);
+    let q35 = vgrace(&[
+        "qemu-args",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--machine",
+        "q35",
+    ]);
+    let text = String::from_utf8_lossy(&q35.stdout);
+    assert!(text.contains("pci-hole64-size=4T"), "{text}");
+    assert!(text.contains("phys-bits=44"), "{text}");
+    let layout = vgrace(&[
+        "layout",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--machine",
+        "virt",
+    ]);
+    let text = String::from_utf8_lossy(&layout.stdout);
+    assert!(text.contains("need 4 TiB"), "{text}");
+}
