@@ -115,6 +115,45 @@ pub fn vgrace_roundtrip(iters: u64, p: Placement) -> Result<f64, BenchError> {
     })
 }
 
+/// `devices` devices in one process, each served on its own thread to its own client thread
+/// doing `iters` 4-byte BAR0 REGION_READs at the same time: aggregate round trips per second.
+/// Unpinned: the point is how well the devices share the machine's cores.
+pub fn multi_device(devices: usize, iters: u64) -> Result<f64, BenchError> {
+    place(Placement::Unpinned);
+    let start_line = std::sync::Arc::new(std::sync::Barrier::new(devices + 1));
+    let mut clients = Vec::with_capacity(devices);
+    let mut servers = Vec::with_capacity(devices);
+    for _ in 0..devices {
+        let (a, b) = UnixStream::pair()?;
+        let device = bench_device()?;
+        servers.push(thread::spawn(move || {
+            let mut s = Server::new(device, ServerConfig::default());
+            let _ = s.serve_connection(UnixTransport::new(b));
+        }));
+        let go = start_line.clone();
+        clients.push(thread::spawn(move || -> Result<(), String> {
+            let mut c = Client::from_stream(a).map_err(|e| e.to_string())?;
+            let mut buf = [0u8; 4];
+            go.wait();
+            for _ in 0..iters {
+                c.region_read_into(0, 0x1498, &mut buf)
+                    .map_err(|e| e.to_string())?;
+            }
+            Ok(())
+        }));
+    }
+    start_line.wait();
+    let start = Instant::now();
+    for c in clients {
+        c.join().map_err(|_| "a client thread panicked")??;
+    }
+    let rate = (devices as u64 * iters) as f64 / start.elapsed().as_secs_f64();
+    for s in servers {
+        let _ = s.join();
+    }
+    Ok(rate)
+}
+
 /// No_reply 4-byte BAR0 writes, closed by one round trip: writes per second.
 pub fn vgrace_posted(iters: u64, p: Placement) -> Result<f64, BenchError> {
     with_vgrace(p, |c| {

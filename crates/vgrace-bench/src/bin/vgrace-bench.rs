@@ -170,6 +170,22 @@ fn run() -> Result<(), BenchError> {
         ),
     ));
 
+    let per_device = if o.quick { 2_000 } else { 10_000 };
+    let (eight, one) = interleave(
+        rounds,
+        || workloads::multi_device(8, per_device),
+        || workloads::multi_device(1, per_device),
+    )?;
+    ratios.push((
+        "multi_device_scaling",
+        row(
+            "4B REGION_READs: 8 devices at once vs 1 (aggregate)",
+            eight,
+            one,
+            "/s",
+        ),
+    ));
+
     let mut t480 = Vec::new();
     let mut t1 = Vec::new();
     let (mut rss480, mut rss1) = (0, 0);
