@@ -36,8 +36,9 @@ pub struct DeviceArgs {
     /// seed (the original patch: all memory at BAR2).
     #[arg(long, default_value = "gh100")]
     pub profile: Profile,
-    /// PCI device id from the upstream table (e.g. 0x2342, 0x2345, 0x2348, 0x2941, 0x31c2);
-    /// default: the profile's.
+    /// PCI device id from the upstream table, of the profile's generation: gh100 0x2342,
+    /// 0x2345, 0x2348; gb200 0x2941, 0x31c2 (GB300); seed 0x2342, 0x2343. Default: the
+    /// profile's first.
     #[arg(long, value_parser = parse_u16)]
     pub device_id: Option<u16>,
     /// Device memory size (`nvidia,gpu-mem-size`): bytes or binary suffixes (96G, 96GiB, 512M).
