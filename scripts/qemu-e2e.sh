@@ -12,8 +12,7 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/.." && pwd)
-CACHE=${VGRACE_QEMU_CACHE:-$HOME/.cache/vgrace-qemu}
-ROOT=$CACHE/root
+. "$here/qemu-lib.sh"
 CASE=${VGRACE_E2E_PROFILE:-gh100}
 log() { printf '[qemu-e2e] %s\n' "$*" >&2; }
 
@@ -39,8 +38,7 @@ GW_OFF=$(( 0x2000 )); GW_VAL=0x5eed1234
 B1_VAL=0xb1a55e7e
 
 log "building vgrace (release)"
-(cd "$repo" && cargo build --release -q -p vgrace)
-VGRACE=${CARGO_TARGET_DIR:-$repo/target}/release/vgrace
+qemu_build_vgrace
 
 # The split, BAR sizes and file offsets as vgrace itself lays them out (`vgrace layout --json`),
 # so this script cannot drift from the device model. A BAR the layout does not have is size 0.
@@ -67,22 +65,15 @@ work=$ROOT/tmp/vgrace-e2e
 vg_pid=""
 cleanup() {
   [ -n "$vg_pid" ] && kill "$vg_pid" 2>/dev/null && wait "$vg_pid" 2>/dev/null || true
-  for m in "$ROOT/proc" "$ROOT/dev"; do mountpoint -q "$m" 2>/dev/null && umount -l "$m" || true; done
+  qemu_umount_chroot
   rm -rf "$work"
 }
 trap cleanup EXIT
 rm -rf "$work" && mkdir -p "$work"
-mountpoint -q "$ROOT/proc" || mount -t proc proc "$ROOT/proc"
-mountpoint -q "$ROOT/dev" || mount --bind /dev "$ROOT/dev"
+qemu_mount_chroot
 
 # Guest initramfs: busybox and our /init.
-initrd=$work/initrd
-mkdir -p "$initrd/bin" "$initrd/proc" "$initrd/sys" "$initrd/dev" "$initrd/tmp"
-cp "$CACHE/busybox" "$initrd/bin/busybox"
-cp "$here/guest/init" "$initrd/init"
-chmod +x "$initrd/init" "$initrd/bin/busybox"
-(cd "$initrd" && find . | cpio -o -H newc --quiet | gzip -1) >"$work/initrd.gz"
-cp "$CACHE/vmlinuz" "$work/vmlinuz"
+qemu_make_guest "$work"
 
 # With memory: a backing file, with a value the guest must find in usemem (at its file offset).
 # Link down has no memory region, so nothing to back and nothing to check on the host.

@@ -81,7 +81,7 @@ pub fn render(n: &Node, guest_mem: u64) -> String {
                     .into(),
             );
             line(format!(
-                "-machine virt,gic-version=max,highmem-mmio-size={},memory-backend=ram0",
+                "-machine virt,gic-version=max,highmem-mmio-size={}",
                 qemu_size(n.aperture)
             ));
             line("# The CPU must reach the aperture: -cpu max does, 40-bit CPUs (cortex-a53) drop it silently.".into());
@@ -91,11 +91,15 @@ pub fn render(n: &Node, guest_mem: u64) -> String {
         }
         Machine::Q35 => {
             let bits = n.phys_bits.unwrap_or(44);
+            // Under SeaBIOS pci-hole64-size alone does not bound the BARs (QEMU 11.1): the
+            // firmware puts them at the top of the phys-bits address space and QEMU's _CRS grows
+            // the hole over what it programmed; a 64 GiB hole with phys-bits 44 still fits four
+            // 480 GiB GPUs. phys-bits is the bound, and the hole makes QEMU refuse one too small.
             line(format!(
-                "# x86 q35: pci-hole64-size is the aperture; phys-bits {bits} reach it above RAM."
+                "# x86 q35: phys-bits {bits} give the aperture room above RAM (the firmware puts 64-bit BARs at the top); with pci-hole64-size QEMU refuses fewer bits than the aperture needs."
             ));
             line(format!(
-                "-machine q35,memory-backend=ram0 -global q35-pcihost.pci-hole64-size={}",
+                "-machine q35 -global q35-pcihost.pci-hole64-size={}",
                 qemu_size(n.aperture)
             ));
             line(format!("-cpu max,phys-bits={bits}"));
@@ -110,6 +114,8 @@ pub fn render(n: &Node, guest_mem: u64) -> String {
         "# NUMA: node 0 holds CPUs and RAM; each GPU gets {NODES_PER_GPU} memory-less nodes (nvidia,gpu-mem-pxm-start/-count), {} in all: the guest kernel needs CONFIG_NODES_SHIFT >= {} (Debian arm64 kernels have 4, amd64 10).",
         n.numa_nodes, n.nodes_shift_needed
     ));
+    // Not also `-machine memory-backend=ram0`: QEMU refuses it next to `-numa memdev` ("'-machine
+    // memory-backend' and '-numa memdev' properties are mutually exclusive").
     line("-numa node,nodeid=0,memdev=ram0".into());
     for (i, g) in n.gpus.iter().enumerate() {
         let bars: Vec<String> = g
@@ -207,6 +213,19 @@ mod tests {
     fn every_argument_group_follows_a_comment() {
         let text = render(&four(), 8 << 30);
         assert!(text.lines().next().unwrap().starts_with('#'));
+    }
+
+    /// QEMU exits at once when the RAM backend is named twice (machine and node 0).
+    #[test]
+    fn ram_backend_is_named_by_node_0_only() {
+        for machine in [Machine::Virt, Machine::Q35] {
+            let mut n = four();
+            n.machine = machine;
+            n.phys_bits = Some(44);
+            let text = render(&n, 8 << 30);
+            assert!(!text.contains("memory-backend=ram0"), "{text}");
+            assert_eq!(text.matches("memdev=ram0").count(), 1, "{text}");
+        }
     }
 
     #[test]

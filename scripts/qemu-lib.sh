@@ -1,0 +1,35 @@
+# Helpers shared by the QEMU guest tests (qemu-e2e.sh, qemu-node.sh); sourced, not run.
+# Expects $here (the scripts directory) and $repo to be set, and `set -euo pipefail`.
+CACHE=${VGRACE_QEMU_CACHE:-$HOME/.cache/vgrace-qemu}
+ROOT=$CACHE/root
+
+# Builds vgrace (release) and sets $VGRACE to the binary.
+qemu_build_vgrace() {
+  (cd "$repo" && cargo build --release -q -p vgrace)
+  VGRACE=${CARGO_TARGET_DIR:-$repo/target}/release/vgrace
+}
+
+# Mounts /proc and /dev in the chroot (QEMU needs both); qemu_umount_chroot undoes only what
+# this process mounted, so a concurrent run keeps its mounts.
+qemu_mounted=()
+qemu_mount_chroot() {
+  if ! mountpoint -q "$ROOT/proc"; then mount -t proc proc "$ROOT/proc"; qemu_mounted+=("$ROOT/proc"); fi
+  if ! mountpoint -q "$ROOT/dev"; then mount --bind /dev "$ROOT/dev"; qemu_mounted+=("$ROOT/dev"); fi
+}
+qemu_umount_chroot() {
+  local m
+  for m in "${qemu_mounted[@]}"; do mountpoint -q "$m" 2>/dev/null && umount -l "$m" || true; done
+  qemu_mounted=()
+}
+
+# The guest's busybox initramfs with scripts/guest/* at its root (/init first) and the cached
+# kernel, as $1/initrd.gz and $1/vmlinuz.
+qemu_make_guest() {
+  local work=$1 initrd=$1/initrd
+  mkdir -p "$initrd/bin" "$initrd/proc" "$initrd/sys" "$initrd/dev" "$initrd/tmp"
+  cp "$CACHE/busybox" "$initrd/bin/busybox"
+  cp "$here"/guest/* "$initrd/"
+  chmod +x "$initrd/init" "$initrd/bin/busybox"
+  (cd "$initrd" && find . | cpio -o -H newc --quiet | gzip -1) >"$work/initrd.gz"
+  cp "$CACHE/vmlinuz" "$work/vmlinuz"
+}
