@@ -81,7 +81,7 @@ pub fn render(n: &Node, guest_mem: u64) -> String {
                     .into(),
             );
             line(format!(
-                "-machine virt,gic-version=max,highmem-mmio-size={},memory-backend=ram0",
+                "-machine virt,gic-version=max,highmem-mmio-size={}",
                 qemu_size(n.aperture)
             ));
             line("# The CPU must reach the aperture: -cpu max does, 40-bit CPUs (cortex-a53) drop it silently.".into());
@@ -95,13 +95,13 @@ pub fn render(n: &Node, guest_mem: u64) -> String {
                 "# x86 q35: pci-hole64-size is the aperture; phys-bits {bits} reach it above RAM."
             ));
             line(format!(
-                "-machine q35,memory-backend=ram0 -global q35-pcihost.pci-hole64-size={}",
+                "-machine q35 -global q35-pcihost.pci-hole64-size={}",
                 qemu_size(n.aperture)
             ));
             line(format!("-cpu max,phys-bits={bits}"));
         }
     }
-    line("# Guest RAM must be shareable: the server maps it through DMA_MAP fds.".into());
+    line("# Guest RAM must be shareable: the server maps it through DMA_MAP fds. It is node 0's memdev (QEMU refuses -machine memory-backend with -numa memdev).".into());
     line(format!(
         "-object memory-backend-memfd,id=ram0,size={},share=on",
         qemu_size(guest_mem)
@@ -201,6 +201,20 @@ mod tests {
         assert_eq!(text.matches("-device pcie-root-port").count(), 4);
         assert!(text.contains("node=32"));
         assert!(text.contains("CONFIG_NODES_SHIFT >= 6"));
+    }
+
+    /// QEMU 11.1 exits with "'-machine memory-backend' and '-numa memdev' properties are
+    /// mutually exclusive": the RAM backend is given once, as node 0's memdev.
+    #[test]
+    fn ram_backend_is_node_0s_memdev_only() {
+        for machine in [Machine::Virt, Machine::Q35] {
+            let mut n = four();
+            n.machine = machine;
+            let text = render(&n, 8 << 30);
+            assert!(!text.contains("memory-backend="), "{text}");
+            assert_eq!(text.matches("memdev=ram0").count(), 1, "{text}");
+            assert!(text.contains("-object memory-backend-memfd,id=ram0,size=8G,share=on"));
+        }
     }
 
     #[test]
