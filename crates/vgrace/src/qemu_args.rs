@@ -105,7 +105,7 @@ pub fn render(n: &Node, guest_mem: u64) -> String {
             line(format!("-cpu max,phys-bits={bits}"));
         }
     }
-    line("# Guest RAM must be shareable: the server maps it through DMA_MAP fds.".into());
+    line("# Guest RAM must be shareable: the server maps it through DMA_MAP fds. It is node 0's memdev (QEMU refuses -machine memory-backend with -numa memdev).".into());
     line(format!(
         "-object memory-backend-memfd,id=ram0,size={},share=on",
         qemu_size(guest_mem)
@@ -207,6 +207,20 @@ mod tests {
         assert_eq!(text.matches("-device pcie-root-port").count(), 4);
         assert!(text.contains("node=32"));
         assert!(text.contains("CONFIG_NODES_SHIFT >= 6"));
+    }
+
+    /// QEMU 11.1 exits with "'-machine memory-backend' and '-numa memdev' properties are
+    /// mutually exclusive": the RAM backend is given once, as node 0's memdev.
+    #[test]
+    fn ram_backend_is_node_0s_memdev_only() {
+        for machine in [Machine::Virt, Machine::Q35] {
+            let mut n = four();
+            n.machine = machine;
+            let text = render(&n, 8 << 30);
+            assert!(!text.contains("memory-backend="), "{text}");
+            assert_eq!(text.matches("memdev=ram0").count(), 1, "{text}");
+            assert!(text.contains("-object memory-backend-memfd,id=ram0,size=8G,share=on"));
+        }
     }
 
     #[test]
