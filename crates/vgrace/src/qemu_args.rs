@@ -231,18 +231,6 @@ mod tests {
 
     /// QEMU exits at once when the RAM backend is named twice (machine and node 0).
     #[test]
-    fn ram_backend_is_named_by_node_0_only() {
-        for machine in [Machine::Virt, Machine::Q35] {
-            let mut n = four();
-            n.machine = machine;
-            n.phys_bits = Some(44);
-            let text = render(&n, 8 << 30);
-            assert!(!text.contains("memory-backend=ram0"), "{text}");
-            assert_eq!(text.matches("memdev=ram0").count(), 1, "{text}");
-        }
-    }
-
-    #[test]
     fn sizes_print_in_qemu_units() {
         assert_eq!(qemu_size(4 << 40), "4T");
         assert_eq!(qemu_size(513 << 30), "513G");
