@@ -14,53 +14,12 @@ NODES_SHIFT=6
 here=$(cd "$(dirname "$0")" && pwd)
 log() { printf '[qemu-setup-arm64] %s\n' "$*" >&2; }
 
-# The Debian mirror comes from this machine's own apt sources (deb822 .sources files or the
-# classic sources.list), never from a host name written here; VGRACE_DEBIAN_MIRROR overrides.
-machine_mirror() {
-  local uri
-  uri=$(cat /etc/apt/sources.list.d/*.sources 2>/dev/null \
-    | awk '/^URIs:/ { for (i = 2; i <= NF; i++) if ($i !~ /security/) { print $i; exit } }')
-  if [ -z "$uri" ]; then
-    uri=$(awk '$1 == "deb" && $0 !~ /security/ { for (i = 2; i <= NF; i++) if ($i ~ /^[a-z]+:\/\//) { print $i; exit } }' \
-      /etc/apt/sources.list 2>/dev/null)
-  fi
-  printf '%s' "$uri"
-}
-MIRROR=${VGRACE_DEBIAN_MIRROR:-$(machine_mirror)}
-if [ -z "$MIRROR" ]; then
-  log "no Debian mirror in /etc/apt/sources.list(.d); set VGRACE_DEBIAN_MIRROR"
-  exit 1
-fi
-mkdir -p "$CACHE"
+. "$here/qemu-setup-lib.sh"
 
 # Host tools: the chroot, the initramfs, and the cross build of the guest kernel.
-host_pkgs=(debootstrap cpio gzip zstd xz-utils python3 make bc bison flex libssl-dev libelf-dev
-  gcc gcc-aarch64-linux-gnu binutils-aarch64-linux-gnu)
-missing=()
-for p in "${host_pkgs[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  log "installing host packages: ${missing[*]}"
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
-
-cleanup_mounts() {
-  for m in "$ROOT/proc" "$ROOT/dev/pts" "$ROOT/dev"; do
-    mountpoint -q "$m" 2>/dev/null && umount -l "$m" || true
-  done
-}
-trap cleanup_mounts EXIT
-
-if [ ! -f "$CACHE/.chroot-done" ]; then
-  log "debootstrap sid into $ROOT (a few minutes)"
-  cleanup_mounts
-  rm -rf "$ROOT"
-  debootstrap --variant=minbase sid "$ROOT" "$MIRROR" >"$CACHE/debootstrap.log" 2>&1 || {
-    tail -20 "$CACHE/debootstrap.log" >&2; exit 1; }
-  touch "$CACHE/.chroot-done"
-fi
+setup_host_packages debootstrap cpio gzip zstd xz-utils python3 make bc bison flex libssl-dev \
+  libelf-dev gcc gcc-aarch64-linux-gnu binutils-aarch64-linux-gnu
+setup_sid_chroot
 
 if [ ! -f "$CACHE/.qemu-done" ]; then
   log "installing qemu-system-arm and qemu-efi-aarch64 in the chroot"
@@ -79,13 +38,9 @@ fi
 
 if [ ! -f "$CACHE/.busybox-done" ]; then
   log "fetching busybox-static:arm64"
-  mountpoint -q "$ROOT/proc" || mount -t proc proc "$ROOT/proc"
-  rm -rf "$ROOT/tmp/debs" && mkdir -p "$ROOT/tmp/debs"
-  chroot "$ROOT" sh -c "cd /tmp/debs && apt-get download -qq busybox-static:arm64"
-  rm -rf "$CACHE/x" && mkdir -p "$CACHE/x"
-  for d in "$ROOT"/tmp/debs/*.deb; do dpkg-deb -x "$d" "$CACHE/x"; done
-  cp "$CACHE/x/bin/busybox" "$CACHE/busybox" 2>/dev/null || cp "$CACHE/x/usr/bin/busybox" "$CACHE/busybox"
-  rm -rf "$CACHE/x" "$ROOT/tmp/debs"
+  setup_unpack_debs busybox-static:arm64
+  setup_copy_busybox
+  rm -rf "$CACHE/x"
   touch "$CACHE/.busybox-done"
 fi
 
@@ -96,16 +51,13 @@ if [ ! -f "$CACHE/.kernel-done" ]; then
   src_pkg=$(chroot "$ROOT" apt-cache depends linux-source | awk '/Depends: linux-source-/ { print $2; exit }')
   [ -n "$src_pkg" ] || { log "no linux-source-X.Y package behind linux-source"; exit 1; }
   log "fetching $src_pkg"
-  rm -rf "$ROOT/tmp/debs" && mkdir -p "$ROOT/tmp/debs"
-  chroot "$ROOT" sh -c "cd /tmp/debs && apt-get download -qq $src_pkg"
+  setup_unpack_debs "$src_pkg"
   build=$CACHE/kbuild
-  rm -rf "$build" && mkdir -p "$build/x"
-  dpkg-deb -x "$ROOT"/tmp/debs/"$src_pkg"_*.deb "$build/x"
-  rm -rf "$ROOT/tmp/debs"
-  tarball=$(find "$build/x" -name 'linux-source-*.tar.*' | head -1)
+  rm -rf "$build" && mkdir -p "$build"
+  tarball=$(find "$CACHE/x" -name 'linux-source-*.tar.*' | head -1)
   [ -n "$tarball" ] || { log "no source tarball in $src_pkg"; exit 1; }
   tar -xf "$tarball" -C "$build"
-  rm -rf "$build/x"
+  rm -rf "$CACHE/x"
   ksrc=$(find "$build" -mindepth 1 -maxdepth 1 -type d -name 'linux-source-*' | head -1)
   kmake() { make -C "$ksrc" ARCH=arm64 CROSS_COMPILE=aarch64-linux-gnu- -j"$JOBS" "$@"; }
   KCONFIG_ALLCONFIG="$here/guest/kernel-arm64.config" kmake allnoconfig >"$CACHE/kconfig.log" 2>&1 || {
