@@ -67,41 +67,32 @@ impl ServeChild {
     /// Waits until every socket accepts a connection (a stale socket file may exist before the
     /// server binds); panics with the server's log if it exits or takes over 20 s.
     pub fn wait_listening(self, sockets: &[&Path]) -> Self {
-        let mut this = self;
-        let deadline = Instant::now() + START_TIMEOUT;
-        for s in sockets {
-            while UnixStream::connect(s).is_err() {
-                assert!(
-                    Instant::now() < deadline,
-                    "server did not listen on {}: {}",
-                    s.display(),
-                    this.log()
-                );
-                assert!(this.alive(), "server exited: {}", this.log());
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-        this
+        self.wait_until(sockets, "listen on", |s| UnixStream::connect(s).is_ok())
     }
 
     /// Waits until every path exists (for servers that refuse our connections); panics with the
     /// server's log if it exits or takes over 20 s.
     pub fn wait_created(self, paths: &[&Path]) -> Self {
-        let mut this = self;
+        self.wait_until(paths, "create", |p| p.exists())
+    }
+
+    /// Polls `ready` on each path in turn until it holds; panics ("server did not {what} ...")
+    /// with the server's log if the server exits or the 20 s start limit passes.
+    fn wait_until(mut self, paths: &[&Path], what: &str, ready: impl Fn(&Path) -> bool) -> Self {
         let deadline = Instant::now() + START_TIMEOUT;
         for p in paths {
-            while !p.exists() {
+            while !ready(p) {
                 assert!(
                     Instant::now() < deadline,
-                    "server did not create {}: {}",
+                    "server did not {what} {}: {}",
                     p.display(),
-                    this.log()
+                    self.log()
                 );
-                assert!(this.alive(), "server exited: {}", this.log());
+                assert!(self.alive(), "server exited: {}", self.log());
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
-        this
+        self
     }
 
     /// The child's pid.

@@ -10,6 +10,7 @@ use vfu::wire::{Decode, Encode};
 
 use common::{memfd, Harness, RAM, RAM_MMAP, RAM_SIZE, REGS};
 use nix::sys::eventfd::{EfdFlags, EventFd};
+use test_support::msg::msg;
 use vfio_bindings::bindings::vfio::{
     VFIO_IRQ_SET_ACTION_TRIGGER, VFIO_IRQ_SET_DATA_EVENTFD, VFIO_IRQ_SET_DATA_NONE,
 };
@@ -17,19 +18,6 @@ use vfu::client::Client;
 use vfu::server::{bind_socket, ServerConfig};
 use vfu::wire::{cmd, Header, RegionAccess, Version, FLAG_NO_REPLY, FLAG_TYPE_REPLY, HEADER_SIZE};
 use vfu::{Errno, Error};
-
-fn msg(id: u16, command: u16, flags: u32, payload: &[u8]) -> Vec<u8> {
-    let h = Header {
-        msg_id: id,
-        cmd: command,
-        msg_size: (HEADER_SIZE + payload.len()) as u32,
-        flags,
-        error: 0,
-    };
-    let mut v = h.encode().to_vec();
-    v.extend_from_slice(payload);
-    v
-}
 
 fn read_req(region: u32, offset: u64, count: u32) -> Vec<u8> {
     RegionAccess {
