@@ -95,6 +95,16 @@ fn closed_by_server(s: &mut UnixStream) -> bool {
     }
 }
 
+/// Writes [`SENTINEL`] at 0x1000 of BAR4, to be found again by [`sentinel`].
+fn write_sentinel(c: &mut Client) {
+    c.region_write(4, 0x1000, SENTINEL).unwrap();
+}
+
+/// What BAR4 holds where [`write_sentinel`] wrote (panics if the read fails).
+fn sentinel(c: &mut Client) -> Vec<u8> {
+    c.region_read(4, 0x1000, SENTINEL.len() as u32).unwrap()
+}
+
 fn read_errno(c: &mut Client, region: u32, offset: u64, count: u32) -> Option<Errno> {
     c.region_read(region, offset, count).err()?.remote_errno()
 }
@@ -111,14 +121,11 @@ fn client_cannot_resize_the_memfd_it_was_given() {
         ServerConfig::default(),
     );
     let mut c = srv.client();
-    c.region_write(4, 0x1000, SENTINEL).unwrap();
+    write_sentinel(&mut c);
     let fd = c.region_info(4).unwrap().fd.unwrap();
     assert_eq!(nix::unistd::ftruncate(&fd, 0), Err(Errno::EPERM));
     assert_eq!(nix::unistd::ftruncate(&fd, 1 << 40), Err(Errno::EPERM));
-    assert_eq!(
-        c.region_read(4, 0x1000, SENTINEL.len() as u32).unwrap(),
-        SENTINEL
-    );
+    assert_eq!(sentinel(&mut c), SENTINEL);
     // The bulk path (sendfile from the fd) too.
     assert_eq!(c.region_read(4, 0, 1 << 20).unwrap().len(), 1 << 20);
 }
@@ -131,7 +138,7 @@ fn truncated_backing_file_answers_eio_and_the_server_lives() {
     let dir = tempfile::tempdir().unwrap();
     let (mut srv, s, file) = file_backed(&dir);
     let mut c = Client::connect(&s).unwrap();
-    c.region_write(4, 0x1000, SENTINEL).unwrap();
+    write_sentinel(&mut c);
     let fd = c.region_info(4).unwrap().fd.unwrap();
     let len = std::fs::metadata(&file).unwrap().len();
     nix::unistd::ftruncate(&fd, 0).unwrap();
@@ -154,11 +161,8 @@ fn truncated_backing_file_answers_eio_and_the_server_lives() {
         .unwrap()
         .set_len(len)
         .unwrap();
-    c.region_write(4, 0x1000, SENTINEL).unwrap();
-    assert_eq!(
-        c.region_read(4, 0x1000, SENTINEL.len() as u32).unwrap(),
-        SENTINEL
-    );
+    write_sentinel(&mut c);
+    assert_eq!(sentinel(&mut c), SENTINEL);
     assert!(srv.alive());
     assert_eq!(
         srv.log().matches("the backing file was truncated").count(),
@@ -244,7 +248,7 @@ fn file_size_limit_is_an_errno_not_a_signal() {
         .unwrap();
     assert!(st.success());
     let mut c = Client::connect(&s).unwrap();
-    c.region_write(4, 0x1000, SENTINEL).unwrap();
+    write_sentinel(&mut c);
     assert_eq!(
         c.region_write(4, 64 << 20, SENTINEL)
             .unwrap_err()
@@ -252,10 +256,7 @@ fn file_size_limit_is_an_errno_not_a_signal() {
         Some(Errno::EFBIG)
     );
     assert!(srv.alive());
-    assert_eq!(
-        c.region_read(4, 0x1000, SENTINEL.len() as u32).unwrap(),
-        SENTINEL
-    );
+    assert_eq!(sentinel(&mut c), SENTINEL);
 }
 
 /// A client may grow the file it was given; the extra bytes are not device memory, so the next
@@ -270,17 +271,12 @@ fn grown_backing_file_does_not_stop_a_restart() {
     {
         let srv = common::serve(&cfg, ServerConfig::default());
         let mut c = srv.client();
-        c.region_write(4, 0x1000, SENTINEL).unwrap();
+        write_sentinel(&mut c);
         let fd = c.region_info(4).unwrap().fd.unwrap();
         nix::unistd::ftruncate(&fd, (MEM + (64 << 20)) as i64).unwrap();
     }
     let srv = common::serve(&cfg, ServerConfig::default());
-    assert_eq!(
-        srv.client()
-            .region_read(4, 0x1000, SENTINEL.len() as u32)
-            .unwrap(),
-        SENTINEL
-    );
+    assert_eq!(sentinel(&mut srv.client()), SENTINEL);
 }
 
 /// Two servers on one backing file would be two VMs sharing one GPU memory: the second is
@@ -479,7 +475,7 @@ fn second_client_is_refused_with_ebusy_at_once() {
         ServerConfig::default(),
     );
     let mut first = srv.client();
-    first.region_write(4, 0x1000, SENTINEL).unwrap();
+    write_sentinel(&mut first);
 
     let mut second = UnixStream::connect(&srv.path).unwrap();
     second
@@ -494,10 +490,7 @@ fn second_client_is_refused_with_ebusy_at_once() {
     assert_eq!(reply.error, Errno::EBUSY as u32);
     assert!(closed_by_server(&mut second));
 
-    assert_eq!(
-        first.region_read(4, 0x1000, SENTINEL.len() as u32).unwrap(),
-        SENTINEL
-    );
+    assert_eq!(sentinel(&mut first), SENTINEL);
 }
 
 /// A client that sends half a header while the device is held neither spins the accept loop
@@ -536,14 +529,9 @@ fn reconnect_right_after_disconnect_is_served() {
     );
     for _ in 0..50 {
         let mut c = srv.client();
-        c.region_write(4, 0x1000, SENTINEL).unwrap();
+        write_sentinel(&mut c);
     }
-    assert_eq!(
-        srv.client()
-            .region_read(4, 0x1000, SENTINEL.len() as u32)
-            .unwrap(),
-        SENTINEL
-    );
+    assert_eq!(sentinel(&mut srv.client()), SENTINEL);
 }
 
 fn stall_config() -> ServerConfig {
@@ -607,10 +595,7 @@ fn trickling_client_is_dropped_at_the_stall_timeout() {
 fn idle_client_between_messages_keeps_the_device() {
     let srv = common::serve(&GpuConfig::memfd(Profile::Gh100, MEM), stall_config());
     let mut c = srv.client();
-    c.region_write(4, 0x1000, SENTINEL).unwrap();
+    write_sentinel(&mut c);
     std::thread::sleep(Duration::from_millis(900));
-    assert_eq!(
-        c.region_read(4, 0x1000, SENTINEL.len() as u32).unwrap(),
-        SENTINEL
-    );
+    assert_eq!(sentinel(&mut c), SENTINEL);
 }
