@@ -18,7 +18,9 @@ use nix::sys::eventfd::{EfdFlags, EventFd};
 use nix::sys::socket::{getsockopt, recv, send, sockopt, MsgFlags};
 use tracing::{info, warn};
 
+use super::observe::{Event, Observer, Refusal};
 use super::shutdown::Shutdown;
+use super::Controls;
 use crate::error::Error;
 use crate::wire::{Decode, Header, HEADER_SIZE};
 
@@ -183,8 +185,24 @@ struct Waiter {
     recheck: Option<Instant>,
 }
 
+/// Who watches the accept loop: the observer hears of refusals, the controls may ask for some.
+#[derive(Clone, Copy)]
+pub(crate) struct Watch<'a> {
+    pub observer: Option<&'a dyn Observer>,
+    pub controls: &'a Controls,
+}
+
+impl Watch<'_> {
+    fn refused(&self, peer: Peer, why: Refusal) {
+        if let Some(o) = self.observer {
+            o.observe(&Event::Refused(peer, why));
+        }
+    }
+}
+
 /// The accept loop's state.
 pub(crate) struct Acceptor<'a> {
+    watch: Watch<'a>,
     listener: &'a UnixListener,
     shutdown: &'a Shutdown,
     allow_uids: Option<&'a [u32]>,
@@ -204,8 +222,10 @@ impl<'a> Acceptor<'a> {
         allow_uids: Option<&'a [u32]>,
         seat: &'a Seat,
         handoff: SyncSender<Client>,
+        watch: Watch<'a>,
     ) -> Self {
         Self {
+            watch,
             listener,
             shutdown,
             allow_uids,
@@ -382,6 +402,7 @@ impl<'a> Acceptor<'a> {
         let holder = self.seat.holder();
         let now = Instant::now();
         let log = &mut self.refusals;
+        let watch = self.watch;
         self.waiting.retain(|w| match (w.header, holder) {
             // The holder hung up: its session ends in a moment and this client gets the seat.
             (Some(_), Some((_, true))) if w.deadline > now => true,
@@ -390,6 +411,7 @@ impl<'a> Acceptor<'a> {
             (_, None) => true,
             (Some(h), holder) => {
                 refuse_busy(w, &h, holder.map(|(p, _)| p), log);
+                watch.refused(w.peer, Refusal::Busy);
                 false
             }
             (None, _) if w.deadline <= now => {
@@ -419,6 +441,12 @@ impl<'a> Acceptor<'a> {
         self.backoff = None;
         let peer = Peer::of(&stream);
         if !self.allowed(&peer) {
+            self.watch.refused(peer, Refusal::NotAllowed);
+            return Ok(true);
+        }
+        if self.watch.controls.take_refusal() {
+            info!(%peer, "refused a client as the control plane asked");
+            self.watch.refused(peer, Refusal::Control);
             return Ok(true);
         }
         let stream = if self.waiting.is_empty() {
@@ -434,6 +462,7 @@ impl<'a> Acceptor<'a> {
             if let Some(quiet) = self.overflow.ready() {
                 warn!(%peer, repeated = quiet, "closed a client at once: the device is busy and too many clients are waiting");
             }
+            self.watch.refused(peer, Refusal::QueueFull);
             return Ok(true);
         }
         self.waiting.push_back(Waiter {

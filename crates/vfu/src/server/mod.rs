@@ -2,12 +2,14 @@
 //! validates it, dispatches it to the [`Device`] and answers it.
 
 mod accept;
+mod controls;
 mod dispatch;
+pub mod observe;
 mod session;
 mod shutdown;
 
 use std::os::unix::net::UnixListener;
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
 use tracing::{info, warn};
@@ -22,6 +24,8 @@ use session::Session;
 
 pub use crate::listen::bind_socket;
 pub use accept::Peer;
+pub use controls::{Attached, Controls, ReplyDelay};
+pub use observe::{Event, Observer};
 pub use shutdown::Shutdown;
 
 /// The protocol version we speak.
@@ -61,10 +65,23 @@ impl Default for ServerConfig {
 }
 
 /// A vfio-user server for one device.
-#[derive(Debug)]
+///
+/// The device sits behind a lock taken for each message, so a control plane holding
+/// [`Server::shared_device`] can look at it or change it between messages.
 pub struct Server<D: Device> {
-    device: D,
+    device: Arc<Mutex<D>>,
     config: ServerConfig,
+    observer: Option<Arc<dyn Observer>>,
+    controls: Controls,
+}
+
+impl<D: Device> std::fmt::Debug for Server<D> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("config", &self.config)
+            .field("observed", &self.observer.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 /// Why a session ended.
@@ -78,17 +95,46 @@ pub enum SessionEnd {
     Shutdown,
     /// The client stopped in the middle of a message for longer than the stall timeout.
     Stalled,
+    /// [`Controls::drop_client`] disconnected it.
+    Dropped,
 }
 
 impl<D: Device> Server<D> {
     /// A server for `device`.
     pub fn new(device: D, config: ServerConfig) -> Self {
-        Self { device, config }
+        Self::shared(Arc::new(Mutex::new(device)), config)
     }
 
-    /// The device.
-    pub fn device(&self) -> &D {
-        &self.device
+    /// A server for a device that others hold too (see [`Server::shared_device`]).
+    pub fn shared(device: Arc<Mutex<D>>, config: ServerConfig) -> Self {
+        Self {
+            device,
+            config,
+            observer: None,
+            controls: Controls::new(),
+        }
+    }
+
+    /// Reports every connection, request and reply to `observer`.
+    pub fn with_observer(mut self, observer: Arc<dyn Observer>) -> Self {
+        self.observer = Some(observer);
+        self
+    }
+
+    /// Uses `controls` (shared with a control plane) instead of the server's own.
+    pub fn with_controls(mut self, controls: Controls) -> Self {
+        self.controls = controls;
+        self
+    }
+
+    /// The device, behind the lock the session takes for each message.
+    pub fn shared_device(&self) -> Arc<Mutex<D>> {
+        self.device.clone()
+    }
+
+    /// The run-time controls (drop the client, refuse connections, delay replies).
+    pub fn controls(&self) -> &Controls {
+        &self.controls
     }
 
     /// Serves clients one after another until `shutdown` is triggered. Accepting runs on a
@@ -99,9 +145,20 @@ impl<D: Device> Server<D> {
         let seat = Seat::new()?;
         let (handoff, clients) = mpsc::sync_channel(0);
         let allow_uids = self.config.allow_uids.clone();
+        let observer = self.observer.clone();
+        let controls = self.controls.clone();
         std::thread::scope(|scope| {
-            let acceptor =
-                Acceptor::new(&listener, shutdown, allow_uids.as_deref(), &seat, handoff);
+            let acceptor = Acceptor::new(
+                &listener,
+                shutdown,
+                allow_uids.as_deref(),
+                &seat,
+                handoff,
+                accept::Watch {
+                    observer: observer.as_deref(),
+                    controls: &controls,
+                },
+            );
             let accepting = scope.spawn(move || acceptor.run());
             // Ends when the acceptor stops (shutdown or failure) and drops its sender.
             while let Ok(client) = clients.recv() {
@@ -122,32 +179,57 @@ impl<D: Device> Server<D> {
             warn!(%peer, "cannot serve a client: {e}");
             return;
         }
-        let Some(registration) = shutdown.register(conn) else {
+        let Some(registration) = shutdown.register(conn.clone()) else {
             return;
         };
         info!(%peer, "client connected");
+        self.controls.attach(peer, conn);
+        self.observe(&Event::Connected(peer));
+        let drops = self.controls.drops();
         let mut transport = UnixTransport::new(stream);
         transport.set_stall_timeout(Some(self.config.stall_timeout));
-        let end = self.serve_connection(transport);
+        let mut end = self.run_session(transport, Some(shutdown.clone()));
+        self.controls.detach();
         drop(registration);
-        match end {
+        if self.controls.drops() != drops {
+            // Whatever the session saw (end of stream, a failed send) came from the drop.
+            end = Ok(SessionEnd::Dropped);
+        }
+        match &end {
             Ok(how) => info!(%peer, ?how, "client disconnected"),
             Err(e) => warn!(%peer, "session ended: {e}"),
+        }
+        self.observe(&Event::Disconnected(peer, end.as_ref().copied()));
+    }
+
+    fn observe(&self, event: &Event<'_>) {
+        if let Some(o) = &self.observer {
+            o.observe(event);
         }
     }
 
     /// Runs one session to its end. Per-client state (DMA, eventfds) is dropped at the end;
     /// device state is kept.
-    pub fn serve_connection<T: Transport>(
+    pub fn serve_connection<T: Transport>(&mut self, transport: T) -> Result<SessionEnd, Error> {
+        self.run_session(transport, None)
+    }
+
+    fn run_session<T: Transport>(
         &mut self,
         mut transport: T,
+        stop: Option<Shutdown>,
     ) -> Result<SessionEnd, Error> {
-        let mut session = Session::new(&self.config);
-        self.device.dma_attached(session.dma.clone());
-        let end = session.run(&mut self.device, &mut transport);
+        let mut session = Session::new(
+            &self.config,
+            self.observer.clone(),
+            self.controls.clone(),
+            stop,
+        );
+        session::lock(&self.device).dma_attached(session.dma.clone());
+        let end = session.run(&self.device, &mut transport);
         session.dma.with(DmaTable::clear);
         session.dma.set_channel(None);
-        self.device.client_detached();
+        session::lock(&self.device).client_detached();
         end
     }
 }

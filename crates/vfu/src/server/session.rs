@@ -3,9 +3,13 @@
 //! is answered here without allocating; everything else goes through [`Session::handle`] in
 //! `dispatch.rs`.
 
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
 use tracing::{debug, warn};
 
-use super::{ServerConfig, SessionEnd};
+use super::observe::{Event, Fields, Observer, ReplySent, Request};
+use super::{Controls, ServerConfig, SessionEnd, Shutdown};
 use crate::device::{Device, FileSpan};
 use crate::dma::{DmaHandle, DmaTable};
 use crate::errno::Errno;
@@ -23,6 +27,10 @@ pub(super) struct Session {
     pub(super) config: ServerConfig,
     /// Reused buffer for REGION_READ data.
     scratch: Vec<u8>,
+    observer: Option<Arc<dyn Observer>>,
+    controls: Controls,
+    /// The server's shutdown, which cuts a reply delay short.
+    stop: Option<Shutdown>,
 }
 
 /// What to send back for one command.
@@ -34,12 +42,20 @@ pub(super) enum Reply {
 }
 
 impl Session {
-    pub(super) fn new(config: &ServerConfig) -> Self {
+    pub(super) fn new(
+        config: &ServerConfig,
+        observer: Option<Arc<dyn Observer>>,
+        controls: Controls,
+        stop: Option<Shutdown>,
+    ) -> Self {
         Self {
             caps: None,
             dma: DmaHandle::new(DmaTable::new(config.max_dma_maps)),
             config: config.clone(),
             scratch: Vec::new(),
+            observer,
+            controls,
+            stop,
         }
     }
 
@@ -54,7 +70,7 @@ impl Session {
 
     pub(super) fn run<D: Device, T: Transport>(
         &mut self,
-        device: &mut D,
+        device: &Mutex<D>,
         t: &mut T,
     ) -> Result<SessionEnd, Error> {
         loop {
@@ -67,9 +83,13 @@ impl Session {
                     limit,
                 }) => {
                     warn!(cmd = header.cmd, size, limit, "oversized message discarded");
-                    if !header.no_reply() {
-                        send_error(t, &header, Errno::E2BIG)?;
-                    }
+                    let started = self.observe_request(&header, 0, Fields::default());
+                    let outcome = if header.no_reply() {
+                        Outcome::unsent(Some(Errno::E2BIG))
+                    } else {
+                        send_error(t, &header, Errno::E2BIG)?
+                    };
+                    self.observe_reply(&header, started, outcome);
                     continue;
                 }
                 Err(TransportError::BadSize(size)) => {
@@ -90,27 +110,65 @@ impl Session {
                 Err(e) => return Err(e.into()),
             };
             let header = frame.header;
-            if self.is_region_read_fast_path(&header, &frame) {
-                self.region_read(device, t, &frame)?;
-                continue;
-            }
-            let reply = self.handle(device, t, frame);
-            match reply {
-                Reply::Ok(payload, fd) => {
-                    if header.no_reply() {
-                        continue;
-                    }
-                    let reply_hdr = header.reply(payload.len());
-                    let fds: Vec<BorrowedFd<'_>> = fd.iter().map(|f| f.as_fd()).collect();
-                    t.send(&reply_hdr, &[&payload], &fds)?;
+            let started = match &self.observer {
+                Some(_) => {
+                    let fields = Fields::of(&header, t.payload(&frame), self.max_xfer());
+                    self.observe_request(&header, frame.fds.len(), fields)
                 }
-                Reply::Err(errno) => {
-                    debug!(cmd = header.cmd, %errno, "error reply");
-                    if !header.no_reply() {
-                        send_error(t, &header, errno)?;
-                    }
-                }
+                None => None,
+            };
+            if let Some(by) = self.controls.take_delay() {
+                self.wait_out(by);
             }
+            let outcome = if self.is_region_read_fast_path(&header, &frame) {
+                self.region_read(&mut *lock(device), t, &frame)?
+            } else {
+                // The lock is let go before the reply is sent: a slow reader holds nothing.
+                let reply = self.handle(&mut *lock(device), t, frame);
+                send_reply(t, &header, reply)?
+            };
+            self.observe_reply(&header, started, outcome);
+        }
+    }
+
+    /// Tells the observer a message arrived; the time it did, when someone is watching.
+    fn observe_request(&self, header: &Header, fds: usize, fields: Fields) -> Option<Instant> {
+        let o = self.observer.as_ref()?;
+        o.observe(&Event::Request(&Request {
+            header: *header,
+            fds,
+            fields,
+        }));
+        Some(Instant::now())
+    }
+
+    fn observe_reply(&self, header: &Header, started: Option<Instant>, outcome: Outcome) {
+        if let (Some(o), Some(started)) = (&self.observer, started) {
+            o.observe(&Event::Reply(&ReplySent {
+                request: *header,
+                size: outcome.size,
+                fds: outcome.fds,
+                errno: outcome.errno,
+                elapsed: started.elapsed(),
+                sent: outcome.sent,
+            }));
+        }
+    }
+
+    /// Sleeps out a reply delay, cut short when the client is dropped or the server stops.
+    fn wait_out(&self, by: Duration) {
+        const SLICE: Duration = Duration::from_millis(20);
+        let drops = self.controls.drops();
+        let until = Instant::now() + by;
+        loop {
+            let now = Instant::now();
+            if now >= until
+                || self.controls.drops() != drops
+                || self.stop.as_ref().is_some_and(Shutdown::is_triggered)
+            {
+                return;
+            }
+            std::thread::sleep(SLICE.min(until - now));
         }
     }
 
@@ -128,7 +186,7 @@ impl Session {
         device: &mut D,
         t: &mut T,
         frame: &Frame,
-    ) -> Result<(), Error> {
+    ) -> Result<Outcome, Error> {
         let header = frame.header;
         let decoded = wire::decode_command(&header, t.payload(frame), self.max_xfer());
         let access = match decoded {
@@ -151,7 +209,8 @@ impl Session {
                     }
                     .to_bytes();
                     let reply = header.reply(RegionAccess::SIZE + n);
-                    return t.send_span(&reply, &[&fixed], &span).map_err(Error::from);
+                    t.send_span(&reply, &[&fixed], &span)?;
+                    return Ok(Outcome::sent(&reply, 0));
                 }
                 Ok(None) => {}
                 Err(errno) => return send_error(t, &header, errno),
@@ -170,8 +229,8 @@ impl Session {
                 }
                 .to_bytes();
                 let reply = header.reply(RegionAccess::SIZE + n);
-                t.send(&reply, &[&fixed, &self.scratch[..n]], &[])
-                    .map_err(Error::from)
+                t.send(&reply, &[&fixed, &self.scratch[..n]], &[])?;
+                Ok(Outcome::sent(&reply, 0))
             }
             Err(errno) => send_error(t, &header, errno),
         }
@@ -193,7 +252,70 @@ fn clip_span(span: FileSpan<'_>, n: usize) -> FileSpan<'_> {
     }
 }
 
-pub(super) fn send_error<T: Transport>(t: &T, header: &Header, errno: Errno) -> Result<(), Error> {
-    t.send(&header.error_reply(errno), &[], &[])
-        .map_err(Error::from)
+/// What went back for one message, for the observer.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Outcome {
+    size: usize,
+    fds: usize,
+    errno: Option<Errno>,
+    sent: bool,
+}
+
+impl Outcome {
+    fn sent(reply: &Header, fds: usize) -> Self {
+        Self {
+            size: reply.msg_size as usize,
+            fds,
+            errno: None,
+            sent: true,
+        }
+    }
+
+    fn unsent(errno: Option<Errno>) -> Self {
+        Self {
+            size: 0,
+            fds: 0,
+            errno,
+            sent: false,
+        }
+    }
+}
+
+/// Sends what [`Session::handle`] decided (nothing for a No_reply message).
+fn send_reply<T: Transport>(t: &T, header: &Header, reply: Reply) -> Result<Outcome, Error> {
+    match reply {
+        Reply::Ok(_, _) if header.no_reply() => Ok(Outcome::unsent(None)),
+        Reply::Ok(payload, fd) => {
+            let reply_hdr = header.reply(payload.len());
+            let fds: Vec<BorrowedFd<'_>> = fd.iter().map(|f| f.as_fd()).collect();
+            t.send(&reply_hdr, &[&payload], &fds)?;
+            Ok(Outcome::sent(&reply_hdr, fds.len()))
+        }
+        Reply::Err(errno) => {
+            debug!(cmd = header.cmd, %errno, "error reply");
+            if header.no_reply() {
+                return Ok(Outcome::unsent(Some(errno)));
+            }
+            send_error(t, header, errno)
+        }
+    }
+}
+
+pub(super) fn send_error<T: Transport>(
+    t: &T,
+    header: &Header,
+    errno: Errno,
+) -> Result<Outcome, Error> {
+    let reply = header.error_reply(errno);
+    t.send(&reply, &[], &[])?;
+    Ok(Outcome {
+        errno: Some(errno),
+        ..Outcome::sent(&reply, 0)
+    })
+}
+
+/// The device, even if a panic elsewhere poisoned its lock (its state is what that access left;
+/// refusing every later client would be worse).
+pub(super) fn lock<D>(device: &Mutex<D>) -> MutexGuard<'_, D> {
+    device.lock().unwrap_or_else(|e| e.into_inner())
 }

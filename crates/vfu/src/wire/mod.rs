@@ -80,6 +80,30 @@ pub mod cmd {
     pub const DEVICE_FEATURE: u16 = 16;
     pub const MIG_DATA_READ: u16 = 17;
     pub const MIG_DATA_WRITE: u16 = 18;
+
+    /// The command's name as the spec spells it (`REGION_READ`), or `UNKNOWN`.
+    pub fn name(cmd: u16) -> &'static str {
+        match cmd {
+            VERSION => "VERSION",
+            DMA_MAP => "DMA_MAP",
+            DMA_UNMAP => "DMA_UNMAP",
+            DEVICE_GET_INFO => "DEVICE_GET_INFO",
+            DEVICE_GET_REGION_INFO => "DEVICE_GET_REGION_INFO",
+            DEVICE_GET_REGION_IO_FDS => "DEVICE_GET_REGION_IO_FDS",
+            DEVICE_GET_IRQ_INFO => "DEVICE_GET_IRQ_INFO",
+            DEVICE_SET_IRQS => "DEVICE_SET_IRQS",
+            REGION_READ => "REGION_READ",
+            REGION_WRITE => "REGION_WRITE",
+            DMA_READ => "DMA_READ",
+            DMA_WRITE => "DMA_WRITE",
+            DEVICE_RESET => "DEVICE_RESET",
+            REGION_WRITE_MULTI => "REGION_WRITE_MULTI",
+            DEVICE_FEATURE => "DEVICE_FEATURE",
+            MIG_DATA_READ => "MIG_DATA_READ",
+            MIG_DATA_WRITE => "MIG_DATA_WRITE",
+            _ => "UNKNOWN",
+        }
+    }
 }
 
 /// A decoded command message from a client.

@@ -194,6 +194,14 @@ impl Harness {
     }
 
     pub fn with_config(config: ServerConfig) -> Self {
+        Self::build(config, |s| s)
+    }
+
+    /// A harness whose server `setup` adjusts first (an observer, controls).
+    pub fn build(
+        config: ServerConfig,
+        setup: impl FnOnce(Server<TestDevice>) -> Server<TestDevice> + Send + 'static,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("dev.sock");
         let (listener, _bound) = bind_socket(&path).unwrap();
@@ -203,7 +211,9 @@ impl Harness {
         let shutdown = Shutdown::new().unwrap();
         let sd = shutdown.clone();
         let thread = std::thread::spawn(move || {
-            Server::new(device, config).serve(listener, &sd).unwrap();
+            setup(Server::new(device, config))
+                .serve(listener, &sd)
+                .unwrap();
         });
         Self {
             dir,
