@@ -9,13 +9,17 @@ mod memregion;
 pub mod bar1;
 pub mod cxl;
 pub mod dvsec;
+pub mod live;
 pub mod readiness;
+
+use std::sync::Arc;
 
 use vfu::device::{BAR0_REGION_INDEX, CONFIG_REGION_INDEX};
 use vfu::{Device, DeviceInfo, Errno, FileSpan, IrqInfo, RegionInfo, SetIrqs};
 
 use self::bar1::{Bar1, BAR1_REGION_INDEX};
 use self::cxl::CxlReadiness;
+use self::live::LiveFaults;
 use self::memregion::{memregion, MemRegion};
 use self::readiness::Readiness;
 use crate::backing::Memory;
@@ -55,6 +59,8 @@ pub struct NvGraceGpu {
     reset_done: bool,
     /// How long that access polls readiness before ETIME.
     ready_timeout: std::time::Duration,
+    /// Faults applied at run time, shared with the control plane.
+    live: Arc<LiveFaults>,
 }
 
 impl NvGraceGpu {
@@ -68,11 +74,18 @@ impl NvGraceGpu {
             None => Some(Memory::new(&cfg.backing, layout.mem_size)?),
         };
         let bar1 = layout.bar1_size.map(Bar1::new).transpose()?;
+        let live = Arc::new(LiveFaults::default());
         Ok(Self {
             core,
             memory,
             bar1,
-            readiness: Readiness::new(cfg.ready_delay, cfg.reset_ready_delay, cfg.fault),
+            readiness: Readiness::new(
+                cfg.ready_delay,
+                cfg.reset_ready_delay,
+                cfg.fault,
+                live.clone(),
+            ),
+            live,
             cxl: cfg.cxl.map(|c| CxlReadiness::new(c, cfg.fault)),
             reset_done: false,
             ready_timeout: cfg.ready_timeout,
@@ -129,6 +142,39 @@ impl NvGraceGpu {
         }
         self.reset_done = false;
         Ok(())
+    }
+
+    /// The faults a control plane switches while the device runs.
+    pub fn live_faults(&self) -> Arc<LiveFaults> {
+        self.live.clone()
+    }
+
+    /// The readiness registers' state in words ("ready", "C2C link down", ...).
+    pub fn readiness_state(&self) -> &'static str {
+        self.readiness.state()
+    }
+
+    /// Reads region `index` as a debugger would (`vgrace ctl peek`): like a client's read, but
+    /// without the after-reset readiness check or poison, which belong to the client's path.
+    pub fn backdoor_read(
+        &mut self,
+        index: u32,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Result<usize, Errno> {
+        match self.memregion(index) {
+            Some(m) => m.read(offset, buf),
+            None => self.region_read(index, offset, buf),
+        }
+    }
+
+    /// Writes region `index` as a debugger would (`vgrace ctl poke`); see
+    /// [`NvGraceGpu::backdoor_read`]. Config space keeps its write masks.
+    pub fn backdoor_write(&mut self, index: u32, offset: u64, data: &[u8]) -> Result<usize, Errno> {
+        match self.memregion(index) {
+            Some(m) => m.write(offset, data),
+            None => self.region_write(index, offset, data),
+        }
     }
 
     /// The memory layout the device was built from: profile, device id, and which region holds
@@ -323,7 +369,7 @@ impl NvGraceGpu {
             .poisoned
             .iter()
             .any(|p| p.region == index && p.offset < end && offset < p.offset + POISON_PAGE);
-        if hit {
+        if hit || self.live.touches_poison(index, offset, len) {
             return Err(Errno::EFAULT);
         }
         Ok(())

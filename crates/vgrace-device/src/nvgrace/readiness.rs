@@ -4,8 +4,10 @@
 //! plain BAR0 register file.
 
 use std::cell::Cell;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::live::LiveFaults;
 use crate::config::Fault;
 
 /// C2C link status register (BAR0 offset).
@@ -26,24 +28,55 @@ pub struct Readiness {
     /// Set once the deadline has passed, so later reads skip the clock (until reset).
     trained: Cell<bool>,
     fault: Option<Fault>,
+    /// Faults applied at run time.
+    live: Arc<LiveFaults>,
+    /// A reset happened while `never-ready` was in force: nothing trains until it is cleared.
+    stuck: Cell<bool>,
 }
 
 impl Readiness {
     /// Registers that read ready `delay` from now (and `reset_delay` after each reset), or
     /// never for the register `fault` breaks.
-    pub fn new(delay: Duration, reset_delay: Duration, fault: Option<Fault>) -> Self {
+    pub fn new(
+        delay: Duration,
+        reset_delay: Duration,
+        fault: Option<Fault>,
+        live: Arc<LiveFaults>,
+    ) -> Self {
         Self {
             reset_delay,
             ready_at: Instant::now() + delay,
             trained: Cell::new(false),
             fault,
+            live,
+            stuck: Cell::new(false),
         }
     }
 
-    /// Restarts training (a device reset re-runs it), for the post-reset delay.
+    /// Restarts training (a device reset re-runs it), for the post-reset delay, or the one-off
+    /// delay a control client set for this reset.
     pub fn reset(&mut self) {
-        self.ready_at = Instant::now() + self.reset_delay;
+        let delay = self
+            .live
+            .take_next_reset_delay()
+            .unwrap_or(self.reset_delay);
+        self.ready_at = Instant::now() + delay;
         self.trained.set(false);
+        self.stuck.set(self.live.never_ready());
+    }
+
+    /// What the registers say now, in words.
+    pub fn state(&self) -> &'static str {
+        let (link, hbm) = (self.value(C2C_LINK_STATUS), self.value(HBM_TRAINING_STATUS));
+        match (link == READY, hbm == READY) {
+            (true, true) => "ready",
+            _ if self.stuck.get() => "never ready (since the last reset)",
+            _ if self.fault == Some(Fault::LinkDown) || self.live.link_down() => "C2C link down",
+            (true, false) if self.fault == Some(Fault::NeverReady) || self.live.hbm_lost() => {
+                "HBM training lost"
+            }
+            _ => "training",
+        }
     }
 
     /// Whether both registers read `READY` now (what the driver polls).
@@ -93,12 +126,20 @@ impl Readiness {
     }
 
     fn value(&self, reg: u64) -> u32 {
+        if self.stuck.get() {
+            if self.live.never_ready() {
+                return 0;
+            }
+            // Cleared: training resumes where it was.
+            self.stuck.set(false);
+        }
         let ready = self.trained.get() || Instant::now() >= self.ready_at;
         self.trained.set(ready);
+        let link_down = self.fault == Some(Fault::LinkDown) || self.live.link_down();
         let broken = match reg {
-            C2C_LINK_STATUS => self.fault == Some(Fault::LinkDown),
+            C2C_LINK_STATUS => link_down,
             // HBM training cannot finish over a link that is down.
-            _ => matches!(self.fault, Some(Fault::NeverReady | Fault::LinkDown)),
+            _ => link_down || self.fault == Some(Fault::NeverReady) || self.live.hbm_lost(),
         };
         if ready && !broken {
             READY
@@ -122,7 +163,7 @@ mod tests {
 
     #[test]
     fn overlay_covers_only_the_register_bytes() {
-        let r = Readiness::new(Duration::ZERO, Duration::ZERO, None);
+        let r = Readiness::new(Duration::ZERO, Duration::ZERO, None, Arc::default());
         let mut buf = [0x11u8; 8];
         r.overlay(C2C_LINK_STATUS - 2, &mut buf);
         assert_eq!(buf, [0x11, 0x11, 0xff, 0, 0, 0, 0x11, 0x11]);
@@ -133,11 +174,49 @@ mod tests {
 
     #[test]
     fn faults_hold_their_register_at_zero() {
-        let never = Readiness::new(Duration::ZERO, Duration::ZERO, Some(Fault::NeverReady));
+        let never = Readiness::new(
+            Duration::ZERO,
+            Duration::ZERO,
+            Some(Fault::NeverReady),
+            Arc::default(),
+        );
         assert_eq!(never.value(C2C_LINK_STATUS), READY);
         assert_eq!(never.value(HBM_TRAINING_STATUS), 0);
-        let down = Readiness::new(Duration::ZERO, Duration::ZERO, Some(Fault::LinkDown));
+        let down = Readiness::new(
+            Duration::ZERO,
+            Duration::ZERO,
+            Some(Fault::LinkDown),
+            Arc::default(),
+        );
         assert_eq!(down.value(C2C_LINK_STATUS), 0);
         assert_eq!(down.value(HBM_TRAINING_STATUS), 0);
+    }
+
+    #[test]
+    fn live_faults_break_and_heal_the_registers() {
+        let live = Arc::new(LiveFaults::default());
+        let mut r = Readiness::new(Duration::ZERO, Duration::ZERO, None, live.clone());
+        assert_eq!(r.state(), "ready");
+        live.set_link_down(true);
+        assert_eq!(r.value(C2C_LINK_STATUS), 0);
+        assert_eq!(r.state(), "C2C link down");
+        live.set_link_down(false);
+        assert_eq!(r.value(C2C_LINK_STATUS), READY);
+        live.set_hbm_lost(true);
+        assert_eq!(
+            (r.value(C2C_LINK_STATUS), r.value(HBM_TRAINING_STATUS)),
+            (READY, 0)
+        );
+        live.set_hbm_lost(false);
+        live.set_never_ready(true);
+        // Only a reset makes never-ready bite.
+        assert!(r.is_ready());
+        r.reset();
+        assert!(!r.is_ready());
+        live.set_never_ready(false);
+        assert!(r.is_ready());
+        live.set_next_reset_delay(Some(Duration::from_secs(3600)));
+        r.reset();
+        assert_eq!(r.state(), "training");
     }
 }
