@@ -27,6 +27,9 @@ pub enum Command {
     Check(CheckArgs),
     /// Print the QEMU command-line pieces that attach this device to a guest.
     QemuArgs(QemuArgsArgs),
+    /// Drive a running server through its control socket: status, stats, faults, peek/poke,
+    /// reset, events.
+    Ctl(crate::ctl::CtlArgs),
 }
 
 /// The device, as the firmware properties and profile describe it.
@@ -119,6 +122,10 @@ pub struct ServeArgs {
     /// the device forever); waiting between messages is never limited. E.g. 5s, 500ms.
     #[arg(long, default_value = "5s", value_parser = parse_stall_timeout)]
     pub stall_timeout: Duration,
+    /// Also serve a control socket here (`vgrace ctl`: faults, inspection, statistics), created
+    /// 0600 like the device sockets; overrides the config file's `control`.
+    #[arg(long)]
+    pub control: Option<PathBuf>,
     /// The device.
     #[command(flatten)]
     pub device: DeviceArgs,

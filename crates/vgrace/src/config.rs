@@ -1,7 +1,10 @@
 //! The TOML configuration file: several devices in one process, one socket each.
 //!
 //! ```toml
+//! control = "/run/vgrace/control.sock"   # optional: the control socket (`vgrace ctl`)
+//!
 //! [[device]]
+//! id = "gpu0"                # optional: the name `vgrace ctl` uses (default gpu<index>)
 //! socket = "/run/vgrace/gpu0.sock"
 //! profile = "gh100"          # gh100 | gb200 | seed
 //! mem_size = "96G"           # bytes (integer) or a string with a binary suffix
@@ -43,6 +46,8 @@ enum NumOrString {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct DeviceTable {
+    #[serde(default)]
+    id: Option<String>,
     socket: PathBuf,
     #[serde(default)]
     profile: Option<Profile>,
@@ -85,27 +90,51 @@ struct DeviceTable {
 #[serde(deny_unknown_fields)]
 struct ConfigFile {
     #[serde(default)]
+    control: Option<PathBuf>,
+    #[serde(default)]
     device: Vec<DeviceTable>,
+}
+
+/// A whole file: the devices and the process-wide settings.
+#[derive(Debug)]
+pub struct Node {
+    /// The devices, in file order.
+    pub devices: Vec<DeviceEntry>,
+    /// The control socket, when the file names one.
+    pub control: Option<PathBuf>,
 }
 
 /// One device to serve, resolved from the file.
 #[derive(Debug)]
 pub struct DeviceEntry {
+    /// The name control clients use (`gpu0` unless the file says otherwise).
+    pub id: String,
     /// Where to listen.
     pub socket: PathBuf,
     /// The device.
     pub config: GpuConfig,
 }
 
-/// Reads and validates a configuration file.
+/// Reads and validates a configuration file's devices.
 pub fn load(path: &Path) -> Result<Vec<DeviceEntry>> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read config file {}", path.display()))?;
-    parse(&text).with_context(|| format!("invalid config file {}", path.display()))
+    Ok(load_node(path)?.devices)
 }
 
-/// Parses configuration text; separate from [`load`] so it can be tested without files.
+/// Reads and validates a whole configuration file.
+pub fn load_node(path: &Path) -> Result<Node> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read config file {}", path.display()))?;
+    parse_node(&text).with_context(|| format!("invalid config file {}", path.display()))
+}
+
+/// Parses configuration text's devices; separate from [`load`] so it can be tested without files.
+#[cfg(test)]
 pub fn parse(text: &str) -> Result<Vec<DeviceEntry>> {
+    Ok(parse_node(text)?.devices)
+}
+
+/// Parses configuration text.
+pub fn parse_node(text: &str) -> Result<Node> {
     let file: ConfigFile = toml::from_str(text).map_err(|e| anyhow::anyhow!("{}", e.message()))?;
     if file.device.is_empty() {
         bail!("no [[device]] table");
@@ -116,10 +145,31 @@ pub fn parse(text: &str) -> Result<Vec<DeviceEntry>> {
         if entries.iter().any(|e| e.socket == socket) {
             bail!("device {i}: socket {} is used twice", socket.display());
         }
+        let id = table.id.clone().unwrap_or_else(|| format!("gpu{i}"));
+        check_id(&id).with_context(|| format!("device {i}"))?;
+        if entries.iter().any(|e| e.id == id) {
+            bail!("device {i}: id {id:?} is used twice");
+        }
         let config = table.into_config().with_context(|| format!("device {i}"))?;
-        entries.push(DeviceEntry { socket, config });
+        entries.push(DeviceEntry { id, socket, config });
     }
-    Ok(entries)
+    Ok(Node {
+        devices: entries,
+        control: file.control,
+    })
+}
+
+/// Ids are short names a shell can pass unquoted.
+fn check_id(id: &str) -> Result<()> {
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if !ok {
+        bail!("id {id:?}: use 1 to 64 letters, digits, '-', '_' or '.'");
+    }
+    Ok(())
 }
 
 impl DeviceTable {
@@ -258,6 +308,21 @@ mod tests {
             parse("[[device]]\nsocket = \"/tmp/a.sock\"\n[[device]]\nsocket = \"/tmp/a.sock\"\n")
                 .unwrap_err();
         assert!(format!("{err:#}").contains("used twice"));
+    }
+
+    #[test]
+    fn ids_default_to_gpu_index_and_must_be_unique() {
+        let node = parse_node(
+            "control = \"/tmp/c.sock\"\n[[device]]\nsocket = \"/tmp/a.sock\"\n[[device]]\nid = \"left\"\nsocket = \"/tmp/b.sock\"\n",
+        )
+        .unwrap();
+        assert_eq!(node.devices[0].id, "gpu0");
+        assert_eq!(node.devices[1].id, "left");
+        assert_eq!(node.control.as_deref(), Some(Path::new("/tmp/c.sock")));
+        let err = parse("[[device]]\nid = \"x\"\nsocket = \"/tmp/a.sock\"\n[[device]]\nid = \"x\"\nsocket = \"/tmp/b.sock\"\n").unwrap_err();
+        assert!(format!("{err:#}").contains("used twice"), "{err:#}");
+        let err = parse("[[device]]\nid = \"a b\"\nsocket = \"/tmp/a.sock\"\n").unwrap_err();
+        assert!(format!("{err:#}").contains("letters"), "{err:#}");
     }
 
     #[test]

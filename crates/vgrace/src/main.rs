@@ -4,6 +4,8 @@
 mod check;
 mod cli;
 mod config;
+mod control;
+mod ctl;
 mod layout;
 mod mapping;
 mod node;
@@ -41,6 +43,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Layout(args) => layout::run(&args).map(|()| ExitCode::SUCCESS),
         Command::Check(args) => check::run(&args),
         Command::QemuArgs(args) => qemu_args::run(&args).map(|()| ExitCode::SUCCESS),
+        Command::Ctl(args) => ctl::run(&args).map(|()| ExitCode::SUCCESS),
     }
 }
 

@@ -3,7 +3,9 @@
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::thread;
+use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
@@ -15,6 +17,7 @@ use vgrace_device::{LinuxVersion, NvGraceGpu};
 
 use crate::cli::ServeArgs;
 use crate::config::{self, DeviceEntry};
+use crate::control::{self, EventBus, Managed, Plane};
 use crate::units::human;
 
 /// Where one device listens.
@@ -27,13 +30,21 @@ enum Endpoint {
 
 /// Runs until a signal arrives or every server has stopped.
 pub fn run(args: ServeArgs) -> Result<()> {
-    let entries = match &args.config {
-        Some(path) => config::load(path)?,
-        None => vec![DeviceEntry {
-            socket: args.socket.clone(),
-            config: crate::device_config(&args.device)?,
-        }],
+    let (entries, file_control) = match &args.config {
+        Some(path) => {
+            let node = config::load_node(path)?;
+            (node.devices, node.control)
+        }
+        None => (
+            vec![DeviceEntry {
+                id: "gpu0".to_string(),
+                socket: args.socket.clone(),
+                config: crate::device_config(&args.device)?,
+            }],
+            None,
+        ),
     };
+    let control_path = args.control.clone().or(file_control);
     let endpoint_of = |e: &DeviceEntry| match args.fd {
         Some(fd) => Endpoint::Fd(fd),
         None => Endpoint::Path(e.socket.clone()),
@@ -74,9 +85,25 @@ pub fn run(args: ServeArgs) -> Result<()> {
         }
     });
 
-    let mut bound: Vec<(Endpoint, NvGraceGpu, UnixListener)> = Vec::with_capacity(devices.len());
     // The socket files we created, to remove at exit while they are still ours.
-    let mut created: Vec<BoundPath> = Vec::with_capacity(devices.len());
+    let mut created: Vec<BoundPath> = Vec::with_capacity(devices.len() + 1);
+    let mut bound: Vec<(Endpoint, NvGraceGpu, UnixListener)> = Vec::with_capacity(devices.len());
+    // The control socket goes first: a control client that can see it may already name every
+    // device, and a bad path stops the start before any device socket exists.
+    let control_listener = match &control_path {
+        Some(path) => match listen(&Endpoint::Path(path.clone())) {
+            Ok((l, bound_path)) => {
+                created.extend(bound_path);
+                Some(l)
+            }
+            Err(e) => {
+                signal_handle.close();
+                let _ = signal_thread.join();
+                return Err(e.context("cannot create the control socket"));
+            }
+        },
+        None => None,
+    };
     for (endpoint, device) in devices {
         let listener = match listen(&endpoint) {
             Ok((l, path)) => {
@@ -98,8 +125,10 @@ pub fn run(args: ServeArgs) -> Result<()> {
         allow_uids: (!args.allow_uid.is_empty()).then(|| args.allow_uid.clone()),
         ..ServerConfig::default()
     };
+    let events = Arc::new(EventBus::default());
+    let mut managed = Vec::with_capacity(bound.len());
     let mut workers = Vec::with_capacity(bound.len());
-    for (endpoint, device, listener) in bound {
+    for (i, (endpoint, device, listener)) in bound.into_iter().enumerate() {
         let where_ = describe(&endpoint);
         let layout = device.layout();
         let mut bars: Vec<String> = layout
@@ -138,16 +167,46 @@ pub fn run(args: ServeArgs) -> Result<()> {
                 where_
             ),
         }
+        let live = device.live_faults();
+        let mut server = Server::shared(Arc::new(Mutex::new(device)), server_config.clone());
+        if control_listener.is_some() {
+            let m = Managed {
+                id: entries
+                    .get(i)
+                    .map_or_else(|| format!("gpu{i}"), |e| e.id.clone()),
+                socket: entries
+                    .get(i)
+                    .map_or_else(|| PathBuf::from(&where_), |e| e.socket.clone()),
+                device: server.shared_device(),
+                live,
+                controls: server.controls().clone(),
+                stats: Arc::default(),
+                events: events.clone(),
+                backing: backing_name(&entries, &endpoint),
+                started: Instant::now(),
+            };
+            server = server.with_observer(m.observer(None));
+            managed.push(m);
+        }
         let shutdown = shutdown.clone();
-        let config = server_config.clone();
         let name = where_.clone();
         workers.push(thread::spawn(move || -> Result<()> {
-            let mut server = Server::new(device, config);
             server
                 .serve(listener, &shutdown)
                 .with_context(|| format!("server on {name} failed"))
         }));
     }
+    let control_thread = control_listener.map(|listener| {
+        let allow = (!args.allow_uid.is_empty()).then(|| args.allow_uid.clone());
+        if let Some(path) = &control_path {
+            info!("control socket on {}", path.display());
+        }
+        control::start(
+            listener,
+            Arc::new(Plane::new(managed, events, allow)),
+            shutdown.clone(),
+        )
+    });
 
     let mut failure = None;
     for worker in workers {
@@ -167,6 +226,9 @@ pub fn run(args: ServeArgs) -> Result<()> {
     }
     signal_handle.close();
     let _ = signal_thread.join();
+    if let Some(t) = control_thread {
+        let _ = t.join();
+    }
     remove_sockets(&created);
     match failure {
         Some(e) => Err(e),

@@ -31,6 +31,8 @@ pub(super) struct Session {
     controls: Controls,
     /// The server's shutdown, which cuts a reply delay short.
     stop: Option<Shutdown>,
+    /// When the message being answered arrived (only while observed).
+    started: Option<Instant>,
 }
 
 /// What to send back for one command.
@@ -56,6 +58,7 @@ impl Session {
             observer,
             controls,
             stop,
+            started: None,
         }
     }
 
@@ -83,13 +86,12 @@ impl Session {
                     limit,
                 }) => {
                     warn!(cmd = header.cmd, size, limit, "oversized message discarded");
-                    let started = self.observe_request(&header, 0, Fields::default());
-                    let outcome = if header.no_reply() {
-                        Outcome::unsent(Some(Errno::E2BIG))
+                    self.observe_request(&header, 0, Fields::default());
+                    if header.no_reply() {
+                        self.observe_reply(&header, Outcome::unsent(Some(Errno::E2BIG)));
                     } else {
-                        send_error(t, &header, Errno::E2BIG)?
-                    };
-                    self.observe_reply(&header, started, outcome);
+                        self.answer_error(t, &header, Errno::E2BIG)?;
+                    }
                     continue;
                 }
                 Err(TransportError::BadSize(size)) => {
@@ -110,40 +112,39 @@ impl Session {
                 Err(e) => return Err(e.into()),
             };
             let header = frame.header;
-            let started = match &self.observer {
-                Some(_) => {
-                    let fields = Fields::of(&header, t.payload(&frame), self.max_xfer());
-                    self.observe_request(&header, frame.fds.len(), fields)
-                }
-                None => None,
-            };
+            if self.observer.is_some() {
+                let fields = Fields::of(&header, t.payload(&frame), self.max_xfer());
+                self.observe_request(&header, frame.fds.len(), fields);
+            }
             if let Some(by) = self.controls.take_delay() {
                 self.wait_out(by);
             }
-            let outcome = if self.is_region_read_fast_path(&header, &frame) {
-                self.region_read(&mut *lock(device), t, &frame)?
+            if self.is_region_read_fast_path(&header, &frame) {
+                self.region_read(&mut *lock(device), t, &frame)?;
             } else {
                 // The lock is let go before the reply is sent: a slow reader holds nothing.
                 let reply = self.handle(&mut *lock(device), t, frame);
-                send_reply(t, &header, reply)?
-            };
-            self.observe_reply(&header, started, outcome);
+                self.send_reply(t, &header, reply)?;
+            }
         }
     }
 
-    /// Tells the observer a message arrived; the time it did, when someone is watching.
-    fn observe_request(&self, header: &Header, fds: usize, fields: Fields) -> Option<Instant> {
-        let o = self.observer.as_ref()?;
-        o.observe(&Event::Request(&Request {
-            header: *header,
-            fds,
-            fields,
-        }));
-        Some(Instant::now())
+    /// Tells the observer a message arrived, and starts its clock.
+    fn observe_request(&mut self, header: &Header, fds: usize, fields: Fields) {
+        if let Some(o) = &self.observer {
+            o.observe(&Event::Request(&Request {
+                header: *header,
+                fds,
+                fields,
+            }));
+            self.started = Some(Instant::now());
+        }
     }
 
-    fn observe_reply(&self, header: &Header, started: Option<Instant>, outcome: Outcome) {
-        if let (Some(o), Some(started)) = (&self.observer, started) {
+    /// Tells the observer what goes back. Called before the send, so a client that has its
+    /// reply and then asks the control plane finds it counted.
+    fn observe_reply(&mut self, header: &Header, outcome: Outcome) {
+        if let (Some(o), Some(started)) = (&self.observer, self.started.take()) {
             o.observe(&Event::Reply(&ReplySent {
                 request: *header,
                 size: outcome.size,
@@ -152,6 +153,58 @@ impl Session {
                 elapsed: started.elapsed(),
                 sent: outcome.sent,
             }));
+        }
+    }
+
+    /// Sends `reply` to `request`, observed.
+    fn answer<T: Transport>(
+        &mut self,
+        t: &T,
+        request: &Header,
+        reply: &Header,
+        parts: &[&[u8]],
+        fds: &[BorrowedFd<'_>],
+    ) -> Result<(), Error> {
+        self.observe_reply(request, Outcome::sent(reply, fds.len()));
+        t.send(reply, parts, fds).map_err(Error::from)
+    }
+
+    /// Sends an error reply to `request`, observed.
+    pub(super) fn answer_error<T: Transport>(
+        &mut self,
+        t: &T,
+        request: &Header,
+        errno: Errno,
+    ) -> Result<(), Error> {
+        let reply = request.error_reply(errno);
+        self.answer(t, request, &reply, &[], &[])
+    }
+
+    /// Sends what [`Session::handle`] decided (nothing for a No_reply message).
+    fn send_reply<T: Transport>(
+        &mut self,
+        t: &T,
+        header: &Header,
+        reply: Reply,
+    ) -> Result<(), Error> {
+        match reply {
+            Reply::Ok(_, _) if header.no_reply() => {
+                self.observe_reply(header, Outcome::unsent(None));
+                Ok(())
+            }
+            Reply::Ok(payload, fd) => {
+                let reply_hdr = header.reply(payload.len());
+                let fds: Vec<BorrowedFd<'_>> = fd.iter().map(|f| f.as_fd()).collect();
+                self.answer(t, header, &reply_hdr, &[&payload], &fds)
+            }
+            Reply::Err(errno) => {
+                debug!(cmd = header.cmd, %errno, "error reply");
+                if header.no_reply() {
+                    self.observe_reply(header, Outcome::unsent(Some(errno)));
+                    return Ok(());
+                }
+                self.answer_error(t, header, errno)
+            }
         }
     }
 
@@ -186,16 +239,16 @@ impl Session {
         device: &mut D,
         t: &mut T,
         frame: &Frame,
-    ) -> Result<Outcome, Error> {
+    ) -> Result<(), Error> {
         let header = frame.header;
         let decoded = wire::decode_command(&header, t.payload(frame), self.max_xfer());
         let access = match decoded {
             Ok(Command::RegionRead(a)) => a,
-            Ok(_) => return send_error(t, &header, Errno::EINVAL),
-            Err(e) => return send_error(t, &header, e.errno()),
+            Ok(_) => return self.answer_error(t, &header, Errno::EINVAL),
+            Err(e) => return self.answer_error(t, &header, e.errno()),
         };
         if access.region >= device.device_info().num_regions {
-            return send_error(t, &header, Errno::EINVAL);
+            return self.answer_error(t, &header, Errno::EINVAL);
         }
         let count = access.count as usize;
         if count >= SPAN_READ_MIN {
@@ -209,11 +262,11 @@ impl Session {
                     }
                     .to_bytes();
                     let reply = header.reply(RegionAccess::SIZE + n);
-                    t.send_span(&reply, &[&fixed], &span)?;
-                    return Ok(Outcome::sent(&reply, 0));
+                    self.observe_reply(&header, Outcome::sent(&reply, 0));
+                    return t.send_span(&reply, &[&fixed], &span).map_err(Error::from);
                 }
                 Ok(None) => {}
-                Err(errno) => return send_error(t, &header, errno),
+                Err(errno) => return self.answer_error(t, &header, errno),
             }
         }
         if self.scratch.len() < count {
@@ -229,10 +282,11 @@ impl Session {
                 }
                 .to_bytes();
                 let reply = header.reply(RegionAccess::SIZE + n);
-                t.send(&reply, &[&fixed, &self.scratch[..n]], &[])?;
-                Ok(Outcome::sent(&reply, 0))
+                self.observe_reply(&header, Outcome::sent(&reply, 0));
+                t.send(&reply, &[&fixed, &self.scratch[..n]], &[])
+                    .map_err(Error::from)
             }
-            Err(errno) => send_error(t, &header, errno),
+            Err(errno) => self.answer_error(t, &header, errno),
         }
     }
 }
@@ -266,7 +320,9 @@ impl Outcome {
         Self {
             size: reply.msg_size as usize,
             fds,
-            errno: None,
+            errno: reply
+                .is_error()
+                .then(|| Errno::from_raw(reply.error as i32)),
             sent: true,
         }
     }
@@ -279,39 +335,6 @@ impl Outcome {
             sent: false,
         }
     }
-}
-
-/// Sends what [`Session::handle`] decided (nothing for a No_reply message).
-fn send_reply<T: Transport>(t: &T, header: &Header, reply: Reply) -> Result<Outcome, Error> {
-    match reply {
-        Reply::Ok(_, _) if header.no_reply() => Ok(Outcome::unsent(None)),
-        Reply::Ok(payload, fd) => {
-            let reply_hdr = header.reply(payload.len());
-            let fds: Vec<BorrowedFd<'_>> = fd.iter().map(|f| f.as_fd()).collect();
-            t.send(&reply_hdr, &[&payload], &fds)?;
-            Ok(Outcome::sent(&reply_hdr, fds.len()))
-        }
-        Reply::Err(errno) => {
-            debug!(cmd = header.cmd, %errno, "error reply");
-            if header.no_reply() {
-                return Ok(Outcome::unsent(Some(errno)));
-            }
-            send_error(t, header, errno)
-        }
-    }
-}
-
-pub(super) fn send_error<T: Transport>(
-    t: &T,
-    header: &Header,
-    errno: Errno,
-) -> Result<Outcome, Error> {
-    let reply = header.error_reply(errno);
-    t.send(&reply, &[], &[])?;
-    Ok(Outcome {
-        errno: Some(errno),
-        ..Outcome::sent(&reply, 0)
-    })
 }
 
 /// The device, even if a panic elsewhere poisoned its lock (its state is what that access left;

@@ -1,0 +1,187 @@
+//! The control protocol, version 1: JSON lines over a unix socket. A client writes one request
+//! object per line and reads one response object per line, in order:
+//!
+//! ```text
+//! > {"v":1,"id":7,"op":"fault","device":"gpu0","fault":"link-down"}
+//! < {"v":1,"id":7,"ok":true,"faults":["link-down"]}
+//! > {"v":1,"op":"peek","device":"gpu0","region":0,"offset":5272,"count":4}
+//! < {"v":1,"ok":true,"data":"00000000","count":4}
+//! > {"v":1,"op":"nope"}
+//! < {"v":1,"ok":false,"error":{"message":"unknown op \"nope\": status, stats, fault, peek, poke, reset, events"}}
+//! ```
+//!
+//! Every request has `v` (1) and `op`; `id` (any JSON value) is echoed. `device` names a device
+//! by id (`gpu0`) or socket path; it may be left out when the process serves one device, and
+//! for `status`, `stats` and `events`, which then cover every device. Numbers are JSON
+//! integers; bytes are hex strings. Ops and their fields:
+//!
+//! | op | fields | answer |
+//! |---|---|---|
+//! | `status` | | `pid`, `uptime_s`, `devices`: id, socket, profile, device_id, linux, mem_size, backing, readiness, faults, client {pid, uid, since}, uptime_s |
+//! | `stats` | | `devices`: id, clients_served/refused/dropped, resets, commands [{cmd, count, errors {ERRNO: n}, bytes_in, bytes_out}], last_error |
+//! | `fault` | `fault`, `clear`, `ms`, `count`, `region`, `offset` | `faults`: what is in force now |
+//! | `peek` | `region`, `offset`, `count` (at most 1 MiB) | `data`, `count` |
+//! | `poke` | `region`, `offset`, `data` (at most 1 MiB) | `written` |
+//! | `reset` | | |
+//! | `events` | `follow` | `events` (the last 256); with `follow`, `{"ok":true}` then one `{"v":1,"event":{...}}` line per event until the client closes |
+//!
+//! Faults: `link-down`, `hbm-lost`, `never-ready` (from the next reset), `ready-delay` (`ms`,
+//! the next reset), `poison` (`region`, `offset`; Linux 6.19+), `delay-replies` (`ms`,
+//! optional `count`), `drop-client`, `refuse-next` (optional `count`, default 1), and with
+//! `clear` also `all`. A failed request answers `{"ok":false,"error":{"message":...}}` and the
+//! connection stays usable.
+
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+/// The protocol version this server speaks.
+pub const VERSION: u64 = 1;
+/// Longest request line; a longer one is answered with an error and skipped.
+pub const MAX_LINE: usize = 4 << 20;
+/// Most bytes one peek or poke moves (`vgrace ctl` splits larger ones).
+pub const MAX_BYTES: u64 = 1 << 20;
+
+/// One request, as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Request {
+    /// Protocol version; must be [`VERSION`].
+    pub v: u64,
+    /// Echoed in the response ([`parse`] takes it out first, so even a bad request echoes it).
+    #[serde(rename = "id", default)]
+    _id: Option<serde::de::IgnoredAny>,
+    /// What to do.
+    pub op: String,
+    /// Which device.
+    #[serde(default)]
+    pub device: Option<String>,
+    /// `fault`: which fault.
+    #[serde(default)]
+    pub fault: Option<String>,
+    /// `fault`: clear it instead of applying it.
+    #[serde(default)]
+    pub clear: bool,
+    /// `fault`: milliseconds.
+    #[serde(default)]
+    pub ms: Option<u64>,
+    /// `fault`: how many times; `peek`: how many bytes.
+    #[serde(default)]
+    pub count: Option<u64>,
+    /// `peek`/`poke`/`fault poison`: VFIO region index.
+    #[serde(default)]
+    pub region: Option<u32>,
+    /// `peek`/`poke`/`fault poison`: offset in the region.
+    #[serde(default)]
+    pub offset: Option<u64>,
+    /// `poke`: the bytes, as hex.
+    #[serde(default)]
+    pub data: Option<String>,
+    /// `events`: keep streaming.
+    #[serde(default)]
+    pub follow: bool,
+}
+
+/// A request that failed: the message for the error object.
+#[derive(Debug)]
+pub struct Failure(pub String);
+
+impl<T: std::fmt::Display> From<T> for Failure {
+    fn from(e: T) -> Self {
+        Failure(e.to_string())
+    }
+}
+
+/// Parses one line; the id is returned even when the rest is wrong, so the error echoes it.
+pub fn parse(line: &[u8]) -> (Option<Value>, Result<Request, Failure>) {
+    let value: Value = match serde_json::from_slice(line) {
+        Ok(v) => v,
+        Err(e) => return (None, Err(Failure(format!("not a JSON object: {e}")))),
+    };
+    let id = value.get("id").cloned();
+    let request = match serde_json::from_value::<Request>(value) {
+        Ok(r) if r.v != VERSION => Err(Failure(format!(
+            "protocol version {} is not spoken here (version {VERSION} is)",
+            r.v
+        ))),
+        Ok(r) => Ok(r),
+        Err(e) => Err(Failure(format!("bad request: {e}"))),
+    };
+    (id, request)
+}
+
+/// A success response with the fields of `body` (an object).
+pub fn ok(id: Option<Value>, body: Value) -> Value {
+    let mut out = head(id);
+    out.insert("ok".into(), json!(true));
+    if let Value::Object(b) = body {
+        out.extend(b);
+    }
+    Value::Object(out)
+}
+
+/// An error response.
+pub fn error(id: Option<Value>, message: &str) -> Value {
+    let mut out = head(id);
+    out.insert("ok".into(), json!(false));
+    out.insert("error".into(), json!({ "message": message }));
+    Value::Object(out)
+}
+
+fn head(id: Option<Value>) -> Map<String, Value> {
+    let mut out = Map::new();
+    out.insert("v".into(), json!(VERSION));
+    if let Some(id) = id {
+        out.insert("id".into(), id);
+    }
+    out
+}
+
+/// Bytes as lowercase hex.
+pub fn to_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Hex (upper or lower case, even length) as bytes.
+pub fn from_hex(text: &str) -> Result<Vec<u8>, Failure> {
+    if !text.len().is_multiple_of(2) {
+        return Err(Failure("data: odd number of hex digits".into()));
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| {
+            text.get(i..i + 2)
+                .and_then(|pair| u8::from_str_radix(pair, 16).ok())
+                .ok_or_else(|| Failure(format!("data: not hex at character {i}")))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn id_is_echoed_even_for_a_bad_request() {
+        let (id, r) = parse(br#"{"v":1,"id":"x","op":"status","bogus":1}"#);
+        assert_eq!(id, Some(json!("x")));
+        assert!(r.unwrap_err().0.contains("unknown field"));
+    }
+
+    #[test]
+    fn other_versions_are_refused() {
+        let (_, r) = parse(br#"{"v":2,"op":"status"}"#);
+        assert!(r.unwrap_err().0.contains("version 2"));
+    }
+
+    #[test]
+    fn hex_round_trips_and_refuses_garbage() {
+        assert_eq!(
+            from_hex(&to_hex(&[0, 0xab, 0xff])).unwrap(),
+            vec![0, 0xab, 0xff]
+        );
+        assert!(from_hex("abc").is_err());
+        assert!(from_hex("zz").is_err());
+        assert!(from_hex("é0").is_err());
+    }
+}

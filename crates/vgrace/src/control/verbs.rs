@@ -1,0 +1,328 @@
+//! The control ops: each takes a parsed request and returns the response object.
+
+use std::time::{Duration, SystemTime};
+
+use serde_json::{json, Value};
+use vfu::Device;
+use vgrace_device::LinuxVersion;
+
+use super::events::rfc3339;
+use super::protocol::{self, from_hex, to_hex, Failure, Request, MAX_BYTES};
+use super::{Managed, Plane};
+
+const OPS: &str = "status, stats, fault, peek, poke, reset, events";
+const FAULTS: &str =
+    "link-down, hbm-lost, never-ready, ready-delay, poison, delay-replies, drop-client, refuse-next (and all, with clear)";
+
+/// Answers one request (every op but a following `events`).
+pub fn handle(plane: &Plane, id: Option<Value>, r: &Request) -> Value {
+    let result = match r.op.as_str() {
+        "status" => status(plane, r),
+        "stats" => stats(plane, r),
+        "fault" => one(plane, r).and_then(|m| fault(m, r)),
+        "peek" => one(plane, r).and_then(|m| peek(m, r)),
+        "poke" => one(plane, r).and_then(|m| poke(m, r)),
+        "reset" => one(plane, r).and_then(reset),
+        "events" => Ok(json!({ "events": plane.events.recent() })),
+        op => Err(Failure(format!("unknown op {op:?}: {OPS}"))),
+    };
+    match result {
+        Ok(body) => protocol::ok(id, body),
+        Err(f) => protocol::error(id, &f.0),
+    }
+}
+
+/// The device named `name`: by id, or by socket path as configured or absolute.
+pub fn find<'a>(plane: &'a Plane, name: &str) -> Result<&'a Managed, Failure> {
+    let by_path = |m: &Managed| {
+        m.socket.as_os_str() == name
+            || std::path::absolute(&m.socket).is_ok_and(|p| p.as_os_str() == name)
+    };
+    plane
+        .devices
+        .iter()
+        .find(|m| m.id == name)
+        .or_else(|| plane.devices.iter().find(|m| by_path(m)))
+        .ok_or_else(|| Failure(format!("no device {name:?}; devices: {}", ids(plane))))
+}
+
+fn ids(plane: &Plane) -> String {
+    plane
+        .devices
+        .iter()
+        .map(|m| m.id.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The one device a request is about.
+fn one<'a>(plane: &'a Plane, r: &Request) -> Result<&'a Managed, Failure> {
+    match (&r.device, plane.devices.as_slice()) {
+        (Some(name), _) => find(plane, name),
+        (None, [only]) => Ok(only),
+        (None, _) => Err(Failure(format!(
+            "this process serves several devices: name one with \"device\" ({})",
+            ids(plane)
+        ))),
+    }
+}
+
+/// The devices a request is about: the named one, or all.
+fn some<'a>(plane: &'a Plane, r: &Request) -> Result<Vec<&'a Managed>, Failure> {
+    match &r.device {
+        Some(name) => Ok(vec![find(plane, name)?]),
+        None => Ok(plane.devices.iter().collect()),
+    }
+}
+
+fn status(plane: &Plane, r: &Request) -> Result<Value, Failure> {
+    let devices: Vec<Value> = some(plane, r)?
+        .into_iter()
+        .map(|m| {
+            let (layout, readiness) = match m.lock_device() {
+                Some(d) => (Some(d.layout().clone()), d.readiness_state().to_string()),
+                None => (None, "unknown (a client request holds the device)".into()),
+            };
+            let client = m.controls.client().map(|c| {
+                json!({
+                    "pid": c.peer.pid,
+                    "uid": c.peer.uid,
+                    "since": rfc3339(c.since),
+                    "for_s": SystemTime::now().duration_since(c.since).unwrap_or_default().as_secs(),
+                })
+            });
+            let mut v = json!({
+                "id": m.id,
+                "socket": m.socket,
+                "backing": m.backing,
+                "readiness": readiness,
+                "faults": faults(m),
+                "client": client,
+                "uptime_s": m.started.elapsed().as_secs(),
+            });
+            if let Some(l) = layout {
+                v["profile"] = json!(l.profile.to_string());
+                v["device_id"] = json!(format!("{:#06x}", l.device_id));
+                v["linux"] = json!(l.linux.to_string());
+                v["mem_size"] = json!(l.mem_size);
+                v["core_only"] = json!(l.core_only.map(|c| c.to_string()));
+            }
+            v
+        })
+        .collect();
+    Ok(json!({
+        "pid": std::process::id(),
+        "uptime_s": plane.started.elapsed().as_secs(),
+        "devices": devices,
+    }))
+}
+
+fn stats(plane: &Plane, r: &Request) -> Result<Value, Failure> {
+    let devices: Vec<Value> = some(plane, r)?
+        .into_iter()
+        .map(|m| {
+            let mut v = m.stats.to_json();
+            v["id"] = json!(m.id);
+            v
+        })
+        .collect();
+    Ok(json!({ "devices": devices }))
+}
+
+/// Every fault in force on `m`, device and protocol alike.
+fn faults(m: &Managed) -> Vec<String> {
+    let mut out = m.live.describe();
+    if let Some(d) = m.controls.reply_delay() {
+        out.push(match d.remaining {
+            Some(n) => format!("delay-replies {}ms x{n}", d.by.as_millis()),
+            None => format!("delay-replies {}ms", d.by.as_millis()),
+        });
+    }
+    let refusals = m.controls.refusals_pending();
+    if refusals > 0 {
+        out.push(format!("refuse-next x{refusals}"));
+    }
+    out
+}
+
+fn need<T: Copy>(v: Option<T>, what: &str, fault: &str) -> Result<T, Failure> {
+    v.ok_or_else(|| Failure(format!("fault {fault} needs \"{what}\"")))
+}
+
+fn fault(m: &Managed, r: &Request) -> Result<Value, Failure> {
+    let name = r
+        .fault
+        .as_deref()
+        .ok_or_else(|| Failure(format!("fault needs \"fault\": one of {FAULTS}")))?;
+    let on = !r.clear;
+    let mut extra = json!({});
+    match name {
+        "link-down" => m.live.set_link_down(on),
+        "hbm-lost" => m.live.set_hbm_lost(on),
+        "never-ready" => m.live.set_never_ready(on),
+        "ready-delay" if on => m
+            .live
+            .set_next_reset_delay(Some(Duration::from_millis(need(r.ms, "ms", name)?))),
+        "ready-delay" => m.live.set_next_reset_delay(None),
+        "poison" if on => {
+            let (region, offset) = (
+                need(r.region, "region", name)?,
+                need(r.offset, "offset", name)?,
+            );
+            check_poison(m, region, offset)?;
+            m.live.poison(region, offset);
+        }
+        "poison" => {
+            let at = r.region.zip(r.offset);
+            extra = json!({ "healed": m.live.unpoison(at) });
+        }
+        "delay-replies" if on => {
+            let ms = need(r.ms, "ms", name)?;
+            m.controls.delay_replies(Duration::from_millis(ms), r.count);
+        }
+        "delay-replies" => {
+            m.controls.clear_delay();
+        }
+        "drop-client" if on => {
+            let peer = m
+                .controls
+                .drop_client()
+                .ok_or_else(|| Failure("no client is attached".into()))?;
+            m.stats.dropped();
+            extra = json!({ "dropped": { "pid": peer.pid, "uid": peer.uid } });
+        }
+        "refuse-next" => {
+            let n = if on { r.count.unwrap_or(1) } else { 0 };
+            m.controls.refuse_next(u32::try_from(n).unwrap_or(u32::MAX));
+        }
+        "all" if !on => {
+            m.live.clear_all();
+            m.controls.clear_delay();
+            m.controls.refuse_next(0);
+        }
+        "drop-client" | "all" => {
+            return Err(Failure(format!(
+                "fault {name} cannot be {}",
+                if on { "applied" } else { "cleared" }
+            )))
+        }
+        other => return Err(Failure(format!("unknown fault {other:?}: {FAULTS}"))),
+    }
+    let action = if on { "applied" } else { "cleared" };
+    m.events.publish(
+        &m.id,
+        "fault",
+        json!({ "fault": name, "action": action, "ms": r.ms, "count": r.count, "region": r.region, "offset": r.offset }),
+    );
+    let mut body = json!({ "faults": faults(m) });
+    if let (Value::Object(b), Value::Object(e)) = (&mut body, extra) {
+        b.extend(e);
+    }
+    Ok(body)
+}
+
+/// Poison lands only in device memory, and only where the driver handles it (6.19+).
+fn check_poison(m: &Managed, region: u32, offset: u64) -> Result<(), Failure> {
+    let device = m
+        .lock_device()
+        .ok_or_else(|| Failure("the device is busy; try again".into()))?;
+    let layout = device.layout();
+    if layout.linux < LinuxVersion::V6_19 {
+        return Err(Failure(format!(
+            "poison handling arrived in Linux 6.19; this device behaves as {}",
+            layout.linux
+        )));
+    }
+    match layout.region(region) {
+        Some(r) if offset < r.memlength => Ok(()),
+        Some(r) => Err(Failure(format!(
+            "offset {offset:#x} is past region {region}'s {:#x} bytes of memory",
+            r.memlength
+        ))),
+        None => Err(Failure(format!("region {region} holds no device memory"))),
+    }
+}
+
+fn region_and_offset(r: &Request) -> Result<(u32, u64), Failure> {
+    let region = r.region.ok_or_else(|| {
+        Failure("needs \"region\" (a VFIO region index: 0-5 BARs, 7 config)".into())
+    })?;
+    if region >= vfu::device::PCI_NUM_REGIONS {
+        return Err(Failure(format!(
+            "region {region}: a PCI device has regions 0 to 8"
+        )));
+    }
+    Ok((
+        region,
+        r.offset.ok_or_else(|| Failure("needs \"offset\"".into()))?,
+    ))
+}
+
+fn peek(m: &Managed, r: &Request) -> Result<Value, Failure> {
+    let (region, offset) = region_and_offset(r)?;
+    let count = r
+        .count
+        .ok_or_else(|| Failure("peek needs \"count\"".into()))?;
+    if count == 0 || count > MAX_BYTES {
+        return Err(Failure(format!(
+            "count {count}: 1 to {MAX_BYTES} bytes per request"
+        )));
+    }
+    let mut buf = vec![0u8; count as usize];
+    let n = {
+        let mut device = m
+            .lock_device()
+            .ok_or_else(|| Failure("the device is busy; try again".into()))?;
+        device
+            .backdoor_read(region, offset, &mut buf)
+            .map_err(|e| {
+                Failure(format!(
+                    "region {region} offset {offset:#x}: {e} ({})",
+                    e.desc()
+                ))
+            })?
+    };
+    buf.truncate(n);
+    Ok(json!({ "data": to_hex(&buf), "count": n }))
+}
+
+fn poke(m: &Managed, r: &Request) -> Result<Value, Failure> {
+    let (region, offset) = region_and_offset(r)?;
+    let data = from_hex(
+        r.data
+            .as_deref()
+            .ok_or_else(|| Failure("poke needs \"data\" (hex)".into()))?,
+    )?;
+    if data.is_empty() || data.len() as u64 > MAX_BYTES {
+        return Err(Failure(format!(
+            "{} bytes: 1 to {MAX_BYTES} bytes per request",
+            data.len()
+        )));
+    }
+    let n = {
+        let mut device = m
+            .lock_device()
+            .ok_or_else(|| Failure("the device is busy; try again".into()))?;
+        device.backdoor_write(region, offset, &data).map_err(|e| {
+            Failure(format!(
+                "region {region} offset {offset:#x}: {e} ({})",
+                e.desc()
+            ))
+        })?
+    };
+    Ok(json!({ "written": n }))
+}
+
+fn reset(m: &Managed) -> Result<Value, Failure> {
+    {
+        let mut device = m
+            .lock_device()
+            .ok_or_else(|| Failure("the device is busy; try again".into()))?;
+        device
+            .reset()
+            .map_err(|e| Failure(format!("reset failed: {e}")))?;
+    }
+    m.stats.reset();
+    m.events.publish(&m.id, "reset", json!({ "by": "control" }));
+    Ok(json!({}))
+}

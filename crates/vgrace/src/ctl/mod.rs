@@ -1,0 +1,394 @@
+//! `vgrace ctl`: a client of the control socket (see `control::protocol` for the wire format),
+//! with human output or `--json` (the server's response objects, one per line).
+
+mod show;
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
+use serde_json::{json, Value};
+
+use crate::cli::{parse_duration, parse_u64};
+use crate::control::protocol::{to_hex, MAX_BYTES, VERSION};
+
+/// `vgrace ctl`.
+#[derive(Debug, Args)]
+pub struct CtlArgs {
+    /// The control socket (`vgrace serve --control PATH`); default: $VGRACE_CONTROL.
+    #[arg(long, env = "VGRACE_CONTROL")]
+    pub control: PathBuf,
+    /// Print the server's JSON responses instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// What to do.
+    #[command(subcommand)]
+    pub verb: Verb,
+}
+
+/// The device a verb is about: its id (gpu0) or socket path; may be left out when the process
+/// serves one device.
+#[derive(Debug, Args)]
+pub struct Target {
+    /// Device id (gpu0, ...) or socket path.
+    #[arg(long)]
+    pub device: Option<String>,
+}
+
+/// `vgrace ctl` verbs.
+#[derive(Debug, Subcommand)]
+pub enum Verb {
+    /// Devices, profile, behaviour version, memory, readiness, faults, the attached client.
+    Status(Target),
+    /// Per device and command: count, errors by errno, bytes in/out; resets, clients.
+    Stats {
+        #[command(flatten)]
+        target: Target,
+        /// Refresh until interrupted.
+        #[arg(long)]
+        watch: bool,
+        /// With --watch: time between refreshes.
+        #[arg(long, default_value = "1s", value_parser = parse_duration)]
+        interval: Duration,
+    },
+    /// Apply (or --clear) a fault while the device runs.
+    Fault {
+        #[command(flatten)]
+        target: Target,
+        /// link-down, hbm-lost, never-ready (from the next reset), ready-delay (next reset,
+        /// --delay), poison (--region --offset, Linux 6.19+), delay-replies (--delay, optional
+        /// --count), drop-client, refuse-next (--count, default 1); `all` with --clear.
+        kind: String,
+        /// Clear the fault instead of applying it.
+        #[arg(long)]
+        clear: bool,
+        /// ready-delay / delay-replies: how long, e.g. 6s or 250ms.
+        #[arg(long, value_parser = parse_duration)]
+        delay: Option<Duration>,
+        /// delay-replies: how many replies (default: until cleared); refuse-next: how many
+        /// connections.
+        #[arg(long)]
+        count: Option<u64>,
+        /// poison: memory region (2 or 4, or bar2/bar4).
+        #[arg(long, value_parser = parse_region)]
+        region: Option<u32>,
+        /// poison: offset in the region.
+        #[arg(long, value_parser = parse_u64)]
+        offset: Option<u64>,
+    },
+    /// Read device memory, BAR0 registers or config space (hex dump, or --raw bytes).
+    Peek {
+        #[command(flatten)]
+        target: Target,
+        /// Region: bar0..bar5, config, rom, or a VFIO region index.
+        #[arg(long, value_parser = parse_region)]
+        region: u32,
+        /// Offset in the region.
+        #[arg(long, value_parser = parse_u64)]
+        offset: u64,
+        /// How many bytes.
+        #[arg(long, value_parser = parse_u64)]
+        count: u64,
+        /// Write the bytes themselves to stdout.
+        #[arg(long)]
+        raw: bool,
+    },
+    /// Write device memory, BAR0 registers or config space.
+    Poke {
+        #[command(flatten)]
+        target: Target,
+        /// Region: bar0..bar5, config, rom, or a VFIO region index.
+        #[arg(long, value_parser = parse_region)]
+        region: u32,
+        /// Offset in the region.
+        #[arg(long, value_parser = parse_u64)]
+        offset: u64,
+        /// A number to write, little-endian, --width bytes wide.
+        #[arg(long, value_parser = parse_u64, conflicts_with_all = ["hex", "file"])]
+        value: Option<u64>,
+        /// With --value: 1, 2, 4 or 8 bytes.
+        #[arg(long, default_value = "4", requires = "value")]
+        width: u8,
+        /// Bytes as hex, e.g. deadbeef.
+        #[arg(long, conflicts_with = "file")]
+        hex: Option<String>,
+        /// Bytes from a file ("-": stdin).
+        #[arg(long)]
+        file: Option<PathBuf>,
+    },
+    /// Reset the device, as VFIO_DEVICE_RESET does.
+    Reset(Target),
+    /// Recent events (connects, disconnects, resets, faults, error replies); --follow streams.
+    Events {
+        #[command(flatten)]
+        target: Target,
+        /// Keep streaming new events.
+        #[arg(long)]
+        follow: bool,
+    },
+}
+
+/// `bar0`..`bar5`, `rom`, `config`, `vga` or a number.
+pub fn parse_region(s: &str) -> Result<u32, String> {
+    let lower = s.to_ascii_lowercase();
+    let named = match lower.as_str() {
+        "config" | "cfg" => Some(vfu::device::CONFIG_REGION_INDEX),
+        "rom" => Some(vfu::device::ROM_REGION_INDEX),
+        "vga" => Some(vfu::device::VGA_REGION_INDEX),
+        _ => lower
+            .strip_prefix("bar")
+            .and_then(|n| n.parse::<u32>().ok())
+            .filter(|n| *n <= 5),
+    };
+    match named {
+        Some(r) => Ok(r),
+        None => match parse_u64(s).ok().and_then(|n| u32::try_from(n).ok()) {
+            Some(n) if n < vfu::device::PCI_NUM_REGIONS => Ok(n),
+            _ => Err(format!(
+                "{s:?} is not a region: bar0..bar5, config, rom, vga or 0-8"
+            )),
+        },
+    }
+}
+
+/// A connection to the control socket.
+pub struct Control {
+    stream: BufReader<UnixStream>,
+}
+
+impl Control {
+    /// Connects to `path`.
+    pub fn connect(path: &std::path::Path) -> Result<Self> {
+        let stream = UnixStream::connect(path).with_context(|| {
+            format!(
+                "cannot reach the control socket {} (is `vgrace serve --control` running?)",
+                path.display()
+            )
+        })?;
+        Ok(Self {
+            stream: BufReader::new(stream),
+        })
+    }
+
+    /// Sends one request (`op` plus `fields`) and returns the response, or its error message.
+    pub fn call(&mut self, op: &str, fields: Value) -> Result<Value> {
+        let mut request = json!({ "v": VERSION, "op": op });
+        if let (Value::Object(r), Value::Object(f)) = (&mut request, fields) {
+            r.extend(f.into_iter().filter(|(_, v)| !v.is_null()));
+        }
+        self.send(&request)?;
+        let response = self.read()?;
+        if response["ok"] != json!(true) {
+            let message = response["error"]["message"]
+                .as_str()
+                .unwrap_or("the server answered without a message");
+            bail!("{message}");
+        }
+        Ok(response)
+    }
+
+    fn send(&mut self, request: &Value) -> Result<()> {
+        let mut line = request.to_string();
+        line.push('\n');
+        self.stream
+            .get_mut()
+            .write_all(line.as_bytes())
+            .context("control socket: cannot send")
+    }
+
+    /// Reads one line and parses it.
+    pub fn read(&mut self) -> Result<Value> {
+        let mut line = String::new();
+        if self.stream.read_line(&mut line).context("control socket")? == 0 {
+            bail!("the control socket closed the connection");
+        }
+        serde_json::from_str(&line).context("control socket: not a JSON line")
+    }
+}
+
+/// Runs `vgrace ctl`.
+pub fn run(args: &CtlArgs) -> Result<()> {
+    let mut c = Control::connect(&args.control)?;
+    let json_out = args.json;
+    let print = |v: &Value, human: &dyn Fn(&Value) -> String| {
+        if json_out {
+            println!("{v}");
+        } else {
+            print!("{}", human(v));
+        }
+    };
+    match &args.verb {
+        Verb::Status(t) => {
+            let v = c.call("status", json!({ "device": t.device }))?;
+            print(&v, &show::status);
+        }
+        Verb::Stats {
+            target,
+            watch,
+            interval,
+        } => loop {
+            let v = c.call("stats", json!({ "device": target.device }))?;
+            if *watch && !json_out {
+                // Clear the screen and home the cursor, as watch(1) does.
+                print!("\x1b[2J\x1b[H");
+            }
+            print(&v, &show::stats);
+            std::io::stdout().flush()?;
+            if !*watch {
+                break;
+            }
+            std::thread::sleep(*interval);
+        },
+        Verb::Fault {
+            target,
+            kind,
+            clear,
+            delay,
+            count,
+            region,
+            offset,
+        } => {
+            let ms = delay.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+            let v = c.call(
+                "fault",
+                json!({ "device": target.device, "fault": kind, "clear": clear, "ms": ms,
+                        "count": count, "region": region, "offset": offset }),
+            )?;
+            print(&v, &show::faults);
+        }
+        Verb::Peek {
+            target,
+            region,
+            offset,
+            count,
+            raw,
+        } => peek(&mut c, target, *region, *offset, *count, *raw, json_out)?,
+        Verb::Poke {
+            target,
+            region,
+            offset,
+            value,
+            width,
+            hex,
+            file,
+        } => {
+            let data = poke_bytes(*value, *width, hex.as_deref(), file.as_deref())?;
+            let mut written = 0u64;
+            for (i, chunk) in data.chunks(MAX_BYTES as usize).enumerate() {
+                let at = offset
+                    .checked_add(i as u64 * MAX_BYTES)
+                    .context("offset overflows")?;
+                let v = c.call(
+                    "poke",
+                    json!({ "device": target.device, "region": region, "offset": at, "data": to_hex(chunk) }),
+                )?;
+                written += v["written"].as_u64().unwrap_or(0);
+                if json_out {
+                    println!("{v}");
+                }
+            }
+            if !json_out {
+                println!("wrote {written} bytes at region {region} offset {offset:#x}");
+            }
+        }
+        Verb::Reset(t) => {
+            let v = c.call("reset", json!({ "device": t.device }))?;
+            print(&v, &|_| "reset\n".to_string());
+        }
+        Verb::Events { target, follow } => {
+            let v = c.call(
+                "events",
+                json!({ "device": target.device, "follow": follow }),
+            )?;
+            if !*follow {
+                for e in v["events"].as_array().into_iter().flatten() {
+                    print(e, &show::event);
+                }
+                return Ok(());
+            }
+            loop {
+                let line = c.read()?;
+                print(&line["event"], &show::event);
+                std::io::stdout().flush()?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn peek(
+    c: &mut Control,
+    target: &Target,
+    region: u32,
+    offset: u64,
+    count: u64,
+    raw: bool,
+    json_out: bool,
+) -> Result<()> {
+    if count == 0 {
+        bail!("--count must be at least 1");
+    }
+    offset
+        .checked_add(count)
+        .context("offset + count overflows")?;
+    let mut out = std::io::stdout().lock();
+    let mut done = 0u64;
+    while done < count {
+        let n = (count - done).min(MAX_BYTES);
+        let v = c.call(
+            "peek",
+            json!({ "device": target.device, "region": region, "offset": offset + done, "count": n }),
+        )?;
+        let bytes = crate::control::protocol::from_hex(v["data"].as_str().unwrap_or(""))
+            .map_err(|f| anyhow::anyhow!("{}", f.0))?;
+        if json_out {
+            writeln!(out, "{v}")?;
+        } else if raw {
+            out.write_all(&bytes)?;
+        } else {
+            write!(out, "{}", show::hexdump(offset + done, &bytes))?;
+        }
+        if bytes.is_empty() {
+            break;
+        }
+        done += bytes.len() as u64;
+    }
+    Ok(())
+}
+
+fn poke_bytes(
+    value: Option<u64>,
+    width: u8,
+    hex: Option<&str>,
+    file: Option<&std::path::Path>,
+) -> Result<Vec<u8>> {
+    let data = match (value, hex, file) {
+        (Some(v), _, _) => {
+            if !matches!(width, 1 | 2 | 4 | 8) {
+                bail!("--width must be 1, 2, 4 or 8");
+            }
+            if width < 8 && v >> (u32::from(width) * 8) != 0 {
+                bail!("--value {v:#x} does not fit in {width} bytes");
+            }
+            v.to_le_bytes()[..usize::from(width)].to_vec()
+        }
+        (None, Some(h), _) => crate::control::protocol::from_hex(h.trim())
+            .map_err(|f| anyhow::anyhow!("--hex: {}", f.0))?,
+        (None, None, Some(p)) if p.as_os_str() == "-" => {
+            let mut buf = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf)?;
+            buf
+        }
+        (None, None, Some(p)) => {
+            std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?
+        }
+        (None, None, None) => bail!("poke needs --value, --hex or --file"),
+    };
+    if data.is_empty() {
+        bail!("nothing to write");
+    }
+    Ok(data)
+}
