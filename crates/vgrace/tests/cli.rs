@@ -55,6 +55,58 @@ fn unknown_flag_is_one_line_and_exit_2() {
     );
 }
 
+/// Papercut 1: clap's message keeps the missing argument's name and the usage line, on one line
+/// with exit code 2 (it used to stop at "not provided:").
+#[test]
+fn missing_required_argument_is_named_with_the_usage() {
+    let out = vgrace(&["check"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr_of(&out);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("the following required arguments were not provided: --socket <SOCKET>"),
+        "{err}"
+    );
+    assert!(
+        err.contains("usage: vgrace check --socket <SOCKET>"),
+        "{err}"
+    );
+    let out = vgrace(&["layout", "--profile", "foo"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr_of(&out);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("invalid value 'foo' for '--profile"), "{err}");
+    assert!(err.contains("expected gh100, gb200 or seed"), "{err}");
+    let out = vgrace(&["serve", "--mem-sze", "4G"]);
+    let err = stderr_of(&out);
+    assert!(
+        err.contains("a similar argument exists: '--mem-size'"),
+        "{err}"
+    );
+}
+
+/// Papercut 2: bare `vgrace` is a usage error as clap has it (help on stderr, exit 2);
+/// `vgrace --help` is help on stdout with exit 0.
+#[test]
+fn bare_vgrace_is_a_usage_error_and_help_is_not() {
+    let out = vgrace(&[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        out.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(
+        stderr_of(&out).contains("Usage: vgrace <COMMAND>"),
+        "{}",
+        stderr_of(&out)
+    );
+    let out = vgrace(&["--help"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(out.stderr.is_empty(), "{}", stderr_of(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Usage: vgrace <COMMAND>"));
+}
+
 #[test]
 fn bad_size_is_refused_clearly() {
     let out = vgrace(&["layout", "--mem-size", "12Q"]);
