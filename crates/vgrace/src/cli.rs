@@ -41,7 +41,8 @@ pub struct DeviceArgs {
     /// profile's first.
     #[arg(long, value_parser = parse_u16)]
     pub device_id: Option<u16>,
-    /// Device memory size (`nvidia,gpu-mem-size`): bytes or binary suffixes (96G, 96GiB, 512M).
+    /// Device memory size (`nvidia,gpu-mem-size`): a byte count or a binary suffix K, M, G, T
+    /// or KiB, MiB, GiB, TiB, any case (96G = 96GiB = 96 x 2^30); 96GB is refused as ambiguous.
     #[arg(long, default_value = "96G", value_parser = parse_size_arg)]
     pub mem_size: u64,
     /// Host physical base of device memory (`nvidia,gpu-mem-base-pa`), e.g. 0x400000000000.
@@ -64,7 +65,7 @@ pub struct DeviceArgs {
     #[arg(long)]
     pub no_mem_properties: bool,
     /// Size of Blackwell's real BAR1 (region 2 from 6.14), a power of two (our choice of default:
-    /// no public source gives the GB200 value).
+    /// no public source gives the GB200 value). Sizes as for --mem-size.
     #[arg(long, default_value = "128G", value_parser = parse_size_arg)]
     pub bar1_size: u64,
     /// Time until the readiness registers read ready again after a reset (6.19+: the first

@@ -114,6 +114,47 @@ fn bad_size_is_refused_clearly() {
     assert!(stderr_of(&out).contains("12Q"), "{}", stderr_of(&out));
 }
 
+/// Papercut 5: size suffixes are binary in any case; `GB` and friends are refused with the
+/// binary spelling to use, on the command line as in the TOML file.
+#[test]
+fn size_suffixes_are_binary_and_gb_is_refused() {
+    for (size, bytes) in [
+        ("96g", 96u64 << 30),
+        ("96GiB", 96 << 30),
+        ("98304m", 96 << 30),
+    ] {
+        let out = vgrace(&["layout", "--json", "--mem-size", size]);
+        assert!(out.status.success(), "{size}: {}", stderr_of(&out));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["mem_size"], bytes, "{size}");
+    }
+    for flag in ["--mem-size", "--bar1-size"] {
+        let out = vgrace(&["layout", flag, "96GB"]);
+        assert_eq!(out.status.code(), Some(2));
+        let err = stderr_of(&out);
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert!(err.contains("write 96G or 96GiB"), "{err}");
+        assert!(err.contains("byte count"), "{err}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("gb.toml");
+    std::fs::write(
+        &cfg,
+        "[[device]]\nsocket = \"/tmp/gb.sock\"\nmem_size = \"96GB\"\n",
+    )
+    .unwrap();
+    let out = vgrace(&["layout", "--config", cfg.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = stderr_of(&out);
+    assert!(
+        err.contains("mem_size") && err.contains("write 96G or 96GiB"),
+        "{err}"
+    );
+    let help = vgrace(&["serve", "--help"]);
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(help.contains("KiB, MiB, GiB, TiB"), "{help}");
+}
+
 #[test]
 fn zero_stall_timeout_is_refused_clearly() {
     let out = vgrace(&["serve", "--stall-timeout", "0s"]);
