@@ -170,8 +170,10 @@ pub struct QemuArgsArgs {
     /// Machine type: virt (arm64, the Grace shape) or q35 (x86); default: the host's.
     #[arg(long)]
     pub machine: Option<crate::node::Machine>,
-    /// Guest RAM size for the shared memory backend (e.g. 8G).
-    #[arg(long, default_value = "8G", value_parser = parse_size_arg)]
+    /// Guest RAM size for the shared memory backend, above zero: a byte count or a binary suffix
+    /// K, M, G, T or KiB, MiB, GiB, TiB, any case (8G = 8GiB); 8GB is refused as ambiguous.
+    /// Printed in QEMU's form (8G).
+    #[arg(long, default_value = "8G", value_parser = parse_guest_mem)]
     pub guest_mem: u64,
     /// Print JSON (the node and the argument list) for integrators.
     #[arg(long)]
@@ -181,9 +183,17 @@ pub struct QemuArgsArgs {
     pub device: DeviceArgs,
 }
 
-/// Parses a size with optional binary suffix.
+/// Parses a size: a byte count or a binary suffix (K, M, G, T, KiB, MiB, GiB, TiB, any case).
 fn parse_size_arg(s: &str) -> Result<u64, String> {
     vgrace_device::parse_size(s).map_err(|e| e.to_string())
+}
+
+/// Guest RAM: a size above zero (QEMU refuses a memory backend of size 0).
+fn parse_guest_mem(s: &str) -> Result<u64, String> {
+    match parse_size_arg(s)? {
+        0 => Err("guest RAM must be above zero".into()),
+        n => Ok(n),
+    }
 }
 
 /// Parses a decimal or 0x-prefixed hexadecimal u64.

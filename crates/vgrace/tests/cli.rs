@@ -155,6 +155,30 @@ fn size_suffixes_are_binary_and_gb_is_refused() {
     assert!(help.contains("KiB, MiB, GiB, TiB"), "{help}");
 }
 
+/// Papercut 3: --guest-mem is a size QEMU takes, printed in QEMU's form; garbage, `GB` and 0 are
+/// refused with one line.
+#[test]
+fn qemu_args_guest_mem_is_validated_and_printed_for_qemu() {
+    for (given, printed) in [
+        ("8GiB", "size=8G,"),
+        ("1536m", "size=1536M,"),
+        ("1t", "size=1T,"),
+    ] {
+        let out = vgrace(&["qemu-args", "--guest-mem", given, "--machine", "q35"]);
+        assert!(out.status.success(), "{given}: {}", stderr_of(&out));
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains(printed), "{given}: {text}");
+    }
+    for bad in ["8X", "8GB", "0", "lots", "8G8"] {
+        let out = vgrace(&["qemu-args", "--guest-mem", bad]);
+        assert_eq!(out.status.code(), Some(2), "{bad}");
+        assert!(out.stdout.is_empty(), "{bad}");
+        let err = stderr_of(&out);
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert!(err.contains("--guest-mem"), "{err}");
+    }
+}
+
 #[test]
 fn zero_stall_timeout_is_refused_clearly() {
     let out = vgrace(&["serve", "--stall-timeout", "0s"]);
