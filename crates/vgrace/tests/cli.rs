@@ -179,6 +179,48 @@ fn qemu_args_guest_mem_is_validated_and_printed_for_qemu() {
     }
 }
 
+/// Papercut 4: a refused --device-id lists exactly the chosen profile's ids, and README and
+/// `--help` list the same ids per profile as the device model's table.
+#[test]
+fn device_id_error_lists_the_profiles_ids_as_readme_and_help_do() {
+    use vgrace_device::Profile;
+    let squash = |t: &str| t.split_whitespace().collect::<Vec<_>>().join(" ");
+    let help = vgrace(&["serve", "--help"]);
+    let help = squash(&String::from_utf8_lossy(&help.stdout));
+    let readme = squash(include_str!("../../../README.md"));
+    let all = [0x2342u16, 0x2343, 0x2345, 0x2348, 0x2941, 0x31c2];
+    for profile in [Profile::Gh100, Profile::Gb200, Profile::Seed] {
+        let ids: Vec<String> = profile
+            .device_ids()
+            .iter()
+            .map(|i| format!("{i:#06x}"))
+            .collect();
+        let listed = format!("{profile} {}", ids.join(", "));
+        assert!(help.contains(&listed), "--help lacks `{listed}`: {help}");
+        assert!(readme.contains(&listed), "README lacks `{listed}`");
+        let name = profile.to_string();
+        for asked in ["0x1234", "0x2343", "0x2941"] {
+            let out = vgrace(&["layout", "--profile", &name, "--device-id", asked]);
+            let id = u16::from_str_radix(&asked[2..], 16).unwrap();
+            if profile.device_ids().contains(&id) {
+                assert!(out.status.success(), "{name} {asked}: {}", stderr_of(&out));
+                continue;
+            }
+            assert!(!out.status.success(), "{name} {asked}");
+            let err = stderr_of(&out);
+            assert_eq!(err.trim().lines().count(), 1, "{err}");
+            assert!(err.contains(&ids.join(", ")), "{name} {asked}: {err}");
+            for other in all.iter().filter(|i| !profile.device_ids().contains(i)) {
+                let other = format!("{other:#06x}");
+                assert!(
+                    other == asked || !err.contains(&other),
+                    "{name} {asked}: {err}"
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn zero_stall_timeout_is_refused_clearly() {
     let out = vgrace(&["serve", "--stall-timeout", "0s"]);

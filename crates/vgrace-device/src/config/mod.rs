@@ -292,20 +292,28 @@ impl GpuConfig {
         let size = self.mem_size;
         let base = self.mem_base;
         let device_id = self.device_id.unwrap_or(self.profile.default_device_id());
-        if !KNOWN_DEVICE_IDS.contains(&device_id) {
-            return Err(DeviceError::UnknownDeviceId(device_id));
-        }
         if !self.profile.device_ids().contains(&device_id) {
-            return Err(DeviceError::DeviceIdNotOfProfile {
-                id: device_id,
-                profile: self.profile.to_string(),
-                ids: self
-                    .profile
-                    .device_ids()
-                    .iter()
-                    .map(|i| format!("{i:#06x}"))
-                    .collect::<Vec<_>>()
-                    .join(", "),
+            // The error lists only the ids this profile takes: the others would be refused too.
+            let profile = self.profile.to_string();
+            let ids = self
+                .profile
+                .device_ids()
+                .iter()
+                .map(|i| format!("{i:#06x}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            return Err(if KNOWN_DEVICE_IDS.contains(&device_id) {
+                DeviceError::DeviceIdNotOfProfile {
+                    id: device_id,
+                    profile,
+                    ids,
+                }
+            } else {
+                DeviceError::UnknownDeviceId {
+                    id: device_id,
+                    profile,
+                    ids,
+                }
             });
         }
         if self.cxl.is_some_and(|c| c.timeout_code > 7) {
@@ -523,7 +531,7 @@ mod tests {
         c.device_id = Some(0x1234);
         assert!(matches!(
             c.layout().unwrap_err(),
-            DeviceError::UnknownDeviceId(0x1234)
+            DeviceError::UnknownDeviceId { id: 0x1234, .. }
         ));
     }
 
