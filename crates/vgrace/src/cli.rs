@@ -100,13 +100,13 @@ pub struct DeviceArgs {
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     /// Socket path to listen on (created 0600; a stale socket is replaced, a live one refused).
-    #[arg(long, default_value = "vgrace.sock", conflicts_with = "fd")]
+    #[arg(long, default_value = "vgrace.sock", conflicts_with_all = ["fd", "config"])]
     pub socket: PathBuf,
     /// Serve on an inherited, already listening socket fd instead of --socket.
     #[arg(long)]
     pub fd: Option<i32>,
     /// TOML file with one `[[device]]` table per device (each with its own `socket`); replaces
-    /// the device flags.
+    /// the device flags (giving both is refused).
     #[arg(long, conflicts_with_all = ["fd"])]
     pub config: Option<PathBuf>,
     /// Accept clients only from these uids (checked with SO_PEERCRED); repeatable.
@@ -132,7 +132,7 @@ pub struct LayoutArgs {
     #[arg(long)]
     pub json: bool,
     /// A node: the TOML file `vgrace serve --config` takes; shows every GPU and the guest
-    /// aperture the node needs.
+    /// aperture the node needs (instead of the device flags: giving both is refused).
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// With --config: the machine the aperture is for (virt or q35; default: the host's).
@@ -164,7 +164,8 @@ pub struct QemuArgsArgs {
     /// Socket path the device is (or will be) served on.
     #[arg(long, default_value = "vgrace.sock", conflicts_with = "config")]
     pub socket: PathBuf,
-    /// A node: the TOML file `vgrace serve --config` takes (one GPU per `[[device]]`).
+    /// A node: the TOML file `vgrace serve --config` takes (one GPU per `[[device]]`), instead of
+    /// the device flags (giving both is refused).
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// Machine type: virt (arm64, the Grace shape) or q35 (x86); default: the host's.
@@ -181,6 +182,43 @@ pub struct QemuArgsArgs {
     /// The device.
     #[command(flatten)]
     pub device: DeviceArgs,
+}
+
+/// With `--config` the file describes the devices, so a device flag given too would be silently
+/// ignored: refuses it, naming the flag (the first one given, in the order `--help` lists them).
+pub fn refuse_device_flags_with_config(matches: &clap::ArgMatches) -> Result<(), clap::Error> {
+    use clap::parser::ValueSource;
+    use clap::CommandFactory;
+    let Some((verb, sub)) = matches.subcommand() else {
+        return Ok(());
+    };
+    let mut cli = Cli::command();
+    cli.build();
+    let Some(cmd) = cli.find_subcommand_mut(verb) else {
+        return Ok(());
+    };
+    let has = |id: &str| cmd.get_arguments().any(|a| a.get_id() == id);
+    if !has("config") || sub.value_source("config") != Some(ValueSource::CommandLine) {
+        return Ok(());
+    }
+    let device = DeviceArgs::augment_args(clap::Command::new("device"));
+    let given = device.get_arguments().find(|a| {
+        has(a.get_id().as_str())
+            && sub.value_source(a.get_id().as_str()) == Some(ValueSource::CommandLine)
+    });
+    match given {
+        None => Ok(()),
+        Some(arg) => {
+            let flag = arg.get_long().unwrap_or(arg.get_id().as_str());
+            Err(cmd.error(
+                clap::error::ErrorKind::ArgumentConflict,
+                format!(
+                    "--{flag} cannot be used with --config: the file's [[device]] tables \
+                     describe the devices"
+                ),
+            ))
+        }
+    }
 }
 
 /// Parses a size: a byte count or a binary suffix (K, M, G, T, KiB, MiB, GiB, TiB, any case).

@@ -15,13 +15,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Result;
-use clap::Parser;
 use vgrace_device::{Backing, GpuConfig};
 
 use cli::{Cli, Command, DeviceArgs};
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli = match parse_cli() {
         Ok(cli) => cli,
         Err(e) => return clap_exit(e),
     };
@@ -42,6 +41,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Check(args) => check::run(&args),
         Command::QemuArgs(args) => qemu_args::run(&args).map(|()| ExitCode::SUCCESS),
     }
+}
+
+/// Parses the command line, refusing device flags next to `--config`.
+fn parse_cli() -> Result<Cli, clap::Error> {
+    use clap::{CommandFactory, FromArgMatches};
+    let matches = Cli::command().try_get_matches()?;
+    cli::refuse_device_flags_with_config(&matches)?;
+    Cli::from_arg_matches(&matches)
 }
 
 /// Help and version go to stdout with exit code 0, as clap does. Bare `vgrace` (no verb) is a

@@ -221,6 +221,52 @@ fn device_id_error_lists_the_profiles_ids_as_readme_and_help_do() {
     }
 }
 
+/// Papercut 7: with --config the file describes the devices; a device flag given too used to be
+/// ignored silently and is now refused with one line naming it (serve, layout and qemu-args).
+#[test]
+fn config_with_a_device_flag_is_refused_naming_the_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("gpu.sock");
+    let cfg = dir.path().join("one.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[[device]]\nsocket = \"{}\"\nmem_size = \"4G\"\n",
+            socket.display()
+        ),
+    )
+    .unwrap();
+    let cfg = cfg.to_str().unwrap();
+    for (verb, flag, value) in [
+        ("serve", "--mem-size", Some("4G")),
+        ("serve", "--profile", Some("gb200")),
+        ("serve", "--no-mem-properties", None),
+        ("layout", "--bar1-size", Some("256M")),
+        ("qemu-args", "--poison", Some("4:0x1000")),
+    ] {
+        let mut args = vec![verb, "--config", cfg, flag];
+        args.extend(value);
+        let out = vgrace(&args);
+        assert_eq!(out.status.code(), Some(2), "{verb} {flag}");
+        let err = stderr_of(&out);
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert!(
+            err.contains(&format!("{flag} cannot be used with --config")),
+            "{err}"
+        );
+        assert!(!socket.exists());
+    }
+    let out = vgrace(&["serve", "--config", cfg, "--socket", "other.sock"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr_of(&out).contains("'--socket <SOCKET>'"),
+        "{}",
+        stderr_of(&out)
+    );
+    let out = vgrace(&["layout", "--config", cfg, "--json"]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+}
+
 #[test]
 fn zero_stall_timeout_is_refused_clearly() {
     let out = vgrace(&["serve", "--stall-timeout", "0s"]);
