@@ -267,6 +267,23 @@ fn config_with_a_device_flag_is_refused_naming_the_flag() {
     assert!(out.status.success(), "{}", stderr_of(&out));
 }
 
+/// Papercut 8: README says what the guest scripts need before anyone runs them, and what it says
+/// about the mirror is what the scripts do.
+#[test]
+fn readme_says_the_guest_scripts_need_root_apt_and_a_mirror() {
+    let readme = include_str!("../../../README.md");
+    let lib = include_str!("../../../scripts/qemu-setup-lib.sh");
+    let needs = readme
+        .find("need **root**, **apt** and a **Debian mirror**")
+        .expect("README names the requirements");
+    assert!(readme[..needs].contains("`scripts/qemu-e2e.sh`"));
+    let said = &readme[needs..];
+    assert!(said.contains("VGRACE_DEBIAN_MIRROR"));
+    assert!(said.contains("/etc/apt/sources.list"));
+    assert!(lib.contains("VGRACE_DEBIAN_MIRROR") && lib.contains("/etc/apt/sources.list"));
+    assert!(lib.contains("apt-get install"));
+}
+
 #[test]
 fn zero_stall_timeout_is_refused_clearly() {
     let out = vgrace(&["serve", "--stall-timeout", "0s"]);
