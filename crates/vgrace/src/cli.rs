@@ -99,7 +99,8 @@ pub struct DeviceArgs {
 /// `vgrace serve`.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// Socket path to listen on (created 0600; a stale socket is replaced, a live one refused).
+    /// Socket path to listen on (created 0600, a missing directory 0755; a stale socket is
+    /// replaced, a live one refused).
     #[arg(long, default_value = "vgrace.sock", conflicts_with_all = ["fd", "config"])]
     pub socket: PathBuf,
     /// Serve on an inherited, already listening socket fd instead of --socket.

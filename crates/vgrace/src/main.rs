@@ -4,6 +4,7 @@
 mod check;
 mod cli;
 mod config;
+mod dirs;
 mod layout;
 mod mapping;
 mod node;

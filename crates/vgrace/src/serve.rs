@@ -34,6 +34,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
             config: crate::device_config(&args.device)?,
         }],
     };
+    crate::dirs::create_parents(&entries, args.fd.is_none())?;
     let endpoint_of = |e: &DeviceEntry| match args.fd {
         Some(fd) => Endpoint::Fd(fd),
         None => Endpoint::Path(e.socket.clone()),

@@ -380,19 +380,63 @@ fn broken_config_is_one_line() {
     assert_eq!(err.trim().lines().count(), 1, "{err}");
 }
 
+/// A socket whose directory cannot be made (a regular file is in the way, which stops root too)
+/// is one line naming the directory and the socket.
 #[test]
-fn socket_in_missing_directory_is_one_line() {
+fn socket_whose_directory_cannot_be_made_is_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("file"), b"").unwrap();
+    let socket = dir.path().join("file/run/gpu.sock");
     let out = vgrace(&[
         "serve",
         "--socket",
-        "/nonexistent-dir/gpu.sock",
+        socket.to_str().unwrap(),
         "--mem-size",
         "4G",
     ]);
     assert!(!out.status.success());
     let err = stderr_of(&out);
     assert_eq!(err.trim().lines().count(), 1, "{err}");
-    assert!(err.contains("/nonexistent-dir/gpu.sock"), "{err}");
+    assert!(err.contains("cannot create directory"), "{err}");
+    assert!(err.contains(socket.to_str().unwrap()), "{err}");
+}
+
+/// Papercut 6: README's TOML example on a fresh machine: the missing parents of the sockets and
+/// of a backing file are made (0755, one log line each) instead of failing.
+#[test]
+fn serve_creates_missing_socket_and_backing_directories() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("run/vgrace/gpu0.sock");
+    let b = dir.path().join("run/vgrace/gpu1.sock");
+    let backing = dir.path().join("var/lib/vgrace/gpu1.mem");
+    let cfg = dir.path().join("node.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[[device]]\nsocket = \"{}\"\nmem_size = \"4G\"\n\n[[device]]\nsocket = \"{}\"\nprofile = \"gb200\"\nmem_size = \"3G\"\nbacking = \"{}\"\n",
+            a.display(),
+            b.display(),
+            backing.display()
+        ),
+    )
+    .unwrap();
+    let mut served =
+        ServeChild::serve(BIN, ["--config", cfg.to_str().unwrap()]).wait_listening(&[&a, &b]);
+    let (status, err) = served.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(status.success(), "{err}");
+    for d in ["run", "run/vgrace", "var", "var/lib", "var/lib/vgrace"] {
+        let path = dir.path().join(d);
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o755, "{d}");
+        assert_eq!(
+            err.matches(&format!("created directory {}\n", path.display()))
+                .count(),
+            1,
+            "{d}: {err}"
+        );
+    }
+    assert!(backing.exists(), "{err}");
 }
 
 #[test]
