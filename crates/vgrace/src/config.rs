@@ -218,7 +218,7 @@ impl DeviceTable {
 }
 
 /// The device flags' defaults, so the file and the command line agree on them.
-fn default_device_args() -> DeviceArgs {
+pub fn default_device_args() -> DeviceArgs {
     use clap::Parser;
     #[derive(Parser)]
     struct Defaults {

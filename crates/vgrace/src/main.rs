@@ -9,6 +9,7 @@ mod layout;
 mod mapping;
 mod node;
 mod qemu_args;
+mod ready;
 mod serve;
 mod units;
 

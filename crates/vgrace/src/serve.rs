@@ -150,6 +150,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         }));
     }
 
+    crate::ready::announce(&args, &entries);
     let mut failure = None;
     for worker in workers {
         let outcome = worker.join();
@@ -214,7 +215,7 @@ fn inherited_listener(fd: i32) -> Result<UnixListener> {
 
 fn describe(endpoint: &Endpoint) -> String {
     match endpoint {
-        Endpoint::Path(p) => p.display().to_string(),
+        Endpoint::Path(p) => crate::ready::absolute(p).display().to_string(),
         Endpoint::Fd(fd) => format!("inherited fd {fd}"),
     }
 }

@@ -439,6 +439,111 @@ fn serve_creates_missing_socket_and_backing_directories() {
     assert!(backing.exists(), "{err}");
 }
 
+/// The server's log once it holds `needle` (the ready lines follow the bind: a client may
+/// connect just before they are written); at most 10 s.
+fn log_with(served: &ServeChild, needle: &str) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let log = served.log();
+        if log.contains(needle) || std::time::Instant::now() > deadline {
+            return log;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// The command after `prefix` in a server's log (`attach with: vgrace ...`), run as the binary:
+/// its output.
+fn run_logged_command(log: &str, prefix: &str) -> Output {
+    let line = log
+        .lines()
+        .find_map(|l| l.split_once(prefix).map(|(_, rest)| rest))
+        .unwrap_or_else(|| panic!("no `{prefix}` in: {log}"));
+    let words: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(words.first(), Some(&"vgrace"), "{line}");
+    vgrace(&words[1..])
+}
+
+/// Papercut 9: started with a relative socket, serve names its absolute path and says how to
+/// attach and check, with the flags that describe the device served; both commands work.
+#[test]
+fn serve_ready_line_shows_absolute_path_and_next_steps() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("gpu.sock");
+    let device = [
+        "--profile",
+        "gb200",
+        "--mem-size",
+        "3G",
+        "--linux",
+        "6.14",
+        "--bar1-size",
+        "256M",
+    ];
+    let mut cmd = Command::new(BIN);
+    cmd.current_dir(dir.path())
+        .args(["serve", "--socket", "gpu.sock"])
+        .args(device);
+    let served = ServeChild::spawn(cmd).unwrap().wait_listening(&[&socket]);
+    let abs = socket.to_str().unwrap();
+    let log = log_with(&served, "check with: ");
+    assert!(log.contains(&format!("on {abs}\n")), "{log}");
+    assert!(
+        log.contains(&format!("attach with: vgrace qemu-args --socket {abs} ")),
+        "{log}"
+    );
+    assert!(
+        log.contains(&format!(
+            "check with: vgrace check --socket {abs} --linux 6.14\n"
+        )),
+        "{log}"
+    );
+    let attach = run_logged_command(&log, "attach with: ");
+    assert!(attach.status.success(), "{}", stderr_of(&attach));
+    let mut direct = vec!["qemu-args", "--socket", abs];
+    direct.extend(device);
+    assert_eq!(
+        String::from_utf8_lossy(&attach.stdout),
+        String::from_utf8_lossy(&vgrace(&direct).stdout)
+    );
+    let check = run_logged_command(&log, "check with: ");
+    let stdout = String::from_utf8_lossy(&check.stdout);
+    assert!(check.status.success(), "{stdout}{}", stderr_of(&check));
+
+    // With --config (given relative): qemu-args takes the file, check each socket.
+    let a = dir.path().join("a.sock");
+    let cfg = dir.path().join("node.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[[device]]\nsocket = \"{}\"\nmem_size = \"4G\"\n",
+            a.display()
+        ),
+    )
+    .unwrap();
+    let mut cmd = Command::new(BIN);
+    cmd.current_dir(dir.path())
+        .args(["serve", "--config", "node.toml"]);
+    let served = ServeChild::spawn(cmd).unwrap().wait_listening(&[&a]);
+    let log = log_with(&served, "check with: ");
+    assert!(
+        log.contains(&format!(
+            "attach with: vgrace qemu-args --config {}\n",
+            cfg.display()
+        )),
+        "{log}"
+    );
+    let attach = run_logged_command(&log, "attach with: ");
+    assert!(attach.status.success(), "{}", stderr_of(&attach));
+    assert!(String::from_utf8_lossy(&attach.stdout).contains(a.to_str().unwrap()));
+    let check = run_logged_command(&log, "check with: ");
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stdout)
+    );
+}
+
 #[test]
 fn serve_creates_socket_0600_and_sigterm_removes_it() {
     let dir = tempfile::tempdir().unwrap();
