@@ -64,11 +64,31 @@ pub enum DeviceError {
         offset: u64,
     },
     /// A device id outside the upstream table.
-    #[error("device id {0:#06x} is not an nvgrace device id (known: 0x2342, 0x2343, 0x2345, 0x2348, 0x2941, 0x31c2)")]
-    UnknownDeviceId(u16),
+    #[error("device id {id:#06x} is not an nvgrace device id ({profile} takes {ids})")]
+    UnknownDeviceId {
+        /// The id asked for.
+        id: u16,
+        /// The profile.
+        profile: String,
+        /// The profile's ids, as a list for the message.
+        ids: String,
+    },
     /// A size string that does not parse.
-    #[error("`{0}` is not a size (use bytes or a binary suffix: 512M, 96G, 96GiB, 1T)")]
+    #[error("`{0}` is not a size (use a byte count or a binary suffix: 512M, 96G, 96GiB, 1T)")]
     BadSize(String),
+    /// A size with a decimal-looking suffix (`96GB`): refused rather than guessed.
+    #[error(
+        "`{value}` is ambiguous (GB, MB... may mean powers of 1000): write {binary} or \
+         {binary_long} (binary, powers of 1024) or a byte count"
+    )]
+    DecimalSizeSuffix {
+        /// The text given, as given.
+        value: String,
+        /// The same number with the short binary suffix (`96G`).
+        binary: String,
+        /// The same number with the long binary suffix (`96GiB`).
+        binary_long: String,
+    },
     /// A profile/fault name that does not parse.
     #[error("unknown {what} `{value}` (expected {expected})")]
     BadName {

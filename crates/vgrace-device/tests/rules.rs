@@ -396,7 +396,7 @@ fn unknown_device_id_refused() {
     c.device_id = Some(0x1b80);
     assert!(matches!(
         NvGraceGpu::new(&c),
-        Err(DeviceError::UnknownDeviceId(0x1b80))
+        Err(DeviceError::UnknownDeviceId { id: 0x1b80, .. })
     ));
 }
 

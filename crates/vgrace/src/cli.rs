@@ -44,7 +44,8 @@ pub struct DeviceArgs {
     /// profile's first.
     #[arg(long, value_parser = parse_u16)]
     pub device_id: Option<u16>,
-    /// Device memory size (`nvidia,gpu-mem-size`): bytes or binary suffixes (96G, 96GiB, 512M).
+    /// Device memory size (`nvidia,gpu-mem-size`): a byte count or a binary suffix K, M, G, T
+    /// or KiB, MiB, GiB, TiB, any case (96G = 96GiB = 96 x 2^30); 96GB is refused as ambiguous.
     #[arg(long, default_value = "96G", value_parser = parse_size_arg)]
     pub mem_size: u64,
     /// Host physical base of device memory (`nvidia,gpu-mem-base-pa`), e.g. 0x400000000000.
@@ -67,7 +68,7 @@ pub struct DeviceArgs {
     #[arg(long)]
     pub no_mem_properties: bool,
     /// Size of Blackwell's real BAR1 (region 2 from 6.14), a power of two (our choice of default:
-    /// no public source gives the GB200 value).
+    /// no public source gives the GB200 value). Sizes as for --mem-size.
     #[arg(long, default_value = "128G", value_parser = parse_size_arg)]
     pub bar1_size: u64,
     /// Time until the readiness registers read ready again after a reset (6.19+: the first
@@ -101,14 +102,15 @@ pub struct DeviceArgs {
 /// `vgrace serve`.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// Socket path to listen on (created 0600; a stale socket is replaced, a live one refused).
-    #[arg(long, default_value = "vgrace.sock", conflicts_with = "fd")]
+    /// Socket path to listen on (created 0600, a missing directory 0755; a stale socket is
+    /// replaced, a live one refused).
+    #[arg(long, default_value = "vgrace.sock", conflicts_with_all = ["fd", "config"])]
     pub socket: PathBuf,
     /// Serve on an inherited, already listening socket fd instead of --socket.
     #[arg(long)]
     pub fd: Option<i32>,
     /// TOML file with one `[[device]]` table per device (each with its own `socket`); replaces
-    /// the device flags.
+    /// the device flags (giving both is refused).
     #[arg(long, conflicts_with_all = ["fd"])]
     pub config: Option<PathBuf>,
     /// Accept clients only from these uids (checked with SO_PEERCRED); repeatable.
@@ -138,7 +140,7 @@ pub struct LayoutArgs {
     #[arg(long)]
     pub json: bool,
     /// A node: the TOML file `vgrace serve --config` takes; shows every GPU and the guest
-    /// aperture the node needs.
+    /// aperture the node needs (instead of the device flags: giving both is refused).
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// With --config: the machine the aperture is for (virt or q35; default: the host's).
@@ -170,14 +172,17 @@ pub struct QemuArgsArgs {
     /// Socket path the device is (or will be) served on.
     #[arg(long, default_value = "vgrace.sock", conflicts_with = "config")]
     pub socket: PathBuf,
-    /// A node: the TOML file `vgrace serve --config` takes (one GPU per `[[device]]`).
+    /// A node: the TOML file `vgrace serve --config` takes (one GPU per `[[device]]`), instead of
+    /// the device flags (giving both is refused).
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// Machine type: virt (arm64, the Grace shape) or q35 (x86); default: the host's.
     #[arg(long)]
     pub machine: Option<crate::node::Machine>,
-    /// Guest RAM size for the shared memory backend (e.g. 8G).
-    #[arg(long, default_value = "8G", value_parser = parse_size_arg)]
+    /// Guest RAM size for the shared memory backend, above zero: a byte count or a binary suffix
+    /// K, M, G, T or KiB, MiB, GiB, TiB, any case (8G = 8GiB); 8GB is refused as ambiguous.
+    /// Printed in QEMU's form (8G).
+    #[arg(long, default_value = "8G", value_parser = parse_guest_mem)]
     pub guest_mem: u64,
     /// Print JSON (the node and the argument list) for integrators.
     #[arg(long)]
@@ -187,9 +192,54 @@ pub struct QemuArgsArgs {
     pub device: DeviceArgs,
 }
 
-/// Parses a size with optional binary suffix.
+/// With `--config` the file describes the devices, so a device flag given too would be silently
+/// ignored: refuses it, naming the flag (the first one given, in the order `--help` lists them).
+pub fn refuse_device_flags_with_config(matches: &clap::ArgMatches) -> Result<(), clap::Error> {
+    use clap::parser::ValueSource;
+    use clap::CommandFactory;
+    let Some((verb, sub)) = matches.subcommand() else {
+        return Ok(());
+    };
+    let mut cli = Cli::command();
+    cli.build();
+    let Some(cmd) = cli.find_subcommand_mut(verb) else {
+        return Ok(());
+    };
+    let has = |id: &str| cmd.get_arguments().any(|a| a.get_id() == id);
+    if !has("config") || sub.value_source("config") != Some(ValueSource::CommandLine) {
+        return Ok(());
+    }
+    let device = DeviceArgs::augment_args(clap::Command::new("device"));
+    let given = device.get_arguments().find(|a| {
+        has(a.get_id().as_str())
+            && sub.value_source(a.get_id().as_str()) == Some(ValueSource::CommandLine)
+    });
+    match given {
+        None => Ok(()),
+        Some(arg) => {
+            let flag = arg.get_long().unwrap_or(arg.get_id().as_str());
+            Err(cmd.error(
+                clap::error::ErrorKind::ArgumentConflict,
+                format!(
+                    "--{flag} cannot be used with --config: the file's [[device]] tables \
+                     describe the devices"
+                ),
+            ))
+        }
+    }
+}
+
+/// Parses a size: a byte count or a binary suffix (K, M, G, T, KiB, MiB, GiB, TiB, any case).
 fn parse_size_arg(s: &str) -> Result<u64, String> {
     vgrace_device::parse_size(s).map_err(|e| e.to_string())
+}
+
+/// Guest RAM: a size above zero (QEMU refuses a memory backend of size 0).
+fn parse_guest_mem(s: &str) -> Result<u64, String> {
+    match parse_size_arg(s)? {
+        0 => Err("guest RAM must be above zero".into()),
+        n => Ok(n),
+    }
 }
 
 /// Parses a decimal or 0x-prefixed hexadecimal u64.

@@ -7,7 +7,7 @@
 //! id = "gpu0"                # optional: the name `vgrace ctl` uses (default gpu<index>)
 //! socket = "/run/vgrace/gpu0.sock"
 //! profile = "gh100"          # gh100 | gb200 | seed
-//! mem_size = "96G"           # bytes (integer) or a string with a binary suffix
+//! mem_size = "96G"           # bytes (integer) or a string: K/M/G/T or KiB/MiB/GiB/TiB (binary)
 //! mem_base = "0x400000000000"
 //! backing = "memfd"          # memfd | hugetlbfs | a file path
 //! device_id = "0x2342"       # optional
@@ -15,7 +15,7 @@
 //! fault = "never-ready"      # optional: never-ready | link-down
 //! linux = "6.19"             # optional: 6.9 | 6.14 | 6.19 | 7.2 (default: the newest)
 //! mem_properties = false     # optional: the firmware has no memory properties (core device)
-//! bar1_size = "128G"         # optional: Blackwell's real BAR1
+//! bar1_size = "128G"         # optional: Blackwell's real BAR1 (sizes as mem_size)
 //! reset_ready_delay = "3s"   # optional: training time after a reset
 //! ready_timeout = "30s"      # optional: readiness polling limit
 //! poison = ["4:0x1000"]      # optional: poisoned pages (REGION:OFFSET), Linux 6.19+
@@ -268,7 +268,7 @@ impl DeviceTable {
 }
 
 /// The device flags' defaults, so the file and the command line agree on them.
-fn default_device_args() -> DeviceArgs {
+pub fn default_device_args() -> DeviceArgs {
     use clap::Parser;
     #[derive(Parser)]
     struct Defaults {
@@ -328,6 +328,24 @@ mod tests {
     #[test]
     fn empty_file_is_refused() {
         assert!(parse("").is_err());
+    }
+
+    /// Papercut 5: the file takes the command line's size rule (binary suffixes in any case,
+    /// `GB` refused) for both sizes.
+    #[test]
+    fn file_sizes_follow_the_command_line_rule() {
+        let e = parse("[[device]]\nsocket = \"/tmp/a.sock\"\nprofile = \"gb200\"\nmem_size = \"4gib\"\nbar1_size = \"256m\"\n").unwrap();
+        assert_eq!(e[0].config.mem_size, 4 << 30);
+        assert_eq!(e[0].config.bar1_size, 256 << 20);
+        for field in ["mem_size", "bar1_size"] {
+            let err = parse(&format!(
+                "[[device]]\nsocket = \"/tmp/a.sock\"\n{field} = \"96GB\"\n"
+            ))
+            .unwrap_err();
+            let msg = format!("{err:#}");
+            assert!(msg.contains(field), "{msg}");
+            assert!(msg.contains("write 96G or 96GiB"), "{msg}");
+        }
     }
 
     #[test]

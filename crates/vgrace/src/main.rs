@@ -6,10 +6,12 @@ mod cli;
 mod config;
 mod control;
 mod ctl;
+mod dirs;
 mod layout;
 mod mapping;
 mod node;
 mod qemu_args;
+mod ready;
 mod serve;
 mod units;
 
@@ -17,13 +19,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Result;
-use clap::Parser;
 use vgrace_device::{Backing, GpuConfig};
 
 use cli::{Cli, Command, DeviceArgs};
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli = match parse_cli() {
         Ok(cli) => cli,
         Err(e) => return clap_exit(e),
     };
@@ -47,23 +48,78 @@ fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
-/// Help and version go to stdout as clap writes them; usage errors become one line on stderr.
+/// Parses the command line, refusing device flags next to `--config`.
+fn parse_cli() -> Result<Cli, clap::Error> {
+    use clap::{CommandFactory, FromArgMatches};
+    let matches = Cli::command().try_get_matches()?;
+    cli::refuse_device_flags_with_config(&matches)?;
+    Cli::from_arg_matches(&matches)
+}
+
+/// Help and version go to stdout with exit code 0, as clap does. Bare `vgrace` (no verb) is a
+/// usage error, as clap has it: the help goes to stderr and the exit code is 2. Other usage
+/// errors become one line on stderr that keeps what clap says (the missing argument, the bad
+/// value and why, its tip, the usage line) and exit with 2.
 fn clap_exit(e: clap::Error) -> ExitCode {
     use clap::error::ErrorKind;
     match e.kind() {
-        ErrorKind::DisplayHelp
-        | ErrorKind::DisplayVersion
-        | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
             let _ = e.print();
             ExitCode::SUCCESS
         }
-        _ => {
-            let rendered = e.render().to_string();
-            let first = rendered.lines().next().unwrap_or("invalid arguments");
-            let first = first.strip_prefix("error: ").unwrap_or(first);
-            eprintln!("vgrace: {first} (see vgrace --help)");
+        ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            eprint!("{}", e.render());
             ExitCode::from(2)
         }
+        _ => {
+            use clap::CommandFactory;
+            let cli = Cli::command();
+            let verb = std::env::args()
+                .skip(1)
+                .find(|a| cli.get_subcommands().any(|c| c.get_name() == a));
+            eprintln!(
+                "vgrace: {}",
+                one_line(&e.render().to_string(), verb.as_deref())
+            );
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Folds clap's rendered error into one line: the message with its continuation lines (the
+/// missing arguments), the tips, and the usage line (or where to find it); drops the blank
+/// lines and clap's "For more information" footer.
+fn one_line(rendered: &str, verb: Option<&str>) -> String {
+    let mut message = String::new();
+    let mut tips = Vec::new();
+    let mut usage = None;
+    let mut in_message = true;
+    for line in rendered.lines() {
+        let t = line.trim();
+        if t.is_empty() {
+            in_message = false;
+        } else if let Some(u) = t.strip_prefix("Usage:") {
+            usage = Some(u.trim().to_string());
+        } else if let Some(tip) = t.strip_prefix("tip:") {
+            tips.push(tip.trim().to_string());
+        } else if in_message && !t.starts_with("For more information") {
+            let t = t.strip_prefix("error:").map_or(t, str::trim);
+            if !message.is_empty() {
+                message.push_str(if message.ends_with(':') { " " } else { ", " });
+            }
+            message.push_str(t);
+        }
+    }
+    if message.is_empty() {
+        message.push_str("invalid arguments");
+    }
+    for tip in tips {
+        message.push_str(&format!("; tip: {tip}"));
+    }
+    match (usage, verb) {
+        (Some(u), _) => format!("{message} (usage: {u})"),
+        (None, Some(v)) => format!("{message} (see vgrace {v} --help)"),
+        (None, None) => format!("{message} (see vgrace --help)"),
     }
 }
 

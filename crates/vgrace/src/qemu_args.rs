@@ -52,7 +52,7 @@ fn absolute(path: &Path) -> Result<String> {
 }
 
 /// QEMU's size syntax for a byte count (exact: the largest unit that divides it).
-fn qemu_size(bytes: u64) -> String {
+pub fn qemu_size(bytes: u64) -> String {
     for (unit, shift) in [("T", 40), ("G", 30), ("M", 20), ("K", 10)] {
         if bytes >= 1 << shift && bytes.is_multiple_of(1 << shift) {
             return format!("{}{unit}", bytes >> shift);

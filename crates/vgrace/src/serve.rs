@@ -45,6 +45,10 @@ pub fn run(args: ServeArgs) -> Result<()> {
         ),
     };
     let control_path = args.control.clone().or(file_control);
+    crate::dirs::create_parents(&entries, args.fd.is_none())?;
+    if let Some(path) = &control_path {
+        crate::dirs::create_parent(path, "control socket")?;
+    }
     let endpoint_of = |e: &DeviceEntry| match args.fd {
         Some(fd) => Endpoint::Fd(fd),
         None => Endpoint::Path(e.socket.clone()),
@@ -199,7 +203,11 @@ pub fn run(args: ServeArgs) -> Result<()> {
     let control_thread = control_listener.map(|listener| {
         let allow = (!args.allow_uid.is_empty()).then(|| args.allow_uid.clone());
         if let Some(path) = &control_path {
-            info!("control socket on {}", path.display());
+            let path = std::path::absolute(path).unwrap_or_else(|_| path.clone());
+            info!(
+                "control socket on {0}; drive it with: vgrace ctl --control {0} status",
+                path.display()
+            );
         }
         control::start(
             listener,
@@ -208,6 +216,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         )
     });
 
+    crate::ready::announce(&args, &entries);
     let mut failure = None;
     for worker in workers {
         let outcome = worker.join();
@@ -275,7 +284,7 @@ fn inherited_listener(fd: i32) -> Result<UnixListener> {
 
 fn describe(endpoint: &Endpoint) -> String {
     match endpoint {
-        Endpoint::Path(p) => p.display().to_string(),
+        Endpoint::Path(p) => crate::ready::absolute(p).display().to_string(),
         Endpoint::Fd(fd) => format!("inherited fd {fd}"),
     }
 }

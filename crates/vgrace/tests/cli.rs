@@ -55,11 +55,233 @@ fn unknown_flag_is_one_line_and_exit_2() {
     );
 }
 
+/// Papercut 1: clap's message keeps the missing argument's name and the usage line, on one line
+/// with exit code 2 (it used to stop at "not provided:").
+#[test]
+fn missing_required_argument_is_named_with_the_usage() {
+    let out = vgrace(&["check"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr_of(&out);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("the following required arguments were not provided: --socket <SOCKET>"),
+        "{err}"
+    );
+    assert!(
+        err.contains("usage: vgrace check --socket <SOCKET>"),
+        "{err}"
+    );
+    let out = vgrace(&["layout", "--profile", "foo"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr_of(&out);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("invalid value 'foo' for '--profile"), "{err}");
+    assert!(err.contains("expected gh100, gb200 or seed"), "{err}");
+    let out = vgrace(&["serve", "--mem-sze", "4G"]);
+    let err = stderr_of(&out);
+    assert!(
+        err.contains("a similar argument exists: '--mem-size'"),
+        "{err}"
+    );
+}
+
+/// Papercut 2: bare `vgrace` is a usage error as clap has it (help on stderr, exit 2);
+/// `vgrace --help` is help on stdout with exit 0.
+#[test]
+fn bare_vgrace_is_a_usage_error_and_help_is_not() {
+    let out = vgrace(&[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        out.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(
+        stderr_of(&out).contains("Usage: vgrace <COMMAND>"),
+        "{}",
+        stderr_of(&out)
+    );
+    let out = vgrace(&["--help"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(out.stderr.is_empty(), "{}", stderr_of(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Usage: vgrace <COMMAND>"));
+}
+
 #[test]
 fn bad_size_is_refused_clearly() {
     let out = vgrace(&["layout", "--mem-size", "12Q"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr_of(&out).contains("12Q"), "{}", stderr_of(&out));
+}
+
+/// Papercut 5: size suffixes are binary in any case; `GB` and friends are refused with the
+/// binary spelling to use, on the command line as in the TOML file.
+#[test]
+fn size_suffixes_are_binary_and_gb_is_refused() {
+    for (size, bytes) in [
+        ("96g", 96u64 << 30),
+        ("96GiB", 96 << 30),
+        ("98304m", 96 << 30),
+    ] {
+        let out = vgrace(&["layout", "--json", "--mem-size", size]);
+        assert!(out.status.success(), "{size}: {}", stderr_of(&out));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["mem_size"], bytes, "{size}");
+    }
+    for flag in ["--mem-size", "--bar1-size"] {
+        let out = vgrace(&["layout", flag, "96GB"]);
+        assert_eq!(out.status.code(), Some(2));
+        let err = stderr_of(&out);
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert!(err.contains("write 96G or 96GiB"), "{err}");
+        assert!(err.contains("byte count"), "{err}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("gb.toml");
+    std::fs::write(
+        &cfg,
+        "[[device]]\nsocket = \"/tmp/gb.sock\"\nmem_size = \"96GB\"\n",
+    )
+    .unwrap();
+    let out = vgrace(&["layout", "--config", cfg.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = stderr_of(&out);
+    assert!(
+        err.contains("mem_size") && err.contains("write 96G or 96GiB"),
+        "{err}"
+    );
+    let help = vgrace(&["serve", "--help"]);
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(help.contains("KiB, MiB, GiB, TiB"), "{help}");
+}
+
+/// Papercut 3: --guest-mem is a size QEMU takes, printed in QEMU's form; garbage, `GB` and 0 are
+/// refused with one line.
+#[test]
+fn qemu_args_guest_mem_is_validated_and_printed_for_qemu() {
+    for (given, printed) in [
+        ("8GiB", "size=8G,"),
+        ("1536m", "size=1536M,"),
+        ("1t", "size=1T,"),
+    ] {
+        let out = vgrace(&["qemu-args", "--guest-mem", given, "--machine", "q35"]);
+        assert!(out.status.success(), "{given}: {}", stderr_of(&out));
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains(printed), "{given}: {text}");
+    }
+    for bad in ["8X", "8GB", "0", "lots", "8G8"] {
+        let out = vgrace(&["qemu-args", "--guest-mem", bad]);
+        assert_eq!(out.status.code(), Some(2), "{bad}");
+        assert!(out.stdout.is_empty(), "{bad}");
+        let err = stderr_of(&out);
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert!(err.contains("--guest-mem"), "{err}");
+    }
+}
+
+/// Papercut 4: a refused --device-id lists exactly the chosen profile's ids, and README and
+/// `--help` list the same ids per profile as the device model's table.
+#[test]
+fn device_id_error_lists_the_profiles_ids_as_readme_and_help_do() {
+    use vgrace_device::Profile;
+    let squash = |t: &str| t.split_whitespace().collect::<Vec<_>>().join(" ");
+    let help = vgrace(&["serve", "--help"]);
+    let help = squash(&String::from_utf8_lossy(&help.stdout));
+    let readme = squash(include_str!("../../../README.md"));
+    let all = [0x2342u16, 0x2343, 0x2345, 0x2348, 0x2941, 0x31c2];
+    for profile in [Profile::Gh100, Profile::Gb200, Profile::Seed] {
+        let ids: Vec<String> = profile
+            .device_ids()
+            .iter()
+            .map(|i| format!("{i:#06x}"))
+            .collect();
+        let listed = format!("{profile} {}", ids.join(", "));
+        assert!(help.contains(&listed), "--help lacks `{listed}`: {help}");
+        assert!(readme.contains(&listed), "README lacks `{listed}`");
+        let name = profile.to_string();
+        for asked in ["0x1234", "0x2343", "0x2941"] {
+            let out = vgrace(&["layout", "--profile", &name, "--device-id", asked]);
+            let id = u16::from_str_radix(&asked[2..], 16).unwrap();
+            if profile.device_ids().contains(&id) {
+                assert!(out.status.success(), "{name} {asked}: {}", stderr_of(&out));
+                continue;
+            }
+            assert!(!out.status.success(), "{name} {asked}");
+            let err = stderr_of(&out);
+            assert_eq!(err.trim().lines().count(), 1, "{err}");
+            assert!(err.contains(&ids.join(", ")), "{name} {asked}: {err}");
+            for other in all.iter().filter(|i| !profile.device_ids().contains(i)) {
+                let other = format!("{other:#06x}");
+                assert!(
+                    other == asked || !err.contains(&other),
+                    "{name} {asked}: {err}"
+                );
+            }
+        }
+    }
+}
+
+/// Papercut 7: with --config the file describes the devices; a device flag given too used to be
+/// ignored silently and is now refused with one line naming it (serve, layout and qemu-args).
+#[test]
+fn config_with_a_device_flag_is_refused_naming_the_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("gpu.sock");
+    let cfg = dir.path().join("one.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[[device]]\nsocket = \"{}\"\nmem_size = \"4G\"\n",
+            socket.display()
+        ),
+    )
+    .unwrap();
+    let cfg = cfg.to_str().unwrap();
+    for (verb, flag, value) in [
+        ("serve", "--mem-size", Some("4G")),
+        ("serve", "--profile", Some("gb200")),
+        ("serve", "--no-mem-properties", None),
+        ("layout", "--bar1-size", Some("256M")),
+        ("qemu-args", "--poison", Some("4:0x1000")),
+    ] {
+        let mut args = vec![verb, "--config", cfg, flag];
+        args.extend(value);
+        let out = vgrace(&args);
+        assert_eq!(out.status.code(), Some(2), "{verb} {flag}");
+        let err = stderr_of(&out);
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert!(
+            err.contains(&format!("{flag} cannot be used with --config")),
+            "{err}"
+        );
+        assert!(!socket.exists());
+    }
+    let out = vgrace(&["serve", "--config", cfg, "--socket", "other.sock"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr_of(&out).contains("'--socket <SOCKET>'"),
+        "{}",
+        stderr_of(&out)
+    );
+    let out = vgrace(&["layout", "--config", cfg, "--json"]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+}
+
+/// Papercut 8: README says what the guest scripts need before anyone runs them, and what it says
+/// about the mirror is what the scripts do.
+#[test]
+fn readme_says_the_guest_scripts_need_root_apt_and_a_mirror() {
+    let readme = include_str!("../../../README.md");
+    let lib = include_str!("../../../scripts/qemu-setup-lib.sh");
+    let needs = readme
+        .find("need **root**, **apt** and a **Debian mirror**")
+        .expect("README names the requirements");
+    assert!(readme[..needs].contains("`scripts/qemu-e2e.sh`"));
+    let said = &readme[needs..];
+    assert!(said.contains("VGRACE_DEBIAN_MIRROR"));
+    assert!(said.contains("/etc/apt/sources.list"));
+    assert!(lib.contains("VGRACE_DEBIAN_MIRROR") && lib.contains("/etc/apt/sources.list"));
+    assert!(lib.contains("apt-get install"));
 }
 
 #[test]
@@ -158,19 +380,168 @@ fn broken_config_is_one_line() {
     assert_eq!(err.trim().lines().count(), 1, "{err}");
 }
 
+/// A socket whose directory cannot be made (a regular file is in the way, which stops root too)
+/// is one line naming the directory and the socket.
 #[test]
-fn socket_in_missing_directory_is_one_line() {
+fn socket_whose_directory_cannot_be_made_is_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("file"), b"").unwrap();
+    let socket = dir.path().join("file/run/gpu.sock");
     let out = vgrace(&[
         "serve",
         "--socket",
-        "/nonexistent-dir/gpu.sock",
+        socket.to_str().unwrap(),
         "--mem-size",
         "4G",
     ]);
     assert!(!out.status.success());
     let err = stderr_of(&out);
     assert_eq!(err.trim().lines().count(), 1, "{err}");
-    assert!(err.contains("/nonexistent-dir/gpu.sock"), "{err}");
+    assert!(err.contains("cannot create directory"), "{err}");
+    assert!(err.contains(socket.to_str().unwrap()), "{err}");
+}
+
+/// Papercut 6: README's TOML example on a fresh machine: the missing parents of the sockets and
+/// of a backing file are made (0755, one log line each) instead of failing.
+#[test]
+fn serve_creates_missing_socket_and_backing_directories() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("run/vgrace/gpu0.sock");
+    let b = dir.path().join("run/vgrace/gpu1.sock");
+    let backing = dir.path().join("var/lib/vgrace/gpu1.mem");
+    let cfg = dir.path().join("node.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[[device]]\nsocket = \"{}\"\nmem_size = \"4G\"\n\n[[device]]\nsocket = \"{}\"\nprofile = \"gb200\"\nmem_size = \"3G\"\nbacking = \"{}\"\n",
+            a.display(),
+            b.display(),
+            backing.display()
+        ),
+    )
+    .unwrap();
+    let mut served =
+        ServeChild::serve(BIN, ["--config", cfg.to_str().unwrap()]).wait_listening(&[&a, &b]);
+    let (status, err) = served.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(status.success(), "{err}");
+    for d in ["run", "run/vgrace", "var", "var/lib", "var/lib/vgrace"] {
+        let path = dir.path().join(d);
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o755, "{d}");
+        assert_eq!(
+            err.matches(&format!("created directory {}\n", path.display()))
+                .count(),
+            1,
+            "{d}: {err}"
+        );
+    }
+    assert!(backing.exists(), "{err}");
+}
+
+/// The server's log once it holds `needle` (the ready lines follow the bind: a client may
+/// connect just before they are written); at most 10 s.
+fn log_with(served: &ServeChild, needle: &str) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let log = served.log();
+        if log.contains(needle) || std::time::Instant::now() > deadline {
+            return log;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// The command after `prefix` in a server's log (`attach with: vgrace ...`), run as the binary:
+/// its output.
+fn run_logged_command(log: &str, prefix: &str) -> Output {
+    let line = log
+        .lines()
+        .find_map(|l| l.split_once(prefix).map(|(_, rest)| rest))
+        .unwrap_or_else(|| panic!("no `{prefix}` in: {log}"));
+    let words: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(words.first(), Some(&"vgrace"), "{line}");
+    vgrace(&words[1..])
+}
+
+/// Papercut 9: started with a relative socket, serve names its absolute path and says how to
+/// attach and check, with the flags that describe the device served; both commands work.
+#[test]
+fn serve_ready_line_shows_absolute_path_and_next_steps() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("gpu.sock");
+    let device = [
+        "--profile",
+        "gb200",
+        "--mem-size",
+        "3G",
+        "--linux",
+        "6.14",
+        "--bar1-size",
+        "256M",
+    ];
+    let mut cmd = Command::new(BIN);
+    cmd.current_dir(dir.path())
+        .args(["serve", "--socket", "gpu.sock"])
+        .args(device);
+    let served = ServeChild::spawn(cmd).unwrap().wait_listening(&[&socket]);
+    let abs = socket.to_str().unwrap();
+    let log = log_with(&served, "check with: ");
+    assert!(log.contains(&format!("on {abs}\n")), "{log}");
+    assert!(
+        log.contains(&format!("attach with: vgrace qemu-args --socket {abs} ")),
+        "{log}"
+    );
+    assert!(
+        log.contains(&format!(
+            "check with: vgrace check --socket {abs} --linux 6.14\n"
+        )),
+        "{log}"
+    );
+    let attach = run_logged_command(&log, "attach with: ");
+    assert!(attach.status.success(), "{}", stderr_of(&attach));
+    let mut direct = vec!["qemu-args", "--socket", abs];
+    direct.extend(device);
+    assert_eq!(
+        String::from_utf8_lossy(&attach.stdout),
+        String::from_utf8_lossy(&vgrace(&direct).stdout)
+    );
+    let check = run_logged_command(&log, "check with: ");
+    let stdout = String::from_utf8_lossy(&check.stdout);
+    assert!(check.status.success(), "{stdout}{}", stderr_of(&check));
+
+    // With --config (given relative): qemu-args takes the file, check each socket.
+    let a = dir.path().join("a.sock");
+    let cfg = dir.path().join("node.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[[device]]\nsocket = \"{}\"\nmem_size = \"4G\"\n",
+            a.display()
+        ),
+    )
+    .unwrap();
+    let mut cmd = Command::new(BIN);
+    cmd.current_dir(dir.path())
+        .args(["serve", "--config", "node.toml"]);
+    let served = ServeChild::spawn(cmd).unwrap().wait_listening(&[&a]);
+    let log = log_with(&served, "check with: ");
+    assert!(
+        log.contains(&format!(
+            "attach with: vgrace qemu-args --config {}\n",
+            cfg.display()
+        )),
+        "{log}"
+    );
+    let attach = run_logged_command(&log, "attach with: ");
+    assert!(attach.status.success(), "{}", stderr_of(&attach));
+    assert!(String::from_utf8_lossy(&attach.stdout).contains(a.to_str().unwrap()));
+    let check = run_logged_command(&log, "check with: ");
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stdout)
+    );
 }
 
 #[test]

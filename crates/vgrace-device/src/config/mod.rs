@@ -292,20 +292,28 @@ impl GpuConfig {
         let size = self.mem_size;
         let base = self.mem_base;
         let device_id = self.device_id.unwrap_or(self.profile.default_device_id());
-        if !KNOWN_DEVICE_IDS.contains(&device_id) {
-            return Err(DeviceError::UnknownDeviceId(device_id));
-        }
         if !self.profile.device_ids().contains(&device_id) {
-            return Err(DeviceError::DeviceIdNotOfProfile {
-                id: device_id,
-                profile: self.profile.to_string(),
-                ids: self
-                    .profile
-                    .device_ids()
-                    .iter()
-                    .map(|i| format!("{i:#06x}"))
-                    .collect::<Vec<_>>()
-                    .join(", "),
+            // The error lists only the ids this profile takes: the others would be refused too.
+            let profile = self.profile.to_string();
+            let ids = self
+                .profile
+                .device_ids()
+                .iter()
+                .map(|i| format!("{i:#06x}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            return Err(if KNOWN_DEVICE_IDS.contains(&device_id) {
+                DeviceError::DeviceIdNotOfProfile {
+                    id: device_id,
+                    profile,
+                    ids,
+                }
+            } else {
+                DeviceError::UnknownDeviceId {
+                    id: device_id,
+                    profile,
+                    ids,
+                }
             });
         }
         if self.cxl.is_some_and(|c| c.timeout_code > 7) {
@@ -400,21 +408,31 @@ impl GpuConfig {
     }
 }
 
-/// Parses `4096`, `512M`, `96G`, `96GiB`, `1T`, `3543348019`: bytes or binary suffixes.
+/// Parses a size: a byte count (`3543348019`) or a number with a binary suffix, case-insensitive:
+/// `K`, `M`, `G`, `T` or `KiB`, `MiB`, `GiB`, `TiB` (powers of 1024: `96G` = `96GiB` = 96 x 2^30).
+/// The decimal-looking `KB`, `MB`, `GB`, `TB` are refused rather than guessed.
 pub fn parse_size(s: &str) -> Result<u64, DeviceError> {
     let bad = || DeviceError::BadSize(s.to_string());
     let t = s.trim();
     let split = t
         .find(|c: char| !c.is_ascii_digit() && c != '_')
         .unwrap_or(t.len());
-    let (num, suffix) = t.split_at(split);
-    let num: u64 = num.replace('_', "").parse().map_err(|_| bad())?;
-    let shift = match suffix.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 0,
-        "k" | "kb" | "kib" => 10,
-        "m" | "mb" | "mib" => 20,
-        "g" | "gb" | "gib" => 30,
-        "t" | "tb" | "tib" => 40,
+    let (digits, suffix) = t.split_at(split);
+    let num: u64 = digits.replace('_', "").parse().map_err(|_| bad())?;
+    let suffix = suffix.trim();
+    let shift = match suffix.to_ascii_lowercase().as_str() {
+        "" => 0,
+        "k" | "kib" => 10,
+        "m" | "mib" => 20,
+        "g" | "gib" => 30,
+        "t" | "tib" => 40,
+        "kb" | "mb" | "gb" | "tb" => {
+            return Err(DeviceError::DecimalSizeSuffix {
+                value: s.to_string(),
+                binary: format!("{}{}", digits, &suffix[..1].to_ascii_uppercase()),
+                binary_long: format!("{}{}iB", digits, &suffix[..1].to_ascii_uppercase()),
+            })
+        }
         _ => return Err(bad()),
     };
     num.checked_mul(1u64 << shift).ok_or_else(bad)
@@ -513,7 +531,7 @@ mod tests {
         c.device_id = Some(0x1234);
         assert!(matches!(
             c.layout().unwrap_err(),
-            DeviceError::UnknownDeviceId(0x1234)
+            DeviceError::UnknownDeviceId { id: 0x1234, .. }
         ));
     }
 
@@ -526,5 +544,36 @@ mod tests {
         assert!(parse_size("12Q").is_err());
         assert!(parse_size("99999999999T").is_err());
         assert!(parse_size("").is_err());
+    }
+
+    #[test]
+    fn size_suffixes_are_binary_and_case_insensitive() {
+        for (text, bytes) in [
+            ("96g", 96u64 << 30),
+            ("96gib", 96 << 30),
+            ("96GIB", 96 << 30),
+            ("4k", 4 << 10),
+            ("4KiB", 4 << 10),
+            ("2t", 2 << 40),
+            ("2TiB", 2 << 40),
+            ("3m", 3 << 20),
+        ] {
+            assert_eq!(parse_size(text).unwrap(), bytes, "{text}");
+        }
+    }
+
+    #[test]
+    fn decimal_looking_suffixes_are_refused_with_the_binary_spelling() {
+        for text in ["96GB", "96gb", "4KB", "512mb", "1TB"] {
+            let err = parse_size(text).unwrap_err();
+            assert!(
+                matches!(err, DeviceError::DecimalSizeSuffix { .. }),
+                "{text}: {err}"
+            );
+        }
+        let msg = parse_size("96GB").unwrap_err().to_string();
+        assert!(msg.contains("write 96G or 96GiB"), "{msg}");
+        assert!(msg.contains("byte count"), "{msg}");
+        assert!(parse_size("4096B").is_err());
     }
 }
