@@ -174,6 +174,35 @@ mod tests {
         assert!(r.unwrap_err().0.contains("version 2"));
     }
 
+    proptest::proptest! {
+        /// Whatever a control client sends, parsing answers (a request or a message) and never
+        /// panics; numbers anywhere in u64 come through exactly.
+        #[test]
+        fn any_line_parses_or_is_refused(line in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512)) {
+            let _ = parse(&line);
+        }
+
+        #[test]
+        fn any_json_object_parses_or_is_refused(
+            op in "[a-z]{0,8}",
+            device in proptest::option::of("[a-z0-9]{0,6}"),
+            offset in proptest::prelude::any::<u64>(),
+            count in proptest::prelude::any::<u64>(),
+            region in proptest::prelude::any::<u32>(),
+        ) {
+            let line = json!({"v": 1, "op": op, "device": device, "offset": offset, "count": count, "region": region}).to_string();
+            let (_, r) = parse(line.as_bytes());
+            let r = r.unwrap();
+            proptest::prop_assert_eq!(r.offset, Some(offset));
+            proptest::prop_assert_eq!(r.count, Some(count));
+        }
+
+        #[test]
+        fn hex_of_any_bytes_round_trips(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256)) {
+            proptest::prop_assert_eq!(from_hex(&to_hex(&bytes)).unwrap(), bytes);
+        }
+    }
+
     #[test]
     fn hex_round_trips_and_refuses_garbage() {
         assert_eq!(
