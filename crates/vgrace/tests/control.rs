@@ -702,3 +702,80 @@ fn ctl_without_a_server_says_so_in_one_line() {
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.contains("cannot reach the control socket"), "{err}");
 }
+
+#[test]
+fn allow_uid_keeps_other_users_off_the_control_socket() {
+    // The tests run as some uid; allow only a different one.
+    let other = (nix::unistd::getuid().as_raw() + 1).to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("gpu.sock");
+    let control = dir.path().join("control.sock");
+    let _child = ServeChild::serve(
+        BIN,
+        [
+            "--socket",
+            socket.to_str().unwrap(),
+            "--control",
+            control.to_str().unwrap(),
+            "--mem-size",
+            MEM_ARG,
+            "--allow-uid",
+            &other,
+        ],
+    )
+    .wait_created(&[&socket, &control]);
+    let mut ctl = Ctl::connect(&control);
+    let r = ctl.line();
+    assert_eq!(r["ok"], false);
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("uid is not allowed"),
+        "{r}"
+    );
+}
+
+#[test]
+fn ctl_json_prints_the_responses_and_events_follow_streams_lines() {
+    let s = serve(&[]);
+    let (ok, out, _) = run_ctl(&s.control, &["--json", "status"]);
+    assert!(ok);
+    let v: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["devices"][0]["id"], "gpu0");
+    let mut follow = Command::new(BIN)
+        .args([
+            "ctl",
+            "--control",
+            s.control.to_str().unwrap(),
+            "events",
+            "--follow",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = follow.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            if tx.send(line.unwrap()).is_err() {
+                break;
+            }
+        }
+    });
+    // Apply faults until the follower (which may still be connecting) prints one.
+    let until = Instant::now() + Duration::from_secs(10);
+    let line = loop {
+        assert!(run_ctl(&s.control, &["fault", "refuse-next"]).0);
+        if let Ok(l) = rx.recv_timeout(Duration::from_millis(200)) {
+            break l;
+        }
+        assert!(Instant::now() < until, "no event line");
+    };
+    follow.kill().unwrap();
+    let _ = follow.wait();
+    assert!(
+        line.contains("gpu0 fault") && line.contains("fault=refuse-next"),
+        "{line}"
+    );
+}
