@@ -38,6 +38,17 @@ pub struct Target {
     pub device: Option<String>,
 }
 
+/// Where peek and poke act.
+#[derive(Debug, Args)]
+pub struct Place {
+    /// Region: bar0..bar5, config, rom, or a VFIO region index.
+    #[arg(long, value_parser = parse_region)]
+    pub region: u32,
+    /// Offset in the region.
+    #[arg(long, value_parser = parse_u64)]
+    pub offset: u64,
+}
+
 /// `vgrace ctl` verbs.
 #[derive(Debug, Subcommand)]
 pub enum Verb {
@@ -83,12 +94,8 @@ pub enum Verb {
     Peek {
         #[command(flatten)]
         target: Target,
-        /// Region: bar0..bar5, config, rom, or a VFIO region index.
-        #[arg(long, value_parser = parse_region)]
-        region: u32,
-        /// Offset in the region.
-        #[arg(long, value_parser = parse_u64)]
-        offset: u64,
+        #[command(flatten)]
+        at: Place,
         /// How many bytes.
         #[arg(long, value_parser = parse_u64)]
         count: u64,
@@ -100,12 +107,8 @@ pub enum Verb {
     Poke {
         #[command(flatten)]
         target: Target,
-        /// Region: bar0..bar5, config, rom, or a VFIO region index.
-        #[arg(long, value_parser = parse_region)]
-        region: u32,
-        /// Offset in the region.
-        #[arg(long, value_parser = parse_u64)]
-        offset: u64,
+        #[command(flatten)]
+        at: Place,
         /// A number to write, little-endian, --width bytes wide.
         #[arg(long, value_parser = parse_u64, conflicts_with_all = ["hex", "file"])]
         value: Option<u64>,
@@ -261,15 +264,13 @@ pub fn run(args: &CtlArgs) -> Result<()> {
         }
         Verb::Peek {
             target,
-            region,
-            offset,
+            at,
             count,
             raw,
-        } => peek(&mut c, target, *region, *offset, *count, *raw, json_out)?,
+        } => peek(&mut c, target, at, *count, *raw, json_out)?,
         Verb::Poke {
             target,
-            region,
-            offset,
+            at: Place { region, offset },
             value,
             width,
             hex,
@@ -322,8 +323,7 @@ pub fn run(args: &CtlArgs) -> Result<()> {
 fn peek(
     c: &mut Control,
     target: &Target,
-    region: u32,
-    offset: u64,
+    &Place { region, offset }: &Place,
     count: u64,
     raw: bool,
     json_out: bool,
