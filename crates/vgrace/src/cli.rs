@@ -27,6 +27,9 @@ pub enum Command {
     Check(CheckArgs),
     /// Print the QEMU command-line pieces that attach this device to a guest.
     QemuArgs(QemuArgsArgs),
+    /// Summarise a protocol trace written by `serve --trace` (per command: count, errors,
+    /// bytes, latency), list its messages, or follow a live one.
+    Trace(TraceArgs),
 }
 
 /// The device, as the firmware properties and profile describe it.
@@ -119,6 +122,15 @@ pub struct ServeArgs {
     /// the device forever); waiting between messages is never limited. E.g. 5s, 500ms.
     #[arg(long, default_value = "5s", value_parser = parse_stall_timeout)]
     pub stall_timeout: Duration,
+    /// Write a protocol trace to FILE: every message in and out, and every connection, as one
+    /// JSON line (created 0600; a symlink is refused). Read it with `vgrace trace FILE`. With
+    /// --config, use `trace = "FILE"` in each `[[device]]` instead.
+    #[arg(long, value_name = "FILE", conflicts_with = "config")]
+    pub trace: Option<PathBuf>,
+    /// Rotate the trace before it would exceed this size (FILE -> FILE.1, one previous file
+    /// kept), e.g. 64M, 1G.
+    #[arg(long, default_value = "64M", value_parser = parse_size_arg, requires = "trace")]
+    pub trace_max_size: u64,
     /// The device.
     #[command(flatten)]
     pub device: DeviceArgs,
@@ -178,6 +190,27 @@ pub struct QemuArgsArgs {
     /// The device.
     #[command(flatten)]
     pub device: DeviceArgs,
+}
+
+/// `vgrace trace`.
+#[derive(Debug, Args)]
+pub struct TraceArgs {
+    /// The trace file (`serve --trace FILE`).
+    pub file: PathBuf,
+    /// Also list every message, one line each (time, direction, command, key fields, errno,
+    /// latency).
+    #[arg(long)]
+    pub list: bool,
+    /// Print the summary as JSON.
+    #[arg(long, conflicts_with_all = ["list", "follow"])]
+    pub json: bool,
+    /// Keep reading as the file grows (following it across rotations) and list new messages as
+    /// they arrive, until interrupted.
+    #[arg(long)]
+    pub follow: bool,
+    /// Read the rotated files too (FILE.N .. FILE.1, then FILE).
+    #[arg(long, conflicts_with = "follow")]
+    pub all: bool,
 }
 
 /// Parses a size with optional binary suffix.

@@ -1,5 +1,6 @@
 //! The `vgrace` command: serve a software Grace GPU over vfio-user, show its layout, check a
-//! server against the nvgrace ABI, and print the QEMU arguments that attach it.
+//! server against the nvgrace ABI, print the QEMU arguments that attach it, and read the
+//! protocol traces `serve --trace` writes.
 
 mod check;
 mod cli;
@@ -9,6 +10,8 @@ mod mapping;
 mod node;
 mod qemu_args;
 mod serve;
+mod trace_cmd;
+mod trace_setup;
 mod units;
 
 use std::path::PathBuf;
@@ -41,6 +44,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Layout(args) => layout::run(&args).map(|()| ExitCode::SUCCESS),
         Command::Check(args) => check::run(&args),
         Command::QemuArgs(args) => qemu_args::run(&args).map(|()| ExitCode::SUCCESS),
+        Command::Trace(args) => trace_cmd::run(&args).map(|()| ExitCode::SUCCESS),
     }
 }
 

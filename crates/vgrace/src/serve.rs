@@ -32,6 +32,8 @@ pub fn run(args: ServeArgs) -> Result<()> {
         None => vec![DeviceEntry {
             socket: args.socket.clone(),
             config: crate::device_config(&args.device)?,
+            trace: args.trace.clone(),
+            trace_max_size: args.trace_max_size,
         }],
     };
     let endpoint_of = |e: &DeviceEntry| match args.fd {
@@ -55,7 +57,8 @@ pub fn run(args: ServeArgs) -> Result<()> {
                 )
             })?;
         }
-        devices.push((endpoint_of(entry), device));
+        let trace = crate::trace_setup::open(entry)?;
+        devices.push((endpoint_of(entry), device, trace));
     }
 
     // Signal handlers go in before any socket exists: once a client can see the socket, SIGTERM
@@ -74,10 +77,10 @@ pub fn run(args: ServeArgs) -> Result<()> {
         }
     });
 
-    let mut bound: Vec<(Endpoint, NvGraceGpu, UnixListener)> = Vec::with_capacity(devices.len());
+    let mut bound = Vec::with_capacity(devices.len());
     // The socket files we created, to remove at exit while they are still ours.
     let mut created: Vec<BoundPath> = Vec::with_capacity(devices.len());
-    for (endpoint, device) in devices {
+    for (endpoint, device, trace) in devices {
         let listener = match listen(&endpoint) {
             Ok((l, path)) => {
                 created.extend(path);
@@ -90,7 +93,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
                 return Err(e);
             }
         };
-        bound.push((endpoint, device, listener));
+        bound.push((endpoint, device, listener, trace));
     }
 
     let server_config = ServerConfig {
@@ -99,7 +102,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         ..ServerConfig::default()
     };
     let mut workers = Vec::with_capacity(bound.len());
-    for (endpoint, device, listener) in bound {
+    for (endpoint, device, listener, trace) in bound {
         let where_ = describe(&endpoint);
         let layout = device.layout();
         let mut bars: Vec<String> = layout
@@ -142,7 +145,11 @@ pub fn run(args: ServeArgs) -> Result<()> {
         let config = server_config.clone();
         let name = where_.clone();
         workers.push(thread::spawn(move || -> Result<()> {
-            let mut server = Server::new(device, config);
+            let server = Server::new(device, config);
+            let mut server = match trace {
+                Some(observer) => server.with_observer(observer),
+                None => server,
+            };
             server
                 .serve(listener, &shutdown)
                 .with_context(|| format!("server on {name} failed"))
