@@ -179,6 +179,7 @@ fn full_channel_drops_and_counts_instead_of_blocking() {
         "{:?}",
         start.elapsed()
     );
+    let counted = trace.dropped_total();
     drop(trace);
     let mut traced = 0;
     let mut dropped = 0;
@@ -191,6 +192,7 @@ fn full_channel_drops_and_counts_instead_of_blocking() {
     }
     assert!(dropped > 0, "nothing was dropped: {traced} traced");
     assert_eq!(traced + dropped, total);
+    assert_eq!(counted, dropped);
 }
 
 #[test]

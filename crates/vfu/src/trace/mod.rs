@@ -126,14 +126,17 @@ enum Entry {
 /// writer thread after it has written and flushed everything.
 pub struct TraceWriter {
     tx: Option<SyncSender<Entry>>,
+    /// Drops not yet written as a note.
     dropped: Arc<AtomicU64>,
+    /// Every drop, noted or not.
+    dropped_total: AtomicU64,
     thread: Option<JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for TraceWriter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TraceWriter")
-            .field("dropped", &self.dropped.load(Ordering::Relaxed))
+            .field("dropped", &self.dropped_total())
             .finish_non_exhaustive()
     }
 }
@@ -179,19 +182,21 @@ impl TraceWriter {
         Ok(Arc::new(Self {
             tx: Some(tx),
             dropped,
+            dropped_total: AtomicU64::new(0),
             thread: Some(thread),
         }))
     }
 
-    /// Lines dropped so far because the writer fell behind (and not yet noted in the file).
-    pub fn dropped(&self) -> u64 {
-        self.dropped.load(Ordering::Relaxed)
+    /// Lines dropped since the trace started because the writer fell behind.
+    pub fn dropped_total(&self) -> u64 {
+        self.dropped_total.load(Ordering::Relaxed)
     }
 
     fn send(&self, entry: Entry) {
         if let Some(tx) = &self.tx {
             if let Err(TrySendError::Full(_)) = tx.try_send(entry) {
                 self.dropped.fetch_add(1, Ordering::Relaxed);
+                self.dropped_total.fetch_add(1, Ordering::Relaxed);
             }
         }
     }
@@ -240,18 +245,29 @@ impl Writer {
             self.write(&first);
             // Let a batch gather: one wake-up per BATCH rather than one per message.
             std::thread::sleep(BATCH);
-            for entry in rx.try_iter().take(self.batch_limit) {
-                self.write(&entry);
-            }
-            let dropped = self.dropped.swap(0, Ordering::Relaxed);
-            if dropped > 0 {
-                let mut note = Line::new(self.since(Instant::now()), Dir::Note);
-                note.dropped = Some(dropped);
-                self.put(&note);
-            }
-            self.io(Sink::flush);
+            // Behind (a whole batch limit was queued): go on writing without sleeping again.
+            while self.write_batch(rx) == self.batch_limit {}
+        }
+        // The channel is closed and empty: note drops since the last batch, flush.
+        self.write_batch(rx);
+    }
+
+    /// Writes what is queued (at most the batch limit), notes drops, flushes; returns how many
+    /// entries it wrote.
+    fn write_batch(&mut self, rx: &Receiver<Entry>) -> usize {
+        let mut n = 0;
+        for entry in rx.try_iter().take(self.batch_limit) {
+            self.write(&entry);
+            n += 1;
+        }
+        let dropped = self.dropped.swap(0, Ordering::Relaxed);
+        if dropped > 0 {
+            let mut note = Line::new(self.since(Instant::now()), Dir::Note);
+            note.dropped = Some(dropped);
+            self.put(&note);
         }
         self.io(Sink::flush);
+        n
     }
 
     fn since(&self, at: Instant) -> f64 {
