@@ -209,6 +209,34 @@ fn run() -> Result<(), BenchError> {
         ),
     ));
 
+    // A control client at 1000 requests/s (status, stats, a BAR0 peek, a 64 KiB memory peek)
+    // against the same served device with none: the device must not wait on the control plane.
+    let control_iters = if o.quick { 20_000 } else { 100_000 };
+    let mut answered = 0;
+    let (loaded, quiet) = interleave(
+        rounds,
+        || {
+            let (r, n) =
+                vgrace_bench::control_load::roundtrip_with_control(&o.vgrace, control_iters, 1000)?;
+            answered += n;
+            Ok(r)
+        },
+        || {
+            vgrace_bench::control_load::roundtrip_with_control(&o.vgrace, control_iters, 0)
+                .map(|(r, _)| r)
+        },
+    )?;
+    ratios.push((
+        "roundtrip_under_control_load",
+        row(
+            "4B REGION_READ, 1000 control req/s vs none (pinned)",
+            loaded,
+            quiet,
+            "/s",
+        ),
+    ));
+    println!("(control requests answered meanwhile: {answered})");
+
     let per_device = if o.quick { 2_000 } else { 10_000 };
     let (eight, one) = interleave(
         rounds,

@@ -138,7 +138,13 @@ fn head(id: Option<Value>) -> Map<String, Value> {
 
 /// Bytes as lowercase hex.
 pub fn to_hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for &b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0xf)]));
+    }
+    out
 }
 
 /// Hex (upper or lower case, even length) as bytes.
@@ -146,12 +152,13 @@ pub fn from_hex(text: &str) -> Result<Vec<u8>, Failure> {
     if !text.len().is_multiple_of(2) {
         return Err(Failure("data: odd number of hex digits".into()));
     }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| {
-            text.get(i..i + 2)
-                .and_then(|pair| u8::from_str_radix(pair, 16).ok())
-                .ok_or_else(|| Failure(format!("data: not hex at character {i}")))
+    let digit = |c: u8| char::from(c).to_digit(16);
+    text.as_bytes()
+        .chunks_exact(2)
+        .enumerate()
+        .map(|(i, pair)| match (digit(pair[0]), digit(pair[1])) {
+            (Some(hi), Some(lo)) => Ok((hi * 16 + lo) as u8),
+            _ => Err(Failure(format!("data: not hex at character {}", i * 2))),
         })
         .collect()
 }
