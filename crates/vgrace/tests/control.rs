@@ -493,6 +493,14 @@ fn hostile_control_requests_get_errors_and_the_connection_stays_usable() {
     let s = serve(&[]);
     let mut ctl = Ctl::connect(&s.control);
     let cases: Vec<(&[u8], &str)> = vec![
+        (
+            b"{\"v\":1,\"op\":\"fault\",\"fault\":\"delay-replies\",\"ms\":18446744073709551615}\n",
+            "at most",
+        ),
+        (
+            b"{\"v\":1,\"op\":\"fault\",\"fault\":\"ready-delay\",\"ms\":86400001}\n",
+            "at most",
+        ),
         (b"not json\n", "not a JSON object"),
         (b"[1,2]\n", "bad request"),
         (b"{\"op\":\"status\"}\n", "missing field `v`"),

@@ -212,7 +212,11 @@ impl Session {
     fn wait_out(&self, by: Duration) {
         const SLICE: Duration = Duration::from_millis(20);
         let drops = self.controls.drops();
-        let until = Instant::now() + by;
+        let now = Instant::now();
+        // A delay too long to add waits until the client is dropped or the server stops.
+        let until = now
+            .checked_add(by)
+            .unwrap_or(now + Duration::from_secs(1 << 32));
         loop {
             let now = Instant::now();
             if now >= until

@@ -60,7 +60,11 @@ impl Readiness {
             .live
             .take_next_reset_delay()
             .unwrap_or(self.reset_delay);
-        self.ready_at = Instant::now() + delay;
+        let now = Instant::now();
+        // A delay too long to add is as good as never.
+        self.ready_at = now
+            .checked_add(delay)
+            .unwrap_or(now + Duration::from_secs(1 << 32));
         self.trained.set(false);
         self.stuck.set(self.live.never_ready());
     }

@@ -149,6 +149,19 @@ fn need<T: Copy>(v: Option<T>, what: &str, fault: &str) -> Result<T, Failure> {
     v.ok_or_else(|| Failure(format!("fault {fault} needs \"{what}\"")))
 }
 
+/// Longest delay a fault may ask for: a day is past any VMM's patience, and a bound keeps
+/// deadline arithmetic far from overflow.
+const MAX_DELAY_MS: u64 = 24 * 3600 * 1000;
+
+/// `ms` as a delay, refused past [`MAX_DELAY_MS`].
+fn delay(r: &Request, fault: &str) -> Result<Duration, Failure> {
+    let ms = need(r.ms, "ms", fault)?;
+    if ms > MAX_DELAY_MS {
+        return Err(Failure(format!("ms {ms}: at most {MAX_DELAY_MS} (a day)")));
+    }
+    Ok(Duration::from_millis(ms))
+}
+
 fn fault(m: &Managed, r: &Request) -> Result<Value, Failure> {
     let name = r
         .fault
@@ -160,9 +173,7 @@ fn fault(m: &Managed, r: &Request) -> Result<Value, Failure> {
         "link-down" => m.live.set_link_down(on),
         "hbm-lost" => m.live.set_hbm_lost(on),
         "never-ready" => m.live.set_never_ready(on),
-        "ready-delay" if on => m
-            .live
-            .set_next_reset_delay(Some(Duration::from_millis(need(r.ms, "ms", name)?))),
+        "ready-delay" if on => m.live.set_next_reset_delay(Some(delay(r, name)?)),
         "ready-delay" => m.live.set_next_reset_delay(None),
         "poison" if on => {
             let (region, offset) = (
@@ -176,10 +187,7 @@ fn fault(m: &Managed, r: &Request) -> Result<Value, Failure> {
             let at = r.region.zip(r.offset);
             extra = json!({ "healed": m.live.unpoison(at) });
         }
-        "delay-replies" if on => {
-            let ms = need(r.ms, "ms", name)?;
-            m.controls.delay_replies(Duration::from_millis(ms), r.count);
-        }
+        "delay-replies" if on => m.controls.delay_replies(delay(r, name)?, r.count),
         "delay-replies" => {
             m.controls.clear_delay();
         }
