@@ -92,3 +92,19 @@ live_phase() {
   act stats || true
 }
 live_phase || true
+
+# After QEMU: what QEMU and vgrace made of the late reply (VGRACE_E2E_REPLY_DELAY=1).
+reply_delay_host_checks() {
+  local ok
+  grep -q 'timed out waiting for reply' "$work/console.log" && ok=1 || ok=0
+  host_check qemu-timed-out $ok "QEMU's vfio-user client gave up on the delayed REGION_READ (x-msg-timeout)"
+  grep -q 'unexpected reply' "$work/console.log" && ok=1 || ok=0
+  host_check qemu-late-reply-unexpected $ok "QEMU called vgrace's late reply unexpected"
+  grep -E 'session ended|client disconnected' "$work/vgrace.log" | sed 's/^/[qemu-e2e]   vgrace: /' >&2 || true
+  # vgrace outlives the broken session: a new client is served (identity and BAR0 rules pass).
+  local out
+  out=$("$VGRACE" check --socket "$work/gpu.sock" 2>&1) || true
+  if echo "$out" | grep -qE '^[0-9]+ passed, [0-9]+ failed' && [ "$(echo "$out" | grep -cE '^PASS +(identity|bar0):')" -ge 3 ] &&
+     ! echo "$out" | grep -qE '^FAIL +(identity|bar0):'; then ok=1; else ok=0; fi
+  host_check vgrace-serves-after-late-reply $ok "vgrace check --socket: $(echo "$out" | grep -E '^[0-9]+ passed' || echo 'no summary')"
+}

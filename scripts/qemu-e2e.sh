@@ -8,7 +8,9 @@
 #   gb200    Blackwell: all memory is usemem at BAR4, the real BAR1 at region 2 (BAR2),
 #            VGRACE_E2E_BAR1_SIZE (default 256M, small so that the guest's aperture has room)
 #   linkdown the C2C link is down (memory size 0): a plain vfio-pci function, BAR0 only
-# VGRACE_E2E_MEM_SIZE sets the memory size (gh100, gb200; default 2660 MiB).
+# VGRACE_E2E_MEM_SIZE sets the memory size (gh100, gb200; default 2660 MiB). VGRACE_E2E_KEEP=1
+# keeps the work directory (console, vgrace log) in the chroot's /tmp/vgrace-e2e;
+# VGRACE_E2E_QEMU_ARGS adds QEMU arguments (split at blanks), e.g. "-trace vfio_user_*".
 #
 # gh100 adds a live phase (VGRACE_E2E_LIVE=0 skips it): vgrace serves a control socket too, and
 # after its checks the guest (scripts/guest/live) asks the host for one change at a time with a
@@ -92,7 +94,7 @@ cleanup() {
   stop_qemu
   [ -n "$vg_pid" ] && kill "$vg_pid" 2>/dev/null && wait "$vg_pid" 2>/dev/null || true
   qemu_umount_chroot
-  rm -rf "$work"
+  [ -n "${VGRACE_E2E_KEEP:-}" ] || rm -rf "$work"
 }
 trap cleanup EXIT
 rm -rf "$work" && mkdir -p "$work"
@@ -147,7 +149,7 @@ t_boot=$(date +%s)
     -object memory-backend-memfd,id=mem,size=512M,share=on -machine q35,memory-backend=mem \
     -kernel /tmp/vgrace-e2e/vmlinuz -initrd /tmp/vgrace-e2e/initrd.gz -append "$append" -no-reboot \
     -device '{"driver":"vfio-user-pci","socket":{"path":"/tmp/vgrace-e2e/gpu.sock","type":"unix"}}' \
-    </dev/null >"$work/console.log" 2>&1 &
+    ${VGRACE_E2E_QEMU_ARGS:-} </dev/null >"$work/console.log" 2>&1 &
   echo $! >"$work/qemu.pid"
   wait $!
 ) &
@@ -163,8 +165,9 @@ host_check() { # name ok detail
 wait "$qemu_pid" && qemu_rc=0 || qemu_rc=$?
 qemu_pid=""
 t_end=$(date +%s)
-tr -d '\r' <"$work/console.log" | grep -E 'VGRACE-|vfio|error|Kernel panic' || true
+tr -d '\r' <"$work/console.log" | grep -E 'VGRACE-|vfio|error|Kernel panic|^qemu-system' || true
 log "guest run $(( t_end - t_boot )) s"
+[ "$REPLY_DELAY" = 1 ] && reply_delay_host_checks
 
 if [ -n "$backing" ]; then
   got=$(od -An -tx4 -j $(( USEMEM_FD + GW_OFF )) -N4 "$backing" | tr -d ' ')
