@@ -6,13 +6,15 @@ use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::process::Command;
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use test_support::procfs::status_kib;
 use test_support::{ServeChild, SharedMapping};
 use vfu::client::Client;
-use vfu::server::{Server, ServerConfig};
+use vfu::server::{Observer, Server, ServerConfig};
+use vfu::trace::{TraceLimits, TraceWriter};
 use vfu::transport::UnixTransport;
 use vgrace_device::{GpuConfig, NvGraceGpu, Profile};
 
@@ -88,11 +90,23 @@ fn with_vgrace<T>(
     p: Placement,
     f: impl FnOnce(&mut Client) -> Result<T, BenchError>,
 ) -> Result<T, BenchError> {
+    with_observed_vgrace(p, None, f)
+}
+
+/// [`with_vgrace`] with an observer on the server.
+fn with_observed_vgrace<T>(
+    p: Placement,
+    observer: Option<Arc<dyn Observer>>,
+    f: impl FnOnce(&mut Client) -> Result<T, BenchError>,
+) -> Result<T, BenchError> {
     let (a, b) = UnixStream::pair()?;
     let device = bench_device()?;
     let server = thread::spawn(move || {
         place(p);
         let mut s = Server::new(device, ServerConfig::default());
+        if let Some(o) = observer {
+            s = s.with_observer(o);
+        }
         let _ = s.serve_connection(UnixTransport::new(b));
     });
     place(p);
@@ -113,6 +127,32 @@ pub fn vgrace_roundtrip(iters: u64, p: Placement) -> Result<f64, BenchError> {
         }
         Ok(iters as f64 / start.elapsed().as_secs_f64())
     })
+}
+
+/// [`vgrace_roundtrip`] against a server writing a protocol trace (to a file in a temp dir):
+/// round trips per second. The trace writer thread is started with the same placement, so
+/// pinned it shares the one CPU with client and server (its cost is all counted), and the time
+/// to flush the last batch after the loop is not.
+pub fn vgrace_roundtrip_traced(iters: u64, p: Placement) -> Result<f64, BenchError> {
+    let dir = tempfile::tempdir()?;
+    place(p);
+    let trace = TraceWriter::open(&dir.path().join("bench.trace"), TraceLimits::default())?;
+    let rate = with_observed_vgrace(p, Some(trace.clone()), |c| {
+        let mut buf = [0u8; 4];
+        let start = Instant::now();
+        for _ in 0..iters {
+            c.region_read_into(0, 0x1498, &mut buf)?;
+        }
+        Ok(iters as f64 / start.elapsed().as_secs_f64())
+    })?;
+    // Dropped lines would make tracing look cheaper than it is: say so.
+    if trace.dropped_total() > 0 {
+        eprintln!(
+            "trace benchmark: {} lines dropped (writer behind)",
+            trace.dropped_total()
+        );
+    }
+    Ok(rate)
 }
 
 /// `devices` devices in one process, each served on its own thread to its own client thread

@@ -30,6 +30,9 @@ pub enum Command {
     /// Drive a running server through its control socket: status, stats, faults, peek/poke,
     /// reset, events.
     Ctl(crate::ctl::CtlArgs),
+    /// Summarise a protocol trace written by `serve --trace` (per command: count, errors,
+    /// bytes, latency), list its messages, or follow a live one.
+    Trace(TraceArgs),
 }
 
 /// The device, as the firmware properties and profile describe it.
@@ -128,6 +131,15 @@ pub struct ServeArgs {
     /// 0600 like the device sockets; overrides the config file's `control`.
     #[arg(long)]
     pub control: Option<PathBuf>,
+    /// Write a protocol trace to FILE: every message in and out, and every connection, as one
+    /// JSON line (created 0600; a symlink is refused). Read it with `vgrace trace FILE`. With
+    /// --config, use `trace = "FILE"` in each `[[device]]` instead.
+    #[arg(long, value_name = "FILE", conflicts_with = "config")]
+    pub trace: Option<PathBuf>,
+    /// Rotate the trace before it would exceed this size (FILE -> FILE.1, one previous file
+    /// kept), e.g. 64M, 1G.
+    #[arg(long, default_value = "64M", value_parser = parse_size_arg, requires = "trace")]
+    pub trace_max_size: u64,
     /// The device.
     #[command(flatten)]
     pub device: DeviceArgs,
@@ -227,6 +239,27 @@ pub fn refuse_device_flags_with_config(matches: &clap::ArgMatches) -> Result<(),
             ))
         }
     }
+}
+
+/// `vgrace trace`.
+#[derive(Debug, Args)]
+pub struct TraceArgs {
+    /// The trace file (`serve --trace FILE`).
+    pub file: PathBuf,
+    /// Also list every message, one line each (time, direction, command, key fields, errno,
+    /// latency).
+    #[arg(long)]
+    pub list: bool,
+    /// Print the summary as JSON.
+    #[arg(long, conflicts_with_all = ["list", "follow"])]
+    pub json: bool,
+    /// Keep reading as the file grows (following it across rotations) and list new messages as
+    /// they arrive, until interrupted.
+    #[arg(long)]
+    pub follow: bool,
+    /// Read the rotated files too (FILE.N .. FILE.1, then FILE).
+    #[arg(long, conflicts_with = "follow")]
+    pub all: bool,
 }
 
 /// Parses a size: a byte count or a binary suffix (K, M, G, T, KiB, MiB, GiB, TiB, any case).

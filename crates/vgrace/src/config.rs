@@ -23,6 +23,8 @@
 //! cxl_valid_delay = "0s"     # optional: time until "memory info valid"
 //! cxl_active_delay = "2s"    # optional: time until "memory active"
 //! cxl_timeout_code = 1       # optional: active timeout 1 s x 4^code (capped at 256 s)
+//! trace = "/var/log/vgrace/gpu0.trace"  # optional: protocol trace (see `vgrace trace`)
+//! trace_max_size = "64M"     # optional: rotate the trace at this size (FILE.1 kept)
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -83,6 +85,10 @@ struct DeviceTable {
     cxl_active_delay: Option<String>,
     #[serde(default)]
     cxl_timeout_code: Option<u8>,
+    #[serde(default)]
+    trace: Option<PathBuf>,
+    #[serde(default)]
+    trace_max_size: Option<NumOrString>,
 }
 
 /// The whole file.
@@ -113,6 +119,10 @@ pub struct DeviceEntry {
     pub socket: PathBuf,
     /// The device.
     pub config: GpuConfig,
+    /// Where to write its protocol trace, if anywhere.
+    pub trace: Option<PathBuf>,
+    /// The size at which the trace file is rotated.
+    pub trace_max_size: u64,
 }
 
 /// Reads and validates a configuration file's devices.
@@ -150,8 +160,21 @@ pub fn parse_node(text: &str) -> Result<Node> {
         if entries.iter().any(|e| e.id == id) {
             bail!("device {i}: id {id:?} is used twice");
         }
+        let (trace, trace_max_size) = table.trace().with_context(|| format!("device {i}"))?;
+        // Two writers on one file would interleave and rotate each other's lines away.
+        if let Some(t) = &trace {
+            if entries.iter().any(|e| e.trace.as_ref() == Some(t)) {
+                bail!("device {i}: trace file {} is used twice", t.display());
+            }
+        }
         let config = table.into_config().with_context(|| format!("device {i}"))?;
-        entries.push(DeviceEntry { id, socket, config });
+        entries.push(DeviceEntry {
+            id,
+            socket,
+            config,
+            trace,
+            trace_max_size,
+        });
     }
     Ok(Node {
         devices: entries,
@@ -173,6 +196,19 @@ fn check_id(id: &str) -> Result<()> {
 }
 
 impl DeviceTable {
+    /// The trace file and its size limit (default 64 MiB).
+    fn trace(&self) -> Result<(Option<PathBuf>, u64)> {
+        let max = match &self.trace_max_size {
+            None => vfu::trace::DEFAULT_MAX_BYTES,
+            Some(_) if self.trace.is_none() => bail!("trace_max_size needs trace"),
+            Some(NumOrString::Num(n)) => *n,
+            Some(NumOrString::Str(s)) => {
+                vgrace_device::parse_size(s).map_err(|e| anyhow::anyhow!("trace_max_size: {e}"))?
+            }
+        };
+        Ok((self.trace.clone(), max))
+    }
+
     fn into_config(self) -> Result<GpuConfig> {
         let defaults = default_device_args();
         let num = |v: &NumOrString, f: fn(&str) -> Result<u64, String>| -> Result<u64> {
@@ -346,6 +382,29 @@ mod tests {
             assert!(msg.contains(field), "{msg}");
             assert!(msg.contains("write 96G or 96GiB"), "{msg}");
         }
+    }
+
+    #[test]
+    fn trace_and_its_size_are_read_per_device() {
+        let text = "[[device]]\nsocket = \"/tmp/a.sock\"\ntrace = \"/tmp/a.trace\"\ntrace_max_size = \"1M\"\n[[device]]\nsocket = \"/tmp/b.sock\"\n";
+        let entries = parse(text).unwrap();
+        assert_eq!(entries[0].trace.as_deref(), Some(Path::new("/tmp/a.trace")));
+        assert_eq!(entries[0].trace_max_size, 1 << 20);
+        assert_eq!(entries[1].trace, None);
+    }
+
+    #[test]
+    fn one_trace_file_for_two_devices_is_refused() {
+        let text = "[[device]]\nsocket = \"/tmp/a.sock\"\ntrace = \"/tmp/t\"\n[[device]]\nsocket = \"/tmp/b.sock\"\ntrace = \"/tmp/t\"\n";
+        let err = parse(text).unwrap_err();
+        assert!(format!("{err:#}").contains("trace file"), "{err:#}");
+    }
+
+    #[test]
+    fn trace_max_size_without_trace_is_refused() {
+        let err =
+            parse("[[device]]\nsocket = \"/tmp/a.sock\"\ntrace_max_size = \"1M\"\n").unwrap_err();
+        assert!(format!("{err:#}").contains("needs trace"), "{err:#}");
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The `vgrace` command: serve a software Grace GPU over vfio-user, show its layout, check a
-//! server against the nvgrace ABI, and print the QEMU arguments that attach it.
+//! server against the nvgrace ABI, print the QEMU arguments that attach it, and read the
+//! protocol traces `serve --trace` writes.
 
 mod check;
 mod cli;
@@ -13,6 +14,8 @@ mod node;
 mod qemu_args;
 mod ready;
 mod serve;
+mod trace_cmd;
+mod trace_setup;
 mod units;
 
 use std::path::PathBuf;
@@ -45,6 +48,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Check(args) => check::run(&args),
         Command::QemuArgs(args) => qemu_args::run(&args).map(|()| ExitCode::SUCCESS),
         Command::Ctl(args) => ctl::run(&args).map(|()| ExitCode::SUCCESS),
+        Command::Trace(args) => trace_cmd::run(&args).map(|()| ExitCode::SUCCESS),
     }
 }
 

@@ -40,6 +40,8 @@ pub fn run(args: ServeArgs) -> Result<()> {
                 id: "gpu0".to_string(),
                 socket: args.socket.clone(),
                 config: crate::device_config(&args.device)?,
+                trace: args.trace.clone(),
+                trace_max_size: args.trace_max_size,
             }],
             None,
         ),
@@ -70,7 +72,8 @@ pub fn run(args: ServeArgs) -> Result<()> {
                 )
             })?;
         }
-        devices.push((endpoint_of(entry), device));
+        let trace = crate::trace_setup::open(entry)?;
+        devices.push((endpoint_of(entry), device, trace));
     }
 
     // Signal handlers go in before any socket exists: once a client can see the socket, SIGTERM
@@ -91,7 +94,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
 
     // The socket files we created, to remove at exit while they are still ours.
     let mut created: Vec<BoundPath> = Vec::with_capacity(devices.len() + 1);
-    let mut bound: Vec<(Endpoint, NvGraceGpu, UnixListener)> = Vec::with_capacity(devices.len());
+    let mut bound = Vec::with_capacity(devices.len());
     // The control socket goes first: a control client that can see it may already name every
     // device, and a bad path stops the start before any device socket exists.
     let control_listener = match &control_path {
@@ -108,7 +111,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         },
         None => None,
     };
-    for (endpoint, device) in devices {
+    for (endpoint, device, trace) in devices {
         let listener = match listen(&endpoint) {
             Ok((l, path)) => {
                 created.extend(path);
@@ -121,7 +124,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
                 return Err(e);
             }
         };
-        bound.push((endpoint, device, listener));
+        bound.push((endpoint, device, listener, trace));
     }
 
     let server_config = ServerConfig {
@@ -132,7 +135,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
     let events = Arc::new(EventBus::default());
     let mut managed = Vec::with_capacity(bound.len());
     let mut workers = Vec::with_capacity(bound.len());
-    for (i, (endpoint, device, listener)) in bound.into_iter().enumerate() {
+    for (i, (endpoint, device, listener, trace)) in bound.into_iter().enumerate() {
         let where_ = describe(&endpoint);
         let layout = device.layout();
         let mut bars: Vec<String> = layout
@@ -189,12 +192,15 @@ pub fn run(args: ServeArgs) -> Result<()> {
                 backing: backing_name(&entries, &endpoint),
                 started: Instant::now(),
             };
-            server = server.with_observer(m.observer(None));
+            server = server.with_observer(m.observer(trace));
             managed.push(m);
+        } else if let Some(observer) = trace {
+            server = server.with_observer(observer);
         }
         let shutdown = shutdown.clone();
         let name = where_.clone();
         workers.push(thread::spawn(move || -> Result<()> {
+            let mut server = server;
             server
                 .serve(listener, &shutdown)
                 .with_context(|| format!("server on {name} failed"))

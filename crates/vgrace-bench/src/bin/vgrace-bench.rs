@@ -7,6 +7,8 @@ use vgrace_bench::workloads::{self, median, place, BenchError, Placement, RT_REP
 
 struct Opts {
     quick: bool,
+    /// Only run the trace comparison (`--only trace`).
+    only_trace: bool,
     vgrace: PathBuf,
     /// Only run N pinned vgrace round trips (for a profiler).
     profile: Option<u64>,
@@ -14,12 +16,17 @@ struct Opts {
 
 fn parse() -> Result<Opts, BenchError> {
     let mut quick = false;
+    let mut only_trace = false;
     let mut vgrace = PathBuf::from("target/release/vgrace");
     let mut profile = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--quick" => quick = true,
+            "--only" => match args.next().as_deref() {
+                Some("trace") => only_trace = true,
+                _ => return Err("--only takes: trace".into()),
+            },
             "--vgrace" => vgrace = PathBuf::from(args.next().ok_or("--vgrace needs a path")?),
             "--profile-roundtrip" => {
                 profile = Some(
@@ -30,7 +37,7 @@ fn parse() -> Result<Opts, BenchError> {
             }
             other => {
                 return Err(format!(
-                    "unknown argument {other} (use --quick, --vgrace PATH, --profile-roundtrip N)"
+                    "unknown argument {other} (use --quick, --only trace, --vgrace PATH, --profile-roundtrip N)"
                 )
                 .into())
             }
@@ -38,6 +45,7 @@ fn parse() -> Result<Opts, BenchError> {
     }
     Ok(Opts {
         quick,
+        only_trace,
         vgrace,
         profile,
     })
@@ -93,6 +101,37 @@ fn run() -> Result<(), BenchError> {
         );
         r
     };
+
+    // Tracing on vs off, same workload, same run: pinned, the trace writer shares the one CPU,
+    // so every cycle it spends is counted.
+    for p in [Placement::Pinned, Placement::Unpinned] {
+        let (n, tag) = if p == Placement::Pinned {
+            (rt_pinned, "pinned")
+        } else {
+            (rt_unpinned, "unpinned")
+        };
+        let (traced, plain) = interleave(
+            rounds,
+            || workloads::vgrace_roundtrip_traced(n, p),
+            || workloads::vgrace_roundtrip(n, p),
+        )?;
+        let r = row(
+            &format!("4B REGION_READ traced vs untraced ({tag})"),
+            traced,
+            plain,
+            "/s",
+        );
+        if p == Placement::Pinned {
+            ratios.push(("trace_roundtrip_vs_untraced", r));
+        }
+    }
+    if o.only_trace {
+        println!();
+        for (name, v) in ratios {
+            println!("ratio {name} {v:.3}");
+        }
+        return Ok(());
+    }
 
     // Round trips: pinned (CPU cost) and unpinned (wake-up latency).
     for p in [Placement::Pinned, Placement::Unpinned] {
