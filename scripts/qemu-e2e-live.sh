@@ -108,3 +108,18 @@ reply_delay_host_checks() {
      ! echo "$out" | grep -qE '^FAIL +(identity|bar0):'; then ok=1; else ok=0; fi
   host_check vgrace-serves-after-late-reply $ok "vgrace check --socket: $(echo "$out" | grep -E '^[0-9]+ passed' || echo 'no summary')"
 }
+
+# The live phase in the protocol trace (`vgrace trace --list` output in $1).
+live_trace_checks() {
+  local n ok late
+  n=$(grep -cE -- '-> REGION_READ +#[0-9]+ +region=0 offset=0x1498 ' "$1" || true)
+  [ "$n" -ge 3 ] && ok=1 || ok=0
+  host_check trace-guest-link-status-reads $ok "$n REGION_READs of BAR0+0x1498 in the trace (the guest's live reads)"
+  [ "$REPLY_DELAY" = 1 ] || return 0
+  # The held reply: its latency, and what the session did next until QEMU's connection ended.
+  late=$(grep -nE -- '<- REGION_READ .* ([6-9][0-9]{6}|[0-9]{8,}) us' "$1" | head -1 | cut -d: -f1)
+  [ -n "$late" ] && ok=1 || ok=0
+  host_check trace-late-reply $ok "a REGION_READ reply sent after 6 s or more"
+  [ -n "$late" ] && sed -n "$(( late - 1 )),/== disconnected/p" "$1" | sed 's/^/[qemu-e2e]   trace: /' >&2
+  return 0
+}

@@ -116,7 +116,7 @@ if [ "$USEMEM" -gt 0 ]; then
 fi
 
 RUST_LOG=${RUST_LOG:-info} "$VGRACE" serve --socket "$work/gpu.sock" --control "$work/ctl.sock" \
-  "${serve_args[@]}" >"$work/vgrace.log" 2>&1 &
+  --trace "$work/gpu.trace" "${serve_args[@]}" >"$work/vgrace.log" 2>&1 &
 vg_pid=$!
 for _ in $(seq 100); do [ -S "$work/gpu.sock" ] && break; sleep 0.1; done
 [ -S "$work/gpu.sock" ] || { log "vgrace did not start"; cat "$work/vgrace.log"; exit 1; }
@@ -168,6 +168,38 @@ t_end=$(date +%s)
 tr -d '\r' <"$work/console.log" | grep -E 'VGRACE-|vfio|error|Kernel panic|^qemu-system' || true
 log "guest run $(( t_end - t_boot )) s"
 [ "$REPLY_DELAY" = 1 ] && reply_delay_host_checks
+
+# The protocol trace (`serve --trace`): QEMU's realize sequence, as `vgrace trace --list` lists
+# it, and the summary. The trace is written behind the device: wait for QEMU's disconnect in it.
+for _ in $(seq 50); do grep -q '"event":"disconnected"' "$work/gpu.trace" 2>/dev/null && break; sleep 0.1; done
+"$VGRACE" trace "$work/gpu.trace" --list >"$work/trace.list" 2>&1 || true
+realize=$(python3 - "$work/trace.list" <<'PY'
+import re, sys
+# The first 40 messages QEMU sent ("->" lines): command, and the region of a region access.
+msgs = []
+for line in open(sys.argv[1]):
+    m = re.match(r"\s*[\d.]+ -> (\S+)\s+#\d+\s*(.*)", line)
+    if m:
+        region = re.search(r"region=(\d+)", m.group(2))
+        msgs.append(m.group(1) + (f" region={region.group(1)}" if region and m.group(1).startswith("REGION_") else ""))
+    if len(msgs) == 40:
+        break
+def first(name):
+    return next((i for i, x in enumerate(msgs) if x == name or (name.endswith("*") and x.startswith(name[:-1]))), None)
+steps = ["VERSION", "DEVICE_GET_INFO", "DEVICE_GET_REGION_INFO*", "REGION_READ region=7"]
+at = [first(x) for x in steps]
+ok = None not in at and at == sorted(at) and at[0] == 0
+# Runs of one command, "DEVICE_GET_REGION_INFO x9".
+runs = []
+for x in msgs[:24]:
+    if runs and runs[-1][0] == x: runs[-1][1] += 1
+    else: runs.append([x, 1])
+print(int(ok), ", ".join(n if c == 1 else f"{n} x{c}" for n, c in runs) + ", ...")
+PY
+) || realize="0 (the trace could not be read)"
+host_check trace-realize-sequence "${realize%% *}" "first messages: ${realize#* }"
+"$VGRACE" trace "$work/gpu.trace" 2>&1 | sed 's/^/[qemu-e2e]   trace: /' >&2 || host_check trace-summary 0 "vgrace trace failed"
+[ "$LIVE" = 1 ] && live_trace_checks "$work/trace.list"
 
 if [ -n "$backing" ]; then
   got=$(od -An -tx4 -j $(( USEMEM_FD + GW_OFF )) -N4 "$backing" | tr -d ' ')
