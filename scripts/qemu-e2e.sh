@@ -8,7 +8,22 @@
 #   gb200    Blackwell: all memory is usemem at BAR4, the real BAR1 at region 2 (BAR2),
 #            VGRACE_E2E_BAR1_SIZE (default 256M, small so that the guest's aperture has room)
 #   linkdown the C2C link is down (memory size 0): a plain vfio-pci function, BAR0 only
-# VGRACE_E2E_MEM_SIZE sets the memory size (gh100, gb200; default 2660 MiB).
+# VGRACE_E2E_MEM_SIZE sets the memory size (gh100, gb200; default 2660 MiB). VGRACE_E2E_KEEP=1
+# keeps the work directory (console, vgrace log) in the chroot's /tmp/vgrace-e2e;
+# VGRACE_E2E_QEMU_ARGS adds QEMU arguments (split at blanks), e.g. "-trace vfio_user_*".
+#
+# gh100 adds a live phase (VGRACE_E2E_LIVE=0 skips it): vgrace serves a control socket too, and
+# after its checks the guest (scripts/guest/live) asks the host for one change at a time with a
+# "VGRACE-SYNC <step>?" line on the console; the host, watching the console, changes the running
+# device with `vgrace ctl` and pokes the step's token into a mailbox word in BAR4, which the guest
+# polls. Steps: link-down (ctl fault link-down: BAR0+0x1498 must not read 0xff), link-up (ctl
+# fault --clear: 0xff again), poke (ctl poke a value at the BAR4 offset the guest names: the guest
+# reads it). The host checks with `ctl peek` what the guest wrote and with `ctl stats` that the
+# guest's BAR0 read was one vfio-user REGION_READ (BAR0 has no mmap) while polling BAR4 (mmap)
+# sent none. Every wait is bounded (VGRACE_E2E_WAIT seconds per step, default 120).
+# VGRACE_E2E_REPLY_DELAY=1 (with the live phase) ends it with the reply-delay probe: vgrace delays
+# its next reply by 6 s, past QEMU's x-msg-timeout (5 s), while the guest reads BAR0; see
+# README's "Fault injection" for what happens.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/.." && pwd)
@@ -36,6 +51,11 @@ bash "$here/qemu-setup.sh"
 PRE_OFF=$(( 0x1000 )); PRE_VAL=0xc0ffee11
 GW_OFF=$(( 0x2000 )); GW_VAL=0x5eed1234
 B1_VAL=0xb1a55e7e
+# The live phase: the BAR4 mailbox the guest polls, the value the host pokes, the wait per step.
+LIVE=0; [ "$CASE" = gh100 ] && LIVE=${VGRACE_E2E_LIVE:-1}
+REPLY_DELAY=${VGRACE_E2E_REPLY_DELAY:-0}; [ "$LIVE" = 1 ] || REPLY_DELAY=0
+MBOX_OFF=$(( 0x3000 )); POKE_VAL=0x9a7ec0de
+WAIT=${VGRACE_E2E_WAIT:-120}
 
 log "building vgrace (release)"
 qemu_build_vgrace
@@ -62,11 +82,19 @@ esac
 [ "$shape_ok" = 1 ] || { log "vgrace layout is not a $CASE shape:"; echo "$layout_json" >&2; exit 1; }
 
 work=$ROOT/tmp/vgrace-e2e
-vg_pid=""
+vg_pid=""; qemu_pid=""
+# Stops QEMU (if running) through the `timeout` that runs it (it passes the signal on).
+stop_qemu() {
+  [ -n "$qemu_pid" ] || return 0
+  kill -0 "$qemu_pid" 2>/dev/null && [ -s "$work/qemu.pid" ] && kill "$(cat "$work/qemu.pid")" 2>/dev/null
+  wait "$qemu_pid" 2>/dev/null || true
+  qemu_pid=""
+}
 cleanup() {
+  stop_qemu
   [ -n "$vg_pid" ] && kill "$vg_pid" 2>/dev/null && wait "$vg_pid" 2>/dev/null || true
   qemu_umount_chroot
-  rm -rf "$work"
+  [ -n "${VGRACE_E2E_KEEP:-}" ] || rm -rf "$work"
 }
 trap cleanup EXIT
 rm -rf "$work" && mkdir -p "$work"
@@ -87,8 +115,8 @@ if [ "$USEMEM" -gt 0 ]; then
   serve_args+=(--backing "$backing")
 fi
 
-RUST_LOG=${RUST_LOG:-info} "$VGRACE" serve --socket "$work/gpu.sock" "${serve_args[@]}" \
-  >"$work/vgrace.log" 2>&1 &
+RUST_LOG=${RUST_LOG:-info} "$VGRACE" serve --socket "$work/gpu.sock" --control "$work/ctl.sock" \
+  --trace "$work/gpu.trace" "${serve_args[@]}" >"$work/vgrace.log" 2>&1 &
 vg_pid=$!
 for _ in $(seq 100); do [ -S "$work/gpu.sock" ] && break; sleep 0.1; done
 [ -S "$work/gpu.sock" ] || { log "vgrace did not start"; cat "$work/vgrace.log"; exit 1; }
@@ -105,22 +133,74 @@ esac
 if [ "$USEMEM" -gt 0 ]; then
   append+=" vgrace.preoff=$PRE_OFF vgrace.preval=$PRE_VAL vgrace.gwoff=$GW_OFF vgrace.gwval=$GW_VAL"
 fi
+if [ "$LIVE" = 1 ]; then
+  append+=" vgrace.live=1 vgrace.mbox=$MBOX_OFF vgrace.pokeval=$POKE_VAL vgrace.wait=$WAIT vgrace.delay=$REPLY_DELAY"
+fi
 # No 64-bit hole options are needed: the guest firmware puts the 64-bit BARs in a window above
 # RAM sized from the CPU's physical address bits, which fits even the default 128 GiB BAR1 (a BAR
 # that does not fit is left unassigned, start 0, and the guest reports it as a FAIL).
-log "booting the guest (TCG)"
-set +e
-timeout 300 chroot "$ROOT" qemu-system-x86_64 -nodefaults -display none -serial stdio \
-  -accel tcg,thread=multi -smp 2 -m 512 \
-  -object memory-backend-memfd,id=mem,size=512M,share=on -machine q35,memory-backend=mem \
-  -kernel /tmp/vgrace-e2e/vmlinuz -initrd /tmp/vgrace-e2e/initrd.gz -append "$append" -no-reboot \
-  -device '{"driver":"vfio-user-pci","socket":{"path":"/tmp/vgrace-e2e/gpu.sock","type":"unix"}}' \
-  </dev/null >"$work/console.log" 2>&1
-qemu_rc=$?
-set -e
-tr -d '\r' <"$work/console.log" | grep -E 'VGRACE-|vfio|error|Kernel panic' || true
+log "booting the guest (TCG)$([ "$LIVE" = 1 ] && echo ", then the live phase")"
+t_boot=$(date +%s)
+# In the background, so that the host can drive the live phase; $qemu_pid is the subshell (its
+# status is QEMU's), $work/qemu.pid the `timeout` that runs QEMU.
+(
+  timeout 300 chroot "$ROOT" qemu-system-x86_64 -nodefaults -display none -serial stdio \
+    -accel tcg,thread=multi -smp 2 -m 512 \
+    -object memory-backend-memfd,id=mem,size=512M,share=on -machine q35,memory-backend=mem \
+    -kernel /tmp/vgrace-e2e/vmlinuz -initrd /tmp/vgrace-e2e/initrd.gz -append "$append" -no-reboot \
+    -device '{"driver":"vfio-user-pci","socket":{"path":"/tmp/vgrace-e2e/gpu.sock","type":"unix"}}' \
+    ${VGRACE_E2E_QEMU_ARGS:-} </dev/null >"$work/console.log" 2>&1 &
+  echo $! >"$work/qemu.pid"
+  wait $!
+) &
+qemu_pid=$!
 
 host_ok=1
+host_check() { # name ok detail
+  if [ "$2" = 1 ]; then echo "VGRACE-HOST $1 PASS $3"; else echo "VGRACE-HOST $1 FAIL $3"; host_ok=0; fi
+}
+[ "$LIVE" = 1 ] && . "$here/qemu-e2e-live.sh"
+
+# QEMU ends when the guest powers off (or `timeout` stops it).
+wait "$qemu_pid" && qemu_rc=0 || qemu_rc=$?
+qemu_pid=""
+t_end=$(date +%s)
+tr -d '\r' <"$work/console.log" | grep -E 'VGRACE-|vfio|error|Kernel panic|^qemu-system' || true
+log "guest run $(( t_end - t_boot )) s"
+[ "$REPLY_DELAY" = 1 ] && reply_delay_host_checks
+
+# The protocol trace (`serve --trace`): QEMU's realize sequence, as `vgrace trace --list` lists
+# it, and the summary. The trace is written behind the device: wait for QEMU's disconnect in it.
+for _ in $(seq 50); do grep -q '"event":"disconnected"' "$work/gpu.trace" 2>/dev/null && break; sleep 0.1; done
+"$VGRACE" trace "$work/gpu.trace" --list >"$work/trace.list" 2>&1 || true
+realize=$(python3 - "$work/trace.list" <<'PY'
+import re, sys
+# The first 40 messages QEMU sent ("->" lines): command, and the region of a region access.
+msgs = []
+for line in open(sys.argv[1]):
+    m = re.match(r"\s*[\d.]+ -> (\S+)\s+#\d+\s*(.*)", line)
+    if m:
+        region = re.search(r"region=(\d+)", m.group(2))
+        msgs.append(m.group(1) + (f" region={region.group(1)}" if region and m.group(1).startswith("REGION_") else ""))
+    if len(msgs) == 40:
+        break
+def first(name):
+    return next((i for i, x in enumerate(msgs) if x == name or (name.endswith("*") and x.startswith(name[:-1]))), None)
+steps = ["VERSION", "DEVICE_GET_INFO", "DEVICE_GET_REGION_INFO*", "REGION_READ region=7"]
+at = [first(x) for x in steps]
+ok = None not in at and at == sorted(at) and at[0] == 0
+# Runs of one command, "DEVICE_GET_REGION_INFO x9".
+runs = []
+for x in msgs[:24]:
+    if runs and runs[-1][0] == x: runs[-1][1] += 1
+    else: runs.append([x, 1])
+print(int(ok), ", ".join(n if c == 1 else f"{n} x{c}" for n, c in runs) + ", ...")
+PY
+) || realize="0 (the trace could not be read)"
+host_check trace-realize-sequence "${realize%% *}" "first messages: ${realize#* }"
+"$VGRACE" trace "$work/gpu.trace" 2>&1 | sed 's/^/[qemu-e2e]   trace: /' >&2 || host_check trace-summary 0 "vgrace trace failed"
+[ "$LIVE" = 1 ] && live_trace_checks "$work/trace.list"
+
 if [ -n "$backing" ]; then
   got=$(od -An -tx4 -j $(( USEMEM_FD + GW_OFF )) -N4 "$backing" | tr -d ' ')
   if [ "$(printf '%08x' $(( 0x$got )))" = "$(printf '%08x' $(( GW_VAL )))" ]; then
