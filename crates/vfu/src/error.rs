@@ -52,3 +52,15 @@ impl Error {
         }
     }
 }
+
+/// An error with its causes, "outer: inner: ...", for log lines and event streams.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cause = c.source();
+    }
+    out
+}

@@ -197,7 +197,7 @@ impl<D: Device> Server<D> {
         }
         match &end {
             Ok(how) => info!(%peer, ?how, "client disconnected"),
-            Err(e) => warn!(%peer, "session ended: {}", chain(e)),
+            Err(e) => warn!(%peer, "session ended: {}", crate::error::chain(e)),
         }
         self.observe(&Event::Disconnected(peer, end.as_ref().copied()));
     }
@@ -232,16 +232,4 @@ impl<D: Device> Server<D> {
         session::lock(&self.device).client_detached();
         end
     }
-}
-
-/// An error with its causes, "outer: inner: ...", for a log line.
-fn chain(e: &Error) -> String {
-    let mut out = e.to_string();
-    let mut cause = std::error::Error::source(e);
-    while let Some(c) = cause {
-        out.push_str(": ");
-        out.push_str(&c.to_string());
-        cause = c.source();
-    }
-    out
 }

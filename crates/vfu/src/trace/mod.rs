@@ -210,7 +210,9 @@ impl Observer for TraceWriter {
             Event::Reply(r) => Entry::Out(now, **r),
             Event::Connected(p) => Entry::Connected(now, *p),
             Event::Refused(p, why) => Entry::Refused(now, *p, why.name()),
-            Event::Disconnected(p, end) => Entry::Disconnected(now, *p, end.map_err(chain)),
+            Event::Disconnected(p, end) => {
+                Entry::Disconnected(now, *p, end.map_err(|e| crate::error::chain(e)))
+            }
         };
         self.send(entry);
     }
@@ -369,18 +371,6 @@ fn fields(l: &mut Line, f: &Fields) {
     l.count = f.count;
     l.flags = f.flags;
     l.version = f.version.map(|(major, minor)| format!("{major}.{minor}"));
-}
-
-/// An error and its causes on one line (a rare event: the allocation does not matter).
-fn chain(e: &crate::Error) -> String {
-    let mut text = e.to_string();
-    let mut cause = std::error::Error::source(e);
-    while let Some(c) = cause {
-        text.push_str(": ");
-        text.push_str(&c.to_string());
-        cause = c.source();
-    }
-    text
 }
 
 fn end_name(end: SessionEnd) -> &'static str {

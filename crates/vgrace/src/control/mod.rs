@@ -119,7 +119,7 @@ impl Observer for DeviceObserver {
             Event::Disconnected(p, end) => {
                 let how = match end {
                     Ok(e) => format!("{e:?}"),
-                    Err(e) => format!("error: {e}"),
+                    Err(e) => format!("error: {}", vfu::error::chain(*e)),
                 };
                 self.events.publish(
                     &self.id,
