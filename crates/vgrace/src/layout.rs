@@ -1,6 +1,7 @@
 //! `vgrace layout`: the device as a person wants to see it.
 
 use std::fmt::Write as _;
+use std::io::Write;
 
 use anyhow::Result;
 use vgrace_device::Layout;
@@ -13,20 +14,21 @@ const DIAGRAM_WIDTH: u64 = 64;
 
 /// Prints the layout (table and diagram, or JSON).
 pub fn run(args: &LayoutArgs) -> Result<()> {
+    let mut out = std::io::stdout().lock();
     if let Some(path) = &args.config {
-        return run_node(path, args);
+        return run_node(path, args, &mut out);
     }
     let layout = crate::device_config(&args.device)?.layout()?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&layout)?);
+        writeln!(out, "{}", serde_json::to_string_pretty(&layout)?)?;
     } else {
-        print!("{}", render(&layout));
+        write!(out, "{}", render(&layout))?;
     }
     Ok(())
 }
 
 /// `vgrace layout --config`: every GPU of the node, then the aperture the node needs.
-fn run_node(path: &std::path::Path, args: &LayoutArgs) -> Result<()> {
+fn run_node(path: &std::path::Path, args: &LayoutArgs, out: &mut impl Write) -> Result<()> {
     let entries = crate::config::load(path)?;
     let layouts: Vec<(Layout, String)> = entries
         .iter()
@@ -39,22 +41,23 @@ fn run_node(path: &std::path::Path, args: &LayoutArgs) -> Result<()> {
     if args.json {
         let gpus: Vec<&Layout> = layouts.iter().map(|(l, _)| l).collect();
         let value = serde_json::json!({ "gpus": gpus, "node": node });
-        println!("{}", serde_json::to_string_pretty(&value)?);
+        writeln!(out, "{}", serde_json::to_string_pretty(&value)?)?;
         return Ok(());
     }
     for ((layout, socket), gpu) in layouts.iter().zip(&node.gpus) {
-        println!(
+        writeln!(
+            out,
             "== {} on {socket}: behind root port {}, window {}, NUMA nodes {}-{}",
             gpu.id,
             gpu.root_port,
             human(gpu.pref64_window),
             gpu.numa_nodes.0,
             gpu.numa_nodes.1
-        );
-        print!("{}", render(layout));
-        println!();
+        )?;
+        write!(out, "{}", render(layout))?;
+        writeln!(out)?;
     }
-    println!(
+    writeln!(out,
         "node ({}): {} GPU(s) need {} of 64-bit MMIO aperture (given as {}){}; {} NUMA nodes, guest CONFIG_NODES_SHIFT >= {}",
         machine.name(),
         node.gpus.len(),
@@ -65,7 +68,7 @@ fn run_node(path: &std::path::Path, args: &LayoutArgs) -> Result<()> {
             .unwrap_or_default(),
         node.numa_nodes,
         node.nodes_shift_needed
-    );
+    )?;
     Ok(())
 }
 

@@ -4,6 +4,7 @@
 //! machine needs for ACPI. Every group of arguments follows a one-line comment.
 
 use std::fmt::Write as _;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
@@ -32,12 +33,13 @@ pub fn run(args: &QemuArgsArgs) -> Result<()> {
         args.guest_mem,
     );
     let lines = render(&n, args.guest_mem);
+    let mut out = std::io::stdout().lock();
     if args.json {
         let args_only: Vec<&str> = lines.lines().filter(|l| !l.starts_with('#')).collect();
         let value = serde_json::json!({ "node": n, "args": args_only });
-        println!("{}", serde_json::to_string_pretty(&value)?);
+        writeln!(out, "{}", serde_json::to_string_pretty(&value)?)?;
     } else {
-        print!("{lines}");
+        write!(out, "{lines}")?;
     }
     Ok(())
 }

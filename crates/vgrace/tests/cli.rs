@@ -967,3 +967,27 @@ fn qemu_args_for_a_node_of_four_480g_gpus() {
     let text = String::from_utf8_lossy(&layout.stdout);
     assert!(text.contains("need 4 TiB"), "{text}");
 }
+
+/// Output into a pipe whose reader is gone (`vgrace layout | head -1` after head exits) ends the
+/// command quietly, like cat, instead of a "failed printing to stdout" panic.
+#[test]
+fn output_into_a_closed_pipe_is_a_quiet_exit_not_a_panic() {
+    for args in [
+        &["layout"][..],
+        &["layout", "--json"],
+        &["qemu-args", "--socket", "/tmp/vgrace-pipe-test.sock"],
+        &["trace", "/dev/null"],
+    ] {
+        let (read_end, write_end) = nix::unistd::pipe().unwrap();
+        drop(read_end);
+        let out = Command::new(BIN)
+            .args(args)
+            .stdout(Stdio::from(write_end))
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert!(out.status.success(), "{args:?}: {:?} {err}", out.status);
+    }
+}

@@ -11,6 +11,7 @@
 //! every version a device without memory regions (C2C link down, no memory properties) is
 //! accepted as a core-only function.
 
+use std::io::Write;
 use std::os::fd::OwnedFd;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -99,20 +100,22 @@ pub fn run(args: &CheckArgs) -> Result<ExitCode> {
     let client = Client::connect(&args.socket)
         .with_context(|| format!("cannot connect to {}", args.socket.display()))?;
     let mut target = ClientTarget { client };
-    println!(
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
         "checking {} against the rules of Linux {}",
         args.socket.display(),
         args.linux
-    );
+    )?;
     let outcomes = check_all(&mut target, args.ready_timeout, args.linux);
     let failed = outcomes.iter().filter(|o| o.result.is_err()).count();
     for o in &outcomes {
         match &o.result {
-            Ok(detail) => println!("PASS  {:<60} {detail}", o.rule),
-            Err(why) => println!("FAIL  {:<60} {why}", o.rule),
+            Ok(detail) => writeln!(out, "PASS  {:<60} {detail}", o.rule)?,
+            Err(why) => writeln!(out, "FAIL  {:<60} {why}", o.rule)?,
         }
     }
-    println!("{} passed, {} failed", outcomes.len() - failed, failed);
+    writeln!(out, "{} passed, {} failed", outcomes.len() - failed, failed)?;
     Ok(if failed == 0 {
         ExitCode::SUCCESS
     } else {

@@ -216,17 +216,21 @@ impl Control {
 pub fn run(args: &CtlArgs) -> Result<()> {
     let mut c = Control::connect(&args.control)?;
     let json_out = args.json;
-    let print = |v: &Value, human: &dyn Fn(&Value) -> String| {
+    // Flushed per response: `events --follow` and `stats --watch` feed pipes as they go.
+    let print = |v: &Value, human: &dyn Fn(&Value) -> String| -> Result<()> {
+        let mut out = std::io::stdout().lock();
         if json_out {
-            println!("{v}");
+            writeln!(out, "{v}")?;
         } else {
-            print!("{}", human(v));
+            write!(out, "{}", human(v))?;
         }
+        out.flush()?;
+        Ok(())
     };
     match &args.verb {
         Verb::Status(t) => {
             let v = c.call("status", json!({ "device": t.device }))?;
-            print(&v, &show::status);
+            print(&v, &show::status)?;
         }
         Verb::Stats {
             target,
@@ -236,10 +240,9 @@ pub fn run(args: &CtlArgs) -> Result<()> {
             let v = c.call("stats", json!({ "device": target.device }))?;
             if *watch && !json_out {
                 // Clear the screen and home the cursor, as watch(1) does.
-                print!("\x1b[2J\x1b[H");
+                print(&Value::Null, &|_| "\x1b[2J\x1b[H".to_string())?;
             }
-            print(&v, &show::stats);
-            std::io::stdout().flush()?;
+            print(&v, &show::stats)?;
             if !*watch {
                 break;
             }
@@ -260,7 +263,7 @@ pub fn run(args: &CtlArgs) -> Result<()> {
                 json!({ "device": target.device, "fault": kind, "clear": clear, "ms": ms,
                         "count": count, "region": region, "offset": offset }),
             )?;
-            print(&v, &show::faults);
+            print(&v, &show::faults)?;
         }
         Verb::Peek {
             target,
@@ -288,16 +291,18 @@ pub fn run(args: &CtlArgs) -> Result<()> {
                 )?;
                 written += v["written"].as_u64().unwrap_or(0);
                 if json_out {
-                    println!("{v}");
+                    print(&v, &|_| String::new())?;
                 }
             }
             if !json_out {
-                println!("wrote {written} bytes at region {region} offset {offset:#x}");
+                print(&Value::Null, &|_| {
+                    format!("wrote {written} bytes at region {region} offset {offset:#x}\n")
+                })?;
             }
         }
         Verb::Reset(t) => {
             let v = c.call("reset", json!({ "device": t.device }))?;
-            print(&v, &|_| "reset\n".to_string());
+            print(&v, &|_| "reset\n".to_string())?;
         }
         Verb::Events { target, follow } => {
             let v = c.call(
@@ -306,14 +311,13 @@ pub fn run(args: &CtlArgs) -> Result<()> {
             )?;
             if !*follow {
                 for e in v["events"].as_array().into_iter().flatten() {
-                    print(e, &show::event);
+                    print(e, &show::event)?;
                 }
                 return Ok(());
             }
             loop {
                 let line = c.read()?;
-                print(&line["event"], &show::event);
-                std::io::stdout().flush()?;
+                print(&line["event"], &show::event)?;
             }
         }
     }

@@ -24,16 +24,9 @@ pub fn run(args: &TraceArgs) -> Result<()> {
         summarise(args, &mut out)
     };
     match outcome {
-        Err(e) if is_broken_pipe(&e) => Ok(()),
+        Err(e) if crate::is_broken_pipe(&e) => Ok(()),
         other => other,
     }
-}
-
-fn is_broken_pipe(e: &anyhow::Error) -> bool {
-    e.chain().any(|c| {
-        c.downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
-    })
 }
 
 fn summarise(args: &TraceArgs, out: &mut impl Write) -> Result<()> {
