@@ -16,12 +16,12 @@ use vfu::client::Client;
 use crate::workloads::{place, BenchError, Placement};
 
 /// What the control client asks, in turn: the whole status, the counters, a BAR0 register
-/// (takes the device lock) and 64 KiB of device memory.
+/// (takes the device lock) and a 4 KiB page of device memory.
 const REQUESTS: [&str; 4] = [
     r#"{"v":1,"op":"status"}"#,
     r#"{"v":1,"op":"stats"}"#,
     r#"{"v":1,"op":"peek","region":0,"offset":5272,"count":4}"#,
-    r#"{"v":1,"op":"peek","region":4,"offset":0,"count":65536}"#,
+    r#"{"v":1,"op":"peek","region":4,"offset":0,"count":4096}"#,
 ];
 
 /// 4-byte BAR0 REGION_READ round trips per second against `vgrace serve --control`, while a

@@ -209,9 +209,9 @@ fn run() -> Result<(), BenchError> {
         ),
     ));
 
-    // A control client at 1000 requests/s (status, stats, a BAR0 peek, a 64 KiB memory peek)
+    // A control client at 1000 requests/s (status, stats, a BAR0 peek, a 4 KiB memory peek)
     // against the same served device with none: the device must not wait on the control plane.
-    let control_iters = if o.quick { 20_000 } else { 100_000 };
+    let control_iters = if o.quick { 60_000 } else { 200_000 };
     let mut answered = 0;
     let (loaded, quiet) = interleave(
         rounds,
