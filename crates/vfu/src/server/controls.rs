@@ -3,7 +3,7 @@
 //! call is a few atomic operations or a short lock: a control client never waits on the device.
 
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
@@ -32,6 +32,8 @@ pub struct ReplyDelay {
 #[derive(Debug, Default)]
 struct Inner {
     delay: Mutex<Option<ReplyDelay>>,
+    /// Whether `delay` may hold something: lets every message skip the lock when none does.
+    delaying: AtomicBool,
     refuse: AtomicU32,
     client: Mutex<Option<(Attached, Arc<OwnedFd>)>>,
     /// Bumped by every drop, so a session waiting out a delay sees it.
@@ -62,6 +64,7 @@ impl Controls {
             by,
             remaining: count,
         });
+        self.inner.delaying.store(true, Ordering::SeqCst);
     }
 
     /// Ends a reply delay; false when none was in force.
@@ -102,6 +105,9 @@ impl Controls {
 
     /// Takes one reply delay, if one is in force.
     pub(crate) fn take_delay(&self) -> Option<Duration> {
+        if !self.inner.delaying.load(Ordering::Relaxed) {
+            return None;
+        }
         let mut delay = lock(&self.inner.delay);
         let d = (*delay)?;
         match d.remaining {
