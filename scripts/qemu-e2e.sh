@@ -82,21 +82,7 @@ esac
 [ "$shape_ok" = 1 ] || { log "vgrace layout is not a $CASE shape:"; echo "$layout_json" >&2; exit 1; }
 
 work=$ROOT/tmp/vgrace-e2e
-vg_pid=""; qemu_pid=""
-# Stops QEMU (if running) through the `timeout` that runs it (it passes the signal on).
-stop_qemu() {
-  [ -n "$qemu_pid" ] || return 0
-  kill -0 "$qemu_pid" 2>/dev/null && [ -s "$work/qemu.pid" ] && kill "$(cat "$work/qemu.pid")" 2>/dev/null
-  wait "$qemu_pid" 2>/dev/null || true
-  qemu_pid=""
-}
-cleanup() {
-  stop_qemu
-  [ -n "$vg_pid" ] && kill "$vg_pid" 2>/dev/null && wait "$vg_pid" 2>/dev/null || true
-  qemu_umount_chroot
-  [ -n "${VGRACE_E2E_KEEP:-}" ] || rm -rf "$work"
-}
-trap cleanup EXIT
+trap 'qemu_cleanup "${VGRACE_E2E_KEEP:-}"' EXIT
 rm -rf "$work" && mkdir -p "$work"
 qemu_mount_chroot
 

@@ -45,21 +45,7 @@ qemu_build_vgrace
 # QEMU runs in the chroot and sees $inside; vgrace runs outside and uses $work, the same place.
 inside=/tmp/vgrace-hotplug
 work=$ROOT$inside
-vg_pid=""; qemu_pid=""
-# Stops QEMU (if running) through the `timeout` that runs it; see the boot below.
-stop_qemu() {
-  [ -n "$qemu_pid" ] || return 0
-  kill -0 "$qemu_pid" 2>/dev/null && [ -s "$work/qemu.pid" ] && kill "$(cat "$work/qemu.pid")" 2>/dev/null
-  wait "$qemu_pid" 2>/dev/null || true
-  qemu_pid=""
-}
-cleanup() {
-  stop_qemu
-  [ -n "$vg_pid" ] && kill "$vg_pid" 2>/dev/null && wait "$vg_pid" 2>/dev/null || true
-  qemu_umount_chroot
-  [ -n "${VGRACE_HOTPLUG_KEEP:-}" ] || rm -rf "$work"
-}
-trap cleanup EXIT
+trap 'qemu_cleanup "${VGRACE_HOTPLUG_KEEP:-}"' EXIT
 rm -rf "$work" && mkdir -p "$work"
 qemu_mount_chroot
 qemu_make_guest "$work"
@@ -214,7 +200,7 @@ outcome=$(echo "$out" | tail -1 | cut -d' ' -f1)
 for _ in $(seq $(( WAIT * 5 ))); do kill -0 "$qemu_pid" 2>/dev/null || break; sleep 0.2; done
 qemu_rc=0
 if kill -0 "$qemu_pid" 2>/dev/null; then
-  stop_qemu
+  qemu_stop
   qemu_rc=timeout
 else
   wait "$qemu_pid" || qemu_rc=$?; qemu_pid=""

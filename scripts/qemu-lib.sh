@@ -1,4 +1,5 @@
-# Helpers shared by the QEMU guest tests (qemu-e2e.sh, qemu-node.sh); sourced, not run.
+# Helpers shared by the QEMU guest tests (qemu-e2e.sh, qemu-node.sh, qemu-hotplug.sh); sourced,
+# not run.
 # Expects $here (the scripts directory) and $repo to be set, and `set -euo pipefail`.
 CACHE=${VGRACE_QEMU_CACHE:-$HOME/.cache/vgrace-qemu}
 ROOT=$CACHE/root
@@ -32,4 +33,25 @@ qemu_make_guest() {
   chmod +x "$initrd/init" "$initrd/bin/busybox"
   (cd "$initrd" && find . | cpio -o -H newc --quiet | gzip -1) >"$work/initrd.gz"
   cp "$CACHE/vmlinuz" "$work/vmlinuz"
+}
+
+# A guest run's processes: $qemu_pid is the `timeout` that runs QEMU (QEMU writes its own pid to
+# $work/qemu.pid), $vg_pid the vgrace server.
+qemu_pid=""; vg_pid=""
+
+# Stops QEMU (if running) through the `timeout` that runs it (it passes the signal on).
+qemu_stop() {
+  [ -n "$qemu_pid" ] || return 0
+  kill -0 "$qemu_pid" 2>/dev/null && [ -s "$work/qemu.pid" ] && kill "$(cat "$work/qemu.pid")" 2>/dev/null
+  wait "$qemu_pid" 2>/dev/null || true
+  qemu_pid=""
+}
+
+# The EXIT trap of a guest run: QEMU, the server, this run's chroot mounts, and $work unless $1
+# (the script's "keep" setting) is non-empty.
+qemu_cleanup() {
+  qemu_stop
+  [ -n "$vg_pid" ] && kill "$vg_pid" 2>/dev/null && wait "$vg_pid" 2>/dev/null || true
+  qemu_umount_chroot
+  [ -n "${1:-}" ] || rm -rf "$work"
 }
