@@ -35,20 +35,19 @@ pub fn create_parent(path: &Path, what: &str) -> Result<()> {
     let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) else {
         return Ok(());
     };
+    let cannot = |dir: &Path| {
+        format!(
+            "cannot create directory {} for the {what} {}",
+            dir.display(),
+            path.display()
+        )
+    };
     let mut missing = Vec::new();
     for dir in parent.ancestors().filter(|d| !d.as_os_str().is_empty()) {
         match std::fs::metadata(dir) {
             Ok(_) => break,
             Err(e) if e.kind() == ErrorKind::NotFound => missing.push(dir),
-            Err(e) => {
-                return Err(e).with_context(|| {
-                    format!(
-                        "cannot create directory {} for the {what} {}",
-                        dir.display(),
-                        path.display()
-                    )
-                })
-            }
+            Err(e) => return Err(e).with_context(|| cannot(dir)),
         }
     }
     for dir in missing.into_iter().rev() {
@@ -63,15 +62,7 @@ pub fn create_parent(path: &Path, what: &str) -> Result<()> {
             Ok(()) => info!("created directory {}", dir.display()),
             // Made meanwhile by someone else (another server starting): fine if a directory.
             Err(e) if e.kind() == ErrorKind::AlreadyExists && dir.is_dir() => {}
-            Err(e) => {
-                return Err(e).with_context(|| {
-                    format!(
-                        "cannot create directory {} for the {what} {}",
-                        dir.display(),
-                        path.display()
-                    )
-                })
-            }
+            Err(e) => return Err(e).with_context(|| cannot(dir)),
         }
     }
     Ok(())
