@@ -82,6 +82,11 @@ pub struct Summary {
     pub malformed: u64,
     /// Requests waiting for a reply, per msg_id, oldest first.
     pending: HashMap<u16, Vec<Pending>>,
+    /// The first header's start, as a time.
+    first_start: Option<std::time::SystemTime>,
+    /// Seconds from the first header's start to the current one's: a server restarted on the
+    /// same file appends a new header and counts `t` from its own start again.
+    offset: f64,
 }
 
 impl Summary {
@@ -97,10 +102,14 @@ impl Summary {
                 None
             }
             Some(Record::Header(h)) => {
+                self.header(&h.start);
                 self.start.get_or_insert(h.start);
                 None
             }
-            Some(Record::Line(l)) => Some(self.take(&l)),
+            Some(Record::Line(mut l)) => {
+                l.t += self.offset;
+                Some(self.take(&l))
+            }
         }
     }
 
@@ -144,6 +153,23 @@ impl Summary {
             Dir::Note => self.dropped += l.dropped.unwrap_or(0),
         }
         listing(l, latency)
+    }
+
+    /// A header: the first sets the clock's origin; a later one (a restarted server appending,
+    /// or a rotated file) moves `t` of the lines after it onto that origin.
+    fn header(&mut self, start: &str) {
+        let Ok(at) = humantime::parse_rfc3339(start) else {
+            return;
+        };
+        match self.first_start {
+            None => self.first_start = Some(at),
+            Some(first) => {
+                self.offset = match at.duration_since(first) {
+                    Ok(d) => d.as_secs_f64(),
+                    Err(e) => -e.duration().as_secs_f64(),
+                };
+            }
+        }
     }
 
     fn close_pending(&mut self) {
@@ -249,6 +275,22 @@ mod tests {
         assert_eq!(st.percentiles().unwrap().max, 500_000);
         assert_eq!(st.count, 2);
         assert_eq!(s.unanswered, 1);
+    }
+
+    #[test]
+    fn a_restarted_server_appending_keeps_the_listing_on_one_clock() {
+        let mut s = Summary::default();
+        s.feed(r#"{"trace":"vgrace","v":1,"start":"2026-11-26T01:00:00.000000Z"}"#);
+        let a = s
+            .feed(r#"{"t":1.5,"dir":"in","id":1,"cmd":"VERSION","size":100}"#)
+            .unwrap();
+        s.feed(r#"{"trace":"vgrace","v":1,"start":"2026-11-26T01:01:00.000000Z"}"#);
+        let b = s
+            .feed(r#"{"t":0.25,"dir":"in","id":1,"cmd":"VERSION","size":100}"#)
+            .unwrap();
+        assert!(a.trim_start().starts_with("1.500000"), "{a}");
+        assert!(b.trim_start().starts_with("60.250000"), "{b}");
+        assert_eq!(s.start.as_deref(), Some("2026-11-26T01:00:00.000000Z"));
     }
 
     #[test]
