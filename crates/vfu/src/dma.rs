@@ -9,6 +9,7 @@ use nix::fcntl::{fcntl, FcntlArg, SealFlag};
 use vm_memory::{FileOffset, MmapRegion, VolatileMemory};
 
 use crate::errno::Errno;
+use crate::sync::relock;
 use crate::wire::{
     Decode, DmaAccess, DmaMap, DmaWriteReply, Encode, DMA_FLAG_READ, DMA_FLAG_WRITE,
 };
@@ -131,14 +132,6 @@ struct HandleInner {
 /// socket, when the client set one up (else ENOTSUP).
 #[derive(Debug, Clone)]
 pub struct DmaHandle(std::sync::Arc<HandleInner>);
-
-fn relock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // A poisoned lock is recovered: neither value holds invariants a panic could break halfway.
-    match m.lock() {
-        Ok(g) => g,
-        Err(p) => p.into_inner(),
-    }
-}
 
 impl DmaHandle {
     /// Wraps a table.

@@ -28,6 +28,7 @@ pub mod error;
 pub mod irq;
 pub mod listen;
 pub mod server;
+mod sync;
 pub mod trace;
 pub mod transport;
 pub mod wire;

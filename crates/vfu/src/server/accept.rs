@@ -22,6 +22,7 @@ use super::observe::{Event, Observer, Refusal};
 use super::shutdown::Shutdown;
 use super::Controls;
 use crate::error::Error;
+use crate::sync::relock;
 use crate::wire::{Decode, Header, HEADER_SIZE};
 
 /// Who is at the other end of a connection (SO_PEERCRED), for log lines.
@@ -74,8 +75,7 @@ impl Seat {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Option<(Peer, Arc<OwnedFd>)>> {
-        // A poisoned lock only means a panic elsewhere; the value is still a plain Option.
-        self.holder.lock().unwrap_or_else(|e| e.into_inner())
+        relock(&self.holder)
     }
 
     /// Takes the seat for `peer`, keeping `conn` (a duplicate of its socket) to see it hang

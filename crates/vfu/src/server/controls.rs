@@ -4,12 +4,13 @@
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use nix::sys::socket::{shutdown, Shutdown as How};
 
 use super::Peer;
+use crate::sync::relock;
 
 /// The client holding the device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,11 +47,6 @@ pub struct Controls {
     inner: Arc<Inner>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A poisoned lock only means a panic elsewhere; the values are plain data.
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 impl Controls {
     /// Controls with nothing in force.
     pub fn new() -> Self {
@@ -60,7 +56,7 @@ impl Controls {
     /// Delays the next `count` replies (every reply until cleared when `None`) by `by`. The
     /// delay runs before the device sees the message, so nothing else waits on it.
     pub fn delay_replies(&self, by: Duration, count: Option<u64>) {
-        *lock(&self.inner.delay) = Some(ReplyDelay {
+        *relock(&self.inner.delay) = Some(ReplyDelay {
             by,
             remaining: count,
         });
@@ -69,12 +65,12 @@ impl Controls {
 
     /// Ends a reply delay; false when none was in force.
     pub fn clear_delay(&self) -> bool {
-        lock(&self.inner.delay).take().is_some()
+        relock(&self.inner.delay).take().is_some()
     }
 
     /// The reply delay in force.
     pub fn reply_delay(&self) -> Option<ReplyDelay> {
-        *lock(&self.inner.delay)
+        *relock(&self.inner.delay)
     }
 
     /// Turns away the next `n` clients that connect (closed at once, before their first
@@ -91,7 +87,7 @@ impl Controls {
     /// Disconnects the client holding the device (its session ends as if it had hung up; the
     /// device keeps its state). Returns who it was.
     pub fn drop_client(&self) -> Option<Peer> {
-        let client = lock(&self.inner.client);
+        let client = relock(&self.inner.client);
         let (attached, conn) = client.as_ref()?;
         self.inner.drops.fetch_add(1, Ordering::SeqCst);
         let _ = shutdown(conn.as_raw_fd(), How::Both);
@@ -100,7 +96,7 @@ impl Controls {
 
     /// The client holding the device.
     pub fn client(&self) -> Option<Attached> {
-        lock(&self.inner.client).as_ref().map(|(a, _)| *a)
+        relock(&self.inner.client).as_ref().map(|(a, _)| *a)
     }
 
     /// Takes one reply delay, if one is in force.
@@ -108,7 +104,7 @@ impl Controls {
         if !self.inner.delaying.load(Ordering::Relaxed) {
             return None;
         }
-        let mut delay = lock(&self.inner.delay);
+        let mut delay = relock(&self.inner.delay);
         let d = (*delay)?;
         match d.remaining {
             None => {}
@@ -133,11 +129,11 @@ impl Controls {
 
     pub(crate) fn attach(&self, peer: Peer, conn: Arc<OwnedFd>) {
         let since = SystemTime::now();
-        *lock(&self.inner.client) = Some((Attached { peer, since }, conn));
+        *relock(&self.inner.client) = Some((Attached { peer, since }, conn));
     }
 
     pub(crate) fn detach(&self) {
-        *lock(&self.inner.client) = None;
+        *relock(&self.inner.client) = None;
     }
 
     /// A counter that changes whenever a client is dropped.

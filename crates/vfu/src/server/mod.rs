@@ -17,6 +17,7 @@ use tracing::{info, warn};
 use crate::device::Device;
 use crate::dma::DmaTable;
 use crate::error::Error;
+use crate::sync::relock;
 use crate::transport::{Transport, UnixTransport};
 use crate::wire;
 use accept::{Acceptor, Seat};
@@ -225,11 +226,11 @@ impl<D: Device> Server<D> {
             self.controls.clone(),
             stop,
         );
-        session::lock(&self.device).dma_attached(session.dma.clone());
+        relock(&self.device).dma_attached(session.dma.clone());
         let end = session.run(&self.device, &mut transport);
         session.dma.with(DmaTable::clear);
         session.dma.set_channel(None);
-        session::lock(&self.device).client_detached();
+        relock(&self.device).client_detached();
         end
     }
 }

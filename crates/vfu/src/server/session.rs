@@ -3,7 +3,7 @@
 //! is answered here without allocating; everything else goes through [`Session::handle`] in
 //! `dispatch.rs`.
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tracing::{debug, warn};
@@ -14,6 +14,7 @@ use crate::device::{Device, FileSpan};
 use crate::dma::{DmaHandle, DmaTable};
 use crate::errno::Errno;
 use crate::error::Error;
+use crate::sync::relock;
 use crate::transport::{Frame, Transport, TransportError};
 use crate::wire::{self, cmd, Caps, Command, Header, RegionAccess};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -120,10 +121,10 @@ impl Session {
                 self.wait_out(by);
             }
             if self.is_region_read_fast_path(&header, &frame) {
-                self.region_read(&mut *lock(device), t, &frame)?;
+                self.region_read(&mut *relock(device), t, &frame)?;
             } else {
                 // The lock is let go before the reply is sent: a slow reader holds nothing.
-                let reply = self.handle(&mut *lock(device), t, frame);
+                let reply = self.handle(&mut *relock(device), t, frame);
                 self.send_reply(t, &header, reply)?;
             }
         }
@@ -170,7 +171,7 @@ impl Session {
     }
 
     /// Sends an error reply to `request`, observed.
-    pub(super) fn answer_error<T: Transport>(
+    fn answer_error<T: Transport>(
         &mut self,
         t: &T,
         request: &Header,
@@ -312,7 +313,7 @@ fn clip_span(span: FileSpan<'_>, n: usize) -> FileSpan<'_> {
 
 /// What went back for one message, for the observer.
 #[derive(Debug, Clone, Copy)]
-pub(super) struct Outcome {
+struct Outcome {
     size: usize,
     fds: usize,
     errno: Option<Errno>,
@@ -339,10 +340,4 @@ impl Outcome {
             sent: false,
         }
     }
-}
-
-/// The device, even if a panic elsewhere poisoned its lock (its state is what that access left;
-/// refusing every later client would be worse).
-pub(super) fn lock<D>(device: &Mutex<D>) -> MutexGuard<'_, D> {
-    device.lock().unwrap_or_else(|e| e.into_inner())
 }
