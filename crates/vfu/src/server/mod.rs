@@ -100,6 +100,19 @@ pub enum SessionEnd {
     Dropped,
 }
 
+impl SessionEnd {
+    /// Its name as logs, traces and event streams spell it (`Closed`, `Dropped`, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            SessionEnd::Closed => "Closed",
+            SessionEnd::Desync => "Desync",
+            SessionEnd::Shutdown => "Shutdown",
+            SessionEnd::Stalled => "Stalled",
+            SessionEnd::Dropped => "Dropped",
+        }
+    }
+}
+
 impl<D: Device> Server<D> {
     /// A server for `device`.
     pub fn new(device: D, config: ServerConfig) -> Self {

@@ -337,7 +337,7 @@ impl Writer {
             Entry::Disconnected(at, p, end) => {
                 let mut l = self.event(*at, "disconnected", p);
                 match end {
-                    Ok(how) => l.end = Some(Cow::Borrowed(end_name(*how))),
+                    Ok(how) => l.end = Some(Cow::Borrowed(how.name())),
                     Err(e) => {
                         l.end = Some(Cow::Borrowed("Error"));
                         l.error = Some(e.clone());
@@ -371,14 +371,4 @@ fn fields(l: &mut Line, f: &Fields) {
     l.count = f.count;
     l.flags = f.flags;
     l.version = f.version.map(|(major, minor)| format!("{major}.{minor}"));
-}
-
-fn end_name(end: SessionEnd) -> &'static str {
-    match end {
-        SessionEnd::Closed => "Closed",
-        SessionEnd::Desync => "Desync",
-        SessionEnd::Shutdown => "Shutdown",
-        SessionEnd::Stalled => "Stalled",
-        SessionEnd::Dropped => "Dropped",
-    }
 }

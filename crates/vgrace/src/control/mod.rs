@@ -118,7 +118,7 @@ impl Observer for DeviceObserver {
             }
             Event::Disconnected(p, end) => {
                 let how = match end {
-                    Ok(e) => format!("{e:?}"),
+                    Ok(e) => e.name().to_string(),
                     Err(e) => format!("error: {}", vfu::error::chain(*e)),
                 };
                 self.events.publish(
