@@ -79,8 +79,7 @@ impl EventBus {
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
-        // A poisoned lock only means a panic elsewhere; the queue is plain data.
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+        super::relock(&self.inner)
     }
 }
 

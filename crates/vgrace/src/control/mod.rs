@@ -51,6 +51,12 @@ pub struct Managed {
     pub started: Instant,
 }
 
+/// Locks `m`, recovering it if a panic elsewhere poisoned it: counters and event queues are
+/// plain data, still good after a panic halfway.
+fn relock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// How long a control request waits for the device lock before answering "busy": a client
 /// request holds it for microseconds, except a 6.19+ first access after a reset, which polls
 /// readiness for up to the ready timeout.

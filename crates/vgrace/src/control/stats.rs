@@ -11,6 +11,7 @@ use vfu::wire::cmd;
 use vfu::Errno;
 
 use super::events::rfc3339;
+use super::relock;
 
 /// Command ids we keep a row for (0..=18); anything else counts under "UNKNOWN".
 const ROWS: usize = 20;
@@ -62,8 +63,8 @@ impl Stats {
         row.bytes_out.fetch_add(size as u64, Ordering::Relaxed);
         match errno {
             Some(errno) => {
-                *lock(&row.errors).entry(errno as i32).or_default() += 1;
-                *lock(&self.last_error) = Some(LastError {
+                *relock(&row.errors).entry(errno as i32).or_default() += 1;
+                *relock(&self.last_error) = Some(LastError {
                     at: SystemTime::now(),
                     cmd: command,
                     msg_id,
@@ -110,7 +111,7 @@ impl Stats {
             } else {
                 cmd::name(i as u16)
             };
-            let errors: serde_json::Map<String, Value> = lock(&row.errors)
+            let errors: serde_json::Map<String, Value> = relock(&row.errors)
                 .iter()
                 .map(|(e, n)| (format!("{:?}", Errno::from_raw(*e)), json!(n)))
                 .collect();
@@ -122,7 +123,7 @@ impl Stats {
                 "bytes_out": row.bytes_out.load(Ordering::Relaxed),
             }));
         }
-        let last_error = (*lock(&self.last_error)).map(|e| {
+        let last_error = (*relock(&self.last_error)).map(|e| {
             json!({
                 "time": rfc3339(e.at),
                 "cmd": cmd::name(e.cmd),
@@ -139,11 +140,6 @@ impl Stats {
             "last_error": last_error,
         })
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // A poisoned lock only means a panic elsewhere; counters are plain data.
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]
