@@ -3,8 +3,10 @@
 use std::time::{Duration, SystemTime};
 
 use serde_json::{json, Value};
+use std::sync::MutexGuard;
 use vfu::Device;
-use vgrace_device::LinuxVersion;
+
+use vgrace_device::{LinuxVersion, NvGraceGpu};
 
 use super::events::rfc3339;
 use super::protocol::{self, from_hex, to_hex, Failure, Request, MAX_BYTES};
@@ -231,9 +233,7 @@ fn fault(m: &Managed, r: &Request) -> Result<Value, Failure> {
 
 /// Poison lands only in device memory, and only where the driver handles it (6.19+).
 fn check_poison(m: &Managed, region: u32, offset: u64) -> Result<(), Failure> {
-    let device = m
-        .lock_device()
-        .ok_or_else(|| Failure("the device is busy; try again".into()))?;
+    let device = device(m)?;
     let layout = device.layout();
     if layout.linux < LinuxVersion::V6_19 {
         return Err(Failure(format!(
@@ -249,6 +249,20 @@ fn check_poison(m: &Managed, region: u32, offset: u64) -> Result<(), Failure> {
         ))),
         None => Err(Failure(format!("region {region} holds no device memory"))),
     }
+}
+
+/// The device for one bounded access, or "busy" when a client request holds it too long.
+fn device(m: &Managed) -> Result<MutexGuard<'_, NvGraceGpu>, Failure> {
+    m.lock_device()
+        .ok_or_else(|| Failure("the device is busy; try again".into()))
+}
+
+/// A peek or poke the device refused.
+fn access_failed(region: u32, offset: u64, e: vfu::Errno) -> Failure {
+    Failure(format!(
+        "region {region} offset {offset:#x}: {e} ({})",
+        e.desc()
+    ))
 }
 
 fn region_and_offset(r: &Request) -> Result<(u32, u64), Failure> {
@@ -277,19 +291,9 @@ fn peek(m: &Managed, r: &Request) -> Result<Value, Failure> {
         )));
     }
     let mut buf = vec![0u8; count as usize];
-    let n = {
-        let mut device = m
-            .lock_device()
-            .ok_or_else(|| Failure("the device is busy; try again".into()))?;
-        device
-            .backdoor_read(region, offset, &mut buf)
-            .map_err(|e| {
-                Failure(format!(
-                    "region {region} offset {offset:#x}: {e} ({})",
-                    e.desc()
-                ))
-            })?
-    };
+    let n = device(m)?
+        .backdoor_read(region, offset, &mut buf)
+        .map_err(|e| access_failed(region, offset, e))?;
     buf.truncate(n);
     Ok(json!({ "data": to_hex(&buf), "count": n }))
 }
@@ -307,29 +311,17 @@ fn poke(m: &Managed, r: &Request) -> Result<Value, Failure> {
             data.len()
         )));
     }
-    let n = {
-        let mut device = m
-            .lock_device()
-            .ok_or_else(|| Failure("the device is busy; try again".into()))?;
-        device.backdoor_write(region, offset, &data).map_err(|e| {
-            Failure(format!(
-                "region {region} offset {offset:#x}: {e} ({})",
-                e.desc()
-            ))
-        })?
-    };
+    let n = device(m)?
+        .backdoor_write(region, offset, &data)
+        .map_err(|e| access_failed(region, offset, e))?;
     Ok(json!({ "written": n }))
 }
 
 fn reset(m: &Managed) -> Result<Value, Failure> {
-    {
-        let mut device = m
-            .lock_device()
-            .ok_or_else(|| Failure("the device is busy; try again".into()))?;
-        device
-            .reset()
-            .map_err(|e| Failure(format!("reset failed: {e}")))?;
-    }
+    // The guard is a temporary: the device is free again before the event goes out.
+    device(m)?
+        .reset()
+        .map_err(|e| Failure(format!("reset failed: {e}")))?;
     m.stats.reset();
     m.events.publish(&m.id, "reset", json!({ "by": "control" }));
     Ok(json!({}))
