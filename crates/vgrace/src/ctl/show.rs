@@ -12,6 +12,26 @@ fn s(v: &Value) -> String {
     }
 }
 
+/// `items` joined with ", ", or `empty` when there are none.
+fn joined(items: &[String], empty: &str) -> String {
+    if items.is_empty() {
+        empty.to_string()
+    } else {
+        items.join(", ")
+    }
+}
+
+/// The fault list of a `status` device or a `fault` answer, joined ("none" when empty).
+fn fault_list(v: &Value) -> String {
+    let items: Vec<String> = v["faults"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(s)
+        .collect();
+    joined(&items, "none")
+}
+
 /// `status`.
 pub fn status(v: &Value) -> String {
     let mut out = format!("vgrace pid {} up {} s\n", s(&v["pid"]), s(&v["uptime_s"]));
@@ -28,21 +48,7 @@ pub fn status(v: &Value) -> String {
             s(&d["backing"]),
         );
         let _ = writeln!(out, "  readiness: {}", s(&d["readiness"]));
-        let faults: Vec<String> = d["faults"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(s)
-            .collect();
-        let _ = writeln!(
-            out,
-            "  faults:    {}",
-            if faults.is_empty() {
-                "none".to_string()
-            } else {
-                faults.join(", ")
-            }
-        );
+        let _ = writeln!(out, "  faults:    {}", fault_list(d));
         let client = &d["client"];
         if client.is_null() {
             let _ = writeln!(out, "  client:    none");
@@ -93,11 +99,7 @@ pub fn stats(v: &Value) -> String {
                 s(&c["count"]),
                 s(&c["bytes_in"]),
                 s(&c["bytes_out"]),
-                if errors.is_empty() {
-                    "-".into()
-                } else {
-                    errors.join(", ")
-                }
+                joined(&errors, "-")
             );
         }
         let e = &d["last_error"];
@@ -117,12 +119,6 @@ pub fn stats(v: &Value) -> String {
 
 /// `fault`.
 pub fn faults(v: &Value) -> String {
-    let list: Vec<String> = v["faults"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(s)
-        .collect();
     let mut out = String::new();
     if let Some(d) = v.get("dropped") {
         let _ = writeln!(out, "dropped the client (pid {})", s(&d["pid"]));
@@ -130,15 +126,7 @@ pub fn faults(v: &Value) -> String {
     if let Some(n) = v.get("healed") {
         let _ = writeln!(out, "healed {} poisoned pages", s(n));
     }
-    let _ = writeln!(
-        out,
-        "faults in force: {}",
-        if list.is_empty() {
-            "none".into()
-        } else {
-            list.join(", ")
-        }
-    );
+    let _ = writeln!(out, "faults in force: {}", fault_list(v));
     out
 }
 
