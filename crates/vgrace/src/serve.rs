@@ -135,7 +135,9 @@ pub fn run(args: ServeArgs) -> Result<()> {
     let events = Arc::new(EventBus::default());
     let mut managed = Vec::with_capacity(bound.len());
     let mut workers = Vec::with_capacity(bound.len());
-    for (i, (endpoint, device, listener, trace)) in bound.into_iter().enumerate() {
+    // `bound` holds the entries' devices in the entries' order.
+    for ((endpoint, device, listener, trace), entry) in bound.into_iter().zip(&entries) {
+        let backing = backing_name(entry);
         let where_ = describe(&endpoint);
         let layout = device.layout();
         let mut bars: Vec<String> = layout
@@ -160,7 +162,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
                 layout.device_id,
                 layout.linux,
                 human(layout.mem_size),
-                backing_name(&entries, &endpoint),
+                backing,
                 bars.join(", "),
                 where_
             ),
@@ -178,18 +180,14 @@ pub fn run(args: ServeArgs) -> Result<()> {
         let mut server = Server::shared(Arc::new(Mutex::new(device)), server_config.clone());
         if control_listener.is_some() {
             let m = Managed {
-                id: entries
-                    .get(i)
-                    .map_or_else(|| format!("gpu{i}"), |e| e.id.clone()),
-                socket: entries
-                    .get(i)
-                    .map_or_else(|| PathBuf::from(&where_), |e| e.socket.clone()),
+                id: entry.id.clone(),
+                socket: entry.socket.clone(),
                 device: server.shared_device(),
                 live,
                 controls: server.controls().clone(),
                 stats: Arc::default(),
                 events: events.clone(),
-                backing: backing_name(&entries, &endpoint),
+                backing,
                 started: Instant::now(),
             };
             server = server.with_observer(m.observer(trace));
@@ -200,7 +198,6 @@ pub fn run(args: ServeArgs) -> Result<()> {
         let shutdown = shutdown.clone();
         let name = where_.clone();
         workers.push(thread::spawn(move || -> Result<()> {
-            let mut server = server;
             server
                 .serve(listener, &shutdown)
                 .with_context(|| format!("server on {name} failed"))
@@ -295,16 +292,11 @@ fn describe(endpoint: &Endpoint) -> String {
     }
 }
 
-fn backing_name(entries: &[DeviceEntry], endpoint: &Endpoint) -> String {
-    let backing = match endpoint {
-        Endpoint::Path(p) => entries.iter().find(|e| &e.socket == p),
-        Endpoint::Fd(_) => entries.first(),
-    }
-    .map(|e| &e.config.backing);
-    match backing {
-        Some(vgrace_device::Backing::Memfd) | None => "memfd".to_string(),
-        Some(vgrace_device::Backing::Hugetlbfs) => "hugetlbfs".to_string(),
-        Some(vgrace_device::Backing::File(p)) => format!("file {}", p.display()),
+fn backing_name(entry: &DeviceEntry) -> String {
+    match &entry.config.backing {
+        vgrace_device::Backing::Memfd => "memfd".to_string(),
+        vgrace_device::Backing::Hugetlbfs => "hugetlbfs".to_string(),
+        vgrace_device::Backing::File(p) => format!("file {}", p.display()),
     }
 }
 
