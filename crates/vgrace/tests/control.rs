@@ -689,6 +689,24 @@ fn several_devices_from_a_config_are_named_by_id_or_socket() {
         "{msg}"
     );
     ctl.ok(json!({"v": 1, "op": "fault", "device": "right", "fault": "link-down"}));
+    let ev = ctl.ok(json!({"v": 1, "op": "events", "device": "gpu0"}));
+    assert!(
+        ev["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["device"] == "gpu0"),
+        "{ev}"
+    );
+    let ev = ctl.ok(json!({"v": 1, "op": "events", "device": "right"}));
+    assert!(
+        ev["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["kind"] == "fault"),
+        "{ev}"
+    );
     ctl.ok(json!({"v": 1, "op": "fault", "device": b.to_str().unwrap(), "fault": "hbm-lost"}));
     let mut on_a = Client::connect(&a).unwrap();
     let mut on_b = Client::connect(&b).unwrap();

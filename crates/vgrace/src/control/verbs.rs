@@ -25,7 +25,7 @@ pub fn handle(plane: &Plane, id: Option<Value>, r: &Request) -> Value {
         "peek" => one(plane, r).and_then(|m| peek(m, r)),
         "poke" => one(plane, r).and_then(|m| poke(m, r)),
         "reset" => one(plane, r).and_then(reset),
-        "events" => Ok(json!({ "events": plane.events.recent() })),
+        "events" => events(plane, r),
         op => Err(Failure(format!("unknown op {op:?}: {OPS}"))),
     };
     match result {
@@ -117,6 +117,18 @@ fn status(plane: &Plane, r: &Request) -> Result<Value, Failure> {
         "uptime_s": plane.started.elapsed().as_secs(),
         "devices": devices,
     }))
+}
+
+/// The recent events, of the named device only when the request names one.
+fn events(plane: &Plane, r: &Request) -> Result<Value, Failure> {
+    let only = r.device.as_deref().map(|d| find(plane, d)).transpose()?;
+    let events: Vec<Value> = plane
+        .events
+        .recent()
+        .into_iter()
+        .filter(|e| only.is_none_or(|m| e["device"] == m.id.as_str()))
+        .collect();
+    Ok(json!({ "events": events }))
 }
 
 fn stats(plane: &Plane, r: &Request) -> Result<Value, Failure> {
