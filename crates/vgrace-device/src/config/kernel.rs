@@ -114,10 +114,23 @@ impl FromStr for Poison {
             None => offset.parse(),
         }
         .map_err(|_| bad())?;
-        Ok(Self {
+        Ok(Self::page(region, offset))
+    }
+}
+
+impl Poison {
+    /// The poisoned page holding `offset` of memory region `region`.
+    pub fn page(region: u32, offset: u64) -> Self {
+        Self {
             region,
             offset: offset / POISON_PAGE * POISON_PAGE,
-        })
+        }
+    }
+
+    /// Whether an access of `len` bytes at `offset` of region `region` touches this page.
+    pub fn touches(&self, region: u32, offset: u64, len: usize) -> bool {
+        let end = offset.saturating_add(len as u64);
+        self.region == region && self.offset < end && offset < self.offset + POISON_PAGE
     }
 }
 

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
-use crate::config::{Poison, POISON_PAGE};
+use crate::config::Poison;
 
 /// No readiness delay is pending.
 const NO_DELAY: u64 = u64::MAX;
@@ -68,10 +68,7 @@ impl LiveFaults {
     /// Poisons the 4 KiB page holding `offset` of memory region `region` (the caller checks
     /// that it is device memory); true when it was not poisoned yet.
     pub fn poison(&self, region: u32, offset: u64) -> bool {
-        let page = Poison {
-            region,
-            offset: offset - offset % POISON_PAGE,
-        };
+        let page = Poison::page(region, offset);
         let mut pages = self.pages();
         if pages.contains(&page) {
             return false;
@@ -87,8 +84,8 @@ impl LiveFaults {
         let before = pages.len();
         match at {
             Some((region, offset)) => {
-                let start = offset - offset % POISON_PAGE;
-                pages.retain(|p| !(p.region == region && p.offset == start));
+                let page = Poison::page(region, offset);
+                pages.retain(|p| *p != page);
             }
             None => pages.clear(),
         }
@@ -149,10 +146,7 @@ impl LiveFaults {
         if !self.any_poison.load(Ordering::SeqCst) {
             return false;
         }
-        let end = offset.saturating_add(len as u64);
-        self.pages()
-            .iter()
-            .any(|p| p.region == region && p.offset < end && offset < p.offset + POISON_PAGE)
+        self.pages().iter().any(|p| p.touches(region, offset, len))
     }
 
     /// Names of the faults in force (`link-down`, `poison 4:0x1000`, ...), for status lines.

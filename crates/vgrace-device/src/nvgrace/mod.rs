@@ -23,7 +23,7 @@ use self::live::LiveFaults;
 use self::memregion::{memregion, MemRegion};
 use self::readiness::Readiness;
 use crate::backing::Memory;
-use crate::config::{GpuConfig, Layout, LinuxVersion, Profile, POISON_PAGE, READY_POLL};
+use crate::config::{GpuConfig, Layout, LinuxVersion, Profile, READY_POLL};
 use crate::error::DeviceError;
 use crate::pci::bar::BarDesc;
 use crate::pci::{Capability, Header, PciCore, PciDescription};
@@ -363,12 +363,11 @@ impl NvGraceGpu {
     /// device memory faults (`copy_to_user` in `nvgrace_gpu_map_and_read`, `-EFAULT`). Writes
     /// are not checked (a store does not consume poison).
     fn check_poison(&self, index: u32, offset: u64, len: usize) -> Result<(), Errno> {
-        let end = offset.saturating_add(len as u64);
         let hit = self
             .layout
             .poisoned
             .iter()
-            .any(|p| p.region == index && p.offset < end && offset < p.offset + POISON_PAGE);
+            .any(|p| p.touches(index, offset, len));
         if hit || self.live.touches_poison(index, offset, len) {
             return Err(Errno::EFAULT);
         }
