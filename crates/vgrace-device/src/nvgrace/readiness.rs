@@ -75,10 +75,8 @@ impl Readiness {
         match (link == READY, hbm == READY) {
             (true, true) => "ready",
             _ if self.stuck.get() => "never ready (since the last reset)",
-            _ if self.fault == Some(Fault::LinkDown) || self.live.link_down() => "C2C link down",
-            (true, false) if self.fault == Some(Fault::NeverReady) || self.live.hbm_lost() => {
-                "HBM training lost"
-            }
+            _ if self.link_down() => "C2C link down",
+            (true, false) if self.hbm_lost() => "HBM training lost",
             _ => "training",
         }
     }
@@ -129,6 +127,16 @@ impl Readiness {
         }
     }
 
+    /// The C2C link is down, from the start or since a control client said so.
+    fn link_down(&self) -> bool {
+        self.fault == Some(Fault::LinkDown) || self.live.link_down()
+    }
+
+    /// HBM training never completes, or was lost at run time.
+    fn hbm_lost(&self) -> bool {
+        self.fault == Some(Fault::NeverReady) || self.live.hbm_lost()
+    }
+
     fn value(&self, reg: u64) -> u32 {
         if self.stuck.get() {
             if self.live.never_ready() {
@@ -139,11 +147,10 @@ impl Readiness {
         }
         let ready = self.trained.get() || Instant::now() >= self.ready_at;
         self.trained.set(ready);
-        let link_down = self.fault == Some(Fault::LinkDown) || self.live.link_down();
         let broken = match reg {
-            C2C_LINK_STATUS => link_down,
+            C2C_LINK_STATUS => self.link_down(),
             // HBM training cannot finish over a link that is down.
-            _ => link_down || self.fault == Some(Fault::NeverReady) || self.live.hbm_lost(),
+            _ => self.link_down() || self.hbm_lost(),
         };
         if ready && !broken {
             READY
