@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use test_support::ServeChild;
 use vfu::client::Client;
 
-use crate::workloads::{place, BenchError, Placement};
+use crate::workloads::{place, read_rate, BenchError, Placement};
 
 /// What the control client asks, in turn: the whole status, the counters, a BAR0 register
 /// (takes the device lock) and a 4 KiB page of device memory.
@@ -81,12 +81,7 @@ pub fn roundtrip_with_control(
     });
     // Let the control client get going before the clock starts.
     thread::sleep(Duration::from_millis(20));
-    let mut buf = [0u8; 4];
-    let start = Instant::now();
-    for _ in 0..iters {
-        client.region_read_into(0, 0x1498, &mut buf)?;
-    }
-    let rate_out = iters as f64 / start.elapsed().as_secs_f64();
+    let rate_out = read_rate(&mut client, iters)?;
     stop.store(true, Ordering::Relaxed);
     if let Some(t) = load {
         t.join()

@@ -117,16 +117,20 @@ fn with_observed_vgrace<T>(
     out
 }
 
+/// `iters` 4-byte REGION_READs of the BAR0 link-status register, one after another: round
+/// trips per second. Every round-trip workload measures this loop.
+pub fn read_rate(c: &mut Client, iters: u64) -> Result<f64, BenchError> {
+    let mut buf = [0u8; 4];
+    let start = Instant::now();
+    for _ in 0..iters {
+        c.region_read_into(0, 0x1498, &mut buf)?;
+    }
+    Ok(iters as f64 / start.elapsed().as_secs_f64())
+}
+
 /// 4-byte BAR0 REGION_READs through vgrace: round trips per second.
 pub fn vgrace_roundtrip(iters: u64, p: Placement) -> Result<f64, BenchError> {
-    with_vgrace(p, |c| {
-        let mut buf = [0u8; 4];
-        let start = Instant::now();
-        for _ in 0..iters {
-            c.region_read_into(0, 0x1498, &mut buf)?;
-        }
-        Ok(iters as f64 / start.elapsed().as_secs_f64())
-    })
+    with_vgrace(p, |c| read_rate(c, iters))
 }
 
 /// [`vgrace_roundtrip`] against a server writing a protocol trace (to a file in a temp dir):
@@ -137,14 +141,7 @@ pub fn vgrace_roundtrip_traced(iters: u64, p: Placement) -> Result<f64, BenchErr
     let dir = tempfile::tempdir()?;
     place(p);
     let trace = TraceWriter::open(&dir.path().join("bench.trace"), TraceLimits::default())?;
-    let rate = with_observed_vgrace(p, Some(trace.clone()), |c| {
-        let mut buf = [0u8; 4];
-        let start = Instant::now();
-        for _ in 0..iters {
-            c.region_read_into(0, 0x1498, &mut buf)?;
-        }
-        Ok(iters as f64 / start.elapsed().as_secs_f64())
-    })?;
+    let rate = with_observed_vgrace(p, Some(trace.clone()), |c| read_rate(c, iters))?;
     // Dropped lines would make tracing look cheaper than it is: say so.
     if trace.dropped_total() > 0 {
         eprintln!(
@@ -300,12 +297,7 @@ pub fn rustvmm_roundtrip(iters: u64, p: Placement) -> Result<f64, BenchError> {
     });
     place(p);
     let mut client = Client::connect(&path)?;
-    let mut buf = [0u8; 4];
-    let start = Instant::now();
-    for _ in 0..iters {
-        client.region_read_into(0, 0x1498, &mut buf)?;
-    }
-    let rate = iters as f64 / start.elapsed().as_secs_f64();
+    let rate = read_rate(&mut client, iters)?;
     drop(client);
     let _ = handle.join();
     Ok(rate)
