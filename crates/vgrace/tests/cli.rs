@@ -1,21 +1,17 @@
 //! End-to-end tests of the `vgrace` binary: real processes, real sockets, real signals.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+mod common;
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
 use test_support::ServeChild;
 
-const BIN: &str = env!("CARGO_BIN_EXE_vgrace");
+use common::vgrace;
 
-fn vgrace(args: &[&str]) -> Output {
-    Command::new(BIN)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
-}
+const BIN: &str = env!("CARGO_BIN_EXE_vgrace");
 
 fn stderr_of(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()

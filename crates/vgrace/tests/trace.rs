@@ -2,9 +2,11 @@
 //! real command reads it.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+mod common;
+
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -12,15 +14,9 @@ use nix::sys::signal::Signal;
 use test_support::ServeChild;
 use vfu::client::Client;
 
-const BIN: &str = env!("CARGO_BIN_EXE_vgrace");
+use common::vgrace;
 
-fn vgrace(args: &[&str]) -> Output {
-    Command::new(BIN)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
-}
+const BIN: &str = env!("CARGO_BIN_EXE_vgrace");
 
 /// The table row of `cmd` in `vgrace trace` output, split into cells.
 fn row<'a>(out: &'a str, cmd: &str) -> Vec<&'a str> {

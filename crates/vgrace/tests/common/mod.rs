@@ -8,6 +8,15 @@ use vfu::client::Client;
 use vfu::server::{bind_socket, Server, ServerConfig, Shutdown};
 use vgrace_device::{GpuConfig, NvGraceGpu};
 
+/// `vgrace ARGS...` run to completion, stdin closed: its status and output.
+pub fn vgrace(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_vgrace"))
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap()
+}
+
 /// A server thread listening in a temp dir; stopped and joined on drop.
 pub struct Running {
     _dir: tempfile::TempDir,
