@@ -380,6 +380,40 @@ hostile!(
         expect: Expect::Errno(Errno::EINVAL),
     }
 );
+/// VERSION JSON `{"x":[[[...]]]}` nested `depth` deep: valid JSON past any sane depth.
+fn nested_json(depth: usize) -> String {
+    format!("{{\"x\":{}{}}}", "[".repeat(depth), "]".repeat(depth))
+}
+hostile!(
+    version_json_nested_10000_deep_is_einval,
+    Case {
+        negotiate: false,
+        bytes: version(0, &nested_json(10_000)),
+        fds: vec![],
+        close_after: false,
+        expect: Expect::Errno(Errno::EINVAL),
+    }
+);
+hostile!(
+    version_json_nested_400000_deep_is_einval,
+    Case {
+        negotiate: false,
+        bytes: version(0, &nested_json(400_000)),
+        fds: vec![],
+        close_after: false,
+        expect: Expect::Errno(Errno::EINVAL),
+    }
+);
+hostile!(
+    version_json_not_an_object_is_einval,
+    Case {
+        negotiate: false,
+        bytes: version(0, "[]"),
+        fds: vec![],
+        close_after: false,
+        expect: Expect::Errno(Errno::EINVAL),
+    }
+);
 hostile!(
     second_version_is_einval,
     Case {

@@ -88,6 +88,15 @@ impl Version {
         if self.json.trim().is_empty() {
             return Ok(caps);
         }
+        // The whole text must be one JSON object, nested at most serde_json's default depth
+        // (128; an unknown field is otherwise skipped without a depth limit): 10,000 brackets,
+        // a truncated text or a bare array is a refusal, not "no capabilities".
+        let whole: serde_json::Value =
+            serde_json::from_str(&self.json).map_err(|e| WireError::Json(e.to_string()))?;
+        if !whole.is_object() {
+            return Err(WireError::Json("version data is not a JSON object".into()));
+        }
+        // Typed a second time from the text, so a duplicated key is refused too.
         let doc: VersionJson =
             serde_json::from_str(&self.json).map_err(|e| WireError::Json(e.to_string()))?;
         let Some(c) = doc.capabilities else {
@@ -163,4 +172,41 @@ struct TwinSocketJson {
     supported: bool,
     #[serde(default)]
     fd_index: u32,
+}
+
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn caps_of(json: &str) -> Result<Caps, WireError> {
+        Version {
+            major: 0,
+            minor: 0,
+            json: json.into(),
+        }
+        .caps()
+    }
+
+    #[test]
+    fn version_json_that_does_not_parse_as_an_object_is_an_error() {
+        let nested = |n: usize| format!("{{\"x\":{}{}}}", "[".repeat(n), "]".repeat(n));
+        for bad in [
+            nested(10_000),
+            nested(400_000),
+            "[".repeat(400_000),
+            "{\"capabilities\":{".into(),
+            "[]".into(),
+            "[null]".into(),
+            "5".into(),
+            "null".into(),
+            "{\"capabilities\":{},\"capabilities\":{}}".into(),
+        ] {
+            assert!(caps_of(&bad).is_err(), "accepted {:.40}", bad);
+        }
+        assert_eq!(caps_of(&nested(100)).unwrap(), Caps::default());
+        assert_eq!(caps_of("{}").unwrap(), Caps::default());
+        assert_eq!(caps_of("").unwrap(), Caps::default());
+    }
 }
