@@ -1,6 +1,8 @@
 //! Interrupt eventfds as configured by DEVICE_SET_IRQS, for devices to embed.
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+
+use nix::fcntl::{fcntl, FcntlArg, OFlag};
 
 use vfio_bindings::bindings::vfio::{
     VFIO_IRQ_SET_ACTION_MASK, VFIO_IRQ_SET_ACTION_TRIGGER, VFIO_IRQ_SET_ACTION_TYPE_MASK,
@@ -132,8 +134,33 @@ fn fire(slot: &mut Vector) -> bool {
         return false;
     }
     match &slot.trigger {
-        Some(fd) => nix::unistd::write(fd.as_fd(), &1u64.to_ne_bytes()).is_ok(),
+        Some(fd) => signal(fd.as_fd()),
         None => false,
+    }
+}
+
+/// Makes `fd` non-blocking (O_NONBLOCK). The flag belongs to the open file, which the client
+/// shares: set when an eventfd arrives, and again before each signal in case the client cleared
+/// it through its own copy.
+pub fn make_nonblocking(fd: BorrowedFd<'_>) -> Result<(), Errno> {
+    let flags = OFlag::from_bits_retain(fcntl(fd, FcntlArg::F_GETFL)?);
+    if !flags.contains(OFlag::O_NONBLOCK) {
+        fcntl(fd, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
+    }
+    Ok(())
+}
+
+/// Adds 1 to an eventfd without ever waiting: a blocking write on a counter that a client
+/// filled to its maximum would wait, holding the device lock, until someone reads it, which
+/// after the client closed its copy is never. EAGAIN means the counter is full, so the
+/// interrupt is already pending: that is a delivery, not a failure.
+fn signal(fd: BorrowedFd<'_>) -> bool {
+    if make_nonblocking(fd).is_err() {
+        return false;
+    }
+    match nix::unistd::write(fd, &1u64.to_ne_bytes()) {
+        Ok(_) | Err(Errno::EAGAIN) => true,
+        Err(_) => false,
     }
 }
 
@@ -182,6 +209,19 @@ mod tests {
         assert!(!t.trigger(0, 0).unwrap());
         t.apply(none(VFIO_IRQ_SET_ACTION_UNMASK)).unwrap();
         assert_eq!(efd.read().unwrap(), 1);
+    }
+
+    /// A full blocking eventfd (the client filled it and made it blocking again) is signalled
+    /// without waiting: the write is EAGAIN, "already pending".
+    #[test]
+    fn trigger_on_a_full_blocking_eventfd_returns_at_once() {
+        let mut t = IrqTable::new(&[1]);
+        let efd = EventFd::from_flags(EfdFlags::empty()).unwrap();
+        t.apply(eventfd_req(0, 0, efd.as_fd().try_clone_to_owned().unwrap()))
+            .unwrap();
+        efd.write(0xffff_ffff_ffff_fffe).unwrap();
+        assert!(t.trigger(0, 0).unwrap());
+        assert_eq!(efd.read().unwrap(), 0xffff_ffff_ffff_fffe);
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! indices, fds only where a command takes them, eventfds that really are eventfds), then one
 //! function per command that calls the [`Device`].
 
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 
 use tracing::{debug, warn};
@@ -373,6 +373,8 @@ fn validate_set_irqs<D: Device>(
                     if !is_eventfd(fd) {
                         return Err(Errno::EINVAL);
                     }
+                    // Signalling must never wait (see `irq::make_nonblocking`).
+                    crate::irq::make_nonblocking(fd.as_fd())?;
                 }
                 eventfds = fds.into_iter().map(Some).collect();
             } else {
@@ -391,7 +393,10 @@ fn validate_set_irqs<D: Device>(
     })
 }
 
-/// True when `fd` is an eventfd (a pipe or memfd where an eventfd belongs is refused).
+/// True when `fd` is an eventfd: the kernel names every eventfd's file `anon_inode:[eventfd]`
+/// and nothing else so, as the kernel's `eventfd_ctx_fdget` checks the file's operations. A
+/// pipe, socket, memfd, regular file or directory where an eventfd belongs is refused, and so
+/// is any fd when /proc cannot be read.
 fn is_eventfd(fd: &OwnedFd) -> bool {
     std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
         .map(|p| p.to_string_lossy() == "anon_inode:[eventfd]")

@@ -121,7 +121,7 @@ impl Session {
                 self.wait_out(by);
             }
             if self.is_region_read_fast_path(&header, &frame) {
-                self.region_read(&mut *relock(device), t, &frame)?;
+                self.region_read(device, t, &frame)?;
             } else {
                 // The lock is let go before the reply is sent: a slow reader holds nothing.
                 let reply = self.handle(&mut *relock(device), t, frame);
@@ -239,9 +239,12 @@ impl Session {
             && !h.no_reply()
     }
 
+    /// Answers a fast-path REGION_READ. The device lock is held only to find the bytes (a
+    /// duplicate of the span's fd, or a copy into the scratch buffer), never while sending: a
+    /// client that stops reading its replies must not keep the control plane out.
     fn region_read<D: Device, T: Transport>(
         &mut self,
-        device: &mut D,
+        device: &Mutex<D>,
         t: &mut T,
         frame: &Frame,
     ) -> Result<(), Error> {
@@ -252,48 +255,92 @@ impl Session {
             Ok(_) => return self.answer_error(t, &header, Errno::EINVAL),
             Err(e) => return self.answer_error(t, &header, e.errno()),
         };
-        if access.region >= device.device_info().num_regions {
-            return self.answer_error(t, &header, Errno::EINVAL);
-        }
         let count = access.count as usize;
-        if count >= SPAN_READ_MIN {
-            match device.region_read_span(access.region, access.offset, count) {
-                Ok(Some(span)) => {
-                    let n = (span.len + span.ones).min(count);
-                    let span = clip_span(span, n);
-                    let fixed = RegionAccess {
-                        count: n as u32,
-                        ..access
-                    }
-                    .to_bytes();
-                    let reply = header.reply(RegionAccess::SIZE + n);
-                    self.observe_reply(&header, Outcome::sent(&reply, 0));
-                    return t.send_span(&reply, &[&fixed], &span).map_err(Error::from);
-                }
-                Ok(None) => {}
-                Err(errno) => return self.answer_error(t, &header, errno),
-            }
-        }
         if self.scratch.len() < count {
             self.scratch.resize(count, 0);
         }
-        let buf = &mut self.scratch[..count];
-        match device.region_read(access.region, access.offset, buf) {
-            Ok(n) => {
-                let n = n.min(count);
-                let fixed = RegionAccess {
-                    count: n as u32,
-                    ..access
-                }
-                .to_bytes();
-                let reply = header.reply(RegionAccess::SIZE + n);
-                self.observe_reply(&header, Outcome::sent(&reply, 0));
-                t.send(&reply, &[&fixed, &self.scratch[..n]], &[])
-                    .map_err(Error::from)
+        let found = {
+            let mut device = relock(device);
+            find_read(&mut *device, &access, &mut self.scratch[..count])
+        };
+        let (n, span) = match found {
+            Ok(Found::Copied(n)) => (n, None),
+            Ok(Found::Span(span)) => ((span.len + span.ones).min(count), Some(span)),
+            Err(errno) => return self.answer_error(t, &header, errno),
+        };
+        let fixed = RegionAccess {
+            count: n as u32,
+            ..access
+        }
+        .to_bytes();
+        let reply = header.reply(RegionAccess::SIZE + n);
+        self.observe_reply(&header, Outcome::sent(&reply, 0));
+        match span {
+            Some(span) => {
+                let span = clip_span(span.borrow(), n);
+                t.send_span(&reply, &[&fixed], &span).map_err(Error::from)
             }
-            Err(errno) => self.answer_error(t, &header, errno),
+            None => t
+                .send(&reply, &[&fixed, &self.scratch[..n]], &[])
+                .map_err(Error::from),
         }
     }
+}
+
+/// Where a fast-path read's bytes are, found under the device lock.
+enum Found {
+    /// Copied into the buffer: this many bytes.
+    Copied(usize),
+    /// In a file the server holds a duplicate fd of.
+    Span(OwnedSpan),
+}
+
+/// A [`FileSpan`] whose fd is our own duplicate, so it outlives the device lock.
+struct OwnedSpan {
+    fd: OwnedFd,
+    offset: u64,
+    len: usize,
+    ones: usize,
+}
+
+impl OwnedSpan {
+    fn borrow(&self) -> FileSpan<'_> {
+        FileSpan {
+            fd: self.fd.as_fd(),
+            offset: self.offset,
+            len: self.len,
+            ones: self.ones,
+        }
+    }
+}
+
+/// The bytes of a REGION_READ (region index checked here): a span of a file for large reads
+/// when the device offers one, else a copy into `buf`.
+fn find_read<D: Device>(
+    device: &mut D,
+    access: &RegionAccess,
+    buf: &mut [u8],
+) -> Result<Found, Errno> {
+    if access.region >= device.device_info().num_regions {
+        return Err(Errno::EINVAL);
+    }
+    let count = buf.len();
+    if count >= SPAN_READ_MIN {
+        if let Some(span) = device.region_read_span(access.region, access.offset, count)? {
+            let fd = span.fd.try_clone_to_owned().map_err(|e| {
+                warn!("cannot duplicate a region fd for a read: {e}");
+                Errno::EIO
+            })?;
+            return Ok(Found::Span(OwnedSpan {
+                fd,
+                offset: span.offset,
+                len: span.len,
+                ones: span.ones,
+            }));
+        }
+    }
+    let n = device.region_read(access.region, access.offset, buf)?;
+    Ok(Found::Copied(n.min(count)))
 }
 
 /// Reads at least this large go from the device's file straight to the socket when the device

@@ -174,7 +174,6 @@ struct TwinSocketJson {
     fd_index: u32,
 }
 
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

@@ -1,0 +1,262 @@
+//! No client can wedge a device: a real `vgrace serve --control` child, a client that does what
+//! a hostile VMM would to make the server block (a full blocking eventfd, replies it never
+//! reads), and the proof that the device answers, `vgrace ctl` is not "busy", and the next
+//! client is served.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+mod common;
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use nix::fcntl::{fcntl, FcntlArg, OFlag};
+use nix::sys::eventfd::{EfdFlags, EventFd};
+use test_support::irq_flags::{
+    ACTION_MASK, ACTION_TRIGGER, ACTION_UNMASK, DATA_EVENTFD, DATA_NONE,
+};
+use test_support::{IrqSet, ServeChild};
+use vfu::client::Client;
+use vfu::device::MSIX_IRQ_INDEX;
+use vfu::wire::{cmd, RegionAccess};
+use vfu::Errno;
+
+const BIN: &str = env!("CARGO_BIN_EXE_vgrace");
+/// gh100 with usemem 512 MiB at BAR4.
+const MEM_ARG: &str = "1610616832";
+const USEMEM: u32 = 4;
+/// How long any client or `ctl` call may take before the test calls it a hang.
+const BOUND: Duration = Duration::from_secs(10);
+
+/// `vgrace serve --control` of the small device.
+struct Served {
+    _dir: tempfile::TempDir,
+    socket: PathBuf,
+    control: PathBuf,
+    child: ServeChild,
+}
+
+fn serve() -> Served {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("gpu.sock");
+    let control = dir.path().join("control.sock");
+    let child = ServeChild::serve(
+        BIN,
+        [
+            "--socket",
+            socket.to_str().unwrap(),
+            "--control",
+            control.to_str().unwrap(),
+            "--mem-size",
+            MEM_ARG,
+        ],
+    )
+    .wait_listening(&[&socket, &control]);
+    Served {
+        _dir: dir,
+        socket,
+        control,
+        child,
+    }
+}
+
+impl Served {
+    /// A negotiated client whose replies time out at [`BOUND`] instead of hanging the test.
+    fn client(&self) -> Client {
+        let stream = UnixStream::connect(&self.socket).unwrap();
+        stream.set_read_timeout(Some(BOUND)).unwrap();
+        stream.set_write_timeout(Some(BOUND)).unwrap();
+        Client::from_stream(stream).unwrap()
+    }
+
+    /// `vgrace ctl ARGS` must succeed (not "busy") within the bound.
+    fn ctl_ok(&self, args: &[&str]) -> String {
+        let started = Instant::now();
+        let mut all = vec!["ctl", "--control", self.control.to_str().unwrap()];
+        all.extend_from_slice(args);
+        let out = common::vgrace(&all);
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        );
+        assert!(
+            out.status.success() && !stderr.contains("busy") && !stdout.is_empty(),
+            "ctl {args:?} failed after {:?}: {stdout} {stderr}\nserver log: {}",
+            started.elapsed(),
+            self.child.log()
+        );
+        stdout
+    }
+
+    /// ctl status and peek work, and a client after `holder` leaves is served.
+    fn assert_usable(&self, holder: Client) {
+        self.ctl_ok(&["status"]);
+        let peek = self.ctl_ok(&[
+            "peek", "--region", "4", "--offset", "0x100", "--count", "4", "--raw",
+        ]);
+        assert_eq!(peek.len(), 4);
+        drop(holder);
+        let mut next = self.client();
+        next.region_write(USEMEM, 0x100, b"next").unwrap();
+        assert_eq!(next.region_read(USEMEM, 0x100, 4).unwrap(), b"next");
+    }
+}
+
+/// A blocking eventfd (no EFD_NONBLOCK) whose counter is one short of overflowing: the next
+/// write(1) to it would block until someone reads it.
+fn full_blocking_eventfd() -> EventFd {
+    let efd = EventFd::from_flags(EfdFlags::empty()).unwrap();
+    efd.write(0xffff_ffff_ffff_fffe).unwrap();
+    efd
+}
+
+fn set_irqs(
+    c: &mut Client,
+    flags: u32,
+    fds: &[std::os::fd::BorrowedFd<'_>],
+) -> Result<(), vfu::Error> {
+    IrqSet {
+        flags,
+        index: MSIX_IRQ_INDEX,
+        start: 0,
+        count: 1,
+        data: &[],
+    }
+    .send(c, fds)
+}
+
+/// Registers a full blocking eventfd for MSI-X vector 0, closes the client's copy (nobody can
+/// ever read it again), then runs `then`.
+fn wedge_attempt(then: impl FnOnce(&mut Client)) {
+    let s = serve();
+    let mut c = s.client();
+    let efd = full_blocking_eventfd();
+    set_irqs(&mut c, DATA_EVENTFD | ACTION_TRIGGER, &[efd.as_fd()]).unwrap();
+    drop(efd);
+    then(&mut c);
+    // The device still answers this client, then the control plane and the next client.
+    c.region_write(USEMEM, 0x200, b"alive").unwrap();
+    s.assert_usable(c);
+}
+
+#[test]
+fn trigger_on_a_full_blocking_eventfd_does_not_wedge_the_device() {
+    wedge_attempt(|c| {
+        for _ in 0..3 {
+            set_irqs(c, DATA_NONE | ACTION_TRIGGER, &[]).unwrap();
+        }
+    });
+}
+
+#[test]
+fn unmask_of_a_pending_vector_on_a_full_blocking_eventfd_does_not_wedge_the_device() {
+    wedge_attempt(|c| {
+        set_irqs(c, DATA_NONE | ACTION_MASK, &[]).unwrap();
+        set_irqs(c, DATA_NONE | ACTION_TRIGGER, &[]).unwrap();
+        set_irqs(c, DATA_NONE | ACTION_UNMASK, &[]).unwrap();
+    });
+}
+
+/// O_NONBLOCK lives in the open file, which the client shares: a client that clears it again
+/// through its own copy after SET_IRQS still cannot make the server's write wait.
+#[test]
+fn eventfd_made_blocking_again_by_the_client_does_not_wedge_the_device() {
+    let s = serve();
+    let mut c = s.client();
+    let efd = EventFd::from_flags(EfdFlags::EFD_NONBLOCK).unwrap();
+    set_irqs(&mut c, DATA_EVENTFD | ACTION_TRIGGER, &[efd.as_fd()]).unwrap();
+    fcntl(efd.as_fd(), FcntlArg::F_SETFL(OFlag::empty())).unwrap();
+    efd.write(0xffff_ffff_ffff_fffe).unwrap();
+    drop(efd);
+    set_irqs(&mut c, DATA_NONE | ACTION_TRIGGER, &[]).unwrap();
+    s.assert_usable(c);
+}
+
+/// The server sets O_NONBLOCK on every eventfd it is given (the open file is shared, so the
+/// client sees it on its own copy).
+#[test]
+fn eventfds_are_made_non_blocking_on_arrival() {
+    let s = serve();
+    let mut c = s.client();
+    let efd = EventFd::from_flags(EfdFlags::empty()).unwrap();
+    set_irqs(&mut c, DATA_EVENTFD | ACTION_TRIGGER, &[efd.as_fd()]).unwrap();
+    let flags = OFlag::from_bits_truncate(fcntl(efd.as_fd(), FcntlArg::F_GETFL).unwrap());
+    assert!(flags.contains(OFlag::O_NONBLOCK), "{flags:?}");
+    set_irqs(&mut c, DATA_NONE | ACTION_TRIGGER, &[]).unwrap();
+    assert_eq!(efd.read().unwrap(), 1);
+}
+
+/// Only an eventfd is an eventfd: a pipe (either end), a socket, a memfd or a regular file is
+/// EINVAL at SET_IRQS, as the kernel's `eventfd_ctx_fdget` refuses them, and is never written.
+#[test]
+fn set_irqs_with_anything_but_an_eventfd_is_einval() {
+    let s = serve();
+    let mut c = s.client();
+    let (pipe_r, pipe_w) = nix::unistd::pipe().unwrap();
+    let (sock, _peer) = UnixStream::pair().unwrap();
+    let memfd: OwnedFd =
+        nix::sys::memfd::memfd_create("not-an-eventfd", nix::sys::memfd::MFdFlags::empty())
+            .unwrap();
+    let file: OwnedFd = tempfile::tempfile().unwrap().into();
+    let dir = std::fs::File::open(s._dir.path()).unwrap();
+    for (what, fd) in [
+        ("pipe read end", pipe_r.as_fd()),
+        ("pipe write end", pipe_w.as_fd()),
+        ("socket", sock.as_fd()),
+        ("memfd", memfd.as_fd()),
+        ("regular file", file.as_fd()),
+        ("directory", dir.as_fd()),
+    ] {
+        match set_irqs(&mut c, DATA_EVENTFD | ACTION_TRIGGER, &[fd]) {
+            Err(vfu::Error::Remote { errno, .. }) => assert_eq!(errno, Errno::EINVAL, "{what}"),
+            other => panic!("{what}: {other:?}"),
+        }
+    }
+    // Nothing was written to the pipe.
+    let mut buf = [0u8; 8];
+    nix::fcntl::fcntl(pipe_r.as_fd(), FcntlArg::F_SETFL(OFlag::O_NONBLOCK)).unwrap();
+    assert_eq!(
+        nix::unistd::read(&pipe_r, &mut buf),
+        Err(nix::errno::Errno::EAGAIN)
+    );
+    s.assert_usable(c);
+}
+
+/// REGION_READ requests sent `n` at a time, of `count` bytes, never reading the replies.
+fn reads_never_read(c: &mut Client, n: u16, count: u32) {
+    for i in 0..n {
+        let req = RegionAccess {
+            offset: 0,
+            region: USEMEM,
+            count,
+        }
+        .to_bytes();
+        c.send_raw(
+            &test_support::msg(0x100 + i, cmd::REGION_READ, 0, &req),
+            &[],
+        )
+        .unwrap();
+    }
+    // Let the server fill the socket buffer and block in its send.
+    std::thread::sleep(Duration::from_millis(300));
+}
+
+#[test]
+fn a_client_that_stops_reading_large_read_replies_does_not_make_ctl_busy() {
+    let s = serve();
+    let mut c = s.client();
+    reads_never_read(&mut c, 32, 1 << 20);
+    s.ctl_ok(&["peek", "--region", "4", "--offset", "0", "--count", "16"]);
+    s.ctl_ok(&["poke", "--region", "4", "--offset", "0x10", "--hex", "01"]);
+    s.ctl_ok(&["reset"]);
+}
+
+#[test]
+fn a_client_that_stops_reading_small_read_replies_does_not_make_ctl_busy() {
+    let s = serve();
+    let mut c = s.client();
+    reads_never_read(&mut c, 512, 8192);
+    s.ctl_ok(&["peek", "--region", "4", "--offset", "0", "--count", "16"]);
+    s.ctl_ok(&["reset"]);
+}
