@@ -1,11 +1,13 @@
 //! The client's DMA regions: a bounded table, fd-backed regions mapped into our address space,
 //! and bounds-checked reads and writes of guest memory.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::FileExt;
+use std::sync::Arc;
 
 use nix::fcntl::{fcntl, FcntlArg, SealFlag};
+use nix::sys::statfs::{self, FsType};
 use vm_memory::{FileOffset, MmapRegion, VolatileMemory};
 
 use crate::errno::Errno;
@@ -14,19 +16,132 @@ use crate::wire::{
     Decode, DmaAccess, DmaMap, DmaWriteReply, Encode, DMA_FLAG_READ, DMA_FLAG_WRITE,
 };
 
-/// Most regions per client whose fd we keep open (fd-I/O regions); more are ENOSPC, so one
-/// client cannot fill the server's fd table with DMA maps.
-pub const MAX_FD_REGIONS: usize = 1024;
+/// What one client may make the server hold through DMA_MAP; past any bound the map is
+/// ENOSPC. fds are counted per distinct file (every map of one memfd shares one fd), mappings
+/// and mapped bytes per region with a mapping (sealed fds; other fds are reached with
+/// pread/pwrite and cost no address space).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DmaLimits {
+    /// Most regions, with or without an fd (the `max_dma_maps` capability).
+    pub max_regions: u32,
+    /// Most distinct files (so fds) held open.
+    pub max_files: usize,
+    /// Most regions mapped into our address space (each one mapping).
+    pub max_mappings: usize,
+    /// Most bytes mapped into our address space.
+    pub max_mapped_bytes: u64,
+}
+
+/// Default [`DmaLimits::max_files`]: a VMM maps guest RAM from a few memory backends.
+pub const MAX_DMA_FILES: usize = 64;
+/// Default [`DmaLimits::max_mappings`]: QEMU maps one region per RAM section (a virtio-mem
+/// device adds one per plugged block).
+pub const MAX_DMA_MAPPINGS: usize = 4096;
+/// Default [`DmaLimits::max_mapped_bytes`]: 4 TiB of guest RAM.
+pub const MAX_DMA_MAPPED_BYTES: u64 = 4 << 40;
+/// All clients of the process together map at most this much (half of x86-64's 128 TiB of
+/// user address space), whatever each one's limit.
+pub const PROCESS_MAPPED_BYTES: u64 = 64 << 40;
+/// All clients of the process together hold at most this share of the soft fd limit
+/// (RLIMIT_NOFILE) in DMA files; the rest stays for sockets, control connections and files.
+const PROCESS_FILE_SHARE: u64 = 4;
+
+impl DmaLimits {
+    /// The default bounds with at most `max_regions` regions.
+    pub fn new(max_regions: u32) -> Self {
+        Self {
+            max_regions,
+            max_files: MAX_DMA_FILES,
+            max_mappings: MAX_DMA_MAPPINGS,
+            max_mapped_bytes: MAX_DMA_MAPPED_BYTES,
+        }
+    }
+}
+
+/// What every client of the process holds together: DMA files and mapped bytes. Each client's
+/// share is reserved here as well as in its own table, so many clients (one per device of a
+/// node) cannot together take the fds the accept loops and the control socket need.
+mod pool {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::OnceLock;
+
+    static FILES: AtomicU64 = AtomicU64::new(0);
+    static BYTES: AtomicU64 = AtomicU64::new(0);
+
+    /// A quarter of the soft fd limit as the process starts using DMA files.
+    fn file_cap() -> u64 {
+        static CAP: OnceLock<u64> = OnceLock::new();
+        *CAP.get_or_init(|| {
+            let soft = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+                .map_or(1024, |(soft, _)| soft);
+            (soft / super::PROCESS_FILE_SHARE).max(1)
+        })
+    }
+
+    fn take(counter: &AtomicU64, n: u64, cap: u64) -> bool {
+        counter
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+                held.checked_add(n).filter(|&t| t <= cap)
+            })
+            .is_ok()
+    }
+
+    /// A share of the process-wide pool, given back on drop.
+    #[derive(Debug)]
+    pub(super) struct Share {
+        files: u64,
+        bytes: u64,
+    }
+
+    impl Share {
+        /// One file, or `None` when the process holds its share of fds already.
+        pub(super) fn file() -> Option<Self> {
+            take(&FILES, 1, file_cap()).then_some(Self { files: 1, bytes: 0 })
+        }
+
+        /// `bytes` of address space, or `None` past the process bound.
+        pub(super) fn bytes(bytes: u64) -> Option<Self> {
+            take(&BYTES, bytes, super::PROCESS_MAPPED_BYTES).then_some(Self { files: 0, bytes })
+        }
+    }
+
+    impl Drop for Share {
+        fn drop(&mut self) {
+            FILES.fetch_sub(self.files, Ordering::AcqRel);
+            BYTES.fetch_sub(self.bytes, Ordering::AcqRel);
+        }
+    }
+}
+
+/// A client's open file, shared by every region that maps it (same inode, same access mode),
+/// with its share of the process's fd pool.
+#[derive(Debug)]
+struct HeldFile {
+    file: Arc<std::fs::File>,
+    regions: usize,
+    _share: pool::Share,
+}
+
+/// Identifies one file for sharing: device, inode and access mode (a read-only fd must not
+/// stand in for a writable one).
+type FileKey = (u64, u64, i32);
 
 /// How the server reaches a region's memory. A mapping faults (SIGBUS) if its file shrinks, so
 /// only fds sealed against shrinking (QEMU's memfd guest RAM is) are mapped; any other fd is
 /// reached with pread/pwrite, where a shrunk file is an errno, never a signal.
 #[derive(Debug)]
 enum Access {
-    /// A shared mapping of a sealed fd, copied through volatile slices (the guest writes it).
-    Mapped(MmapRegion<()>),
+    /// A shared mapping of a sealed fd, copied through volatile slices (the guest writes it),
+    /// with its share of the process's address-space pool.
+    Mapped {
+        region: MmapRegion<()>,
+        _share: pool::Share,
+    },
     /// The fd itself at `offset`.
-    FileIo { file: std::fs::File, offset: u64 },
+    FileIo {
+        file: Arc<std::fs::File>,
+        offset: u64,
+    },
 }
 
 /// One DMA region.
@@ -39,6 +154,8 @@ pub struct DmaRegion {
     /// DMA_FLAG_READ / DMA_FLAG_WRITE.
     pub flags: u32,
     access: Option<Access>,
+    /// The held file this region uses (released with the region).
+    file: Option<FileKey>,
 }
 
 /// The server end of a twin socket: where DMA_READ/DMA_WRITE go for regions without an fd.
@@ -183,15 +300,26 @@ impl DmaHandle {
 #[derive(Debug)]
 pub struct DmaTable {
     regions: BTreeMap<u64, DmaRegion>,
-    max: u32,
+    limits: DmaLimits,
+    files: HashMap<FileKey, HeldFile>,
+    mappings: usize,
+    mapped_bytes: u64,
 }
 
 impl DmaTable {
-    /// An empty table holding at most `max` regions.
+    /// An empty table holding at most `max` regions, with the default bounds otherwise.
     pub fn new(max: u32) -> Self {
+        Self::with_limits(DmaLimits::new(max))
+    }
+
+    /// An empty table with `limits`.
+    pub fn with_limits(limits: DmaLimits) -> Self {
         Self {
             regions: BTreeMap::new(),
-            max,
+            limits,
+            files: HashMap::new(),
+            mappings: 0,
+            mapped_bytes: 0,
         }
     }
 
@@ -205,11 +333,18 @@ impl DmaTable {
         self.regions.is_empty()
     }
 
-    /// Adds a region; with an fd, maps it. Overlap is EEXIST, a full table ENOSPC, an fd that
-    /// cannot be mapped returns mmap's errno.
+    /// Distinct files (so fds) held open for the regions.
+    pub fn files(&self) -> usize {
+        self.files.len()
+    }
+
+    /// Adds a region; with an fd, maps it (sealed) or keeps it for pread/pwrite. Overlap is
+    /// EEXIST; a full table, or a map past the fd, mapping or mapped-bytes bound (the client's
+    /// or the process's), ENOSPC; an fd offset at or past 2^63 (or one the size carries past
+    /// it) EINVAL, as no file reaches there; an fd that cannot be mapped returns mmap's errno.
     pub fn add(&mut self, map: &DmaMap, fd: Option<OwnedFd>) -> Result<(), Errno> {
         let end = map.address.checked_add(map.size).ok_or(Errno::EOVERFLOW)?;
-        if self.regions.len() >= self.max as usize {
+        if self.regions.len() >= self.limits.max_regions as usize {
             return Err(Errno::ENOSPC);
         }
         let overlaps = self
@@ -220,16 +355,27 @@ impl DmaTable {
         if overlaps {
             return Err(Errno::EEXIST);
         }
-        let access = match fd {
-            None => None,
+        let (access, file) = match fd {
+            None => (None, None),
             Some(fd) => {
-                let access = access_fd(fd, map)?;
-                if matches!(access, Access::FileIo { .. }) && self.fd_regions() >= MAX_FD_REGIONS {
-                    return Err(Errno::ENOSPC);
+                let file_end = map.offset.checked_add(map.size).ok_or(Errno::EINVAL)?;
+                if file_end > i64::MAX as u64 {
+                    return Err(Errno::EINVAL);
                 }
-                Some(access)
+                let (key, file) = self.hold(fd)?;
+                match self.access(file, map) {
+                    Ok(access) => (Some(access), Some(key)),
+                    Err(e) => {
+                        self.release(key);
+                        return Err(e);
+                    }
+                }
             }
         };
+        if let Some(Access::Mapped { .. }) = access {
+            self.mappings += 1;
+            self.mapped_bytes += map.size;
+        }
         self.regions.insert(
             map.address,
             DmaRegion {
@@ -237,24 +383,84 @@ impl DmaTable {
                 size: map.size,
                 flags: map.flags,
                 access,
+                file,
             },
         );
         Ok(())
     }
 
-    /// Regions whose fd we hold open.
-    fn fd_regions(&self) -> usize {
-        self.regions
-            .values()
-            .filter(|r| matches!(r.access, Some(Access::FileIo { .. })))
-            .count()
+    /// The open file for `fd`: one already held for the same file and access mode (the new fd
+    /// is closed), or `fd` itself, counted against the client's and the process's fd bounds.
+    fn hold(&mut self, fd: OwnedFd) -> Result<(FileKey, Arc<std::fs::File>), Errno> {
+        let st = nix::sys::stat::fstat(&fd)?;
+        let mode = fcntl(&fd, FcntlArg::F_GETFL)? & nix::libc::O_ACCMODE;
+        let key = (st.st_dev, st.st_ino, mode);
+        if let Some(held) = self.files.get_mut(&key) {
+            held.regions += 1;
+            return Ok((key, held.file.clone()));
+        }
+        if self.files.len() >= self.limits.max_files {
+            return Err(Errno::ENOSPC);
+        }
+        let share = pool::Share::file().ok_or(Errno::ENOSPC)?;
+        let file = Arc::new(std::fs::File::from(fd));
+        self.files.insert(
+            key,
+            HeldFile {
+                file: file.clone(),
+                regions: 1,
+                _share: share,
+            },
+        );
+        Ok((key, file))
+    }
+
+    /// One region less uses the file `key`; the last one closes it.
+    fn release(&mut self, key: FileKey) {
+        if let Some(held) = self.files.get_mut(&key) {
+            held.regions -= 1;
+            if held.regions == 0 {
+                self.files.remove(&key);
+            }
+        }
+    }
+
+    /// How the region of `map` reaches `file`: mapped when sealed (within the mapping bounds),
+    /// else pread/pwrite.
+    fn access(&self, file: Arc<std::fs::File>, map: &DmaMap) -> Result<Access, Errno> {
+        if !sealed_against_shrinking(&*file) {
+            return file_io(file, map);
+        }
+        if self.mappings >= self.limits.max_mappings
+            || self.mapped_bytes.saturating_add(map.size) > self.limits.max_mapped_bytes
+        {
+            return Err(Errno::ENOSPC);
+        }
+        let share = pool::Share::bytes(map.size).ok_or(Errno::ENOSPC)?;
+        map_sealed(file, map).map(|region| Access::Mapped {
+            region,
+            _share: share,
+        })
+    }
+
+    /// Drops a region's hold on its file and mapping.
+    fn forget(&mut self, r: &DmaRegion) {
+        if let Some(Access::Mapped { .. }) = r.access {
+            self.mappings -= 1;
+            self.mapped_bytes -= r.size;
+        }
+        if let Some(key) = r.file {
+            self.release(key);
+        }
     }
 
     /// Removes exactly the region `[address, address+size)`; anything else is ENOENT.
     pub fn remove(&mut self, address: u64, size: u64) -> Result<(), Errno> {
         match self.regions.get(&address) {
             Some(r) if r.size == size => {
-                self.regions.remove(&address);
+                if let Some(r) = self.regions.remove(&address) {
+                    self.forget(&r);
+                }
                 Ok(())
             }
             _ => Err(Errno::ENOENT),
@@ -264,6 +470,9 @@ impl DmaTable {
     /// Drops every region (client went away).
     pub fn clear(&mut self) {
         self.regions.clear();
+        self.files.clear();
+        self.mappings = 0;
+        self.mapped_bytes = 0;
     }
 
     /// The region containing `[address, address+len)` with the access `need`s, its memory and
@@ -289,7 +498,7 @@ impl DmaTable {
     /// Reads guest memory at `address` into `buf`; the range must lie in one region with an fd.
     pub fn read(&self, address: u64, buf: &mut [u8]) -> Result<(), Errno> {
         match self.locate(address, buf.len(), DMA_FLAG_READ)? {
-            (Access::Mapped(m), off) => {
+            (Access::Mapped { region: m, .. }, off) => {
                 volatile(m, off, buf.len())?.copy_to(buf);
                 Ok(())
             }
@@ -302,7 +511,7 @@ impl DmaTable {
     /// Writes `data` to guest memory at `address`; the range must lie in one region with an fd.
     pub fn write(&self, address: u64, data: &[u8]) -> Result<(), Errno> {
         match self.locate(address, data.len(), DMA_FLAG_WRITE)? {
-            (Access::Mapped(m), off) => {
+            (Access::Mapped { region: m, .. }, off) => {
                 volatile(m, off, data.len())?.copy_from(data);
                 Ok(())
             }
@@ -347,25 +556,44 @@ fn sealed_against_shrinking(fd: &impl std::os::fd::AsFd) -> bool {
         .unwrap_or(false)
 }
 
-fn access_fd(fd: OwnedFd, map: &DmaMap) -> Result<Access, Errno> {
+/// File systems whose I/O can wait without bound on someone else (a FUSE daemon the client
+/// runs, a network server): a DMA fd there would let a client stall the device lock.
+const UNBOUNDED_FILE_SYSTEMS: [FsType; 6] = [
+    statfs::FUSE_SUPER_MAGIC,
+    statfs::NFS_SUPER_MAGIC,
+    statfs::SMB_SUPER_MAGIC,
+    FsType(0xff53_4d42), // CIFS
+    FsType(0xfe53_4d42), // SMB2
+    FsType(0x0102_1997), // 9P
+];
+
+/// An unsealed fd, reached with pread/pwrite: it must be a regular file on a local file system.
+fn file_io(file: Arc<std::fs::File>, map: &DmaMap) -> Result<Access, Errno> {
+    if map.size == 0 {
+        return Err(Errno::EINVAL);
+    }
+    // Refuse what cannot be read or written as a file at all (a pipe, a socket, a FIFO).
+    let meta = file.metadata().map_err(|e| io_errno(&e))?;
+    if !meta.is_file() {
+        return Err(Errno::EINVAL);
+    }
+    let fs = statfs::fstatfs(&*file)?.filesystem_type();
+    if UNBOUNDED_FILE_SYSTEMS.contains(&fs) {
+        return Err(Errno::EINVAL);
+    }
+    Ok(Access::FileIo {
+        file,
+        offset: map.offset,
+    })
+}
+
+/// A sealed fd, mapped. Sealed against shrinking, the file can only keep or grow its length:
+/// a mapping inside it now stays backed for good; one reaching past its end would fault at once.
+fn map_sealed(file: Arc<std::fs::File>, map: &DmaMap) -> Result<MmapRegion<()>, Errno> {
     let len = usize::try_from(map.size).map_err(|_| Errno::EINVAL)?;
     if len == 0 {
         return Err(Errno::EINVAL);
     }
-    let file = std::fs::File::from(fd);
-    if !sealed_against_shrinking(&file) {
-        // Refuse what cannot be read or written as a file at all (a pipe, a socket).
-        let meta = file.metadata().map_err(|e| io_errno(&e))?;
-        if !meta.is_file() {
-            return Err(Errno::EINVAL);
-        }
-        return Ok(Access::FileIo {
-            file,
-            offset: map.offset,
-        });
-    }
-    // Sealed against shrinking, the file can only keep or grow its length: a mapping inside it
-    // now stays backed for good; one reaching past its end would fault at once.
     let file_len = file.metadata().map_err(|e| io_errno(&e))?.len();
     let end = map.offset.checked_add(map.size).ok_or(Errno::EINVAL)?;
     if end > file_len {
@@ -378,8 +606,8 @@ fn access_fd(fd: OwnedFd, map: &DmaMap) -> Result<Access, Errno> {
     if map.flags & DMA_FLAG_WRITE != 0 {
         prot |= nix::libc::PROT_WRITE;
     }
-    let region = MmapRegion::build(
-        Some(FileOffset::new(file, map.offset)),
+    MmapRegion::build(
+        Some(FileOffset::from_arc(file, map.offset)),
         len,
         prot,
         nix::libc::MAP_SHARED | nix::libc::MAP_NORESERVE,
@@ -387,8 +615,7 @@ fn access_fd(fd: OwnedFd, map: &DmaMap) -> Result<Access, Errno> {
     .map_err(|e| match e {
         vm_memory::mmap::MmapRegionError::Mmap(io) => io_errno(&io),
         _ => Errno::EINVAL,
-    })?;
-    Ok(Access::Mapped(region))
+    })
 }
 
 #[cfg(test)]
@@ -473,7 +700,7 @@ mod tests {
         let kinds: Vec<bool> = t
             .regions
             .values()
-            .map(|r| matches!(r.access, Some(Access::Mapped(_))))
+            .map(|r| matches!(r.access, Some(Access::Mapped { .. })))
             .collect();
         assert_eq!(kinds, vec![true, false]);
         for base in [0x10000u64, 0x20000] {
@@ -503,20 +730,86 @@ mod tests {
         t.read(0x10000, &mut b).unwrap();
     }
 
+    /// Every map of one file shares one held fd; distinct files are bounded (ENOSPC), and
+    /// unmapping the last region of a file closes it.
     #[test]
-    fn fd_regions_are_bounded() {
+    fn dma_files_are_counted_once_and_bounded() {
         let mut t = DmaTable::new(u32::MAX);
         let f = memfd(0x1000);
-        for i in 0..MAX_FD_REGIONS as u64 {
+        for i in 0..1000u64 {
             t.add(&map(i << 12, 0x1000), Some(f.try_clone().unwrap()))
                 .unwrap();
         }
-        let next = (MAX_FD_REGIONS as u64) << 12;
+        assert_eq!(t.files(), 1);
+        let base = 1000u64 << 12;
+        for i in 1..MAX_DMA_FILES as u64 {
+            t.add(&map(base + (i << 12), 0x1000), Some(memfd(0x1000)))
+                .unwrap();
+        }
+        assert_eq!(t.files(), MAX_DMA_FILES);
+        let next = base + ((MAX_DMA_FILES as u64) << 12);
         assert_eq!(
-            t.add(&map(next, 0x1000), Some(f.try_clone().unwrap())),
+            t.add(&map(next, 0x1000), Some(memfd(0x1000))),
             Err(Errno::ENOSPC)
         );
         t.add(&map(next, 0x1000), None).unwrap();
+        t.remove(base + (1 << 12), 0x1000).unwrap();
+        assert_eq!(t.files(), MAX_DMA_FILES - 1);
+    }
+
+    /// Mapped bytes and mappings are bounded per client: one sealed 64 TiB sparse memfd mapped
+    /// again and again stops at the bound with ENOSPC.
+    #[test]
+    fn mapped_bytes_and_mappings_are_bounded() {
+        let mut t = DmaTable::new(u32::MAX);
+        let fd = sealed_memfd(64 << 40);
+        let tib = 1u64 << 40;
+        for i in 0..4u64 {
+            t.add(&map(i * tib, tib), Some(fd.try_clone().unwrap()))
+                .unwrap();
+        }
+        assert_eq!(
+            t.add(&map(4 * tib, 0x1000), Some(fd.try_clone().unwrap())),
+            Err(Errno::ENOSPC),
+            "4 TiB is the bound"
+        );
+        let mut small = DmaTable::with_limits(DmaLimits {
+            max_mappings: 3,
+            ..DmaLimits::new(u32::MAX)
+        });
+        for i in 0..3u64 {
+            small
+                .add(&map(i << 12, 0x1000), Some(fd.try_clone().unwrap()))
+                .unwrap();
+        }
+        assert_eq!(
+            small.add(&map(3 << 12, 0x1000), Some(fd.try_clone().unwrap())),
+            Err(Errno::ENOSPC)
+        );
+        small.remove(0, 0x1000).unwrap();
+        small
+            .add(&map(3 << 12, 0x1000), Some(fd.try_clone().unwrap()))
+            .unwrap();
+    }
+
+    #[test]
+    fn fd_offset_at_or_past_2_63_is_einval() {
+        let mut t = DmaTable::new(8);
+        let fd = sealed_memfd(0x1000);
+        for (offset, size) in [
+            (1u64 << 63, 0x1000u64),
+            ((1 << 63) - 0x1000, 0x2000),
+            (u64::MAX, 1),
+        ] {
+            let m = DmaMap {
+                offset,
+                ..map(0, size)
+            };
+            assert_eq!(t.add(&m, Some(fd.try_clone().unwrap())), Err(Errno::EINVAL));
+            assert_eq!(t.add(&m, Some(memfd(0x1000))), Err(Errno::EINVAL));
+        }
+        assert!(t.is_empty());
+        assert_eq!(t.files(), 0);
     }
 
     #[test]

@@ -260,3 +260,189 @@ fn a_client_that_stops_reading_small_read_replies_does_not_make_ctl_busy() {
     s.ctl_ok(&["peek", "--region", "4", "--offset", "0", "--count", "16"]);
     s.ctl_ok(&["reset"]);
 }
+
+/// A node of two devices and a control socket, started under `ulimit -n 1024` (the default
+/// soft limit) as `sh` would start it.
+struct Node {
+    _dir: tempfile::TempDir,
+    a: PathBuf,
+    b: PathBuf,
+    control: PathBuf,
+    child: ServeChild,
+}
+
+fn node_with_1024_fds() -> Node {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a.sock"), dir.path().join("b.sock"));
+    let control = dir.path().join("ctl.sock");
+    let cfg = dir.path().join("node.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "control = \"{}\"\n[[device]]\nsocket = \"{}\"\nmem_size = \"{MEM_ARG}\"\n[[device]]\nsocket = \"{}\"\nmem_size = \"{MEM_ARG}\"\n",
+            control.display(),
+            a.display(),
+            b.display()
+        ),
+    )
+    .unwrap();
+    let mut cmd = std::process::Command::new("sh");
+    cmd.args([
+        "-c",
+        "ulimit -n 1024 && exec \"$0\" serve --config \"$1\"",
+        BIN,
+        cfg.to_str().unwrap(),
+    ]);
+    let child = ServeChild::spawn(cmd)
+        .unwrap()
+        .wait_listening(&[&a, &b, &control]);
+    Node {
+        _dir: dir,
+        a,
+        b,
+        control,
+        child,
+    }
+}
+
+/// A memfd of `size` bytes (sparse) sealed against shrinking and growing, as QEMU's guest RAM.
+fn sealed_memfd(size: u64) -> OwnedFd {
+    use nix::fcntl::SealFlag;
+    use nix::sys::memfd::{memfd_create, MFdFlags};
+    let fd = memfd_create("guest-ram", MFdFlags::MFD_ALLOW_SEALING).unwrap();
+    nix::unistd::ftruncate(&fd, size as i64).unwrap();
+    fcntl(
+        fd.as_fd(),
+        FcntlArg::F_ADD_SEALS(SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW),
+    )
+    .unwrap();
+    fd
+}
+
+fn client_at(path: &std::path::Path) -> Client {
+    let stream = UnixStream::connect(path).unwrap();
+    stream.set_read_timeout(Some(BOUND)).unwrap();
+    Client::from_stream(stream).unwrap()
+}
+
+fn errno_of(r: Result<(), vfu::Error>) -> Option<Errno> {
+    match r {
+        Ok(()) => None,
+        Err(vfu::Error::Remote { errno, .. }) => Some(errno),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// What the server holds: (fds, VmSize KiB, VmRSS KiB).
+fn held(child: &ServeChild) -> (usize, u64, u64) {
+    let kib = |f| {
+        test_support::procfs::status_kib(child.process(), f)
+            .unwrap()
+            .unwrap()
+    };
+    (child.fd_count(), kib("VmSize"), kib("VmRSS"))
+}
+
+/// The other device and the control socket keep working while one client holds all it may.
+fn assert_rest_of_node_works(node: &Node) {
+    let mut other = client_at(&node.b);
+    other.region_write(USEMEM, 0x40, b"other").unwrap();
+    assert_eq!(other.region_read(USEMEM, 0x40, 5).unwrap(), b"other");
+    let out = common::vgrace(&["ctl", "--control", node.control.to_str().unwrap(), "status"]);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        node.child.log()
+    );
+}
+
+/// 1,100 DMA_MAPs of one sealed memfd hold one fd, and distinct memfds stop at the per-client
+/// bound with ENOSPC: the server stays far from its 1,024 fds, and the second device and the
+/// control socket keep accepting.
+#[test]
+fn dma_maps_cannot_take_the_fds_of_other_devices_and_the_control_socket() {
+    let node = node_with_1024_fds();
+    let before = held(&node.child);
+    let mut c = client_at(&node.a);
+    let ram = sealed_memfd(1 << 20);
+    let rw = vfu::wire::DMA_FLAG_READ | vfu::wire::DMA_FLAG_WRITE;
+    let mut refused = None;
+    for i in 0..1100u64 {
+        let r = c.dma_map(rw, 0, i << 12, 0x1000, Some(ram.as_fd()));
+        if let Some(e) = errno_of(r) {
+            refused = Some((i, e));
+            break;
+        }
+    }
+    let same_file = held(&node.child);
+    let mut distinct_ok = 0;
+    let mut distinct_refused = None;
+    for i in 0..1100u64 {
+        let fd = sealed_memfd(0x1000);
+        match errno_of(c.dma_map(rw, 0, (1 << 32) + (i << 12), 0x1000, Some(fd.as_fd()))) {
+            None => distinct_ok += 1,
+            Some(e) => {
+                distinct_refused = Some(e);
+                break;
+            }
+        }
+    }
+    let after = held(&node.child);
+    eprintln!(
+        "server (fds, VmSize KiB, VmRSS KiB): before {before:?}, 1,100 maps of one memfd \
+         {same_file:?} (first refusal {refused:?}), then {distinct_ok} distinct memfds \
+         {after:?} (refusal {distinct_refused:?})"
+    );
+    assert_eq!(refused, None, "every map of one file is one fd");
+    assert!(same_file.0 <= before.0 + 4, "{before:?} -> {same_file:?}");
+    assert_eq!(distinct_refused, Some(Errno::ENOSPC));
+    assert!(after.0 < 1024 / 2, "{after:?}");
+    assert_rest_of_node_works(&node);
+    // The device still answers the hoarding client, and gives everything back when it goes.
+    c.region_write(USEMEM, 0x80, b"still").unwrap();
+    drop(c);
+    assert!(node.child.wait_fd_count(before.0) <= before.0 + 2);
+}
+
+/// A sparse 64 TiB sealed memfd mapped 1 TiB at a time stops at the per-client bound (4 TiB):
+/// the server's address space stays bounded and the node keeps working. An fd offset at or
+/// past 2^63 is EINVAL.
+#[test]
+fn dma_mapped_bytes_are_bounded_and_offsets_past_2_63_are_einval() {
+    let node = node_with_1024_fds();
+    let before = held(&node.child);
+    let mut c = client_at(&node.a);
+    let ram = sealed_memfd(64 << 40);
+    let rw = vfu::wire::DMA_FLAG_READ | vfu::wire::DMA_FLAG_WRITE;
+    let tib = 1u64 << 40;
+    let mut mapped = 0;
+    let mut refusal = None;
+    for i in 0..128u64 {
+        match errno_of(c.dma_map(rw, (i % 64) * tib, i * tib, tib, Some(ram.as_fd()))) {
+            None => mapped += 1,
+            Some(e) => {
+                refusal = Some(e);
+                break;
+            }
+        }
+    }
+    let after = held(&node.child);
+    eprintln!(
+        "server (fds, VmSize KiB, VmRSS KiB): before {before:?}, after {mapped} TiB mapped \
+         {after:?} (refusal {refusal:?})"
+    );
+    assert_eq!((mapped, refusal), (4, Some(Errno::ENOSPC)));
+    assert!(
+        after.1 < before.1 + (5 << 30),
+        "VmSize {before:?} -> {after:?}"
+    );
+    for (offset, size) in [(1u64 << 63, 0x1000u64), ((1 << 63) - 0x1000, 0x2000)] {
+        assert_eq!(
+            errno_of(c.dma_map(rw, offset, 1 << 60, size, Some(ram.as_fd()))),
+            Some(Errno::EINVAL),
+            "offset {offset:#x} size {size:#x}"
+        );
+    }
+    assert_rest_of_node_works(&node);
+}
