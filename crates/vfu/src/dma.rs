@@ -164,20 +164,48 @@ pub struct DmaChannel {
     t: crate::transport::UnixTransport,
     next_id: u16,
     max_xfer: u32,
+    /// A send or reply failed or timed out: the stream may be out of step, so every later
+    /// transfer is EIO at once.
+    broken: bool,
 }
 
+/// How long one DMA_READ/DMA_WRITE on the twin socket may wait to be sent or answered. The
+/// device lock may be held meanwhile, so this stays under the control plane's wait for it.
+pub const CHANNEL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
 impl DmaChannel {
-    /// A channel over the server end of the twin socket; transfers are split at `max_xfer`.
+    /// A channel over the server end of the twin socket; transfers are split at `max_xfer`,
+    /// and each waits at most [`CHANNEL_TIMEOUT`] for the client.
     pub fn new(stream: std::os::unix::net::UnixStream, max_xfer: u32) -> Self {
+        let bounded = stream
+            .set_read_timeout(Some(CHANNEL_TIMEOUT))
+            .and_then(|()| stream.set_write_timeout(Some(CHANNEL_TIMEOUT)));
         Self {
             t: crate::transport::UnixTransport::new(stream),
             next_id: 0,
             max_xfer: max_xfer.max(1),
+            // Without a bound the channel is never used: a client could stall it for good.
+            broken: bounded.is_err(),
         }
     }
 
     /// One command and its reply; an error reply becomes its errno, anything malformed EIO.
     fn call(&mut self, cmd: u16, parts: &[&[u8]]) -> Result<Vec<u8>, Errno> {
+        if self.broken {
+            return Err(Errno::EIO);
+        }
+        match self.exchange(cmd, parts) {
+            Ok(reply) => reply,
+            Err(e) => {
+                self.broken = true;
+                Err(e)
+            }
+        }
+    }
+
+    /// One command and its reply: the client's error reply inside, anything that leaves the
+    /// stream out of step (a failed or timed-out send or receive, a stray reply) outside.
+    fn exchange(&mut self, cmd: u16, parts: &[&[u8]]) -> Result<Result<Vec<u8>, Errno>, Errno> {
         use crate::transport::Transport;
         use crate::wire::{Header, FLAG_TYPE_COMMAND, HEADER_SIZE};
         self.next_id = self.next_id.wrapping_add(1);
@@ -200,11 +228,12 @@ impl DmaChannel {
             return Err(Errno::EIO);
         }
         if f.header.is_error() {
-            return Err(Errno::from_raw(
+            // A well-formed error reply: the stream is in step.
+            return Ok(Err(Errno::from_raw(
                 i32::try_from(f.header.error).unwrap_or(libc::EIO),
-            ));
+            )));
         }
-        Ok(self.t.payload(&f).to_vec())
+        Ok(Ok(self.t.payload(&f).to_vec()))
     }
 
     fn read(&mut self, mut address: u64, buf: &mut [u8]) -> Result<(), Errno> {

@@ -949,3 +949,45 @@ fn dma_without_fd_and_without_twin_socket_is_enotsup() {
         .unwrap_err();
     assert_eq!(errno_of(err), Errno::ENOTSUP);
 }
+
+/// A client that offers a twin socket and then never answers the server's DMA_READ on it gets
+/// EIO within about [`vfu::dma::CHANNEL_TIMEOUT`] (the device lock is not held longer), and at
+/// once on the next access: the channel is out of step and is not used again.
+#[test]
+fn dma_over_a_twin_socket_the_client_never_answers_is_eio_within_the_bound() {
+    let h = Harness::start();
+    let stream = std::os::unix::net::UnixStream::connect(h.path()).unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let mut c = Client::unnegotiated(stream);
+    let json = r#"{"capabilities":{"max_msg_fds":16,"twin_socket":{"supported":true}}}"#;
+    c.send_raw(&msg(1, cmd::VERSION, 0, &version_payload(0, 2, json)), &[])
+        .unwrap();
+    let reply = c.recv_raw().unwrap();
+    assert!(!reply.header.is_error());
+    let _twin_never_read = reply.fds.into_iter().next().expect("a twin socket");
+    let map = vfu::wire::DmaMap {
+        argsz: 32,
+        flags: 3,
+        offset: 0,
+        address: 0x9000_0000,
+        size: 0x1000,
+    };
+    c.send_raw(&msg(2, cmd::DMA_MAP, 0, &map.encode()), &[])
+        .unwrap();
+    assert!(!c.recv_raw().unwrap().header.is_error());
+    for (id, bound) in [(3u16, 5u64), (4, 1)] {
+        let started = std::time::Instant::now();
+        let doorbell = write_req(REGS, common::DMA_DOORBELL, &0x9000_0040u64.to_le_bytes());
+        c.send_raw(&msg(id, cmd::REGION_WRITE, 0, &doorbell), &[])
+            .unwrap();
+        let r = c.recv_raw().unwrap();
+        assert_eq!(r.header.error, Errno::EIO as u32, "request {id}");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(bound),
+            "request {id} took {:?}",
+            started.elapsed()
+        );
+    }
+}

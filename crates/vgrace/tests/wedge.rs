@@ -38,21 +38,23 @@ struct Served {
 }
 
 fn serve() -> Served {
+    serve_with(&[])
+}
+
+fn serve_with(extra: &[&str]) -> Served {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("gpu.sock");
     let control = dir.path().join("control.sock");
-    let child = ServeChild::serve(
-        BIN,
-        [
-            "--socket",
-            socket.to_str().unwrap(),
-            "--control",
-            control.to_str().unwrap(),
-            "--mem-size",
-            MEM_ARG,
-        ],
-    )
-    .wait_listening(&[&socket, &control]);
+    let mut args = vec![
+        "--socket",
+        socket.to_str().unwrap(),
+        "--control",
+        control.to_str().unwrap(),
+        "--mem-size",
+        MEM_ARG,
+    ];
+    args.extend_from_slice(extra);
+    let child = ServeChild::serve(BIN, &args).wait_listening(&[&socket, &control]);
     Served {
         _dir: dir,
         socket,
@@ -259,6 +261,33 @@ fn a_client_that_stops_reading_small_read_replies_does_not_make_ctl_busy() {
     reads_never_read(&mut c, 512, 8192);
     s.ctl_ok(&["peek", "--region", "4", "--offset", "0", "--count", "16"]);
     s.ctl_ok(&["reset"]);
+}
+
+/// A reply the client stops reading is bounded like a request it stops sending: after the stall
+/// timeout the session ends and the next client is served instead of refused with EBUSY.
+#[test]
+fn a_client_that_stops_reading_replies_is_dropped_after_the_stall_timeout() {
+    let s = serve_with(&["--stall-timeout", "1s"]);
+    let mut c = s.client();
+    reads_never_read(&mut c, 32, 1 << 20);
+    let until = Instant::now() + BOUND;
+    loop {
+        let stream = UnixStream::connect(&s.socket).unwrap();
+        stream.set_read_timeout(Some(BOUND)).unwrap();
+        match Client::from_stream(stream) {
+            Ok(mut next) => {
+                assert_eq!(next.region_read(USEMEM, 0, 4).unwrap().len(), 4);
+                break;
+            }
+            Err(e) => assert!(
+                Instant::now() < until,
+                "still refused ({e}) with a client that reads nothing: {}",
+                s.child.log()
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    drop(c);
 }
 
 /// A node of two devices and a control socket, started under `ulimit -n 1024` (the default

@@ -189,7 +189,12 @@ impl<D: Device> Server<D> {
 
     fn serve_client(&mut self, client: accept::Client, shutdown: &Shutdown) {
         let accept::Client { stream, peer, conn } = client;
-        if let Err(e) = stream.set_nonblocking(false) {
+        // A reply the client stops reading is bounded like a request it stops sending: the
+        // session ends after the stall timeout instead of waiting in a send for good.
+        let blocking = stream
+            .set_nonblocking(false)
+            .and_then(|()| stream.set_write_timeout(Some(self.config.stall_timeout)));
+        if let Err(e) = blocking {
             warn!(%peer, "cannot serve a client: {e}");
             return;
         }

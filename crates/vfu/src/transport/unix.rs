@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+use nix::sys::socket::{getsockopt, sendmsg, sockopt, ControlMessage, MsgFlags};
 
 use super::{Buffered, Stream, TransportError, MAX_FDS_PER_MESSAGE};
 use crate::device::FileSpan;
@@ -104,7 +104,9 @@ impl Stream for SocketStream {
                     left = 0;
                 }
                 Ok(n) => left -= n,
-                Err(Errno::EINTR | Errno::EAGAIN) => continue,
+                Err(Errno::EINTR) => continue,
+                // The send timeout passed with the socket full: the peer stopped reading.
+                Err(Errno::EAGAIN) => return Err(stalled_send(self.stream.as_fd())),
                 Err(Errno::EPIPE | Errno::ECONNRESET) => return Err(TransportError::Closed),
                 Err(e) => return Err(e.into()),
             }
@@ -236,6 +238,7 @@ fn send_flat(fd: BorrowedFd<'_>, mut buf: &[u8]) -> Result<(), TransportError> {
             Ok(n) => buf = &buf[n..],
             Err(Errno::EINTR) => continue,
             Err(Errno::EPIPE | Errno::ECONNRESET) => return Err(TransportError::Closed),
+            Err(Errno::EAGAIN) => return Err(stalled_send(fd)),
             Err(e) => return Err(e.into()),
         }
     }
@@ -259,6 +262,7 @@ fn send_all(
             Ok(n) => break n,
             Err(Errno::EINTR) => continue,
             Err(Errno::EPIPE | Errno::ECONNRESET) => return Err(TransportError::Closed),
+            Err(Errno::EAGAIN) => return Err(stalled_send(fd)),
             Err(e) => return Err(e.into()),
         }
     };
@@ -278,8 +282,20 @@ fn send_all(
             Ok(n) => sent += n,
             Err(Errno::EINTR) => continue,
             Err(Errno::EPIPE | Errno::ECONNRESET) => return Err(TransportError::Closed),
+            Err(Errno::EAGAIN) => return Err(stalled_send(fd)),
             Err(e) => return Err(e.into()),
         }
     }
     Ok(())
+}
+
+/// A blocking send that came back EAGAIN: its send timeout passed while the peer read nothing.
+fn stalled_send(fd: BorrowedFd<'_>) -> TransportError {
+    let timeout = getsockopt(&fd, sockopt::SendTimeout)
+        .map(|tv| {
+            Duration::from_secs(u64::try_from(tv.tv_sec()).unwrap_or(0))
+                + Duration::from_micros(u64::try_from(tv.tv_usec()).unwrap_or(0))
+        })
+        .unwrap_or_default();
+    TransportError::Stalled(timeout)
 }
