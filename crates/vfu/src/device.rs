@@ -201,7 +201,13 @@ pub trait Device: Send {
         let _ = (iova, size);
     }
 
-    /// The client went away: drop per-client state (eventfds). Device state (memory, config)
-    /// must be kept for the next client. Default: nothing to do.
+    /// A client connected: VFIO's `open_device` (for PCI, `vfio_pci_core_enable`: the function
+    /// enabled and reset, its virtual config rebuilt). Called before the client's first
+    /// message. Default: nothing to do.
+    fn client_attached(&mut self) {}
+
+    /// The client went away: VFIO's `close_device`. Drop per-client state (eventfds,
+    /// interrupts); what a device keeps for the next client (its memory) is its own choice.
+    /// Default: nothing to do.
     fn client_detached(&mut self) {}
 }

@@ -91,6 +91,9 @@ impl Device for Doorbell {
     fn reset(&mut self) -> Result<(), Errno> {
         self.core.reset()
     }
+    fn client_attached(&mut self) {
+        self.core.client_attached()
+    }
     fn client_detached(&mut self) {
         self.core.client_detached()
     }

@@ -476,8 +476,10 @@ fn gb200_from_6_14_shows_its_real_bar1_at_region_2() {
     }
 }
 
+/// Blackwell's BAR1 is a core BAR: VFIO_DEVICE_RESET leaves its register as the client wrote
+/// it (`vfio_pci_ioctl_reset`), the next open rebuilds it to 0.
 #[test]
-fn bar1_answers_the_sizing_probe_and_resets_like_any_bar() {
+fn bar1_answers_the_sizing_probe_and_keeps_its_register_across_a_reset() {
     let mut d = NvGraceGpu::new(&at(Profile::Gb200, 4 * GIB, LinuxVersion::V7_2)).unwrap();
     cfg_write32(&mut d, 0x18, 0xffff_ffff);
     cfg_write32(&mut d, 0x1c, 0xffff_ffff);
@@ -489,8 +491,11 @@ fn bar1_answers_the_sizing_probe_and_resets_like_any_bar() {
     );
     d.region_write(2, 0, b"kept").unwrap();
     d.reset().unwrap();
-    assert_eq!(cfg32(&mut d, 0x18), 0xc);
+    assert_eq!(cfg32(&mut d, 0x18), low);
     assert_eq!(read(&mut d, 2, 0, 4).unwrap(), b"kept");
+    d.client_detached();
+    d.client_attached();
+    assert_eq!(cfg32(&mut d, 0x18), 0xc);
 }
 
 /// GB300 (0x31c2) follows the gb200 rules; an id of another generation is refused.

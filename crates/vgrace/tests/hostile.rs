@@ -32,7 +32,7 @@ enum Expect {
     AnyError,
 }
 
-/// The server under attack, with a sentinel in memory and in the BAR4 register.
+/// The server under attack, with a sentinel in memory and a value in the BAR4 register.
 struct Srv(common::Running);
 
 impl Srv {
@@ -61,7 +61,8 @@ impl Srv {
         &self.0.path
     }
 
-    /// A new client sees the sentinel memory and the BAR4 register value set at start.
+    /// A new client sees the sentinel memory, and a freshly opened function: the BAR4
+    /// register written at start reads 0 again and memory decode is on.
     fn assert_intact(&self) {
         let mut c = self.client();
         assert_eq!(
@@ -70,7 +71,9 @@ impl Srv {
             SENTINEL.to_vec()
         );
         let bar = c.region_read(7, 0x20, 4).unwrap();
-        assert_eq!(u32::from_le_bytes(bar.try_into().unwrap()), 0x4000_000c);
+        assert_eq!(u32::from_le_bytes(bar.try_into().unwrap()), 0xc);
+        let command = c.region_read(7, 0x04, 2).unwrap();
+        assert_eq!(u16::from_le_bytes(command.try_into().unwrap()) & 0x2, 0x2);
     }
 }
 

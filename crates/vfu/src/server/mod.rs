@@ -244,7 +244,11 @@ impl<D: Device> Server<D> {
             self.controls.clone(),
             stop,
         );
-        relock(&self.device).dma_attached(session.dma.clone());
+        {
+            let mut device = relock(&self.device);
+            device.client_attached();
+            device.dma_attached(session.dma.clone());
+        }
         let end = session.run(&self.device, &mut transport);
         session.dma.with(DmaTable::clear);
         session.dma.set_channel(None);

@@ -26,6 +26,7 @@ use crate::backing::Memory;
 use crate::config::{GpuConfig, Layout, LinuxVersion, Profile, READY_POLL};
 use crate::error::DeviceError;
 use crate::pci::bar::BarDesc;
+use crate::pci::core::COMMAND_MEMORY;
 use crate::pci::{Capability, Header, PciCore, PciDescription};
 
 /// PCI vendor id of NVIDIA.
@@ -40,8 +41,6 @@ pub const MSIX_TABLE_OFFSET: u32 = 0x00fe_0000;
 pub const MSIX_PBA_OFFSET: u32 = 0x00ff_0000;
 /// Subsystem id we report (any value; the guest driver does not key on it).
 pub const SUBSYSTEM_ID: u16 = 0x16ee;
-/// COMMAND register bit 1: memory space decode.
-const MEMORY_SPACE_ENABLE: u16 = 0x2;
 
 /// A software Grace GPU: a [`PciCore`] plus the memory regions, readiness registers and DVSEC.
 #[derive(Debug)]
@@ -131,10 +130,7 @@ impl NvGraceGpu {
         if !self.reset_done {
             return Ok(());
         }
-        let mut command = [0u8; 2];
-        self.core
-            .region_read(CONFIG_REGION_INDEX, 4, &mut command)?;
-        if u16::from_le_bytes(command) & MEMORY_SPACE_ENABLE == 0 {
+        if self.core.command() & COMMAND_MEMORY == 0 {
             return Err(Errno::EIO);
         }
         if !self.wait_ready() {
@@ -325,10 +321,11 @@ impl Device for NvGraceGpu {
         if let Some(b) = self.bar1(index) {
             return b.write(offset, data);
         }
-        if index == BAR0_REGION_INDEX {
-            return self.bar0_write(offset, data);
+        match index {
+            BAR0_REGION_INDEX => self.bar0_write(offset, data),
+            CONFIG_REGION_INDEX => self.config_write(offset, data),
+            _ => self.core.region_write(index, offset, data),
         }
-        self.core.region_write(index, offset, data)
     }
 
     fn irq_info(&self, index: u32) -> Result<IrqInfo, Errno> {
@@ -340,25 +337,56 @@ impl Device for NvGraceGpu {
     }
 
     fn reset(&mut self) -> Result<(), Errno> {
-        // Emulated BARs back to 0, the register file cleared and link training re-run; memory
-        // contents survive a reset, as on the hardware. COMMAND survives too (the kernel saves
-        // and restores config space around the reset).
-        self.core.reset()?;
-        self.readiness.reset();
-        if let Some(cxl) = &mut self.cxl {
-            cxl.reset();
+        // VFIO_DEVICE_RESET: `nvgrace_gpu_ioctl` zeroes the emulated BARs
+        // (`nvgrace_gpu_init_fake_bar_emu_regs`), then the core resets the function and leaves
+        // the rest of the virtual config (COMMAND, BAR0, Blackwell's real BAR1) as it was.
+        // Memory contents survive, as on the hardware.
+        for region in &self.layout.regions {
+            self.core.clear_bar(region.region_index);
         }
-        // 6.19's reset_done handler: the next memory access checks readiness first.
-        self.reset_done = self.layout.linux >= LinuxVersion::V6_19;
+        self.core.reset()?;
+        self.reset_done();
         Ok(())
     }
 
+    fn client_attached(&mut self) {
+        // `nvgrace_gpu_open_device`: `vfio_pci_core_enable` (enable, function reset, config
+        // rebuilt with memory decode on and the emulated BARs at 0), and the reset's
+        // `reset_done`.
+        self.core.open();
+        self.reset_done();
+    }
+
     fn client_detached(&mut self) {
-        self.core.client_detached();
+        // `vfio_pci_core_disable`: interrupts off and the close-time function reset.
+        self.core.close();
+        self.reset_done();
     }
 }
 
 impl NvGraceGpu {
+    /// What every function reset (open, close, VFIO_DEVICE_RESET, FLR) does to the GPU behind
+    /// the core: link training re-runs (readiness re-armed with `--reset-ready-delay`, the CXL
+    /// DVSEC's too) and, from 6.19, the PCI `reset_done` callback
+    /// (`nvgrace_gpu_vfio_pci_reset_done`) makes the next memory access check readiness.
+    fn reset_done(&mut self) {
+        self.readiness.reset();
+        if let Some(cxl) = &mut self.cxl {
+            cxl.reset();
+        }
+        self.reset_done = self.layout.linux >= LinuxVersion::V6_19;
+    }
+
+    /// A config write through the core; a guest FLR it started runs the variant's part of
+    /// the reset too.
+    fn config_write(&mut self, offset: u64, data: &[u8]) -> Result<usize, Errno> {
+        let n = self.core.region_write(CONFIG_REGION_INDEX, offset, data)?;
+        if self.core.take_function_reset() {
+            self.reset_done();
+        }
+        Ok(n)
+    }
+
     /// 6.19+: a read that touches a poisoned page fails as upstream's does: the copy out of
     /// device memory faults (`copy_to_user` in `nvgrace_gpu_map_and_read`, `-EFAULT`). Writes
     /// are not checked (a store does not consume poison).

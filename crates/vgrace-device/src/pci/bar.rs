@@ -129,7 +129,18 @@ impl BarTable {
         }
     }
 
-    /// Every BAR back to 0 (what a device reset does).
+    /// The BAR at region `index` back to 0 (a variant's emulated BAR at VFIO_DEVICE_RESET);
+    /// nothing for an absent BAR.
+    pub fn clear(&mut self, index: u32) {
+        if let Some(Some(bar)) = (index.is_multiple_of(2) && index < ROM_REGION_INDEX)
+            .then(|| self.pairs.get_mut(index as usize / 2))
+            .flatten()
+        {
+            bar.value = 0;
+        }
+    }
+
+    /// Every BAR back to 0 (what rebuilding config space at open does).
     pub fn reset(&mut self) {
         for bar in self.pairs.iter_mut().flatten() {
             bar.value = 0;

@@ -105,6 +105,11 @@ impl ConfigSpace {
         self.bars.reset();
     }
 
+    /// The BAR register pair of region `index` back to 0; the rest of config space is kept.
+    pub fn clear_bar(&mut self, index: u32) {
+        self.bars.clear(index);
+    }
+
     /// Byte index into the BAR registers when `offset` is one of them.
     fn bar_byte(offset: usize) -> Option<usize> {
         (BAR_BASE..BAR_BASE + 24)

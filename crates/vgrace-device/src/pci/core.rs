@@ -10,8 +10,13 @@
 //!   ones and writes are dropped (a variant normally owns such a BAR);
 //! - every other index below [`PCI_NUM_REGIONS`]: an absent region (size 0, flags 0);
 //! - IRQ_INFO and SET_IRQS from the IRQ counts the description implies;
-//! - reset: config space back to its sealed state, BAR registers to 0, the register file
-//!   cleared. Interrupt wiring survives a reset and is dropped when the client leaves.
+//! - the three moments of the kernel's lifecycle, which a variant extends: **open** (a client
+//!   connects: `vfio_pci_core_enable` enables the function, resets it and rebuilds the virtual
+//!   config, so COMMAND has memory decode on and every BAR register reads 0), **close** (the
+//!   client leaves: `vfio_pci_core_disable` turns interrupts off and resets the function) and
+//!   **function reset** (VFIO_DEVICE_RESET through `vfio_pci_ioctl_reset`, or a guest's FLR
+//!   through `vfio_exp_config_write`: the device's own state, here the BAR0 register file, is
+//!   reset while the virtual config space is left as the guest set it).
 
 use vfio_bindings::bindings::vfio::{
     VFIO_DEVICE_FLAGS_PCI, VFIO_DEVICE_FLAGS_RESET, VFIO_IRQ_INFO_AUTOMASKED,
@@ -26,12 +31,20 @@ use vfu::irq::IrqTable;
 use vfu::{Device, DeviceInfo, Errno, IrqInfo, RegionInfo, SetIrqs};
 
 use super::config_space::{ConfigSpace, CONFIG_SIZE};
-use super::description::PciDescription;
+use super::description::{Capability, PciDescription, DEVCTL_INITIATE_FLR, EXP_DEVCTL, PM_PMCSR};
 use super::regfile::RegFile;
 use crate::error::DeviceError;
 
 /// Offset of the COMMAND register.
 const COMMAND: usize = 0x04;
+/// COMMAND bit 1: memory space decode.
+pub(crate) const COMMAND_MEMORY: u16 = 1 << 1;
+/// COMMAND bit 2: bus master.
+const COMMAND_MASTER: u16 = 1 << 2;
+/// COMMAND bit 10: INTx disable.
+const COMMAND_INTX_DISABLE: u16 = 1 << 10;
+/// PMCSR bits 1:0: the power state (0 = D0, 3 = D3hot).
+const PMCSR_STATE: u16 = 0x3;
 
 /// REGION_INFO flags of every region the core serves.
 const RW: u32 = VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_WRITE;
@@ -43,6 +56,13 @@ pub struct PciCore {
     bar0: Option<RegFile>,
     irq_counts: [u32; PCI_NUM_IRQS as usize],
     irqs: IrqTable,
+    /// Config offset of the PCI Express capability (for FLR), if described.
+    express: Option<usize>,
+    /// Config offset of the power management capability (for D0 at reset), if described.
+    pm: Option<usize>,
+    /// Set by a function reset the guest started through config space (FLR), until the
+    /// variant takes it with [`PciCore::take_function_reset`].
+    flr_done: bool,
 }
 
 impl PciCore {
@@ -59,7 +79,92 @@ impl PciCore {
             bar0,
             irqs: IrqTable::new(&irq_counts),
             irq_counts,
+            express: desc.capability_offset(|c| matches!(c, Capability::Express { .. })),
+            pm: desc.capability_offset(|c| matches!(c, Capability::PowerManagement)),
+            flr_done: false,
         })
+    }
+
+    /// Open (`vfio_pci_core_enable` + `vfio_config_init`): the function is enabled and reset,
+    /// and the virtual config space is rebuilt from the function's own: every register at its
+    /// reset value (BAR registers 0, MSI-X off, D0) except COMMAND, which has memory decode on
+    /// (`pci_enable_device`) with bus mastering and INTx-disable off.
+    pub fn open(&mut self) {
+        self.irqs.clear();
+        self.function_reset();
+        self.config.reset();
+        let command = self.command();
+        let command = (command | COMMAND_MEMORY) & !(COMMAND_MASTER | COMMAND_INTX_DISABLE);
+        self.config.write(COMMAND, &command.to_le_bytes());
+        self.flr_done = false;
+    }
+
+    /// Close (`vfio_pci_core_disable`): interrupts off (their eventfds dropped) and the
+    /// close-time function reset. The virtual config goes with the client; [`PciCore::open`]
+    /// builds the next one.
+    pub fn close(&mut self) {
+        self.irqs.clear();
+        self.function_reset();
+    }
+
+    /// The function's own reset (`pci_try_reset_function` on the hardware): the BAR0 register
+    /// file goes back to zeros. The virtual config space is not touched.
+    fn function_reset(&mut self) {
+        if let Some(regs) = &mut self.bar0 {
+            regs.reset();
+        }
+    }
+
+    /// True once after the guest reset the function through config space (an FLR written to
+    /// Device Control): the variant runs its own reset work then (the PCI `reset_done`
+    /// callback in the kernel).
+    pub fn take_function_reset(&mut self) -> bool {
+        std::mem::take(&mut self.flr_done)
+    }
+
+    /// The BAR register pair of region `index` back to 0 (a variant that emulates a BAR
+    /// clears it at VFIO_DEVICE_RESET, as `nvgrace_gpu_init_fake_bar_emu_regs` does).
+    pub fn clear_bar(&mut self, index: u32) {
+        self.config.clear_bar(index);
+    }
+
+    /// The virtual COMMAND register.
+    pub fn command(&self) -> u16 {
+        let mut command = [0u8; 2];
+        self.config.read(COMMAND, &mut command);
+        u16::from_le_bytes(command)
+    }
+
+    /// After a config write: an initiate-FLR bit in Device Control reads back 0 and, since
+    /// the function advertises FLR, resets it (`vfio_exp_config_write`).
+    fn after_config_write(&mut self, offset: usize, len: usize) {
+        let Some(devctl) = self.express.map(|e| e + EXP_DEVCTL) else {
+            return;
+        };
+        // Only a write that covers Device Control's upper byte can set the bit.
+        if !(offset..offset.saturating_add(len)).contains(&(devctl + 1)) {
+            return;
+        }
+        let mut value = [0u8; 2];
+        self.config.read(devctl, &mut value);
+        let value = u16::from_le_bytes(value);
+        if value & DEVCTL_INITIATE_FLR == 0 {
+            return;
+        }
+        self.config
+            .write(devctl, &(value & !DEVCTL_INITIATE_FLR).to_le_bytes());
+        self.function_reset();
+        self.flr_done = true;
+    }
+
+    /// Power state back to D0 (`vfio_pci_set_power_state(vdev, PCI_D0)` before a reset).
+    fn set_d0(&mut self) {
+        if let Some(pmcsr) = self.pm.map(|p| p + PM_PMCSR) {
+            let mut value = [0u8; 2];
+            self.config.read(pmcsr, &mut value);
+            let value = u16::from_le_bytes(value) & !PMCSR_STATE;
+            self.config.write(pmcsr, &value.to_le_bytes());
+        }
     }
 
     /// Raises interrupt `vector` of IRQ index `index` (signals its eventfd). False when the
@@ -138,7 +243,10 @@ impl Device for PciCore {
 
     fn region_write(&mut self, index: u32, offset: u64, data: &[u8]) -> Result<usize, Errno> {
         if index == CONFIG_REGION_INDEX {
-            return Ok(self.config.write(Self::config_offset(offset)?, data));
+            let at = Self::config_offset(offset)?;
+            let n = self.config.write(at, data);
+            self.after_config_write(at, n);
+            return Ok(n);
         }
         if index == BAR0_REGION_INDEX {
             if let Some(regs) = &mut self.bar0 {
@@ -167,22 +275,20 @@ impl Device for PciCore {
     }
 
     fn reset(&mut self) -> Result<(), Errno> {
-        // VFIO_DEVICE_RESET saves config space, resets the function and restores it
-        // (pci_try_reset_function, pci_dev_restore), and the virtual config keeps the guest's
-        // COMMAND: memory decode and bus mastering read as before the reset. Everything else
-        // (BAR registers included) goes back to its reset state.
-        let mut command = [0u8; 2];
-        self.config.read(COMMAND, &mut command);
-        self.config.reset();
-        self.config.write(COMMAND, &command);
-        if let Some(regs) = &mut self.bar0 {
-            regs.reset();
-        }
+        // VFIO_DEVICE_RESET (`vfio_pci_ioctl_reset`): D0, then `pci_try_reset_function`, which
+        // saves and restores the function's config around the reset; the virtual config the
+        // client sees (COMMAND, BAR registers, DevCtl, ...) is not touched.
+        self.set_d0();
+        self.function_reset();
         Ok(())
     }
 
+    fn client_attached(&mut self) {
+        self.open();
+    }
+
     fn client_detached(&mut self) {
-        self.irqs.clear();
+        self.close();
     }
 }
 
@@ -258,15 +364,40 @@ mod tests {
             assert_eq!(d.region_read(index, 0, &mut b), Err(Errno::EINVAL));
         }
         assert!(d.region_info(PCI_NUM_REGIONS).is_err());
-        // Sizing probe of the BAR it was given; reset puts it back to its flags.
+        // Sizing probe of the BAR it was given.
         d.region_write(CONFIG_REGION_INDEX, 0x18, &[0xff; 8])
             .unwrap();
         assert_eq!(cfg32(&mut d, 0x18), !((1u32 << 20) - 1) | 0xc);
         assert_eq!(cfg32(&mut d, 0x1c), u32::MAX);
+    }
+
+    #[test]
+    fn function_reset_keeps_virtual_config_and_clears_the_register_file() {
+        let mut d = plain_core();
+        d.open();
+        d.region_write(CONFIG_REGION_INDEX, 0x18, &0x8000_0000u32.to_le_bytes())
+            .unwrap();
+        d.region_write(BAR0_REGION_INDEX, 0x100, &0xfeed_u32.to_le_bytes())
+            .unwrap();
         d.reset().unwrap();
-        assert_eq!(cfg32(&mut d, 0x18), 0xc);
+        assert_eq!(cfg32(&mut d, 0x18), 0x8000_000c);
+        assert_ne!(d.command() & COMMAND_MEMORY, 0);
+        let mut b = [0xaau8; 4];
         d.region_read(BAR0_REGION_INDEX, 0x100, &mut b).unwrap();
         assert_eq!(b, [0; 4]);
+    }
+
+    #[test]
+    fn open_rebuilds_config_with_memory_decode_on() {
+        let mut d = plain_core();
+        d.region_write(CONFIG_REGION_INDEX, 0x04, &0x0406u16.to_le_bytes())
+            .unwrap();
+        d.region_write(CONFIG_REGION_INDEX, 0x18, &0x8000_0000u32.to_le_bytes())
+            .unwrap();
+        d.close();
+        d.open();
+        assert_eq!(d.command(), COMMAND_MEMORY);
+        assert_eq!(cfg32(&mut d, 0x18), 0xc);
     }
 
     #[test]

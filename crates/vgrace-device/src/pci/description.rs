@@ -16,6 +16,14 @@ const STATUS_CAP_LIST: u16 = 0x0010;
 /// Command bits the guest may set: I/O, memory, bus master, parity error response, SERR#,
 /// INTx disable.
 const COMMAND_WRITABLE: [u8; 2] = [0x47, 0x05];
+/// Device Capabilities bit 28: Function Level Reset supported.
+pub(crate) const DEVCAP_FLR: u32 = 1 << 28;
+/// Offset of Device Control from the start of the PCI Express capability.
+pub(crate) const EXP_DEVCTL: usize = 0x08;
+/// Device Control bit 15: initiate Function Level Reset (reads 0).
+pub(crate) const DEVCTL_INITIATE_FLR: u16 = 1 << 15;
+/// Offset of the PMCSR from the start of the power management capability.
+pub(crate) const PM_PMCSR: usize = 0x04;
 /// Length of the PCI Express capability body after its id/next bytes (a v2 endpoint's
 /// registers up to Link Status 2).
 const EXP_BODY_LEN: usize = 0x3a;
@@ -119,6 +127,14 @@ impl PciDescription {
         counts
     }
 
+    /// Config offset of the first capability `pick` accepts.
+    pub(crate) fn capability_offset(&self, pick: impl Fn(&Capability) -> bool) -> Option<usize> {
+        self.capabilities
+            .iter()
+            .find(|(_, c)| pick(c))
+            .map(|(offset, _)| usize::from(*offset))
+    }
+
     /// Config space as described, sealed as its reset state.
     pub fn config_space(&self) -> Result<ConfigSpace, DeviceError> {
         let mut c = ConfigSpace::new();
@@ -186,15 +202,16 @@ fn capability_bytes(cap: &Capability) -> (u8, Vec<u8>, Vec<u8>) {
             let mut body = vec![0u8; EXP_BODY_LEN];
             // Capabilities register: version 2, endpoint.
             body[0..2].copy_from_slice(&0x0002u16.to_le_bytes());
-            // Device capabilities: role-based error reporting.
-            body[2..6].copy_from_slice(&0x0000_8000u32.to_le_bytes());
+            // Device capabilities: role-based error reporting and Function Level Reset.
+            body[2..6].copy_from_slice(&(0x0000_8000u32 | DEVCAP_FLR).to_le_bytes());
             let link = u16::from(link_speed & 0xf) | (u16::from(link_width & 0x3f) << 4);
             // Link capabilities (maximum) and link status (current).
             body[0x0a..0x0c].copy_from_slice(&link.to_le_bytes());
             body[0x10..0x12].copy_from_slice(&link.to_le_bytes());
             let mut wmask = vec![0u8; EXP_BODY_LEN];
-            // Device control and link control.
-            wmask[0x06..0x08].copy_from_slice(&[0xff, 0x7f]);
+            // Device control (initiate-FLR included: the core acts on it and clears it) and
+            // link control.
+            wmask[0x06..0x08].copy_from_slice(&[0xff, 0xff]);
             wmask[0x0e..0x10].copy_from_slice(&[0xff, 0x0f]);
             (CAP_EXP, body, wmask)
         }

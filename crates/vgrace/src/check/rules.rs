@@ -274,20 +274,51 @@ pub(super) fn sizing_probe(t: &mut dyn Target, bar: u32, size: u64) -> Result<St
     }
 }
 
-pub(super) fn reset_clears_bars(t: &mut dyn Target, bars: &[u32]) -> Result<String, String> {
-    for bar in bars {
+/// VFIO_DEVICE_RESET zeroes the variant's emulated BARs (`nvgrace_gpu_ioctl` calls
+/// `nvgrace_gpu_init_fake_bar_emu_regs`) and leaves a core BAR's register as the client wrote
+/// it (`vfio_pci_ioctl_reset` does not touch the virtual config).
+pub(super) fn reset_clears_bars(
+    t: &mut dyn Target,
+    emulated: &[u32],
+    core: &[u32],
+) -> Result<String, String> {
+    for bar in emulated.iter().chain(core) {
         config_write32(t, bar_offset(*bar), 0x8000_0000)?;
         config_write32(t, bar_offset(*bar) + 4, 0x1)?;
     }
+    let written: Vec<(u32, u32, u32)> = core
+        .iter()
+        .map(|bar| {
+            let lo = config_read32(t, bar_offset(*bar))?;
+            let hi = config_read32(t, bar_offset(*bar) + 4)?;
+            Ok((*bar, lo, hi))
+        })
+        .collect::<Result<_, String>>()?;
     t.reset().map_err(|e| format!("reset: {e:#}"))?;
-    for bar in bars {
+    for bar in emulated {
         let lo = config_read32(t, bar_offset(*bar))?;
         let hi = config_read32(t, bar_offset(*bar) + 4)?;
         if lo != 0xc || hi != 0 {
             return Err(format!("BAR{bar} reads {hi:#x}:{lo:#x} after reset"));
         }
     }
-    Ok(format!("{} BAR(s)", bars.len()))
+    for (bar, lo, hi) in written {
+        let now = (
+            config_read32(t, bar_offset(bar))?,
+            config_read32(t, bar_offset(bar) + 4)?,
+        );
+        if now != (lo, hi) {
+            return Err(format!(
+                "core BAR{bar} reads {:#x}:{:#x} after reset, {hi:#x}:{lo:#x} before",
+                now.1, now.0
+            ));
+        }
+    }
+    Ok(format!(
+        "{} emulated BAR(s) cleared, {} core BAR(s) kept",
+        emulated.len(),
+        core.len()
+    ))
 }
 
 pub(super) fn config_read16(t: &mut dyn Target, offset: u64) -> Result<u16, String> {
