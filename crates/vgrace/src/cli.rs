@@ -33,6 +33,9 @@ pub enum Command {
     /// Summarise a protocol trace written by `serve --trace` (per command: count, errors,
     /// bytes, latency), list its messages, or follow a live one.
     Trace(TraceArgs),
+    /// Write the SSDT a Grace host's firmware has: per GPU, the `_DSD` memory properties the
+    /// real nvgrace-gpu-vfio-pci reads (for an L1 guest on `serve --view host`).
+    Acpi(crate::acpi::AcpiArgs),
 }
 
 /// The device, as the firmware properties and profile describe it.
@@ -140,6 +143,12 @@ pub struct ServeArgs {
     /// kept), e.g. 64M, 1G.
     #[arg(long, default_value = "64M", value_parser = parse_size_arg, requires = "trace")]
     pub trace_max_size: u64,
+    /// What the client sees: vfio (nvgrace-gpu-vfio-pci's device, the default) or host (the
+    /// function before a VFIO driver binds: no memory BARs; needs a file backing, which QEMU
+    /// maps at the base address; see `vgrace qemu-args --view host`). With --config, use
+    /// `view = "host"` in each `[[device]]`.
+    #[arg(long, value_enum, default_value = "vfio", conflicts_with = "config")]
+    pub view: crate::host_view::View,
     /// The device.
     #[command(flatten)]
     pub device: DeviceArgs,

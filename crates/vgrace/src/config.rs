@@ -25,6 +25,7 @@
 //! cxl_timeout_code = 1       # optional: active timeout 1 s x 4^code (capped at 256 s)
 //! trace = "/var/log/vgrace/gpu0.trace"  # optional: protocol trace (see `vgrace trace`)
 //! trace_max_size = "64M"     # optional: rotate the trace at this size (FILE.1 kept)
+//! view = "host"              # optional: vfio (default) | host (the bare function, for an L1 guest)
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -35,6 +36,7 @@ use serde::Deserialize;
 use vgrace_device::{Fault, GpuConfig, Profile};
 
 use crate::cli::{parse_duration, parse_u16, parse_u64, DeviceArgs};
+use crate::host_view::View;
 
 /// A number given either as a TOML integer or as a string (hex, or a size with suffix).
 #[derive(Debug, Clone, Deserialize)]
@@ -89,6 +91,8 @@ struct DeviceTable {
     trace: Option<PathBuf>,
     #[serde(default)]
     trace_max_size: Option<NumOrString>,
+    #[serde(default)]
+    view: Option<View>,
 }
 
 /// The whole file.
@@ -123,6 +127,8 @@ pub struct DeviceEntry {
     pub trace: Option<PathBuf>,
     /// The size at which the trace file is rotated.
     pub trace_max_size: u64,
+    /// Which function the device shows (`view`, default vfio).
+    pub view: View,
 }
 
 /// Reads and validates a configuration file's devices.
@@ -167,6 +173,7 @@ pub fn parse_node(text: &str) -> Result<Node> {
                 bail!("device {i}: trace file {} is used twice", t.display());
             }
         }
+        let view = table.view.unwrap_or_default();
         let config = table.into_config().with_context(|| format!("device {i}"))?;
         entries.push(DeviceEntry {
             id,
@@ -174,6 +181,7 @@ pub fn parse_node(text: &str) -> Result<Node> {
             config,
             trace,
             trace_max_size,
+            view,
         });
     }
     Ok(Node {

@@ -2,12 +2,14 @@
 //! server against the nvgrace ABI, print the QEMU arguments that attach it, and read the
 //! protocol traces `serve --trace` writes.
 
+mod acpi;
 mod check;
 mod cli;
 mod config;
 mod control;
 mod ctl;
 mod dirs;
+mod host_view;
 mod layout;
 mod mapping;
 mod node;
@@ -59,6 +61,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::QemuArgs(args) => qemu_args::run(&args).map(|()| ExitCode::SUCCESS),
         Command::Ctl(args) => ctl::run(&args).map(|()| ExitCode::SUCCESS),
         Command::Trace(args) => trace_cmd::run(&args).map(|()| ExitCode::SUCCESS),
+        Command::Acpi(args) => acpi::run(&args).map(|()| ExitCode::SUCCESS),
     }
 }
 

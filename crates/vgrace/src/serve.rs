@@ -13,7 +13,7 @@ use signal_hook::iterator::Signals;
 use tracing::{error, info, warn};
 use vfu::listen::BoundPath;
 use vfu::server::{bind_socket, Server, ServerConfig, Shutdown};
-use vgrace_device::{LinuxVersion, NvGraceGpu};
+use vgrace_device::LinuxVersion;
 
 use crate::cli::ServeArgs;
 use crate::config::{self, DeviceEntry};
@@ -42,6 +42,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
                 config: crate::device_config(&args.device)?,
                 trace: args.trace.clone(),
                 trace_max_size: args.trace_max_size,
+                view: args.view,
             }],
             None,
         ),
@@ -58,8 +59,10 @@ pub fn run(args: ServeArgs) -> Result<()> {
 
     // Build every device before creating any socket, so a bad entry leaves nothing behind.
     let mut devices = Vec::with_capacity(entries.len());
+    // The host view's memory files, locked while we serve (QEMU maps them).
+    let mut host_memory = Vec::new();
     for entry in &entries {
-        let device = NvGraceGpu::new(&entry.config)
+        let device = crate::host_view::build(entry, &mut host_memory)
             .with_context(|| format!("cannot create the device for {}", entry.socket.display()))?;
         // From 6.14 the probe polls the readiness registers and refuses a device that never
         // reads ready; --serve-unready offers it anyway (for guest-side tests).
