@@ -36,6 +36,10 @@ pub enum Command {
     /// Write the SSDT a Grace host's firmware has: per GPU, the `_DSD` memory properties the
     /// real nvgrace-gpu-vfio-pci reads (for an L1 guest on `serve --view host`).
     Acpi(crate::acpi::AcpiArgs),
+    /// Run a fixed sequence of VFIO operations against a vfio-user server or a device under
+    /// kernel VFIO and print each with its result and errno, one canonical line each (to diff
+    /// vgrace against the real nvgrace-gpu-vfio-pci).
+    Transcript(crate::transcript::TranscriptArgs),
 }
 
 /// The device, as the firmware properties and profile describe it.
@@ -208,6 +212,10 @@ pub struct QemuArgsArgs {
     /// Print JSON (the node and the argument list) for integrators.
     #[arg(long)]
     pub json: bool,
+    /// vfio (a guest that sees nvgrace-gpu-vfio-pci's device, the default) or host (an arm64
+    /// L1 Grace host whose kernel runs the real driver on `serve --view host`).
+    #[arg(long, value_enum, default_value = "vfio")]
+    pub view: crate::host_view::View,
     /// The device.
     #[command(flatten)]
     pub device: DeviceArgs,

@@ -10,14 +10,17 @@ mod control;
 mod ctl;
 mod dirs;
 mod host_view;
+mod kvfio;
 mod layout;
 mod mapping;
 mod node;
 mod qemu_args;
+mod qemu_host;
 mod ready;
 mod serve;
 mod trace_cmd;
 mod trace_setup;
+mod transcript;
 mod units;
 
 use std::path::PathBuf;
@@ -62,6 +65,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Ctl(args) => ctl::run(&args).map(|()| ExitCode::SUCCESS),
         Command::Trace(args) => trace_cmd::run(&args).map(|()| ExitCode::SUCCESS),
         Command::Acpi(args) => acpi::run(&args).map(|()| ExitCode::SUCCESS),
+        Command::Transcript(args) => transcript::run(&args).map(|()| ExitCode::SUCCESS),
     }
 }
 

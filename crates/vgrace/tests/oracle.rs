@@ -174,3 +174,45 @@ fn host_view_refuses_a_memfd_backing() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("file backing"), "{err}");
 }
+
+/// The transcript is canonical: two fresh servers of the same device give the same lines, and
+/// the sequence covers info, every config dword, region edges, reset, FLR, D3hot, SET_IRQS per
+/// index and action, and a reopen.
+#[test]
+fn transcript_of_a_fresh_server_is_repeatable_and_covers_the_sequence() {
+    let mut runs = Vec::new();
+    for _ in 0..2 {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("gpu.sock");
+        let _server = ServeChild::serve(
+            env!("CARGO_BIN_EXE_vgrace"),
+            ["--socket", sock.to_str().unwrap(), "--mem-size", "2660M"],
+        )
+        .wait_listening(&[&sock]);
+        let out = common::vgrace(&["transcript", "--socket", sock.to_str().unwrap()]);
+        assert!(out.status.success(), "{out:?}");
+        runs.push(String::from_utf8(out.stdout).unwrap());
+    }
+    assert_eq!(runs[0], runs[1]);
+    let t = &runs[0];
+    assert!(t.lines().count() > 250, "{t}");
+    for want in [
+        "device_info -> flags=0x3 regions=9 irqs=5",
+        "region_info 4 -> flags=0xf size=0x80000000 sparse=0x0+0x60000000",
+        "config 0x000 -> de104223",
+        "read 4 0x60000000 4 -> ffffffff",
+        "reset -> ok",
+        "set_irqs 2 trigger eventfd start=0 count=1 -> ok",
+        "reopen -> ok",
+    ] {
+        assert!(t.contains(want), "{want} missing from\n{t}");
+    }
+}
+
+/// Without a VFIO driver bound the transcript refuses with the reason and a non-zero exit.
+#[test]
+fn transcript_of_an_unbound_pci_device_fails_cleanly() {
+    let out = common::vgrace(&["transcript", "--vfio-device", "0000:ff:1f.7"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("iommu_group"));
+}
