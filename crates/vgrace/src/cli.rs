@@ -180,8 +180,16 @@ pub struct LayoutArgs {
 #[derive(Debug, Args)]
 pub struct CheckArgs {
     /// Socket of the vfio-user server to check.
-    #[arg(long)]
-    pub socket: PathBuf,
+    #[arg(
+        long,
+        required_unless_present = "vfio_device",
+        conflicts_with = "vfio_device"
+    )]
+    pub socket: Option<PathBuf>,
+    /// Check a PCI device bound to a VFIO driver instead (e.g. the real nvgrace_gpu_vfio_pci
+    /// on a Grace host, or in the oracle's L1 guest), opened through its VFIO group.
+    #[arg(long, value_name = "BDF")]
+    pub vfio_device: Option<String>,
     /// How long to wait for the BAR0 readiness registers (upstream waits 30 s).
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub ready_timeout: Duration,

@@ -276,6 +276,13 @@ impl KernelDevice {
     }
 }
 
+impl std::os::fd::AsFd for KernelDevice {
+    /// The device fd (regions are mapped through it, at their offsets).
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.device.as_fd()
+    }
+}
+
 /// VFIO_GROUP_GET_DEVICE_FD for `bdf`.
 fn open_device_fd(group: RawFd, bdf: &str) -> Result<File, String> {
     let name = std::ffi::CString::new(bdf).map_err(|_| format!("bad device name {bdf:?}"))?;

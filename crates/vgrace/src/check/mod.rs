@@ -24,6 +24,7 @@ use vgrace_device::LinuxVersion;
 
 use crate::cli::CheckArgs;
 
+mod kernel;
 mod rules;
 
 use rules::*;
@@ -97,17 +98,28 @@ struct Outcome {
 
 /// Runs the checks against the server at `--socket`.
 pub fn run(args: &CheckArgs) -> Result<ExitCode> {
-    let client = Client::connect(&args.socket)
-        .with_context(|| format!("cannot connect to {}", args.socket.display()))?;
-    let mut target = ClientTarget { client };
+    let (name, mut target): (String, Box<dyn Target>) = match (&args.vfio_device, &args.socket) {
+        (Some(bdf), _) => (
+            format!("{bdf} (kernel VFIO)"),
+            Box::new(kernel::KernelTarget::open(bdf)?),
+        ),
+        (None, Some(socket)) => {
+            let client = Client::connect(socket)
+                .with_context(|| format!("cannot connect to {}", socket.display()))?;
+            (
+                socket.display().to_string(),
+                Box::new(ClientTarget { client }),
+            )
+        }
+        (None, None) => anyhow::bail!("give --socket or --vfio-device"),
+    };
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
-        "checking {} against the rules of Linux {}",
-        args.socket.display(),
+        "checking {name} against the rules of Linux {}",
         args.linux
     )?;
-    let outcomes = check_all(&mut target, args.ready_timeout, args.linux);
+    let outcomes = check_all(target.as_mut(), args.ready_timeout, args.linux);
     let failed = outcomes.iter().filter(|o| o.result.is_err()).count();
     for o in &outcomes {
         match &o.result {
