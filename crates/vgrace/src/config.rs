@@ -347,6 +347,14 @@ mod tests {
     }
 
     #[test]
+    fn view_host_is_read_per_device_and_defaults_to_vfio() {
+        use crate::host_view::View;
+        let e = parse("[[device]]\nsocket = \"/tmp/a.sock\"\nview = \"host\"\n[[device]]\nsocket = \"/tmp/b.sock\"\n").unwrap();
+        assert_eq!((e[0].view, e[1].view), (View::Host, View::Vfio));
+        assert!(parse("[[device]]\nsocket = \"/tmp/a.sock\"\nview = \"guest\"\n").is_err());
+    }
+
+    #[test]
     fn duplicate_socket_is_refused() {
         let err =
             parse("[[device]]\nsocket = \"/tmp/a.sock\"\n[[device]]\nsocket = \"/tmp/a.sock\"\n")

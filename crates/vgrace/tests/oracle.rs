@@ -216,3 +216,56 @@ fn transcript_of_an_unbound_pci_device_fails_cleanly() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("iommu_group"));
 }
+
+/// The L1 machine puts the GPU's memory file right after guest RAM and tells the kernel to stay
+/// below it; a base the machine cannot honour is refused with the one it can.
+#[test]
+fn qemu_args_host_view_places_memory_at_its_base_or_names_the_right_one() {
+    let out = common::vgrace(&[
+        "qemu-args",
+        "--view",
+        "host",
+        "--backing",
+        "/tmp/g.mem",
+        "--mem-size",
+        "2660M",
+        "--mem-base",
+        "0x60000000",
+        "--guest-mem",
+        "512M",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["gpus"][0]["mem_base"], 0x6000_0000u64);
+    assert_eq!(v["gpus"][0]["acpi_scope"], "\\_SB.PCI0.S08.S00");
+    assert_eq!(
+        v["kernel_args"],
+        "mem=512M vfio.enable_unsafe_noiommu_mode=1"
+    );
+    let args: Vec<String> = v["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_string())
+        .collect();
+    assert!(args
+        .iter()
+        .any(|a| a
+            == "-object memory-backend-file,id=gpu0-mem,mem-path=/tmp/g.mem,size=2660M,share=on"));
+    assert!(args.iter().any(|a| a == "-m 3172M"));
+
+    let out = common::vgrace(&[
+        "qemu-args",
+        "--view",
+        "host",
+        "--backing",
+        "/tmp/g.mem",
+        "--mem-size",
+        "2660M",
+        "--guest-mem",
+        "512M",
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("0x60000000"));
+}
