@@ -36,7 +36,7 @@ mountpoint -q "$ROOT/proc" || mount -t proc proc "$ROOT/proc"
 start=$(date +%s)
 chroot "$ROOT" env -C "$src" CARGO_TARGET_DIR=/tmp/vgrace-aarch64-target \
   CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc \
-  RUSTFLAGS="-C target-feature=+crt-static" CARGO_PROFILE_RELEASE_DEBUG=0 \
+  RUSTFLAGS="-C target-feature=+crt-static -A linker_messages" CARGO_PROFILE_RELEASE_DEBUG=0 \
   cargo build --offline --locked --release -q --target aarch64-unknown-linux-gnu -p vgrace >&2
 log "built in $(( $(date +%s) - start )) s"
 echo "$ROOT/tmp/vgrace-aarch64-target/aarch64-unknown-linux-gnu/release/vgrace"
