@@ -17,7 +17,7 @@
 //!
 //! | op | fields | answer |
 //! |---|---|---|
-//! | `status` | | `pid`, `uptime_s`, `devices`: id, socket, profile, device_id, linux, mem_size, backing, readiness, faults, client {pid, uid, since}, uptime_s |
+//! | `status` | | `pid`, `uptime_s`, `log_lines_dropped`, `devices`: id, socket, profile, device_id, linux, mem_size, backing, readiness, faults, client {pid, uid, since}, uptime_s |
 //! | `stats` | | `devices`: id, clients_served/refused/dropped, resets, commands [{cmd, count, errors {ERRNO: n}, bytes_in, bytes_out}], last_error |
 //! | `fault` | `fault`, `clear`, `ms`, `count`, `region`, `offset` | `faults`: what is in force now |
 //! | `peek` | `region`, `offset`, `count` (at most 1 MiB) | `data`, `count` |

@@ -115,6 +115,7 @@ fn status(plane: &Plane, r: &Request) -> Result<Value, Failure> {
     Ok(json!({
         "pid": std::process::id(),
         "uptime_s": plane.started.elapsed().as_secs(),
+        "log_lines_dropped": crate::logging::dropped(),
         "devices": devices,
     }))
 }

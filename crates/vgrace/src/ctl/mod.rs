@@ -218,7 +218,7 @@ pub fn run(args: &CtlArgs) -> Result<()> {
     let json_out = args.json;
     // Flushed per response: `events --follow` and `stats --watch` feed pipes as they go.
     let print = |v: &Value, human: &dyn Fn(&Value) -> String| -> Result<()> {
-        let mut out = std::io::stdout().lock();
+        let mut out = crate::out::stdout();
         if json_out {
             writeln!(out, "{v}")?;
         } else {
@@ -338,7 +338,7 @@ fn peek(
     offset
         .checked_add(count)
         .context("offset + count overflows")?;
-    let mut out = std::io::stdout().lock();
+    let mut out = crate::out::stdout();
     let mut done = 0u64;
     while done < count {
         let n = (count - done).min(MAX_BYTES);
