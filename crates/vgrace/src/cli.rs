@@ -7,9 +7,16 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use vgrace_device::{Fault, LinuxVersion, Poison, Profile};
 
+/// The exit codes, for `--help` (README.md says the same).
+pub const EXIT_CODES: &str = "Exit codes:
+  0  done (for serve: stopped by a signal, everything shut down in time)
+  1  the request failed or was refused: an error, a check that failed, a control request the
+     server refused or never took, a serve that had to stop without its stuck threads
+  2  usage: bad flags or values";
+
 /// vgrace: a software NVIDIA Grace GPU (nvgrace-gpu-vfio-pci) served over vfio-user.
 #[derive(Debug, Parser)]
-#[command(name = "vgrace", version, about, long_about = None)]
+#[command(name = "vgrace", version, about, long_about = None, after_help = EXIT_CODES)]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]
@@ -131,6 +138,11 @@ pub struct ServeArgs {
     /// 0600 like the device sockets; overrides the config file's `control`.
     #[arg(long)]
     pub control: Option<PathBuf>,
+    /// A control connection that sends no request this long (silent, or stopped halfway
+    /// through a line) is closed, so a few stuck clients cannot take every slot. Hidden: for
+    /// tests; the default suits operators.
+    #[arg(long, hide = true, default_value = "60s", value_parser = parse_timeout)]
+    pub control_idle_timeout: Duration,
     /// Write a protocol trace to FILE: every message in and out, and every connection, as one
     /// JSON line (created 0600; a symlink is refused). Read it with `vgrace trace FILE`. With
     /// --config, use `trace = "FILE"` in each `[[device]]` instead.

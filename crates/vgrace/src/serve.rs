@@ -305,7 +305,12 @@ pub fn run(args: ServeArgs) -> Result<()> {
         }
         control::start(
             listener,
-            Arc::new(Plane::new(managed, events, allow)),
+            Arc::new(Plane::new(
+                managed,
+                events,
+                allow,
+                args.control_idle_timeout,
+            )),
             shutdown.clone(),
         )
     });

@@ -196,7 +196,7 @@ fn fault(m: &Managed, r: &Request) -> Result<Value, Failure> {
                 need(r.offset, "offset", name)?,
             );
             check_poison(m, region, offset)?;
-            m.live.poison(region, offset);
+            m.live.poison(region, offset)?;
         }
         "poison" => {
             let at = r.region.zip(r.offset);
