@@ -252,3 +252,37 @@ fn a_second_signal_while_stopping_exits_at_once() {
     assert!(log.contains("signal 2 while stopping"), "{status}: {log}");
     assert!(!p.socket.exists() && !p.control.exists(), "{log}");
 }
+
+#[test]
+fn stuck_control_clients_never_hold_up_a_stop() {
+    let p = paths();
+    let mut child = ServeChild::spawn(serve_cmd(&p, &[]))
+        .unwrap()
+        .wait_listening(&[&p.socket, &p.control]);
+    let mut held = Vec::new();
+    // Silent, halfway through a line, following without reading, and asking for megabytes of
+    // peeks it never reads (its thread blocks in the write).
+    held.push(UnixStream::connect(&p.control).unwrap());
+    let mut half = UnixStream::connect(&p.control).unwrap();
+    half.write_all(b"{\"v\":1,\"op\":").unwrap();
+    held.push(half);
+    let mut follower = UnixStream::connect(&p.control).unwrap();
+    follower
+        .write_all(b"{\"v\":1,\"op\":\"events\",\"follow\":true}\n")
+        .unwrap();
+    held.push(follower);
+    let mut greedy = UnixStream::connect(&p.control).unwrap();
+    let peek = json!({"v": 1, "op": "peek", "region": 4, "offset": 0, "count": 1 << 20});
+    for _ in 0..8 {
+        writeln!(greedy, "{peek}").unwrap();
+    }
+    held.push(greedy);
+    std::thread::sleep(Duration::from_millis(300));
+    let (status, took, log) = child
+        .signal_within(Signal::SIGTERM, STOP_LIMIT)
+        .expect("stuck control clients held up the stop");
+    // A clean stop, not the watchdog's.
+    assert!(status.success(), "{status} after {took:?}: {log}");
+    assert!(!log.contains("exiting without them"), "{log}");
+    assert!(!p.socket.exists() && !p.control.exists());
+}
