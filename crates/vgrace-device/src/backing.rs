@@ -241,6 +241,19 @@ impl Memory {
         self.file.as_fd()
     }
 
+    /// For a file backing, a second handle on the file, to flush it to disk at exit without the
+    /// device (whose lock a stuck session may hold); `None` for a memfd, which has no disk.
+    pub fn file_for_sync(&self) -> Result<Option<File>, DeviceError> {
+        match self.access {
+            Access::FileIo { .. } => self
+                .file
+                .try_clone()
+                .map(Some)
+                .map_err(io("the backing file")),
+            Access::Mapped(_) => Ok(None),
+        }
+    }
+
     /// Length of the memory in the fd (whole pages).
     pub fn len(&self) -> u64 {
         self.len

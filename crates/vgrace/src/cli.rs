@@ -7,9 +7,16 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use vgrace_device::{Fault, LinuxVersion, Poison, Profile};
 
+/// The exit codes, for `--help` (README.md says the same).
+pub const EXIT_CODES: &str = "Exit codes:
+  0  done (for serve: stopped by a signal, everything shut down in time)
+  1  the request failed or was refused: an error, a check that failed, a control request the
+     server refused or never took, a serve that had to stop without its stuck threads
+  2  usage: bad flags or values";
+
 /// vgrace: a software NVIDIA Grace GPU (nvgrace-gpu-vfio-pci) served over vfio-user.
 #[derive(Debug, Parser)]
-#[command(name = "vgrace", version, about, long_about = None)]
+#[command(name = "vgrace", version, about, long_about = None, after_help = EXIT_CODES)]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]
@@ -131,6 +138,11 @@ pub struct ServeArgs {
     /// 0600 like the device sockets; overrides the config file's `control`.
     #[arg(long)]
     pub control: Option<PathBuf>,
+    /// A control connection that sends no request this long (silent, or stopped halfway
+    /// through a line) is closed, so a few stuck clients cannot take every slot. Hidden: for
+    /// tests; the default suits operators.
+    #[arg(long, hide = true, default_value = "60s", value_parser = parse_timeout)]
+    pub control_idle_timeout: Duration,
     /// Write a protocol trace to FILE: every message in and out, and every connection, as one
     /// JSON line (created 0600; a symlink is refused). Read it with `vgrace trace FILE`. With
     /// --config, use `trace = "FILE"` in each `[[device]]` instead.
@@ -172,6 +184,11 @@ pub struct CheckArgs {
     /// How long to wait for the BAR0 readiness registers (upstream waits 30 s).
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub ready_timeout: Duration,
+    /// How long to wait for the server's answer to VERSION and to each request (a request may
+    /// also take the --ready-timeout, as a 6.19+ server waits for readiness inside it). A peer
+    /// that does not answer in time fails the check.
+    #[arg(long, default_value = "10s", value_parser = parse_timeout)]
+    pub timeout: Duration,
     /// Judge the server by the rules of this Linux version's nvgrace-gpu-vfio-pci: 6.9, 6.14,
     /// 6.19 or 7.2 (Blackwell's layout from 6.14, the reset check from 6.19).
     #[arg(long, default_value = "7.2")]
@@ -291,12 +308,32 @@ pub fn parse_u16(s: &str) -> Result<u16, String> {
     u16::try_from(v).map_err(|_| format!("`{s}` does not fit in 16 bits"))
 }
 
-/// Parses a duration such as `2s`, `500ms`, `1m` or a bare `0`.
+/// Longest duration any flag or config key takes: a day is past any wait worth simulating, and
+/// the bound keeps every deadline (`now + duration`) far from overflow (2^64-1 s panicked).
+pub const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
+
+/// Parses a duration such as `2s`, `500ms`, `1m` or a bare `0`, at most [`MAX_DURATION`].
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     if s.trim() == "0" {
         return Ok(Duration::ZERO);
     }
-    humantime::parse_duration(s.trim()).map_err(|e| format!("`{s}` is not a duration ({e})"))
+    let d = humantime::parse_duration(s.trim())
+        .map_err(|e| format!("`{s}` is not a duration ({e})"))?;
+    if d > MAX_DURATION {
+        return Err(format!(
+            "`{s}` is longer than a day (24h), the longest duration taken"
+        ));
+    }
+    Ok(d)
+}
+
+/// A timeout: a duration above zero (a zero socket timeout would mean "wait forever").
+fn parse_timeout(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d.is_zero() {
+        return Err("the timeout must be above zero".into());
+    }
+    Ok(d)
 }
 
 /// A stall timeout: a duration above zero (zero would drop every message split across reads).
@@ -328,7 +365,19 @@ mod tests {
     fn durations_parse() {
         assert_eq!(parse_duration("0").unwrap(), Duration::ZERO);
         assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("24h").unwrap(), MAX_DURATION);
         assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn durations_past_a_day_are_refused_not_overflowed() {
+        for s in ["18446744073709551615s", "25h", "1y"] {
+            let e = parse_duration(s).unwrap_err();
+            assert!(
+                e.contains("longer than a day") || e.contains("not a duration"),
+                "{e}"
+            );
+        }
     }
 
     #[test]

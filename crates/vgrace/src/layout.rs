@@ -14,7 +14,7 @@ const DIAGRAM_WIDTH: u64 = 64;
 
 /// Prints the layout (table and diagram, or JSON).
 pub fn run(args: &LayoutArgs) -> Result<()> {
-    let mut out = std::io::stdout().lock();
+    let mut out = crate::out::stdout();
     if let Some(path) = &args.config {
         return run_node(path, args, &mut out);
     }

@@ -33,7 +33,7 @@ pub fn run(args: &QemuArgsArgs) -> Result<()> {
         args.guest_mem,
     );
     let lines = render(&n, args.guest_mem);
-    let mut out = std::io::stdout().lock();
+    let mut out = crate::out::stdout();
     if args.json {
         let args_only: Vec<&str> = lines.lines().filter(|l| !l.starts_with('#')).collect();
         let value = serde_json::json!({ "node": n, "args": args_only });

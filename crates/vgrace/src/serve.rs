@@ -1,11 +1,16 @@
 //! `vgrace serve`: one server thread per device, stopped together by SIGTERM/SIGINT/SIGHUP.
+//!
+//! A stop always finishes: the threads get [`STOP_BOUND`] to end on their own; past it (a
+//! session stuck inside a request, holding its device) or at a second signal the process
+//! removes its sockets, flushes file-backed memory to disk and exits without them.
 
+use std::fs::File;
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
@@ -28,6 +33,55 @@ enum Endpoint {
     Fd(i32),
 }
 
+/// How long the threads get to stop after a stop signal before the process exits without them.
+pub const STOP_BOUND: Duration = Duration::from_secs(3);
+
+/// What the way out does whatever state the threads are in: remove the sockets this process
+/// created, flush file-backed memory. Done once, by whoever gets there first (the main thread,
+/// or the watchdog past [`STOP_BOUND`]).
+#[derive(Default)]
+struct Exit {
+    created: Vec<BoundPath>,
+    /// File backings (their path for the log, and a handle of their own, so flushing them never
+    /// needs the device lock a stuck session may hold).
+    files: Vec<(String, File)>,
+    done: bool,
+}
+
+type Finisher = Arc<Mutex<Exit>>;
+
+fn exit_state(f: &Finisher) -> MutexGuard<'_, Exit> {
+    f.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Removes the sockets and flushes the files, unless already done; true if this call did it.
+fn finish(f: &Finisher) -> bool {
+    let mut exit = exit_state(f);
+    if exit.done {
+        return false;
+    }
+    exit.done = true;
+    remove_sockets(&exit.created);
+    for (name, file) in &exit.files {
+        if let Err(e) = file.sync_data() {
+            error!("cannot flush the backing file {name} to disk: {e}");
+        }
+    }
+    true
+}
+
+/// Exits now, without the threads that did not stop: the watchdog's and a second signal's way
+/// out.
+fn give_up(f: &Finisher, why: &str) -> ! {
+    warn!("{why}: exiting without them");
+    if !finish(f) {
+        // The main thread is finishing right now; give it a moment to end on its own.
+        thread::sleep(Duration::from_secs(1));
+    }
+    crate::logging::flush(crate::EXIT_FLUSH);
+    std::process::exit(1)
+}
+
 /// Runs until a signal arrives or every server has stopped.
 pub fn run(args: ServeArgs) -> Result<()> {
     let (entries, file_control) = match &args.config {
@@ -47,6 +101,15 @@ pub fn run(args: ServeArgs) -> Result<()> {
         ),
     };
     let control_path = args.control.clone().or(file_control);
+    // Before anything is created: a path no client can connect to is refused, not announced.
+    if args.fd.is_none() {
+        for e in &entries {
+            check_socket_path(&e.socket, "socket")?;
+        }
+    }
+    if let Some(path) = &control_path {
+        check_socket_path(path, "control socket")?;
+    }
     crate::dirs::create_parents(&entries, args.fd.is_none())?;
     if let Some(path) = &control_path {
         crate::dirs::create_parent(path, "control socket")?;
@@ -85,22 +148,50 @@ pub fn run(args: ServeArgs) -> Result<()> {
         Signals::new([SIGTERM, SIGINT, SIGHUP]).context("cannot install signal handlers")?;
     let signal_handle = signals.handle();
     let on_signal = shutdown.clone();
+    let finisher = Finisher::default();
+    for ((_, device, _), entry) in devices.iter().zip(&entries) {
+        if let Some(file) = device.file_for_sync()? {
+            exit_state(&finisher)
+                .files
+                .push((backing_name(entry), file));
+        }
+    }
+    let on_stop = finisher.clone();
     let signal_thread = thread::spawn(move || {
-        if let Some(sig) = signals.forever().next() {
+        let mut arriving = signals.forever();
+        if let Some(sig) = arriving.next() {
             info!(signal = sig, "stopping");
             on_signal.trigger();
+            let late = on_stop.clone();
+            // If this cannot start, the stop still happens, only without a bound.
+            let _ = thread::Builder::new()
+                .name("vgrace-watchdog".into())
+                .spawn(move || {
+                    thread::sleep(STOP_BOUND);
+                    give_up(
+                        &late,
+                        &format!(
+                            "threads still busy {}s after the stop signal (a client request \
+                             stuck inside a device?)",
+                            STOP_BOUND.as_secs()
+                        ),
+                    );
+                });
+            // A second signal: the operator does not want to wait for the bound.
+            if let Some(sig) = arriving.next() {
+                give_up(&on_stop, &format!("signal {sig} while stopping"));
+            }
         }
     });
 
     // The socket files we created, to remove at exit while they are still ours.
-    let mut created: Vec<BoundPath> = Vec::with_capacity(devices.len() + 1);
     let mut bound = Vec::with_capacity(devices.len());
     // The control socket goes first: a control client that can see it may already name every
     // device, and a bad path stops the start before any device socket exists.
     let control_listener = match &control_path {
         Some(path) => match listen(&Endpoint::Path(path.clone())) {
             Ok((l, bound_path)) => {
-                created.extend(bound_path);
+                exit_state(&finisher).created.extend(bound_path);
                 Some(l)
             }
             Err(e) => {
@@ -114,11 +205,11 @@ pub fn run(args: ServeArgs) -> Result<()> {
     for (endpoint, device, trace) in devices {
         let listener = match listen(&endpoint) {
             Ok((l, path)) => {
-                created.extend(path);
+                exit_state(&finisher).created.extend(path);
                 l
             }
             Err(e) => {
-                remove_sockets(&created);
+                finish(&finisher);
                 signal_handle.close();
                 let _ = signal_thread.join();
                 return Err(e);
@@ -214,7 +305,12 @@ pub fn run(args: ServeArgs) -> Result<()> {
         }
         control::start(
             listener,
-            Arc::new(Plane::new(managed, events, allow)),
+            Arc::new(Plane::new(
+                managed,
+                events,
+                allow,
+                args.control_idle_timeout,
+            )),
             shutdown.clone(),
         )
     });
@@ -241,7 +337,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
     if let Some(t) = control_thread {
         let _ = t.join();
     }
-    remove_sockets(&created);
+    finish(&finisher);
     match failure {
         Some(e) => Err(e),
         None => {
@@ -249,6 +345,21 @@ pub fn run(args: ServeArgs) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// Refuses a socket path longer than `sun_path` holds: it could be bound (see
+/// `vfu::listen`) but no client could ever connect to it.
+fn check_socket_path(path: &std::path::Path, what: &str) -> Result<()> {
+    let len = path.as_os_str().len();
+    if len > vfu::listen::SUN_PATH_MAX {
+        bail!(
+            "the {what} path {} is {len} bytes, longer than the {} a unix socket address holds: \
+             no client could connect to it; use a shorter path",
+            path.display(),
+            vfu::listen::SUN_PATH_MAX
+        );
+    }
+    Ok(())
 }
 
 /// The listener for `endpoint`, and the socket file if we created one.

@@ -291,6 +291,75 @@ fn zero_stall_timeout_is_refused_clearly() {
     );
 }
 
+/// Every duration flag and config key: 2^64-1 s panicked (an `Instant` overflow) before.
+#[test]
+fn huge_durations_are_one_line_errors_not_panics() {
+    const HUGE: &str = "18446744073709551615s";
+    for flag in [
+        "--ready-delay",
+        "--ready-timeout",
+        "--reset-ready-delay",
+        "--stall-timeout",
+    ] {
+        let out = vgrace(&["serve", flag, HUGE]);
+        let err = stderr_of(&out);
+        assert_eq!(out.status.code(), Some(2), "{flag}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{flag}: {err}");
+        assert!(err.contains("longer than a day"), "{flag}: {err}");
+    }
+    let out = vgrace(&[
+        "serve",
+        "--cxl",
+        "--profile",
+        "gb200",
+        "--cxl-active-delay",
+        HUGE,
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr_of(&out));
+    let out = vgrace(&["check", "--socket", "x.sock", "--ready-timeout", HUGE]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr_of(&out));
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("node.toml");
+    std::fs::write(
+        &config,
+        format!("[[device]]\nsocket = \"gpu.sock\"\nready_timeout = \"{HUGE}\"\n"),
+    )
+    .unwrap();
+    let out = vgrace(&["serve", "--config", config.to_str().unwrap()]);
+    let err = stderr_of(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("longer than a day"), "{err}");
+}
+
+/// A socket path past `sun_path` could be bound (through a short private path) but never
+/// reached: refused at start, nothing created, instead of announced.
+#[test]
+fn socket_and_control_paths_too_long_to_connect_to_are_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let deep = dir.path().join("d".repeat(60)).join("e".repeat(60));
+    let long = deep.join("gpu.sock");
+    assert!(long.as_os_str().len() > 108);
+    let short = dir.path().join("gpu.sock");
+    for args in [
+        vec!["serve", "--socket", long.to_str().unwrap()],
+        vec![
+            "serve",
+            "--socket",
+            short.to_str().unwrap(),
+            "--control",
+            long.to_str().unwrap(),
+        ],
+    ] {
+        let out = vgrace(&args);
+        let err = stderr_of(&out);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert!(err.contains("no client could connect to it"), "{err}");
+        assert!(!deep.exists() && !short.exists(), "{err}");
+    }
+}
+
 /// Size 0 is the firmware's "C2C link down": not a refusal but a plain vfio-pci function (all
 /// versions: the probe falls back to the core ops).
 #[test]

@@ -805,3 +805,226 @@ fn ctl_json_prints_the_responses_and_events_follow_streams_lines() {
         "{line}"
     );
 }
+
+#[test]
+fn four_mib_of_newlines_cost_little_cpu() {
+    let s = serve(&[]);
+    let mut ctl = Ctl::connect(&s.control);
+    let before = s.child.cpu_ticks();
+    // The status request comes after them, so its answer means every newline was read.
+    let mut flood = vec![b'\n'; 4 << 20];
+    flood.extend_from_slice(b"{\"v\":1,\"op\":\"status\"}\n");
+    let writer = {
+        let mut w = ctl.reader.get_ref().try_clone().unwrap();
+        std::thread::spawn(move || w.write_all(&flood).unwrap())
+    };
+    ctl.reader
+        .get_ref()
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    assert_eq!(ctl.line()["ok"], true);
+    writer.join().unwrap();
+    let ticks = s.child.cpu_ticks() - before;
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .unwrap()
+        .unwrap() as u64;
+    // Linear: about 0.1 s in a debug build (a drain per line took 4 s and more).
+    assert!(ticks < 2 * hz, "{ticks} ticks for 4 MiB of newlines");
+}
+
+#[test]
+fn idle_and_half_line_control_connections_give_their_slot_back() {
+    let s = serve(&["--control-idle-timeout", "1s"]);
+    let mut held: Vec<UnixStream> = (0..16)
+        .map(|_| UnixStream::connect(&s.control).unwrap())
+        .collect();
+    for h in held.iter_mut().step_by(2) {
+        h.write_all(b"{\"v\":1,\"op\":").unwrap();
+    }
+    // Each is told why and closed once the idle timeout passes.
+    for h in &mut held {
+        h.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut text = String::new();
+        h.read_to_string(&mut text).unwrap();
+        assert!(text.contains("no request for 1s"), "{text}");
+    }
+    // The slots are free again: the operator gets in.
+    let mut ctl = Ctl::connect(&s.control);
+    ctl.ok(json!({"v": 1, "op": "status"}));
+    // A client that asks something now and then is not idle.
+    std::thread::sleep(Duration::from_millis(600));
+    ctl.ok(json!({"v": 1, "op": "status"}));
+    std::thread::sleep(Duration::from_millis(600));
+    ctl.ok(json!({"v": 1, "op": "status"}));
+}
+
+#[test]
+fn every_failed_op_keeps_the_connection_usable_follow_included() {
+    let s = serve(&[]);
+    let mut ctl = Ctl::connect(&s.control);
+    for bad in [
+        json!({"v": 1, "op": "events", "follow": true, "device": "gpu7"}),
+        json!({"v": 1, "op": "events", "device": "gpu7"}),
+        json!({"v": 1, "op": "status", "device": "gpu7"}),
+        json!({"v": 1, "op": "stats", "device": "gpu7"}),
+        json!({"v": 1, "op": "fault", "fault": "nope"}),
+        json!({"v": 1, "op": "peek", "region": 0, "offset": 0, "count": 0}),
+        json!({"v": 1, "op": "poke", "region": 0, "offset": 0, "data": "zz"}),
+        json!({"v": 1, "op": "reset", "device": "gpu7"}),
+        json!({"v": 1, "op": "nope"}),
+    ] {
+        ctl.err(bad.clone());
+        ctl.ok(json!({"v": 1, "op": "status"}));
+    }
+    // And a follow that works still works on the same connection.
+    ctl.ok(json!({"v": 1, "op": "events", "follow": true, "device": "gpu0"}));
+}
+
+#[test]
+fn a_key_given_twice_is_refused_and_nothing_runs() {
+    let s = serve(&[]);
+    let mut ctl = Ctl::connect(&s.control);
+    ctl.send_raw(b"{\"v\":1,\"op\":\"status\",\"op\":\"reset\"}\n");
+    let r = ctl.line();
+    assert_eq!(r["ok"], false, "{r}");
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("duplicate key \"op\""),
+        "{r}"
+    );
+    ctl.send_raw(b"{\"v\":1,\"op\":\"fault\",\"fault\":\"hbm-lost\",\"fault\":\"link-down\"}\n");
+    assert_eq!(ctl.line()["ok"], false);
+    let stats = ctl.ok(json!({"v": 1, "op": "stats"}));
+    assert_eq!(stats["devices"][0]["resets"], 0, "{stats}");
+    let status = ctl.ok(json!({"v": 1, "op": "status"}));
+    assert_eq!(status["devices"][0]["faults"], json!([]), "{status}");
+}
+
+#[test]
+fn run_time_poison_list_is_bounded() {
+    let s = serve(&[]);
+    let mut ctl = Ctl::connect(&s.control);
+    for page in 0..1024u64 {
+        ctl.ok(
+            json!({"v": 1, "op": "fault", "fault": "poison", "region": 4, "offset": page << 12}),
+        );
+    }
+    let message = ctl.err(
+        json!({"v": 1, "op": "fault", "fault": "poison", "region": 4, "offset": 1024u64 << 12}),
+    );
+    assert!(
+        message.contains("1024 pages are poisoned already"),
+        "{message}"
+    );
+    // Healing one makes room again.
+    ctl.ok(
+        json!({"v": 1, "op": "fault", "fault": "poison", "clear": true, "region": 4, "offset": 0}),
+    );
+    ctl.ok(json!({"v": 1, "op": "fault", "fault": "poison", "region": 4, "offset": 1024u64 << 12}));
+}
+
+/// A control socket that accepts and hangs up, after an error line when `refusal` says so.
+fn hanging_up_control(refusal: Option<&'static str>) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("control.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    std::thread::spawn(move || {
+        for mut s in listener.incoming().flatten() {
+            if let Some(message) = refusal {
+                let line = json!({"v": 1, "ok": false, "error": {"message": message}});
+                let _ = writeln!(s, "{line}");
+            }
+        }
+    });
+    (dir, path)
+}
+
+#[test]
+fn ctl_never_reports_success_for_a_request_that_did_not_run() {
+    for refusal in [None, Some("too many control connections; try again later")] {
+        let (_dir, path) = hanging_up_control(refusal);
+        for _ in 0..20 {
+            let out = Command::new(BIN)
+                .args(["ctl", "--control", path.to_str().unwrap(), "reset"])
+                .output()
+                .unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(1), "{refusal:?}: {err}");
+            assert_eq!(err.lines().count(), 1, "{err}");
+            if let Some(message) = refusal {
+                assert!(err.contains(message), "{err}");
+            }
+        }
+    }
+}
+
+#[test]
+fn ctl_with_a_closed_stdout_is_a_quiet_success_and_exit_codes_are_in_help() {
+    let s = serve(&[]);
+    let (read_end, write_end) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+    drop(read_end);
+    let out = Command::new(BIN)
+        .args(["ctl", "--control", s.control.to_str().unwrap(), "status"])
+        .stdout(std::process::Stdio::from(write_end))
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.stderr.is_empty());
+    // Usage errors are 2.
+    let out = Command::new(BIN)
+        .args([
+            "ctl",
+            "--control",
+            s.control.to_str().unwrap(),
+            "frobnicate",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    for verb in [&["--help"][..], &["ctl", "--help"]] {
+        let out = Command::new(BIN).args(verb).output().unwrap();
+        let help = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            help.contains("Exit codes:") && help.contains("2  usage"),
+            "{help}"
+        );
+    }
+}
+
+#[test]
+fn check_against_a_control_socket_times_out_with_one_line() {
+    let s = serve(&[]);
+    let mut check = Command::new(BIN)
+        .args([
+            "check",
+            "--socket",
+            s.control.to_str().unwrap(),
+            "--timeout",
+            "1s",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Bounded here too: before, check waited forever.
+    let until = Instant::now() + Duration::from_secs(30);
+    while check.try_wait().unwrap().is_none() {
+        if Instant::now() > until {
+            check.kill().unwrap();
+            panic!("vgrace check still waits 30 s later");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = check.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("did not answer VERSION within 1s"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+}

@@ -140,6 +140,15 @@ impl NvGraceGpu {
         Ok(())
     }
 
+    /// For a file backing, a second handle on the file for flushing it to disk at exit (see
+    /// [`Memory::file_for_sync`]); `None` for a memfd or a device without memory.
+    pub fn file_for_sync(&self) -> Result<Option<std::fs::File>, DeviceError> {
+        match &self.memory {
+            Some(m) => m.file_for_sync(),
+            None => Ok(None),
+        }
+    }
+
     /// The faults a control plane switches while the device runs.
     pub fn live_faults(&self) -> Arc<LiveFaults> {
         self.live.clone()

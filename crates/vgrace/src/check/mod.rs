@@ -97,10 +97,9 @@ struct Outcome {
 
 /// Runs the checks against the server at `--socket`.
 pub fn run(args: &CheckArgs) -> Result<ExitCode> {
-    let client = Client::connect(&args.socket)
-        .with_context(|| format!("cannot connect to {}", args.socket.display()))?;
+    let client = connect(args)?;
     let mut target = ClientTarget { client };
-    let mut out = std::io::stdout().lock();
+    let mut out = crate::out::stdout();
     writeln!(
         out,
         "checking {} against the rules of Linux {}",
@@ -120,6 +119,48 @@ pub fn run(args: &CheckArgs) -> Result<ExitCode> {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    })
+}
+
+/// Connects and negotiates, waiting at most `--timeout` for each answer (a peer that is not a
+/// vfio-user server, such as a control socket, never answers VERSION); later requests may also
+/// take the `--ready-timeout` a 6.19+ server spends waiting for readiness inside one.
+fn connect(args: &CheckArgs) -> Result<Client> {
+    let name = args.socket.display();
+    let stream = std::os::unix::net::UnixStream::connect(&args.socket)
+        .with_context(|| format!("cannot connect to {name}"))?;
+    stream
+        .set_read_timeout(Some(args.timeout))
+        .and_then(|()| stream.set_write_timeout(Some(args.timeout)))
+        .with_context(|| format!("cannot set a timeout on {name}"))?;
+    let client = Client::from_stream(stream).map_err(|e| {
+        let e = anyhow::Error::new(e);
+        if timed_out(&e) {
+            anyhow::anyhow!(
+                "{name} did not answer VERSION within {} (is it a vfio-user server?)",
+                humantime::format_duration(args.timeout)
+            )
+        } else {
+            e.context(format!("cannot negotiate with {name}"))
+        }
+    })?;
+    let per_request = args.timeout.saturating_add(args.ready_timeout);
+    client
+        .stream()
+        .set_read_timeout(Some(per_request))
+        .with_context(|| format!("cannot set a timeout on {name}"))?;
+    Ok(client)
+}
+
+/// Whether `e` is a socket timeout.
+fn timed_out(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>().is_some_and(|io| {
+            matches!(
+                io.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            )
+        })
     })
 }
 

@@ -115,6 +115,7 @@ fn status(plane: &Plane, r: &Request) -> Result<Value, Failure> {
     Ok(json!({
         "pid": std::process::id(),
         "uptime_s": plane.started.elapsed().as_secs(),
+        "log_lines_dropped": crate::logging::dropped(),
         "devices": devices,
     }))
 }
@@ -195,7 +196,7 @@ fn fault(m: &Managed, r: &Request) -> Result<Value, Failure> {
                 need(r.offset, "offset", name)?,
             );
             check_poison(m, region, offset)?;
-            m.live.poison(region, offset);
+            m.live.poison(region, offset)?;
         }
         "poison" => {
             let at = r.region.zip(r.offset);

@@ -17,6 +17,7 @@ use crate::control::protocol::{to_hex, MAX_BYTES, VERSION};
 
 /// `vgrace ctl`.
 #[derive(Debug, Args)]
+#[command(after_help = crate::cli::EXIT_CODES)]
 pub struct CtlArgs {
     /// The control socket (`vgrace serve --control PATH`); default: $VGRACE_CONTROL.
     #[arg(long, env = "VGRACE_CONTROL")]
@@ -193,13 +194,22 @@ impl Control {
         Ok(response)
     }
 
+    /// Sends one request line. A server that refused the connection (too many connections,
+    /// uid not allowed) wrote why and hung up: its message is the error, not the EPIPE.
     fn send(&mut self, request: &Value) -> Result<()> {
         let mut line = request.to_string();
         line.push('\n');
-        self.stream
-            .get_mut()
-            .write_all(line.as_bytes())
-            .context("control socket: cannot send")
+        let sent = self.stream.get_mut().write_all(line.as_bytes());
+        if let Err(e) = sent {
+            if let Ok(answer) = self.read() {
+                if let Some(message) = answer["error"]["message"].as_str() {
+                    bail!("the control socket refused the request: {message}");
+                }
+            }
+            return Err(anyhow::Error::new(e)
+                .context("control socket: the request was not sent (the server hung up)"));
+        }
+        Ok(())
     }
 
     /// Reads one line and parses it.
@@ -218,7 +228,7 @@ pub fn run(args: &CtlArgs) -> Result<()> {
     let json_out = args.json;
     // Flushed per response: `events --follow` and `stats --watch` feed pipes as they go.
     let print = |v: &Value, human: &dyn Fn(&Value) -> String| -> Result<()> {
-        let mut out = std::io::stdout().lock();
+        let mut out = crate::out::stdout();
         if json_out {
             writeln!(out, "{v}")?;
         } else {
@@ -338,7 +348,7 @@ fn peek(
     offset
         .checked_add(count)
         .context("offset + count overflows")?;
-    let mut out = std::io::stdout().lock();
+    let mut out = crate::out::stdout();
     let mut done = 0u64;
     while done < count {
         let n = (count - done).min(MAX_BYTES);
