@@ -17,7 +17,7 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -96,9 +96,8 @@ struct Qmp {
 }
 
 impl Qmp {
-    /// Connects, reads the greeting and leaves capabilities negotiation mode.
-    fn connect(path: &Path) -> Result<Self, String> {
-        let stream = UnixStream::connect(path).map_err(|e| format!("QMP connect: {e}"))?;
+    /// Reads the greeting on `stream` and leaves capabilities negotiation mode.
+    fn new(stream: UnixStream) -> Result<Self, String> {
         stream.set_read_timeout(Some(QMP_TIMEOUT)).unwrap();
         let writer = stream.try_clone().unwrap();
         let mut qmp = Self {
@@ -126,7 +125,7 @@ impl Qmp {
     /// Runs `command`; its `return` value, or its error as text.
     fn execute(&mut self, command: &str, arguments: Value) -> Result<Value, String> {
         let msg = json!({ "execute": command, "arguments": arguments });
-        writeln!(self.writer, "{msg}").map_err(|e| format!("QMP write: {e}"))?;
+        writeln!(self.writer, "{msg}").map_err(|e| format!("QMP write ({command}): {e}"))?;
         loop {
             let reply = self.line()?;
             if let Some(ret) = reply.get("return") {
@@ -258,9 +257,13 @@ fn run(qemu: &Qemu, combo: Combo) -> Result<String, String> {
         .args(&argv);
     let started = Instant::now();
     let mut vm = ServeChild::spawn(cmd).unwrap();
-    // QEMU creates the QMP socket early; it answers once every device is realized (or exits).
+    // QEMU listens on QMP early (the file exists a moment before it accepts); it greets once
+    // every device is realized, or exits.
     let deadline = started + QMP_TIMEOUT;
-    while !qmp_host.exists() {
+    let stream = loop {
+        if let Ok(stream) = UnixStream::connect(&qmp_host) {
+            break stream;
+        }
         if !vm.alive() || Instant::now() > deadline {
             let log = vm
                 .wait_exit(Duration::from_secs(5))
@@ -268,9 +271,9 @@ fn run(qemu: &Qemu, combo: Combo) -> Result<String, String> {
             return Err(format!("QEMU did not start: {}", log.trim()));
         }
         std::thread::sleep(Duration::from_millis(20));
-    }
+    };
     let checked = (|| {
-        let mut qmp = Qmp::connect(&qmp_host)?;
+        let mut qmp = Qmp::new(stream)?;
         let status = qmp.execute("query-status", json!({}))?;
         if status["status"] != "prelaunch" {
             return Err(format!("status {status}"));
@@ -307,10 +310,15 @@ fn run(qemu: &Qemu, combo: Combo) -> Result<String, String> {
         Ok(v) => v,
         Err(e) => {
             // QEMU's last words (a refused argument) come as it exits: let it, then kill it.
-            let log = vm
-                .wait_exit(Duration::from_secs(5))
-                .map_or_else(|| vm.kill().1, |e| e.1);
-            return Err(format!("{e}; QEMU said: {}", log.trim()));
+            let (status, log) = vm.wait_exit(Duration::from_secs(5)).map_or_else(
+                || ("killed".to_string(), vm.kill().1),
+                |(s, l)| (s.to_string(), l),
+            );
+            return Err(format!(
+                "{e}; QEMU ({status}) said: {}; vgrace said: {}",
+                log.trim(),
+                serve.log().trim()
+            ));
         }
     };
     match vm.wait_exit(QMP_TIMEOUT) {
