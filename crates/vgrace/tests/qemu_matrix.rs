@@ -124,8 +124,15 @@ impl Qmp {
 
     /// Runs `command`; its `return` value, or its error as text.
     fn execute(&mut self, command: &str, arguments: Value) -> Result<Value, String> {
-        let msg = json!({ "execute": command, "arguments": arguments });
-        writeln!(self.writer, "{msg}").map_err(|e| format!("QMP write ({command}): {e}"))?;
+        // One write: QEMU acts on a complete JSON object at once, so a `quit` written in two
+        // pieces can be obeyed (and the socket closed) before the second.
+        let msg = format!(
+            "{}\n",
+            json!({ "execute": command, "arguments": arguments })
+        );
+        self.writer
+            .write_all(msg.as_bytes())
+            .map_err(|e| format!("QMP write ({command}): {e}"))?;
         loop {
             let reply = self.line()?;
             if let Some(ret) = reply.get("return") {
@@ -300,7 +307,9 @@ fn run(qemu: &Qemu, combo: Combo) -> Result<String, String> {
                 "vfio-user-pci BARs {found:?}, qemu-args said {want:?}"
             ));
         }
-        qmp.execute("quit", json!({}))?;
+        // QEMU may close the socket as it exits before its reply is read: its exit status
+        // (checked below) says whether it quit cleanly.
+        let _ = qmp.execute("quit", json!({}));
         Ok(format!(
             "QEMU {}.{}.{}",
             version["qemu"]["major"], version["qemu"]["minor"], version["qemu"]["micro"]
