@@ -187,6 +187,19 @@ impl ServeChild {
         self.wait()
     }
 
+    /// Waits up to `limit` for the child to exit by itself (polling, so a hung child cannot hang
+    /// the test): its status and whole stderr, or `None` while it still runs.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<(ExitStatus, String)> {
+        let deadline = Instant::now() + limit;
+        while self.alive() {
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Some(self.wait())
+    }
+
     fn wait(&mut self) -> (ExitStatus, String) {
         let status = self.child.wait().unwrap();
         // The pipe is at end of file once the child is gone: the thread has read everything.

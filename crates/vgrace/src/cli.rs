@@ -213,7 +213,8 @@ pub struct QemuArgsArgs {
     /// Printed in QEMU's form (8G).
     #[arg(long, default_value = "8G", value_parser = parse_guest_mem)]
     pub guest_mem: u64,
-    /// Print JSON (the node and the argument list) for integrators.
+    /// Print JSON for integrators: `args`, one argv token per element (as QEMU's execve gets
+    /// them), and `node` (the GPUs, their BARs, windows and NUMA nodes, the aperture).
     #[arg(long)]
     pub json: bool,
     /// The device.

@@ -1007,11 +1007,14 @@ fn qemu_args_for_a_node_of_four_480g_gpus() {
             .count(),
         32
     );
+    // One argv token per element: "-numa" and its value are two.
     let nodes: std::collections::HashSet<&String> = args
-        .iter()
-        .filter(|a| a.starts_with("-numa node"))
+        .windows(2)
+        .filter(|w| w[0] == "-numa")
+        .map(|w| &w[1])
         .collect();
     assert_eq!(nodes.len(), 33);
+    assert!(args.windows(2).any(|w| w[0] == "-m" && w[1] == "8G"));
     let q35 = vgrace(&[
         "qemu-args",
         "--config",
