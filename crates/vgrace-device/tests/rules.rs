@@ -24,7 +24,15 @@ fn cfg(profile: Profile, mem_size: u64) -> GpuConfig {
 }
 
 fn dev(profile: Profile, mem_size: u64) -> NvGraceGpu {
-    NvGraceGpu::new(&cfg(profile, mem_size)).unwrap()
+    gpu(&cfg(profile, mem_size))
+}
+
+/// The device `c` describes, with memory decode on as a client finds it after open (without
+/// the open's function reset, so the readiness timing of `c` is what the test sees).
+fn gpu(c: &GpuConfig) -> NvGraceGpu {
+    let mut d = NvGraceGpu::new(c).unwrap();
+    enable_memory_decode(&mut d);
+    d
 }
 
 fn read(d: &mut NvGraceGpu, region: u32, offset: u64, len: usize) -> Result<Vec<u8>, Errno> {
@@ -248,7 +256,7 @@ fn readiness_registers_read_ff_when_ready() {
 fn readiness_waits_for_the_training_delay() {
     let mut c = cfg(Profile::Gb200, ODD);
     c.ready_delay = Duration::from_secs(3600);
-    let mut d = NvGraceGpu::new(&c).unwrap();
+    let mut d = gpu(&c);
     assert_eq!(reg32(&mut d, 0x1498), 0);
     assert_eq!(reg32(&mut d, 0x200bc), 0);
 }
@@ -258,7 +266,7 @@ fn reset_rearms_readiness() {
     let mut c = cfg(Profile::Gb200, ODD);
     c.ready_delay = Duration::from_millis(200);
     c.reset_ready_delay = Duration::from_millis(200);
-    let mut d = NvGraceGpu::new(&c).unwrap();
+    let mut d = gpu(&c);
     std::thread::sleep(Duration::from_millis(250));
     let before = reg32(&mut d, 0x200bc);
     d.reset().unwrap();
@@ -270,7 +278,7 @@ fn reset_rearms_readiness() {
 fn never_ready_fault_keeps_hbm_training_zero() {
     let mut c = cfg(Profile::Gb200, ODD);
     c.fault = Some(Fault::NeverReady);
-    let mut d = NvGraceGpu::new(&c).unwrap();
+    let mut d = gpu(&c);
     assert_eq!(reg32(&mut d, 0x200bc), 0);
     assert_eq!(reg32(&mut d, 0x1498), 0xff);
 }
@@ -279,7 +287,7 @@ fn never_ready_fault_keeps_hbm_training_zero() {
 fn link_down_fault_keeps_c2c_zero() {
     let mut c = cfg(Profile::Gb200, ODD);
     c.fault = Some(Fault::LinkDown);
-    let mut d = NvGraceGpu::new(&c).unwrap();
+    let mut d = gpu(&c);
     assert_eq!(reg32(&mut d, 0x1498), 0);
 }
 
@@ -290,14 +298,15 @@ fn readiness_registers_are_read_only() {
     assert_eq!(reg32(&mut d, 0x1498), 0xff);
 }
 
+/// BAR0 accesses of any length are served, as `vfio_pci_core_do_io_rw` splits them into
+/// aligned pieces.
 #[test]
-fn bar0_accepts_1_2_4_8_byte_accesses_and_refuses_3() {
+fn bar0_accesses_of_any_length_are_served() {
     let mut d = dev(Profile::Gh100, ODD);
-    for len in [1usize, 2, 4, 8] {
+    for len in [1usize, 2, 3, 4, 5, 8, 12, 4096] {
         assert_eq!(d.region_write(0, 0x100, &vec![0x11; len]).unwrap(), len);
+        assert_eq!(read(&mut d, 0, 0x100, len).unwrap(), vec![0x11; len]);
     }
-    assert_eq!(d.region_write(0, 0x100, &[0; 3]), Err(Errno::EINVAL));
-    assert_eq!(read(&mut d, 0, 0x100, 3), Err(Errno::EINVAL));
 }
 
 #[test]
@@ -309,10 +318,74 @@ fn bar0_register_file_keeps_writes() {
     assert_eq!(reg32(&mut d, 0x88_0004), 0);
 }
 
+/// `vfio_pci_bar_rw`: an offset at or past the BAR end is EINVAL, an access running past it
+/// is clipped.
 #[test]
-fn bar0_access_past_16mib_is_einval() {
+fn bar0_access_at_16mib_is_einval_and_one_running_past_it_is_clipped() {
     let mut d = dev(Profile::Gh100, ODD);
-    assert_eq!(read(&mut d, 0, (16 << 20) - 2, 4), Err(Errno::EINVAL));
+    assert_eq!(read(&mut d, 0, 16 << 20, 4), Err(Errno::EINVAL));
+    assert_eq!(read(&mut d, 0, (16 << 20) - 2, 4).unwrap().len(), 2);
+    assert_eq!(d.region_write(0, (16 << 20) - 2, &[0; 8]), Ok(2));
+}
+
+/// `__vfio_pci_memory_enabled`: BAR0 (and any core BAR) answers EIO while memory decode is off.
+#[test]
+fn bar0_access_with_memory_decode_off_is_eio() {
+    let mut d = dev(Profile::Gh100, ODD);
+    d.region_write(CONFIG, 4, &[0x00, 0x00]).unwrap();
+    assert_eq!(read(&mut d, 0, 0x1498, 4), Err(Errno::EIO));
+    assert_eq!(d.region_write(0, 0x100, &[1; 4]), Err(Errno::EIO));
+    // The offset check comes first.
+    assert_eq!(read(&mut d, 0, 16 << 20, 4), Err(Errno::EINVAL));
+    // Memory regions are the variant's: no decode gate outside the after-reset check.
+    assert!(read(&mut d, 4, 0, 4).is_ok());
+}
+
+/// Blackwell's BAR1 is a core BAR: EIO while memory decode is off.
+#[test]
+fn bar1_access_with_memory_decode_off_is_eio() {
+    let mut d = gpu(&at(Profile::Gb200, 4 * GIB, LinuxVersion::V7_2));
+    d.region_write(CONFIG, 4, &[0x00, 0x00]).unwrap();
+    assert_eq!(read(&mut d, 2, 0, 4), Err(Errno::EIO));
+    assert_eq!(d.region_write(2, 0, b"bar1"), Err(Errno::EIO));
+}
+
+/// A PMCSR write of D3hot gates BAR access (EIO), D0 restores it; D1 and D2 are not
+/// supported, so the state stays; a reset returns the function to D0.
+#[test]
+fn d3hot_gates_bar_access_and_d0_or_a_reset_restores_it() {
+    let pmcsr = 0x44;
+    let mut d = dev(Profile::Gh100, ODD);
+    d.region_write(CONFIG, pmcsr, &[0x03, 0x00]).unwrap();
+    assert_eq!(read(&mut d, CONFIG, pmcsr, 2).unwrap()[0] & 3, 3);
+    assert_eq!(read(&mut d, 0, 0x100, 4), Err(Errno::EIO));
+    d.region_write(CONFIG, pmcsr, &[0x01, 0x00]).unwrap();
+    assert_eq!(
+        read(&mut d, CONFIG, pmcsr, 2).unwrap()[0] & 3,
+        3,
+        "D1 is not supported"
+    );
+    d.region_write(CONFIG, pmcsr, &[0x00, 0x00]).unwrap();
+    assert!(read(&mut d, 0, 0x100, 4).is_ok());
+    d.region_write(CONFIG, pmcsr, &[0x03, 0x00]).unwrap();
+    d.reset().unwrap();
+    assert_eq!(read(&mut d, CONFIG, pmcsr, 2).unwrap()[0] & 3, 0);
+}
+
+/// The MSI-X table in BAR0 is the VMM's: reads through the BAR are all ones and writes are
+/// dropped (`vfio_pci_bar_rw`'s excluded range); the PBA after it is ordinary.
+#[test]
+fn msix_table_in_bar0_reads_all_ones_and_drops_writes() {
+    let table = 0x00fe_0000;
+    let mut d = dev(Profile::Gh100, ODD);
+    d.region_write(0, table - 4, &[0x22; 8]).unwrap();
+    assert_eq!(
+        read(&mut d, 0, table - 4, 8).unwrap(),
+        [0x22, 0x22, 0x22, 0x22, 0xff, 0xff, 0xff, 0xff]
+    );
+    let end = table + 8 * 16;
+    assert_eq!(read(&mut d, 0, end - 4, 4).unwrap(), [0xff; 4]);
+    assert_eq!(read(&mut d, 0, end, 4).unwrap(), [0; 4]);
 }
 
 #[test]
@@ -376,10 +449,14 @@ fn gh100_has_no_dvsec() {
     assert_eq!(cfg32(&mut d, 0x100), 0);
 }
 
+/// `vfio_pci_config_rw_single`: a config access at or past 4 KiB, or crossing it, is EFAULT.
 #[test]
-fn config_access_past_4096_is_einval() {
+fn config_access_at_or_across_4096_is_efault() {
     let mut d = dev(Profile::Gh100, ODD);
-    assert_eq!(read(&mut d, CONFIG, 4096, 4), Err(Errno::EINVAL));
+    assert_eq!(read(&mut d, CONFIG, 4096, 4), Err(Errno::EFAULT));
+    assert_eq!(read(&mut d, CONFIG, 4094, 4), Err(Errno::EFAULT));
+    assert_eq!(d.region_write(CONFIG, 4094, &[0; 4]), Err(Errno::EFAULT));
+    assert_eq!(read(&mut d, CONFIG, 4092, 4).unwrap().len(), 4);
 }
 
 #[test]
@@ -440,7 +517,7 @@ fn no_memory_properties_is_a_core_device_with_blackwell_bar1() {
         mem_properties: false,
         ..at(Profile::Gb200, 96 * GIB, LinuxVersion::V6_14)
     };
-    let mut d = NvGraceGpu::new(&c).unwrap();
+    let mut d = gpu(&c);
     assert_eq!(d.layout().core_only, Some(CoreOnly::NoMemProperties));
     assert_eq!(d.region_info(4).unwrap().size, 0);
     assert_eq!(d.region_info(2).unwrap().size, 64 << 20);
@@ -464,7 +541,7 @@ fn gb200_under_6_9_gets_the_hopper_resmem_split() {
 #[test]
 fn gb200_from_6_14_shows_its_real_bar1_at_region_2() {
     for linux in [LinuxVersion::V6_14, LinuxVersion::V6_19, LinuxVersion::V7_2] {
-        let mut d = NvGraceGpu::new(&at(Profile::Gb200, 4 * GIB, linux)).unwrap();
+        let mut d = gpu(&at(Profile::Gb200, 4 * GIB, linux));
         let info = d.region_info(2).unwrap();
         assert_eq!((info.size, info.flags), (64 << 20, 7), "{linux}");
         assert!(info.sparse_areas.is_empty());
@@ -480,7 +557,7 @@ fn gb200_from_6_14_shows_its_real_bar1_at_region_2() {
 /// it (`vfio_pci_ioctl_reset`), the next open rebuilds it to 0.
 #[test]
 fn bar1_answers_the_sizing_probe_and_keeps_its_register_across_a_reset() {
-    let mut d = NvGraceGpu::new(&at(Profile::Gb200, 4 * GIB, LinuxVersion::V7_2)).unwrap();
+    let mut d = gpu(&at(Profile::Gb200, 4 * GIB, LinuxVersion::V7_2));
     cfg_write32(&mut d, 0x18, 0xffff_ffff);
     cfg_write32(&mut d, 0x1c, 0xffff_ffff);
     let low = cfg32(&mut d, 0x18);

@@ -67,7 +67,10 @@ impl NvGraceGpu {
     /// description, sets up memory (sparse).
     pub fn new(cfg: &GpuConfig) -> Result<Self, DeviceError> {
         let layout = cfg.layout()?;
-        let core = PciCore::new(&description(&layout))?;
+        let mut core = PciCore::new(&description(&layout))?;
+        for range in Readiness::ranges() {
+            core.set_bar0_read_only(range);
+        }
         let memory = match layout.core_only {
             Some(_) => None,
             None => Some(Memory::new(&cfg.backing, layout.mem_size)?),
@@ -167,42 +170,33 @@ impl NvGraceGpu {
         offset: u64,
         buf: &mut [u8],
     ) -> Result<usize, Errno> {
-        match self.memregion(index) {
-            Some(m) => m.read(offset, buf),
-            None => self.region_read(index, offset, buf),
+        if let Some(m) = self.memregion(index) {
+            return m.read(offset, buf);
         }
+        if let Some(b) = self.bar1(index) {
+            return b.read(offset, buf);
+        }
+        let n = self.core.backdoor_read(index, offset, buf)?;
+        self.overlay(index, offset, &mut buf[..n]);
+        Ok(n)
     }
 
     /// Writes region `index` as a debugger would (`vgrace ctl poke`); see
     /// [`NvGraceGpu::backdoor_read`]. Config space keeps its write masks.
     pub fn backdoor_write(&mut self, index: u32, offset: u64, data: &[u8]) -> Result<usize, Errno> {
-        match self.memregion(index) {
-            Some(m) => m.write(offset, data),
-            None => self.region_write(index, offset, data),
+        if let Some(m) = self.memregion(index) {
+            return m.write(offset, data);
         }
+        if let Some(b) = self.bar1(index) {
+            return b.write(offset, data);
+        }
+        self.core.backdoor_write(index, offset, data)
     }
 
     /// The memory layout the device was built from: profile, device id, and which region holds
     /// which part of memory with its BAR size.
     pub fn layout(&self) -> &Layout {
         &self.layout
-    }
-
-    /// A BAR0 write through to the core's register file, except that bytes of the read-only
-    /// readiness registers keep what the file holds under them.
-    fn bar0_write(&mut self, offset: u64, data: &[u8]) -> Result<usize, Errno> {
-        if !Readiness::touches(offset, data.len()) {
-            return self.core.region_write(BAR0_REGION_INDEX, offset, data);
-        }
-        let mut merged = [0u8; 8];
-        let merged = merged.get_mut(..data.len()).ok_or(Errno::EINVAL)?;
-        self.core.region_read(BAR0_REGION_INDEX, offset, merged)?;
-        for (i, (m, d)) in merged.iter_mut().zip(data).enumerate() {
-            if !Readiness::touches(offset.saturating_add(i as u64), 1) {
-                *m = *d;
-            }
-        }
-        self.core.region_write(BAR0_REGION_INDEX, offset, merged)
     }
 }
 
@@ -282,15 +276,11 @@ impl Device for NvGraceGpu {
             }
         }
         if let Some(b) = self.bar1(index) {
+            self.core.check_bar_access(index, offset)?;
             return b.read(offset, buf);
         }
         let n = self.core.region_read(index, offset, buf)?;
-        if index == BAR0_REGION_INDEX {
-            self.readiness.overlay(offset, &mut buf[..n]);
-        }
-        if let (CONFIG_REGION_INDEX, Some(cxl)) = (index, &self.cxl) {
-            cxl.overlay(offset, &mut buf[..n]);
-        }
+        self.overlay(index, offset, &mut buf[..n]);
         Ok(n)
     }
 
@@ -309,6 +299,7 @@ impl Device for NvGraceGpu {
             };
         }
         if self.bar1(index).is_some() {
+            self.core.check_bar_access(index, offset)?;
             return match self.bar1(index) {
                 Some(b) => b.span(offset, count).map(Some),
                 None => Ok(None),
@@ -328,10 +319,10 @@ impl Device for NvGraceGpu {
             }
         }
         if let Some(b) = self.bar1(index) {
+            self.core.check_bar_access(index, offset)?;
             return b.write(offset, data);
         }
         match index {
-            BAR0_REGION_INDEX => self.bar0_write(offset, data),
             CONFIG_REGION_INDEX => self.config_write(offset, data),
             _ => self.core.region_write(index, offset, data),
         }
@@ -374,6 +365,17 @@ impl Device for NvGraceGpu {
 }
 
 impl NvGraceGpu {
+    /// The variant's computed registers over a read of the core's region `index`: readiness
+    /// in BAR0, the CXL DVSEC's live register in config space.
+    fn overlay(&self, index: u32, offset: u64, buf: &mut [u8]) {
+        if index == BAR0_REGION_INDEX {
+            self.readiness.overlay(offset, buf);
+        }
+        if let (CONFIG_REGION_INDEX, Some(cxl)) = (index, &self.cxl) {
+            cxl.overlay(offset, buf);
+        }
+    }
+
     /// What every function reset (open, close, VFIO_DEVICE_RESET, FLR) does to the GPU behind
     /// the core: link training re-runs (readiness re-armed with `--reset-ready-delay`, the CXL
     /// DVSEC's too) and, from 6.19, the PCI `reset_done` callback

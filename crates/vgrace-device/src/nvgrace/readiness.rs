@@ -98,6 +98,14 @@ impl Readiness {
         }
     }
 
+    /// The BAR0 bytes of the two registers (computed, so read-only in the register file).
+    pub fn ranges() -> [std::ops::Range<u64>; 2] {
+        [
+            C2C_LINK_STATUS..C2C_LINK_STATUS + WIDTH,
+            HBM_TRAINING_STATUS..HBM_TRAINING_STATUS + WIDTH,
+        ]
+    }
+
     /// Whether an access of `len` bytes at `offset` touches a readiness register.
     pub fn touches(offset: u64, len: usize) -> bool {
         [C2C_LINK_STATUS, HBM_TRAINING_STATUS]

@@ -18,6 +18,8 @@
 //!   through `vfio_exp_config_write`: the device's own state, here the BAR0 register file, is
 //!   reset while the virtual config space is left as the guest set it).
 
+use std::ops::Range;
+
 use vfio_bindings::bindings::vfio::{
     VFIO_DEVICE_FLAGS_PCI, VFIO_DEVICE_FLAGS_RESET, VFIO_IRQ_INFO_AUTOMASKED,
     VFIO_IRQ_INFO_EVENTFD, VFIO_IRQ_INFO_MASKABLE, VFIO_IRQ_INFO_NORESIZE,
@@ -45,6 +47,10 @@ const COMMAND_MASTER: u16 = 1 << 2;
 const COMMAND_INTX_DISABLE: u16 = 1 << 10;
 /// PMCSR bits 1:0: the power state (0 = D0, 3 = D3hot).
 const PMCSR_STATE: u16 = 0x3;
+/// The D3hot power state.
+const PMCSR_D3HOT: u16 = 0x3;
+/// Bytes of one MSI-X table entry.
+const MSIX_ENTRY: u64 = 16;
 
 /// REGION_INFO flags of every region the core serves.
 const RW: u32 = VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_WRITE;
@@ -63,6 +69,12 @@ pub struct PciCore {
     /// Set by a function reset the guest started through config space (FLR), until the
     /// variant takes it with [`PciCore::take_function_reset`].
     flr_done: bool,
+    /// The MSI-X table: (region index, byte range). Reads of it through the BAR are all ones
+    /// and writes are dropped (`vfio_pci_bar_rw` passes it to `vfio_pci_core_do_io_rw` as the
+    /// excluded range): the VMM emulates the table.
+    msix_table: Option<(u32, Range<u64>)>,
+    /// BAR0 ranges whose bytes a client write must not change (a variant's computed registers).
+    read_only: Vec<Range<u64>>,
 }
 
 impl PciCore {
@@ -82,7 +94,147 @@ impl PciCore {
             express: desc.capability_offset(|c| matches!(c, Capability::Express { .. })),
             pm: desc.capability_offset(|c| matches!(c, Capability::PowerManagement)),
             flr_done: false,
+            msix_table: desc.capabilities.iter().find_map(|(_, c)| match *c {
+                Capability::MsiX {
+                    vectors,
+                    table_bar,
+                    table_offset,
+                    ..
+                } => {
+                    let start = u64::from(table_offset);
+                    Some((
+                        u32::from(table_bar),
+                        start..start + u64::from(vectors) * MSIX_ENTRY,
+                    ))
+                }
+                _ => None,
+            }),
+            read_only: Vec::new(),
         })
+    }
+
+    /// Marks BAR0 bytes in `range` as computed by the variant: client writes leave the file's
+    /// bytes there untouched (the variant overlays their value on reads).
+    pub fn set_bar0_read_only(&mut self, range: Range<u64>) {
+        self.read_only.push(range);
+    }
+
+    /// Memory space accesses reach the function: memory decode on in the virtual COMMAND and
+    /// the function in D0 (`__vfio_pci_memory_enabled`).
+    pub fn memory_enabled(&self) -> bool {
+        self.command() & COMMAND_MEMORY != 0 && self.power_state() != PMCSR_D3HOT
+    }
+
+    /// The power state bits of the PMCSR (0 = D0); D0 for a function without PM.
+    fn power_state(&self) -> u16 {
+        self.pm
+            .map_or(0, |p| self.config16(p + PM_PMCSR) & PMCSR_STATE)
+    }
+
+    fn config16(&self, at: usize) -> u16 {
+        let mut value = [0u8; 2];
+        self.config.read(at, &mut value);
+        u16::from_le_bytes(value)
+    }
+
+    /// How many bytes of an access of `len` at `offset` of BAR `index` are served, as
+    /// `vfio_pci_bar_rw` decides: EINVAL at or past the end, then clipped, then EIO while
+    /// memory space is disabled (`vfio_pci_core_do_io_rw` with `test_mem`). `gated` false is a
+    /// debugger's access, which the decode state does not stop.
+    fn bar_access(&self, index: u32, offset: u64, len: usize, gated: bool) -> Result<usize, Errno> {
+        let size = self.bar_size(index).ok_or(Errno::EINVAL)?;
+        let n = clip(size, offset, len)?;
+        if gated && !self.memory_enabled() {
+            return Err(Errno::EIO);
+        }
+        Ok(n)
+    }
+
+    /// The gate of a BAR that a variant serves itself (Blackwell's BAR1): EINVAL at or past its
+    /// end, EIO while memory space is disabled.
+    pub fn check_bar_access(&self, index: u32, offset: u64) -> Result<(), Errno> {
+        self.bar_access(index, offset, 1, true).map(|_| ())
+    }
+
+    /// Reads BAR `index` (any BAR the description declared).
+    fn bar_read(
+        &self,
+        index: u32,
+        offset: u64,
+        buf: &mut [u8],
+        gated: bool,
+    ) -> Result<usize, Errno> {
+        let n = self.bar_access(index, offset, buf.len(), gated)?;
+        let buf = &mut buf[..n];
+        match (&self.bar0, index) {
+            (Some(regs), BAR0_REGION_INDEX) => {
+                regs.read(offset, buf).ok_or(Errno::EINVAL)?;
+            }
+            // A BAR nothing backs reads as a PCI read of nothing does.
+            _ => buf.fill(0xff),
+        }
+        if let Some((_, table)) = self.msix_table.as_ref().filter(|(bar, _)| *bar == index) {
+            fill_overlap(buf, offset, table, 0xff);
+        }
+        Ok(n)
+    }
+
+    /// Writes BAR `index`: bytes under the MSI-X table or a read-only range are dropped.
+    fn bar_write(
+        &mut self,
+        index: u32,
+        offset: u64,
+        data: &[u8],
+        gated: bool,
+    ) -> Result<usize, Errno> {
+        let n = self.bar_access(index, offset, data.len(), gated)?;
+        let data = &data[..n];
+        let Some(regs) = self.bar0.as_mut().filter(|_| index == BAR0_REGION_INDEX) else {
+            return Ok(n);
+        };
+        let table = self
+            .msix_table
+            .as_ref()
+            .filter(|(bar, _)| *bar == index)
+            .map(|(_, t)| t.clone());
+        let kept: Vec<&Range<u64>> = self.read_only.iter().chain(table.as_ref()).collect();
+        if kept.iter().all(|r| !overlaps(r, offset, n)) {
+            regs.write(offset, data).ok_or(Errno::EINVAL)?;
+            return Ok(n);
+        }
+        let mut merged = vec![0u8; n];
+        regs.read(offset, &mut merged).ok_or(Errno::EINVAL)?;
+        for (i, (m, d)) in merged.iter_mut().zip(data).enumerate() {
+            let at = offset + i as u64;
+            if !kept.iter().any(|r| r.contains(&at)) {
+                *m = *d;
+            }
+        }
+        regs.write(offset, &merged).ok_or(Errno::EINVAL)?;
+        Ok(n)
+    }
+
+    /// Reads region `index` as a debugger would (`vgrace ctl peek`): BARs are read whatever
+    /// the decode and power state.
+    pub fn backdoor_read(
+        &mut self,
+        index: u32,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Result<usize, Errno> {
+        if self.bar_size(index).is_some() {
+            return self.bar_read(index, offset, buf, false);
+        }
+        self.region_read(index, offset, buf)
+    }
+
+    /// Writes region `index` as a debugger would (`vgrace ctl poke`); see
+    /// [`PciCore::backdoor_read`].
+    pub fn backdoor_write(&mut self, index: u32, offset: u64, data: &[u8]) -> Result<usize, Errno> {
+        if self.bar_size(index).is_some() {
+            return self.bar_write(index, offset, data, false);
+        }
+        self.region_write(index, offset, data)
     }
 
     /// Open (`vfio_pci_core_enable` + `vfio_config_init`): the function is enabled and reset,
@@ -135,9 +287,28 @@ impl PciCore {
         u16::from_le_bytes(command)
     }
 
-    /// After a config write: an initiate-FLR bit in Device Control reads back 0 and, since
-    /// the function advertises FLR, resets it (`vfio_exp_config_write`).
-    fn after_config_write(&mut self, offset: usize, len: usize) {
+    /// After a config write: a PMCSR write moves the function to D0 or D3hot
+    /// (`vfio_pm_config_write`; D1 and D2 are not supported, so the state stays as it was
+    /// `before`), and an initiate-FLR bit in Device Control reads back 0 and, since the
+    /// function advertises FLR, resets it (`vfio_exp_config_write`).
+    fn after_config_write(&mut self, offset: usize, len: usize, before: u16) {
+        let written = offset..offset.saturating_add(len);
+        if let Some(pmcsr) = self
+            .pm
+            .map(|p| p + PM_PMCSR)
+            .filter(|p| written.contains(p))
+        {
+            let value = self.config16(pmcsr);
+            if !matches!(value & PMCSR_STATE, 0 | PMCSR_D3HOT) {
+                let kept = (value & !PMCSR_STATE) | before;
+                self.config.write(pmcsr, &kept.to_le_bytes());
+            }
+        }
+        self.after_devctl_write(offset, len);
+    }
+
+    /// The FLR half of [`PciCore::after_config_write`].
+    fn after_devctl_write(&mut self, offset: usize, len: usize) {
         let Some(devctl) = self.express.map(|e| e + EXP_DEVCTL) else {
             return;
         };
@@ -178,12 +349,31 @@ impl PciCore {
         self.config.bars().get(index).map(|b| b.size)
     }
 
-    /// Config space offset as an index, EINVAL at or past its end.
-    fn config_offset(offset: u64) -> Result<usize, Errno> {
+    /// Config space offset as an index: an access at or past the end of config space, or one
+    /// crossing it, is EFAULT (`vfio_pci_config_rw_single`).
+    fn config_offset(offset: u64, len: usize) -> Result<usize, Errno> {
         usize::try_from(offset)
             .ok()
-            .filter(|o| *o < CONFIG_SIZE)
-            .ok_or(Errno::EINVAL)
+            .filter(|o| {
+                o.checked_add(len)
+                    .is_some_and(|end| *o < CONFIG_SIZE && end <= CONFIG_SIZE)
+            })
+            .ok_or(Errno::EFAULT)
+    }
+}
+
+/// True when `[offset, offset + len)` and `range` share a byte.
+fn overlaps(range: &Range<u64>, offset: u64, len: usize) -> bool {
+    let end = offset.saturating_add(len as u64);
+    offset < range.end && range.start < end
+}
+
+/// Sets the bytes of `buf` (read at `offset`) that lie in `range` to `value`.
+fn fill_overlap(buf: &mut [u8], offset: u64, range: &Range<u64>, value: u8) {
+    for (i, b) in buf.iter_mut().enumerate() {
+        if range.contains(&(offset + i as u64)) {
+            *b = value;
+        }
     }
 }
 
@@ -228,33 +418,22 @@ impl Device for PciCore {
 
     fn region_read(&mut self, index: u32, offset: u64, buf: &mut [u8]) -> Result<usize, Errno> {
         if index == CONFIG_REGION_INDEX {
-            return Ok(self.config.read(Self::config_offset(offset)?, buf));
+            return Ok(self
+                .config
+                .read(Self::config_offset(offset, buf.len())?, buf));
         }
-        if index == BAR0_REGION_INDEX {
-            if let Some(regs) = &self.bar0 {
-                return regs.read(offset, buf).ok_or(Errno::EINVAL);
-            }
-        }
-        let size = self.bar_size(index).ok_or(Errno::EINVAL)?;
-        let n = clip(size, offset, buf.len())?;
-        buf[..n].fill(0xff);
-        Ok(n)
+        self.bar_read(index, offset, buf, true)
     }
 
     fn region_write(&mut self, index: u32, offset: u64, data: &[u8]) -> Result<usize, Errno> {
         if index == CONFIG_REGION_INDEX {
-            let at = Self::config_offset(offset)?;
+            let at = Self::config_offset(offset, data.len())?;
+            let state = self.power_state();
             let n = self.config.write(at, data);
-            self.after_config_write(at, n);
+            self.after_config_write(at, n, state);
             return Ok(n);
         }
-        if index == BAR0_REGION_INDEX {
-            if let Some(regs) = &mut self.bar0 {
-                return regs.write(offset, data).ok_or(Errno::EINVAL);
-            }
-        }
-        let size = self.bar_size(index).ok_or(Errno::EINVAL)?;
-        clip(size, offset, data.len())
+        self.bar_write(index, offset, data, true)
     }
 
     fn irq_info(&self, index: u32) -> Result<IrqInfo, Errno> {
@@ -301,8 +480,15 @@ mod tests {
     use crate::pci::bar::BarDesc;
     use crate::pci::description::{Capability, Header};
 
-    /// A made-up network function with a 64 KiB BAR0 and a 1 MiB BAR2, no variant at all.
+    /// A made-up network function with a 64 KiB BAR0 and a 1 MiB BAR2, no variant at all,
+    /// opened as a client finds it.
     fn plain_core() -> PciCore {
+        let mut core = closed_core();
+        core.open();
+        core
+    }
+
+    fn closed_core() -> PciCore {
         PciCore::new(&PciDescription {
             header: Header {
                 vendor_id: 0x1af4,
@@ -389,7 +575,8 @@ mod tests {
 
     #[test]
     fn open_rebuilds_config_with_memory_decode_on() {
-        let mut d = plain_core();
+        let mut d = closed_core();
+        assert_eq!(d.command() & COMMAND_MEMORY, 0);
         d.region_write(CONFIG_REGION_INDEX, 0x04, &0x0406u16.to_le_bytes())
             .unwrap();
         d.region_write(CONFIG_REGION_INDEX, 0x18, &0x8000_0000u32.to_le_bytes())

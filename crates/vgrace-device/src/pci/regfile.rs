@@ -1,7 +1,7 @@
 //! A BAR served as a plain register file: sparse (4 KiB pages allocated on first write), every
-//! offset holds what was last written there and never-written offsets read 0. That includes an
-//! MSI-X table and PBA placed in the BAR, which VMMs emulate themselves anyway. Variants put
-//! device-specific registers on top (see `nvgrace::readiness`).
+//! offset holds what was last written there and never-written offsets read 0. The core clips
+//! accesses at the BAR end and keeps an MSI-X table and a variant's read-only registers out of
+//! it (see `pci::core`); variants put device-specific registers on top (`nvgrace::readiness`).
 
 use std::collections::HashMap;
 
@@ -61,9 +61,6 @@ impl RegFile {
 
     /// End of a valid access: register-sized and inside the file (no wrapping).
     fn check(&self, offset: u64, len: usize) -> Option<u64> {
-        if !matches!(len, 1 | 2 | 4 | 8) {
-            return None;
-        }
         let end = offset.checked_add(len as u64)?;
         (end <= self.size).then_some(end)
     }
@@ -86,10 +83,10 @@ mod tests {
     }
 
     #[test]
-    fn refuses_odd_sizes_straddling_and_wrapping_accesses() {
+    fn takes_any_length_and_refuses_straddling_and_wrapping_accesses() {
         let mut r = RegFile::new(4096);
         let mut b = [0u8; 8];
-        assert_eq!(r.read(0, &mut b[..3]), None);
+        assert_eq!(r.read(0, &mut b[..3]), Some(3));
         assert_eq!(r.read(4094, &mut b[..4]), None);
         assert_eq!(r.write(u64::MAX - 1, &[0; 4]), None);
         assert_eq!(r.read(4092, &mut b[..4]), Some(4));
