@@ -797,7 +797,7 @@ hostile!(
     }
 );
 hostile!(
-    set_irqs_no_action_is_einval,
+    set_irqs_no_action_is_enotty,
     Case {
         negotiate: true,
         bytes: IrqSet {
@@ -810,7 +810,7 @@ hostile!(
         .msg(MSG_ID),
         fds: vec![],
         close_after: false,
-        expect: Expect::Errno(Errno::EINVAL),
+        expect: Expect::Errno(Errno::ENOTTY),
     }
 );
 hostile!(

@@ -211,11 +211,14 @@ fn every_stop_signal_ends_the_process_within_a_bound_despite_a_stuck_client() {
         let mut child = ServeChild::spawn(serve_cmd(&p, &flags))
             .unwrap()
             .wait_listening(&[&p.socket, &p.control]);
-        let at = {
-            let mut c = client(&p.socket);
-            c.region_write(USEMEM, 0x2000, b"kept").unwrap();
-            c.region_info(USEMEM).unwrap().info.offset + 0x2000
-        };
+        // Written through the control plane: a client's own first memory access would wait
+        // for the hour-long training its open started (the open is a function reset).
+        let poke = control(
+            &p.control,
+            json!({"v": 1, "op": "poke", "region": USEMEM, "offset": 0x2000, "data": "6b657074"}),
+        );
+        assert_eq!(poke["ok"], true, "{poke}");
+        let at = client(&p.socket).region_info(USEMEM).unwrap().info.offset + 0x2000;
         let _stuck = stuck_client(&p);
         let (status, took, log) = child
             .signal_within(sig, STOP_LIMIT)

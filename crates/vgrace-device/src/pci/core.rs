@@ -26,14 +26,14 @@ use vfio_bindings::bindings::vfio::{
     VFIO_REGION_INFO_FLAG_READ, VFIO_REGION_INFO_FLAG_WRITE,
 };
 use vfu::device::{
-    BAR0_REGION_INDEX, CONFIG_REGION_INDEX, INTX_IRQ_INDEX, MSIX_IRQ_INDEX, PCI_NUM_IRQS,
+    BAR0_REGION_INDEX, CONFIG_REGION_INDEX, ERR_IRQ_INDEX, INTX_IRQ_INDEX, PCI_NUM_IRQS,
     PCI_NUM_REGIONS,
 };
-use vfu::irq::IrqTable;
 use vfu::{Device, DeviceInfo, Errno, IrqInfo, RegionInfo, SetIrqs};
 
 use super::config_space::{ConfigSpace, CONFIG_SIZE};
 use super::description::{Capability, PciDescription, DEVCTL_INITIATE_FLR, EXP_DEVCTL, PM_PMCSR};
+use super::intrs::Interrupts;
 use super::regfile::RegFile;
 use crate::error::DeviceError;
 
@@ -61,7 +61,7 @@ pub struct PciCore {
     config: ConfigSpace,
     bar0: Option<RegFile>,
     irq_counts: [u32; PCI_NUM_IRQS as usize],
-    irqs: IrqTable,
+    irqs: Interrupts,
     /// Config offset of the PCI Express capability (for FLR), if described.
     express: Option<usize>,
     /// Config offset of the power management capability (for D0 at reset), if described.
@@ -89,7 +89,7 @@ impl PciCore {
         Ok(Self {
             config,
             bar0,
-            irqs: IrqTable::new(&irq_counts),
+            irqs: Interrupts::default(),
             irq_counts,
             express: desc.capability_offset(|c| matches!(c, Capability::Express { .. })),
             pm: desc.capability_offset(|c| matches!(c, Capability::PowerManagement)),
@@ -341,7 +341,11 @@ impl PciCore {
     /// Raises interrupt `vector` of IRQ index `index` (signals its eventfd). False when the
     /// client has not wired that vector; EINVAL when the device has no such vector.
     pub fn trigger(&mut self, index: u32, vector: u32) -> Result<bool, Errno> {
-        self.irqs.trigger(index, vector)
+        let count = self.irq_counts.get(index as usize).copied().unwrap_or(0);
+        if vector >= count {
+            return Err(Errno::EINVAL);
+        }
+        Ok(self.irqs.raise(index, vector))
     }
 
     /// Size of the BAR at region `index` if the description declared one.
@@ -437,20 +441,22 @@ impl Device for PciCore {
     }
 
     fn irq_info(&self, index: u32) -> Result<IrqInfo, Errno> {
+        // `vfio_pci_ioctl_get_irq_info`: the error interrupt exists only on PCI Express; every
+        // index signals through eventfds; INTx is maskable and automasked, the others cannot
+        // be resized (MSI-X is offered without dynamic allocation).
         let count = *self.irq_counts.get(index as usize).ok_or(Errno::EINVAL)?;
         let flags = match index {
-            INTX_IRQ_INDEX if count > 0 => {
+            ERR_IRQ_INDEX if self.express.is_none() => return Err(Errno::EINVAL),
+            INTX_IRQ_INDEX => {
                 VFIO_IRQ_INFO_EVENTFD | VFIO_IRQ_INFO_MASKABLE | VFIO_IRQ_INFO_AUTOMASKED
             }
-            MSIX_IRQ_INDEX if count > 0 => VFIO_IRQ_INFO_EVENTFD | VFIO_IRQ_INFO_NORESIZE,
-            _ if count > 0 => VFIO_IRQ_INFO_EVENTFD,
-            _ => 0,
+            _ => VFIO_IRQ_INFO_EVENTFD | VFIO_IRQ_INFO_NORESIZE,
         };
         Ok(IrqInfo { flags, count })
     }
 
     fn set_irqs(&mut self, req: SetIrqs) -> Result<(), Errno> {
-        self.irqs.apply(req)
+        self.irqs.set(req)
     }
 
     fn reset(&mut self) -> Result<(), Errno> {
@@ -601,11 +607,17 @@ mod tests {
     fn irqs_follow_the_description() {
         let d = plain_core();
         assert_eq!(d.irq_info(INTX_IRQ_INDEX).unwrap().count, 1);
-        let msix = d.irq_info(MSIX_IRQ_INDEX).unwrap();
+        let msix = d.irq_info(vfu::device::MSIX_IRQ_INDEX).unwrap();
         assert_eq!(msix.count, 4);
         assert_ne!(msix.flags & VFIO_IRQ_INFO_NORESIZE, 0);
-        // No PCI Express capability: no error interrupt.
-        assert_eq!(d.irq_info(vfu::device::ERR_IRQ_INDEX).unwrap().count, 0);
+        // MSI is not offered, yet its index reports EVENTFD as the kernel's does.
+        let msi = d.irq_info(vfu::device::MSI_IRQ_INDEX).unwrap();
+        assert_eq!(
+            (msi.count, msi.flags),
+            (0, VFIO_IRQ_INFO_EVENTFD | VFIO_IRQ_INFO_NORESIZE)
+        );
+        // No PCI Express capability: no error interrupt index at all.
+        assert_eq!(d.irq_info(ERR_IRQ_INDEX), Err(Errno::EINVAL));
         assert!(d.irq_info(PCI_NUM_IRQS).is_err());
     }
 
