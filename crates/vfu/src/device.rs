@@ -201,6 +201,14 @@ pub trait Device: Send {
         let _ = (iova, size);
     }
 
+    /// The server is about to stop: ask the client to release the device (VFIO's request
+    /// interrupt, as the kernel signals it from `vfio_pci_core_request` when the device is
+    /// being removed). Returns whether the client was asked (it wired a request eventfd), so
+    /// the server can give it a moment. Default: nothing to ask with.
+    fn request_release(&mut self) -> bool {
+        false
+    }
+
     /// A client connected: VFIO's `open_device` (for PCI, `vfio_pci_core_enable`: the function
     /// enabled and reset, its virtual config rebuilt). Called before the client's first
     /// message. Default: nothing to do.

@@ -91,6 +91,9 @@ impl Device for Doorbell {
     fn reset(&mut self) -> Result<(), Errno> {
         self.core.reset()
     }
+    fn request_release(&mut self) -> bool {
+        self.core.request_release()
+    }
     fn client_attached(&mut self) {
         self.core.client_attached()
     }

@@ -17,7 +17,8 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use tracing::{error, info, warn};
 use vfu::listen::BoundPath;
-use vfu::server::{bind_socket, Server, ServerConfig, Shutdown};
+use vfu::server::{bind_socket, Controls, Server, ServerConfig, Shutdown};
+use vfu::Device;
 use vgrace_device::{LinuxVersion, NvGraceGpu};
 
 use crate::cli::ServeArgs;
@@ -45,7 +46,47 @@ struct Exit {
     /// File backings (their path for the log, and a handle of their own, so flushing them never
     /// needs the device lock a stuck session may hold).
     files: Vec<(String, File)>,
+    /// Every device with its server's controls, to ask their clients to let go at a stop.
+    devices: Vec<(Arc<Mutex<NvGraceGpu>>, Controls)>,
     done: bool,
+}
+
+/// How long clients asked to release their device (the request interrupt) get before the stop
+/// goes on and cuts their connections.
+const REQUEST_GRACE: Duration = Duration::from_secs(1);
+
+/// Signals the request interrupt to every client that wired one, as the kernel does when a
+/// device is being removed (`vfio_pci_core_request`; QEMU answers with an unplug request), then
+/// waits up to [`REQUEST_GRACE`] for those clients to leave. A device whose lock stays held (a
+/// request stuck inside it) is not asked: the watchdog bounds the stop anyway.
+fn ask_clients_to_release(devices: &[(Arc<Mutex<NvGraceGpu>>, Controls)]) {
+    let asked: Vec<&Controls> = devices
+        .iter()
+        .filter(|(device, _)| {
+            let until = Instant::now() + Duration::from_millis(100);
+            loop {
+                if let Ok(mut d) = device.try_lock() {
+                    return d.request_release();
+                }
+                if Instant::now() >= until {
+                    return false;
+                }
+                thread::sleep(Duration::from_millis(5));
+            }
+        })
+        .map(|(_, controls)| controls)
+        .collect();
+    if asked.is_empty() {
+        return;
+    }
+    info!(
+        clients = asked.len(),
+        "asked the clients to release their devices (request interrupt)"
+    );
+    let until = Instant::now() + REQUEST_GRACE;
+    while Instant::now() < until && asked.iter().any(|c| c.client().is_some()) {
+        thread::sleep(Duration::from_millis(20));
+    }
 }
 
 type Finisher = Arc<Mutex<Exit>>;
@@ -161,7 +202,6 @@ pub fn run(args: ServeArgs) -> Result<()> {
         let mut arriving = signals.forever();
         if let Some(sig) = arriving.next() {
             info!(signal = sig, "stopping");
-            on_signal.trigger();
             let late = on_stop.clone();
             // If this cannot start, the stop still happens, only without a bound.
             let _ = thread::Builder::new()
@@ -177,6 +217,9 @@ pub fn run(args: ServeArgs) -> Result<()> {
                         ),
                     );
                 });
+            let devices = exit_state(&on_stop).devices.clone();
+            ask_clients_to_release(&devices);
+            on_signal.trigger();
             // A second signal: the operator does not want to wait for the bound.
             if let Some(sig) = arriving.next() {
                 give_up(&on_stop, &format!("signal {sig} while stopping"));
@@ -269,6 +312,9 @@ pub fn run(args: ServeArgs) -> Result<()> {
         }
         let live = device.live_faults();
         let mut server = Server::shared(Arc::new(Mutex::new(device)), server_config.clone());
+        exit_state(&finisher)
+            .devices
+            .push((server.shared_device(), server.controls().clone()));
         if control_listener.is_some() {
             let m = Managed {
                 id: entry.id.clone(),

@@ -197,6 +197,25 @@ fn link_down_at_run_time_is_seen_by_the_client_and_cleared() {
     assert_eq!(reg(&mut c, HBM), 0xff);
 }
 
+/// A link-down fault at run time is a fatal PCIe error: the client's error eventfd fires
+/// (`vfio_pci_core_aer_err_detected`).
+#[test]
+fn link_down_at_run_time_signals_the_error_interrupt() {
+    use nix::sys::eventfd::{EfdFlags, EventFd};
+    use std::os::fd::AsFd;
+    let s = serve(&[]);
+    let mut c = Client::connect(&s.socket).unwrap();
+    let err = EventFd::from_flags(EfdFlags::EFD_NONBLOCK).unwrap();
+    // ERR (index 3), DATA_EVENTFD | ACTION_TRIGGER.
+    c.set_irqs((1 << 2) | (1 << 5), 3, 0, 1, &[], &[err.as_fd()])
+        .unwrap();
+    assert!(err.read().is_err(), "nothing signalled yet");
+    let mut ctl = Ctl::connect(&s.control);
+    let answer = ctl.ok(json!({"v": 1, "op": "fault", "fault": "link-down"}));
+    assert_eq!(answer["error_interrupt"], true, "{answer}");
+    assert_eq!(err.read().unwrap(), 1);
+}
+
 #[test]
 fn hbm_lost_clears_only_the_training_register() {
     let s = serve(&[]);

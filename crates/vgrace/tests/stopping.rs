@@ -289,3 +289,45 @@ fn stuck_control_clients_never_hold_up_a_stop() {
     assert!(!log.contains("exiting without them"), "{log}");
     assert!(!p.socket.exists() && !p.control.exists());
 }
+
+/// A stop asks the client to release the device through its request interrupt (as the
+/// kernel's `vfio_pci_core_request` does when a device is removed); a client that lets go at
+/// once is not cut off, and the stop is clean.
+#[test]
+fn a_stop_signals_the_request_interrupt_and_waits_for_the_client_to_let_go() {
+    use nix::sys::eventfd::{EfdFlags, EventFd};
+    use std::os::fd::AsFd;
+    const REQ: u32 = 4;
+    const DATA_EVENTFD_TRIGGER: u32 = (1 << 2) | (1 << 5);
+    let p = paths();
+    let mut child = ServeChild::spawn(serve_cmd(&p, &[]))
+        .unwrap()
+        .wait_listening(&[&p.socket, &p.control]);
+    let mut c = client(&p.socket);
+    let req = EventFd::from_flags(EfdFlags::empty()).unwrap();
+    c.set_irqs(DATA_EVENTFD_TRIGGER, REQ, 0, 1, &[], &[req.as_fd()])
+        .unwrap();
+    // The client: waits for the request, then leaves (as QEMU does once the guest let go).
+    // (The server made the eventfd non-blocking: the flag is the shared file's.)
+    let released = std::thread::spawn(move || {
+        let until = Instant::now() + STOP_LIMIT;
+        let n = loop {
+            match req.read() {
+                Ok(n) => break n,
+                Err(_) if Instant::now() < until => {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(e) => panic!("no request within {STOP_LIMIT:?}: {e}"),
+            }
+        };
+        drop(c);
+        n
+    });
+    let (status, took, log) = child
+        .signal_within(Signal::SIGTERM, STOP_LIMIT)
+        .expect("SIGTERM did not stop the server");
+    assert_eq!(released.join().unwrap(), 1);
+    assert!(log.contains("request interrupt"), "{log}");
+    assert_eq!(status.code(), Some(0), "{log}");
+    assert!(took < Duration::from_secs(3), "{took:?}: {log}");
+}

@@ -152,6 +152,14 @@ impl NvGraceGpu {
         }
     }
 
+    /// Signals the client's error interrupt (a fatal PCIe error was detected, as when the C2C
+    /// link goes down). Returns whether the client had wired one.
+    pub fn report_error(&mut self) -> bool {
+        self.core
+            .trigger(vfu::device::ERR_IRQ_INDEX, 0)
+            .unwrap_or(false)
+    }
+
     /// The faults a control plane switches while the device runs.
     pub fn live_faults(&self) -> Arc<LiveFaults> {
         self.live.clone()
@@ -347,6 +355,10 @@ impl Device for NvGraceGpu {
         self.core.reset()?;
         self.reset_done();
         Ok(())
+    }
+
+    fn request_release(&mut self) -> bool {
+        self.core.request_release()
     }
 
     fn client_attached(&mut self) {

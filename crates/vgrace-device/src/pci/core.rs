@@ -27,7 +27,7 @@ use vfio_bindings::bindings::vfio::{
 };
 use vfu::device::{
     BAR0_REGION_INDEX, CONFIG_REGION_INDEX, ERR_IRQ_INDEX, INTX_IRQ_INDEX, PCI_NUM_IRQS,
-    PCI_NUM_REGIONS,
+    PCI_NUM_REGIONS, REQ_IRQ_INDEX,
 };
 use vfu::{Device, DeviceInfo, Errno, IrqInfo, RegionInfo, SetIrqs};
 
@@ -470,6 +470,10 @@ impl Device for PciCore {
 
     fn client_attached(&mut self) {
         self.open();
+    }
+
+    fn request_release(&mut self) -> bool {
+        self.irqs.raise(REQ_IRQ_INDEX, 0)
     }
 
     fn client_detached(&mut self) {
