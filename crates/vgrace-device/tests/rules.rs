@@ -106,7 +106,36 @@ fn memory_regions_carry_one_fd() {
     let d = dev(Profile::Gh100, ODD);
     assert!(d.region_info(2).unwrap().fd.is_some());
     assert!(d.region_info(4).unwrap().fd.is_some());
-    assert!(d.region_info(0).unwrap().fd.is_none());
+    // BAR0 is the core's register file, mappable on a memfd of its own.
+    let bar0 = d.region_info(0).unwrap().fd.unwrap();
+    let mem = d.region_info(4).unwrap().fd.unwrap();
+    assert_ne!(
+        nix::sys::stat::fstat(bar0).unwrap().st_ino,
+        nix::sys::stat::fstat(mem).unwrap().st_ino
+    );
+}
+
+/// `vfio_pci_ioctl_get_region_info`: BAR0 is mappable except the pages that must trap: the
+/// MSI-X table (`msix_sparse_mmap_cap`) and the two readiness registers.
+#[test]
+fn bar0_is_mappable_but_the_msix_table_and_readiness_pages() {
+    let d = dev(Profile::Gh100, ODD);
+    let info = d.region_info(0).unwrap();
+    assert_eq!(info.flags, 7, "READ | WRITE | MMAP");
+    let holes: Vec<(u64, u64)> = info
+        .sparse_areas
+        .windows(2)
+        .map(|w| (w[0].offset + w[0].size, w[1].offset))
+        .collect();
+    assert_eq!(
+        holes,
+        [(0x1000, 0x2000), (0x20000, 0x21000), (0xfe_0000, 0xfe_1000)]
+    );
+    let last = info.sparse_areas.last().unwrap();
+    assert_eq!(
+        (info.sparse_areas[0].offset, last.offset + last.size),
+        (0, 16 << 20)
+    );
 }
 
 /// gb200 has no resmem from 6.14: region 2 is not a memory region (it is the real BAR1).

@@ -5,7 +5,8 @@
 //! What the core serves:
 //! - config space (region 7): the described header and capabilities, BAR registers with the
 //!   sizing probe, guest-writable bits as described;
-//! - BAR0, when described: a [`RegFile`] of the BAR's size taking 1, 2, 4 and 8-byte accesses;
+//! - BAR0, when described: a [`RegFile`] of the BAR's size on a memfd the client may map (but
+//!   the pages of the MSI-X table and of trapped registers), accesses of any length;
 //! - any other described BAR: a region of the BAR's size that nothing backs, so reads are all
 //!   ones and writes are dropped (a variant normally owns such a BAR);
 //! - every other index below [`PCI_NUM_REGIONS`]: an absent region (size 0, flags 0);
@@ -23,13 +24,13 @@ use std::ops::Range;
 use vfio_bindings::bindings::vfio::{
     VFIO_DEVICE_FLAGS_PCI, VFIO_DEVICE_FLAGS_RESET, VFIO_IRQ_INFO_AUTOMASKED,
     VFIO_IRQ_INFO_EVENTFD, VFIO_IRQ_INFO_MASKABLE, VFIO_IRQ_INFO_NORESIZE,
-    VFIO_REGION_INFO_FLAG_READ, VFIO_REGION_INFO_FLAG_WRITE,
+    VFIO_REGION_INFO_FLAG_MMAP, VFIO_REGION_INFO_FLAG_READ, VFIO_REGION_INFO_FLAG_WRITE,
 };
 use vfu::device::{
     BAR0_REGION_INDEX, CONFIG_REGION_INDEX, ERR_IRQ_INDEX, INTX_IRQ_INDEX, PCI_NUM_IRQS,
     PCI_NUM_REGIONS, REQ_IRQ_INDEX,
 };
-use vfu::{Device, DeviceInfo, Errno, IrqInfo, RegionInfo, SetIrqs};
+use vfu::{Device, DeviceInfo, Errno, IrqInfo, RegionInfo, SetIrqs, SparseArea};
 
 use super::config_space::{ConfigSpace, CONFIG_SIZE};
 use super::description::{Capability, PciDescription, DEVCTL_INITIATE_FLR, EXP_DEVCTL, PM_PMCSR};
@@ -49,6 +50,8 @@ const COMMAND_INTX_DISABLE: u16 = 1 << 10;
 const PMCSR_STATE: u16 = 0x3;
 /// The D3hot power state.
 const PMCSR_D3HOT: u16 = 0x3;
+/// The page size the mappable areas are cut to.
+const PAGE: u64 = 4096;
 /// Bytes of one MSI-X table entry.
 const MSIX_ENTRY: u64 = 16;
 
@@ -75,6 +78,9 @@ pub struct PciCore {
     msix_table: Option<(u32, Range<u64>)>,
     /// BAR0 ranges whose bytes a client write must not change (a variant's computed registers).
     read_only: Vec<Range<u64>>,
+    /// BAR0 ranges every access to which must reach the device (left out of the mmap-able
+    /// areas): the read-only ranges and registers with side effects.
+    trapped: Vec<Range<u64>>,
 }
 
 impl PciCore {
@@ -84,7 +90,8 @@ impl PciCore {
         let bar0 = config
             .bars()
             .get(BAR0_REGION_INDEX)
-            .map(|b| RegFile::new(b.size));
+            .map(|b| RegFile::new(b.size))
+            .transpose()?;
         let irq_counts = desc.irq_counts();
         Ok(Self {
             config,
@@ -110,13 +117,57 @@ impl PciCore {
                 _ => None,
             }),
             read_only: Vec::new(),
+            trapped: Vec::new(),
         })
     }
 
     /// Marks BAR0 bytes in `range` as computed by the variant: client writes leave the file's
     /// bytes there untouched (the variant overlays their value on reads).
     pub fn set_bar0_read_only(&mut self, range: Range<u64>) {
+        self.trapped.push(range.clone());
         self.read_only.push(range);
+    }
+
+    /// Marks BAR0 bytes in `range` as a register whose accesses the variant must see (a
+    /// doorbell): the pages holding it are left out of the client's mappable areas.
+    pub fn trap_bar0(&mut self, range: Range<u64>) {
+        self.trapped.push(range);
+    }
+
+    /// The mappable areas of BAR0: every page but those holding the MSI-X table (as
+    /// `msix_sparse_mmap_cap` leaves it out) or a trapped register.
+    fn bar0_areas(&self, size: u64) -> Vec<SparseArea> {
+        let mut holes: Vec<Range<u64>> = self
+            .trapped
+            .iter()
+            .chain(
+                self.msix_table
+                    .iter()
+                    .filter(|(bar, _)| *bar == BAR0_REGION_INDEX)
+                    .map(|(_, t)| t),
+            )
+            .filter(|r| r.start < r.end)
+            .map(|r| r.start / PAGE * PAGE..r.end.div_ceil(PAGE).saturating_mul(PAGE).min(size))
+            .collect();
+        holes.sort_by_key(|r| r.start);
+        let mut areas = Vec::new();
+        let mut at = 0;
+        for hole in holes {
+            if hole.start > at {
+                areas.push(SparseArea {
+                    offset: at,
+                    size: hole.start - at,
+                });
+            }
+            at = at.max(hole.end);
+        }
+        if at < size {
+            areas.push(SparseArea {
+                offset: at,
+                size: size - at,
+            });
+        }
+        areas
     }
 
     /// Memory space accesses reach the function: memory decode on in the virtual COMMAND and
@@ -402,6 +453,17 @@ impl Device for PciCore {
     }
 
     fn region_info(&self, index: u32) -> Result<RegionInfo<'_>, Errno> {
+        if let (BAR0_REGION_INDEX, Some(regs)) = (index, &self.bar0) {
+            // `vfio_pci_ioctl_get_region_info`: a BAR is mappable, with the pages that must
+            // trap left out.
+            return Ok(RegionInfo {
+                flags: RW | VFIO_REGION_INFO_FLAG_MMAP,
+                size: regs.size(),
+                fd_offset: 0,
+                sparse_areas: self.bar0_areas(regs.size()),
+                fd: Some(regs.fd()),
+            });
+        }
         let (flags, size) = if index >= PCI_NUM_REGIONS {
             return Err(Errno::EINVAL);
         } else if index == CONFIG_REGION_INDEX {
@@ -543,7 +605,17 @@ mod tests {
         assert_eq!(cfg32(&mut d, 0x34) & 0xff, 0x40);
         // BAR0 is a register file of the declared size.
         let bar0 = d.region_info(BAR0_REGION_INDEX).unwrap();
-        assert_eq!((bar0.flags, bar0.size), (RW, 64 << 10));
+        assert_eq!(
+            (bar0.flags, bar0.size),
+            (RW | VFIO_REGION_INFO_FLAG_MMAP, 64 << 10)
+        );
+        // The MSI-X table's page (0x8000) is not offered for mapping.
+        let areas: Vec<(u64, u64)> = bar0
+            .sparse_areas
+            .iter()
+            .map(|a| (a.offset, a.size))
+            .collect();
+        assert_eq!(areas, [(0, 0x8000), (0x9000, 0x7000)]);
         d.region_write(BAR0_REGION_INDEX, 0x100, &0xfeed_u32.to_le_bytes())
             .unwrap();
         let mut b = [0u8; 4];
