@@ -184,39 +184,12 @@ fn backing_file_shrunk_by_its_client_is_grown_back_and_restarts() {
     assert_eq!(sentinel(&mut c), SENTINEL);
 }
 
-/// A mounted tmpfs of `size`, unmounted on drop; `None` when this process may not mount.
-struct Tmpfs(tempfile::TempDir);
-
-impl Tmpfs {
-    fn mount(size: &str) -> Option<Self> {
-        let dir = tempfile::tempdir().unwrap();
-        let r = nix::mount::mount(
-            Some("tmpfs"),
-            dir.path(),
-            Some("tmpfs"),
-            nix::mount::MsFlags::empty(),
-            Some(format!("size={size}").as_str()),
-        );
-        match r {
-            Ok(()) => Some(Self(dir)),
-            Err(Errno::EPERM) if !nix::unistd::geteuid().is_root() => None,
-            Err(e) => panic!("cannot mount a tmpfs: {e}"),
-        }
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = nix::mount::umount2(self.0.path(), nix::mount::MntFlags::MNT_DETACH);
-    }
-}
-
 /// A sparse backing file on a file system too small for the memory: writes past what fits answer
 /// ENOSPC, what was written stays readable, the server lives. Before: the ninth 1 MiB write
 /// killed it with SIGBUS.
 #[test]
 fn full_filesystem_is_an_errno_not_a_signal() {
-    let Some(fs) = Tmpfs::mount("8m") else {
+    let Some(fs) = common::Tmpfs::mount("8m") else {
         eprintln!("skipped: mounting a tmpfs needs root (CI runs as root)");
         return;
     };
