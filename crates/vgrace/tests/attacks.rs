@@ -184,6 +184,37 @@ fn backing_file_shrunk_by_its_client_is_grown_back_and_restarts() {
     assert_eq!(sentinel(&mut c), SENTINEL);
 }
 
+/// What vfio-user cannot do (SECURITY.md, "A client's mapping cannot be revoked"): a client
+/// that mapped the BAR4 fd and was then dropped still reaches the memory through its mapping
+/// (it sees the next client's write). What the operator can do works: a restarted server on
+/// a fresh memfd serves memory the old mapping cannot reach.
+#[test]
+fn dropped_clients_mapping_outlives_it_and_a_fresh_memfd_server_is_out_of_its_reach() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = sock(&dir, "gpu.sock");
+    let args = ["--socket", s.to_str().unwrap(), "--mem-size", MEM_ARG];
+    let mut srv = serve(&args, &[&s]);
+    let mut old = Client::connect(&s).unwrap();
+    let fd = old.region_info(4).unwrap().fd.unwrap();
+    let mapping = test_support::SharedMapping::new(fd.as_fd(), 0, 1 << 20).unwrap();
+    drop(fd);
+    drop(old);
+    let mut next = Client::connect(&s).unwrap();
+    write_sentinel(&mut next);
+    let mut seen = vec![0u8; SENTINEL.len()];
+    mapping.read(0x1000, &mut seen);
+    assert_eq!(seen, SENTINEL, "the dropped client's mapping still reaches the memory");
+    drop(next);
+    let (status, log) = srv.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(status.success(), "{log}");
+
+    let _fresh = serve(&args, &[&s]);
+    let mut next = Client::connect(&s).unwrap();
+    next.region_write(4, 0x1000, b"new-tenant-secret").unwrap();
+    mapping.read(0x1000, &mut seen);
+    assert_eq!(seen, SENTINEL, "the old mapping keeps only the old memfd");
+}
+
 /// A sparse backing file on a file system too small for the memory: writes past what fits answer
 /// ENOSPC, what was written stays readable, the server lives. Before: the ninth 1 MiB write
 /// killed it with SIGBUS.
