@@ -287,25 +287,28 @@ impl Memory {
         if file_len >= self.len {
             return Ok(false);
         }
-        self.file.set_len(self.len).map_err(AccessError::Io)?;
         if !shrink_logged.swap(true, Ordering::Relaxed) {
             warn!(
                 file_len,
                 len = self.len,
-                "the backing file was shrunk (a client holding its fd?): grown back to its size, \
-                 the lost range reads as zeros (later shrinks are repaired without a log line)"
+                "the backing file was shrunk (a client holding its fd?): growing it back to its \
+                 size, the lost range reads as zeros (later shrinks are repaired without a log \
+                 line)"
             );
         }
+        self.file.set_len(self.len).map_err(AccessError::Io)?;
         Ok(true)
     }
 
-    /// For writes to a file backing: [`Memory::restore`] at most every [`SHRINK_CHECK_MS`].
-    fn restore_now_and_then(&self) -> Result<(), AccessError> {
+    /// For writes to a file backing: [`Memory::restore`] at most every [`SHRINK_CHECK_MS`]. The
+    /// write itself succeeded, so a failed repair (e.g. a file-size limit) is not its error: it
+    /// is tried again at the next check, and a read past the end reports it.
+    fn restore_now_and_then(&self) {
         let Access::FileIo {
             next_check, epoch, ..
         } = &self.access
         else {
-            return Ok(());
+            return;
         };
         let now = u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
         let due = next_check.load(Ordering::Relaxed);
@@ -319,9 +322,8 @@ impl Memory {
                 )
                 .is_ok()
         {
-            self.restore()?;
+            let _ = self.restore();
         }
-        Ok(())
     }
 
     /// pread of the whole of `buf`; a short read is a shrunk file, grown back before one retry.
@@ -370,7 +372,8 @@ impl Memory {
                 match self.file.write_all_at(data, offset) {
                     Ok(()) => {
                         failing.store(false, Ordering::Relaxed);
-                        self.restore_now_and_then()
+                        self.restore_now_and_then();
+                        Ok(())
                     }
                     Err(e) => {
                         if !failing.swap(true, Ordering::Relaxed) {

@@ -203,7 +203,10 @@ fn dropped_clients_mapping_outlives_it_and_a_fresh_memfd_server_is_out_of_its_re
     write_sentinel(&mut next);
     let mut seen = vec![0u8; SENTINEL.len()];
     mapping.read(0x1000, &mut seen);
-    assert_eq!(seen, SENTINEL, "the dropped client's mapping still reaches the memory");
+    assert_eq!(
+        seen, SENTINEL,
+        "the dropped client's mapping still reaches the memory"
+    );
     drop(next);
     let (status, log) = srv.signal(nix::sys::signal::Signal::SIGTERM);
     assert!(status.success(), "{log}");
