@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the cargo-fuzz targets (fuzz/, a workspace of its own) and runs each of them, one after
 # the other, then prints one summary line per target:
-#   fuzz TARGET runs=N seconds=S exec_per_s=R result=ok|CRASH
+#   fuzz TARGET runs=N seconds=S exec_per_s=R result=ok|CRASH|failed(rc=N)
 #
 #   scripts/fuzz.sh                      30 s per target (what CI runs; VGRACE_FUZZ_SECONDS)
 #   scripts/fuzz.sh --seconds N          N seconds per target
@@ -53,7 +53,12 @@ for target in "${targets[@]}"; do
   rate=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log" | tail -1)
   result=ok
   if [ "$rc" -ne 0 ]; then
-    result=CRASH
+    # A finding leaves its reproducer; anything else (a build error, a signal) is a failure.
+    if grep -q "^artifact_prefix=.*Test unit written to" "$log"; then
+      result=CRASH
+    else
+      result="failed(rc=$rc)"
+    fi
     status=1
   fi
   summary+=("fuzz $target runs=${runs:-?} seconds=$secs exec_per_s=${rate:-?} result=$result")
