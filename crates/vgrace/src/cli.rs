@@ -149,7 +149,7 @@ pub struct ServeArgs {
     #[arg(long, value_name = "FILE", conflicts_with = "config")]
     pub trace: Option<PathBuf>,
     /// Rotate the trace before it would exceed this size (FILE -> FILE.1, one previous file
-    /// kept), e.g. 64M, 1G.
+    /// kept), e.g. 64M, 1G; at least 4K.
     #[arg(long, default_value = "64M", value_parser = parse_size_arg, requires = "trace")]
     pub trace_max_size: u64,
     /// The device.

@@ -24,7 +24,7 @@
 //! cxl_active_delay = "2s"    # optional: time until "memory active"
 //! cxl_timeout_code = 1       # optional: active timeout 1 s x 4^code (capped at 256 s)
 //! trace = "/var/log/vgrace/gpu0.trace"  # optional: protocol trace (see `vgrace trace`)
-//! trace_max_size = "64M"     # optional: rotate the trace at this size (FILE.1 kept)
+//! trace_max_size = "64M"     # optional: rotate the trace at this size (FILE.1 kept; 4K least)
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -206,6 +206,7 @@ impl DeviceTable {
                 vgrace_device::parse_size(s).map_err(|e| anyhow::anyhow!("trace_max_size: {e}"))?
             }
         };
+        crate::trace_setup::check_max_size(max).context("trace_max_size")?;
         Ok((self.trace.clone(), max))
     }
 
@@ -398,6 +399,17 @@ mod tests {
         let text = "[[device]]\nsocket = \"/tmp/a.sock\"\ntrace = \"/tmp/t\"\n[[device]]\nsocket = \"/tmp/b.sock\"\ntrace = \"/tmp/t\"\n";
         let err = parse(text).unwrap_err();
         assert!(format!("{err:#}").contains("trace file"), "{err:#}");
+    }
+
+    #[test]
+    fn trace_max_size_below_4k_is_refused() {
+        for size in ["0", "4095", "\"1K\""] {
+            let err = parse(&format!(
+                "[[device]]\nsocket = \"/tmp/a.sock\"\ntrace = \"/tmp/t\"\ntrace_max_size = {size}\n"
+            ))
+            .unwrap_err();
+            assert!(format!("{err:#}").contains("too small"), "{size}: {err:#}");
+        }
     }
 
     #[test]

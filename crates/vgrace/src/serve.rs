@@ -155,6 +155,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
     if let Some(path) = &control_path {
         crate::dirs::create_parent(path, "control socket")?;
     }
+    crate::trace_setup::check(&entries, control_path.as_deref(), args.fd.is_none())?;
     let endpoint_of = |e: &DeviceEntry| match args.fd {
         Some(fd) => Endpoint::Fd(fd),
         None => Endpoint::Path(e.socket.clone()),
