@@ -258,14 +258,20 @@ impl Memory {
         self.file.as_fd()
     }
 
-    /// For a file backing, a second handle on the file, to flush it to disk at exit without the
-    /// device (whose lock a stuck session may hold); `None` for a memfd, which has no disk.
-    pub fn file_for_sync(&self) -> Result<Option<File>, DeviceError> {
+    /// For a file backing, a second handle on the file, to set it right and flush it to disk
+    /// at exit without the device (whose lock a stuck session may hold); `None` for a memfd,
+    /// which has no disk.
+    pub fn file_for_sync(&self) -> Result<Option<FileSync>, DeviceError> {
         match self.access {
             Access::FileIo { .. } => self
                 .file
                 .try_clone()
-                .map(Some)
+                .map(|file| {
+                    Some(FileSync {
+                        file,
+                        len: self.len,
+                    })
+                })
                 .map_err(io("the backing file")),
             Access::Mapped(_) => Ok(None),
         }
@@ -408,6 +414,25 @@ impl Memory {
         self.check(offset, len)?;
         self.restore()?;
         Ok((self.file.as_fd(), offset))
+    }
+}
+
+/// A file backing as the way out sees it: its own handle on the file and the size it must have.
+#[derive(Debug)]
+pub struct FileSync {
+    file: File,
+    len: u64,
+}
+
+impl FileSync {
+    /// Grows the file back if a client shrank it since the last look (the next start must find
+    /// its size; the lost range reads as zeros, as at run time), then flushes it to disk.
+    pub fn finish(&self) -> std::io::Result<()> {
+        if self.file.metadata()?.len() < self.len {
+            warn!("the backing file was shrunk by a client; growing it back at exit");
+            self.file.set_len(self.len)?;
+        }
+        self.file.sync_data()
     }
 }
 

@@ -1058,3 +1058,37 @@ fn unaligned_memory_gets_a_whole_last_page_in_the_fd() {
     let len = std::fs::File::from(fd).metadata().unwrap().len();
     assert_eq!(len, ODD.next_multiple_of(4096));
 }
+
+fn cfg16(d: &mut NvGraceGpu, offset: u64) -> u16 {
+    u16::from_le_bytes(read(d, CONFIG, offset, 2).unwrap().try_into().unwrap())
+}
+
+/// Which config bits a client may write, as `vfio_pci_config.c`'s permission tables decide:
+/// MSI-X has none (the client enables it with SET_IRQS), the PCI Express capability only
+/// Device Control (not phantom functions) and Device Control 2 (not ARI), the header its
+/// COMMAND, interrupt line, cache line size and BARs.
+#[test]
+fn config_write_permissions_follow_the_kernels_tables() {
+    let mut d = dev(Profile::Gh100, ODD);
+    let (msix, exp) = (0x48u64, 0x60u64);
+    let before = cfg16(&mut d, msix + 2);
+    d.region_write(CONFIG, msix + 2, &[0xff, 0xff]).unwrap();
+    assert_eq!(cfg16(&mut d, msix + 2), before, "MSI-X message control");
+    let link = cfg16(&mut d, exp + 0x10);
+    d.region_write(CONFIG, exp + 0x10, &[0xff, 0xff]).unwrap();
+    assert_eq!(cfg16(&mut d, exp + 0x10), link, "Link Control");
+    d.region_write(CONFIG, exp + 8, &0x7fffu16.to_le_bytes())
+        .unwrap();
+    assert_eq!(cfg16(&mut d, exp + 8), 0x7fff & !(1 << 9), "Device Control");
+    d.region_write(CONFIG, exp + 0x28, &[0xff, 0xff]).unwrap();
+    assert_eq!(
+        cfg16(&mut d, exp + 0x28) & (1 << 5),
+        0,
+        "ARI in Device Control 2"
+    );
+    assert_ne!(cfg16(&mut d, exp + 0x28), 0, "the rest of Device Control 2");
+    d.region_write(CONFIG, 0, &[0xff; 4]).unwrap();
+    assert_eq!(cfg32(&mut d, 0) & 0xffff, 0x10de, "vendor id");
+    d.region_write(CONFIG, 0x3c, &[0x2a]).unwrap();
+    assert_eq!(cfg16(&mut d, 0x3c) & 0xff, 0x2a, "interrupt line");
+}

@@ -4,7 +4,6 @@
 //! session stuck inside a request, holding its device) or at a second signal the process
 //! removes its sockets, flushes file-backed memory to disk and exits without them.
 
-use std::fs::File;
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
@@ -19,6 +18,7 @@ use tracing::{error, info, warn};
 use vfu::listen::BoundPath;
 use vfu::server::{bind_socket, Controls, Server, ServerConfig, Shutdown};
 use vfu::Device;
+use vgrace_device::backing::FileSync;
 use vgrace_device::{LinuxVersion, NvGraceGpu};
 
 use crate::cli::ServeArgs;
@@ -45,7 +45,7 @@ struct Exit {
     created: Vec<BoundPath>,
     /// File backings (their path for the log, and a handle of their own, so flushing them never
     /// needs the device lock a stuck session may hold).
-    files: Vec<(String, File)>,
+    files: Vec<(String, FileSync)>,
     /// Every device with its server's controls, to ask their clients to let go at a stop.
     devices: Vec<(Arc<Mutex<NvGraceGpu>>, Controls)>,
     done: bool,
@@ -104,7 +104,7 @@ fn finish(f: &Finisher) -> bool {
     exit.done = true;
     remove_sockets(&exit.created);
     for (name, file) in &exit.files {
-        if let Err(e) = file.sync_data() {
+        if let Err(e) = file.finish() {
             error!("cannot flush the backing file {name} to disk: {e}");
         }
     }

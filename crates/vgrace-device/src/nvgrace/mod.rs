@@ -145,7 +145,7 @@ impl NvGraceGpu {
 
     /// For a file backing, a second handle on the file for flushing it to disk at exit (see
     /// [`Memory::file_for_sync`]); `None` for a memfd or a device without memory.
-    pub fn file_for_sync(&self) -> Result<Option<std::fs::File>, DeviceError> {
+    pub fn file_for_sync(&self) -> Result<Option<crate::backing::FileSync>, DeviceError> {
         match &self.memory {
             Some(m) => m.file_for_sync(),
             None => Ok(None),
