@@ -94,11 +94,35 @@ fn sparse_area_covers_exactly_memlength() {
     );
 }
 
+/// A file backing is one image in the host's layout: usemem at 0, resmem after it.
 #[test]
-fn region_fd_offsets_follow_host_layout() {
-    let d = dev(Profile::Gh100, ODD);
+fn region_fd_offsets_follow_host_layout_in_a_file_backing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = cfg(Profile::Gh100, ODD);
+    c.backing = Backing::File(dir.path().join("gpu.mem"));
+    let d = NvGraceGpu::new(&c).unwrap();
     assert_eq!(d.region_info(4).unwrap().fd_offset, 0);
     assert_eq!(d.region_info(2).unwrap().fd_offset, 2 * GIB);
+}
+
+/// With a memfd backing each memory region has a memfd of its own, sized to its memory (whole
+/// pages): a client mapping BAR4's fd can never reach resmem, whatever length it maps.
+#[test]
+fn each_memory_region_has_an_fd_of_its_own_sized_to_its_memory() {
+    let d = dev(Profile::Gh100, ODD);
+    let size = |index| {
+        let info = d.region_info(index).unwrap();
+        assert_eq!(info.fd_offset, 0, "region {index}");
+        let st = nix::sys::stat::fstat(info.fd.unwrap()).unwrap();
+        (st.st_ino, st.st_size as u64)
+    };
+    let (use_ino, use_size) = size(4);
+    let (res_ino, res_size) = size(2);
+    assert_ne!(use_ino, res_ino);
+    let usemem = d.layout().region(4).unwrap().memlength;
+    let resmem = d.layout().region(2).unwrap().memlength;
+    assert_eq!(use_size, usemem.div_ceil(4096) * 4096);
+    assert_eq!(res_size, resmem.div_ceil(4096) * 4096);
 }
 
 #[test]

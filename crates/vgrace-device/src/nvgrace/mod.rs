@@ -23,7 +23,7 @@ use self::live::LiveFaults;
 use self::memregion::{memregion, MemRegion};
 use self::readiness::Readiness;
 use crate::backing::Memory;
-use crate::config::{GpuConfig, Layout, LinuxVersion, Profile, READY_POLL};
+use crate::config::{Backing, GpuConfig, Layout, LinuxVersion, Profile, READY_POLL};
 use crate::error::DeviceError;
 use crate::pci::bar::BarDesc;
 use crate::pci::core::COMMAND_MEMORY;
@@ -42,13 +42,25 @@ pub const MSIX_PBA_OFFSET: u32 = 0x00ff_0000;
 /// Subsystem id we report (any value; the guest driver does not key on it).
 pub const SUBSYSTEM_ID: u16 = 0x16ee;
 
+/// Where a device's memory lives.
+#[derive(Debug)]
+enum DeviceMemory {
+    /// None: a core-only device (link down, no memory properties).
+    None,
+    /// One file in the host's layout (usemem at 0, resmem after it), each region at its
+    /// `fd_offset`.
+    Shared(Memory),
+    /// A memfd of its own per region index, each region at offset 0.
+    PerRegion(Vec<(u32, Memory)>),
+}
+
 /// A software Grace GPU: a [`PciCore`] plus the memory regions, readiness registers and DVSEC.
 #[derive(Debug)]
 pub struct NvGraceGpu {
     core: PciCore,
     layout: Layout,
     /// Device memory; `None` when the device is served by the core alone (link down).
-    memory: Option<Memory>,
+    memory: DeviceMemory,
     /// Blackwell's real BAR1 at region 2, when shown.
     bar1: Option<Bar1>,
     readiness: Readiness,
@@ -71,9 +83,22 @@ impl NvGraceGpu {
         for range in Readiness::ranges() {
             core.set_bar0_read_only(range);
         }
-        let memory = match layout.core_only {
-            Some(_) => None,
-            None => Some(Memory::new(&cfg.backing, layout.mem_size)?),
+        let memory = match (layout.core_only, &cfg.backing) {
+            (Some(_), _) => DeviceMemory::None,
+            // A file holds the whole memory in the host's layout, so it persists as one image.
+            (None, Backing::File(_)) => {
+                DeviceMemory::Shared(Memory::new(&cfg.backing, layout.mem_size)?)
+            }
+            // A memfd per region, sized to its memory: a client mapping one region's fd can
+            // never reach another region's memory (with one shared fd, mapping BAR4 past usemem
+            // would alias resmem).
+            (None, backing) => DeviceMemory::PerRegion(
+                layout
+                    .regions
+                    .iter()
+                    .map(|r| Ok((r.region_index, Memory::new(backing, r.memlength)?)))
+                    .collect::<Result<_, DeviceError>>()?,
+            ),
         };
         let bar1 = layout.bar1_size.map(Bar1::new).transpose()?;
         let live = Arc::new(LiveFaults::default());
@@ -117,7 +142,12 @@ impl NvGraceGpu {
 
     /// The variant's memory region at `index`, if it owns one.
     fn memregion(&self, index: u32) -> Option<MemRegion<'_>> {
-        memregion(&self.layout, self.memory.as_ref()?, index)
+        let (memory, base) = match &self.memory {
+            DeviceMemory::None => return None,
+            DeviceMemory::Shared(m) => (m, self.layout.region(index)?.fd_offset),
+            DeviceMemory::PerRegion(all) => (&all.iter().find(|(i, _)| *i == index)?.1, 0),
+        };
+        memregion(&self.layout, memory, base, index)
     }
 
     /// BAR1, when `index` is its region.
@@ -147,8 +177,8 @@ impl NvGraceGpu {
     /// [`Memory::file_for_sync`]); `None` for a memfd or a device without memory.
     pub fn file_for_sync(&self) -> Result<Option<crate::backing::FileSync>, DeviceError> {
         match &self.memory {
-            Some(m) => m.file_for_sync(),
-            None => Ok(None),
+            DeviceMemory::Shared(m) => m.file_for_sync(),
+            _ => Ok(None),
         }
     }
 
