@@ -175,8 +175,16 @@ pub struct LayoutArgs {
     pub device: DeviceArgs,
 }
 
+/// `vgrace check`'s exit codes, for its `--help`.
+pub const CHECK_EXIT_CODES: &str = "Exit codes:
+  0  every rule passed (skipped rules do not count)
+  1  a rule failed, or the check could not run (no server at --socket, no answer within
+     --timeout: one line on stderr, nothing on stdout)
+  2  usage: bad flags or values";
+
 /// `vgrace check`.
 #[derive(Debug, Args)]
+#[command(after_help = CHECK_EXIT_CODES)]
 pub struct CheckArgs {
     /// Socket of the vfio-user server to check.
     #[arg(long)]
@@ -190,9 +198,16 @@ pub struct CheckArgs {
     #[arg(long, default_value = "10s", value_parser = parse_timeout)]
     pub timeout: Duration,
     /// Judge the server by the rules of this Linux version's nvgrace-gpu-vfio-pci: 6.9, 6.14,
-    /// 6.19 or 7.2 (Blackwell's layout from 6.14, the reset check from 6.19).
+    /// 6.19 or 7.2 (Blackwell's layout from 6.14, the reset check from 6.19). A server does not
+    /// announce its version, so this must match the server's --linux; where a rule that
+    /// differs between versions shows another one, check says which.
     #[arg(long, default_value = "7.2")]
     pub linux: LinuxVersion,
+    /// Print one JSON document instead of the lines: `rules` (name, result PASS/FAIL/SKIP,
+    /// detail, the Linux functions the rule cites), `summary` (counts), `server` (the versions
+    /// its behaviour fits, when it shows; its vfio-user limits) and `notes`.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `vgrace qemu-args`.

@@ -866,7 +866,7 @@ fn check_follows_every_linux_version_on_gh100_and_gb200() {
                 "{linux} {profile}:\n{out}"
             );
             let reset_rule = if linux == "6.19" || linux == "7.2" {
-                "PASS  reset: first memory access with decode off is EIO (6.19+)"
+                "PASS  reset: first memory access with decode off is EIO (6.19+, nvgrace_gpu_check_device_ready)"
             } else {
                 "PASS  reset: first memory access is not checked (before 6.19)"
             };
@@ -909,7 +909,8 @@ fn check_accepts_a_core_only_device_on_every_version() {
                 "{linux} {profile} {how}:\n{out}"
             );
             assert!(
-                out.contains("skipped: a core-only device has no memory region"),
+                out.lines().any(|l| l.starts_with("SKIP  reset:")
+                    && l.ends_with("a core-only device has no memory region")),
                 "{out}"
             );
             assert_eq!(
@@ -944,6 +945,14 @@ fn check_for_6_9_fails_a_7_2_blackwell_layout() {
         "{out}"
     );
     assert!(out.contains("region 2 is a core BAR"), "{out}");
+    // Blackwell's layout says 6.14+, the EIO after a reset says 6.19+.
+    assert!(
+        out.contains(
+            "note: the server behaves as nvgrace-gpu-vfio-pci of Linux 6.19 or 7.2, not 6.9: \
+             check with --linux 7.2 (it must match the server's --linux)"
+        ),
+        "{out}"
+    );
 }
 
 /// From 6.19 the first memory access after a reset with decode off is EIO: a 6.14 server, which
@@ -956,11 +965,118 @@ fn check_for_7_2_fails_the_reset_rule_of_a_6_14_server() {
     let (passed, out) = check_as(&socket, "7.2");
     assert!(!passed, "{out}");
     assert!(
-        out.contains("FAIL  reset: first memory access with decode off is EIO (6.19+)"),
+        out.contains("FAIL  reset: first memory access with decode off is EIO (6.19+, nvgrace_gpu_check_device_ready)"),
         "{out}"
     );
     assert!(out.contains("expected EIO"), "{out}");
     assert_eq!(out.matches("FAIL").count(), 1, "{out}");
+    // A Hopper's layout is the same under every version: only the reset rule tells.
+    assert!(
+        out.contains("the server behaves as nvgrace-gpu-vfio-pci of Linux 6.9 or 6.14, not 7.2"),
+        "{out}"
+    );
+}
+
+/// `vgrace check --json`: one JSON document on stdout (rules with name, result, detail and
+/// the kernel functions they cite; summary counts; what the server's behaviour shows of its
+/// version), exit 0 when every rule passed; 1 when one failed, with the versions it fits.
+#[test]
+fn check_json_is_one_document_with_rules_summary_cites_and_the_servers_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("gpu.sock");
+    let _served = start(&socket, &["--linux", "6.14"]);
+    let json_check = |linux: &str| {
+        let out = vgrace(&[
+            "check",
+            "--socket",
+            socket.to_str().unwrap(),
+            "--linux",
+            linux,
+            "--json",
+        ]);
+        let doc: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
+        (out.status.code(), doc)
+    };
+
+    let (code, doc) = json_check("6.14");
+    assert_eq!(code, Some(0), "{doc:#}");
+    assert_eq!(doc["linux"], "6.14");
+    let rules = doc["rules"].as_array().unwrap();
+    for r in rules {
+        assert!(r["name"].is_string() && r["detail"].is_string(), "{r}");
+        assert!(["PASS", "SKIP"].contains(&r["result"].as_str().unwrap()), "{r}");
+        assert!(r["cites"].is_array(), "{r}");
+    }
+    let summary = &doc["summary"];
+    assert_eq!(summary["failed"], 0, "{doc:#}");
+    assert_eq!(summary["total"].as_u64().unwrap() as usize, rules.len());
+    assert_eq!(
+        summary["passed"].as_u64().unwrap() + summary["skipped"].as_u64().unwrap(),
+        rules.len() as u64
+    );
+    let reset = rules
+        .iter()
+        .find(|r| r["name"].as_str().unwrap().starts_with("reset: emulated BARs"))
+        .unwrap();
+    assert_eq!(
+        reset["cites"],
+        serde_json::json!(["nvgrace_gpu_ioctl", "vfio_pci_ioctl_reset"])
+    );
+    assert_eq!(doc["server"]["linux"], serde_json::json!(["6.9", "6.14"]));
+    assert!(doc["server"]["max_data_xfer_size"].as_u64().unwrap() > 0);
+    assert_eq!(doc["notes"], serde_json::json!([]));
+
+    let (code, doc) = json_check("7.2");
+    assert_eq!(code, Some(1), "{doc:#}");
+    assert_eq!(doc["summary"]["failed"], 1, "{doc:#}");
+    let failed: Vec<&str> = doc["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["result"] == "FAIL")
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        failed,
+        ["reset: first memory access with decode off is EIO (6.19+, nvgrace_gpu_check_device_ready)"]
+    );
+    let note = doc["notes"][0].as_str().unwrap();
+    assert!(note.contains("Linux 6.9 or 6.14, not 7.2"), "{note}");
+}
+
+/// Scripts tell "a rule failed" from "could not check" by stdout: a check that cannot reach
+/// its server prints nothing there (not half a JSON document), one line on stderr, exit 1;
+/// `--help` lists the exit codes and the versions `--linux` knows, and an unknown one is
+/// refused naming them.
+#[test]
+fn check_exit_codes_and_versions_are_documented_and_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("nobody.sock");
+    let out = vgrace(&["check", "--socket", socket.to_str().unwrap(), "--json"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty(), "{}", String::from_utf8_lossy(&out.stdout));
+    assert_eq!(stderr_of(&out).lines().count(), 1, "{}", stderr_of(&out));
+
+    let out = vgrace(&["check", "--help"]);
+    let help = String::from_utf8_lossy(&out.stdout);
+    for said in [
+        "0  every rule passed",
+        "1  a rule failed, or the check could not run",
+        "2  usage",
+        "6.9, 6.14, 6.19 or 7.2",
+        "must match the server's --linux",
+        "--json",
+    ] {
+        assert!(help.contains(said), "{said:?} not in:\n{help}");
+    }
+    let out = vgrace(&["check", "--socket", "x", "--linux", "6.10"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr_of(&out).contains("expected 6.9, 6.14, 6.19 or 7.2"),
+        "{}",
+        stderr_of(&out)
+    );
 }
 
 fn four_gpu_node(dir: &Path) -> std::path::PathBuf {
