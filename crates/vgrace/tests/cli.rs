@@ -1005,7 +1005,10 @@ fn check_json_is_one_document_with_rules_summary_cites_and_the_servers_version()
     let rules = doc["rules"].as_array().unwrap();
     for r in rules {
         assert!(r["name"].is_string() && r["detail"].is_string(), "{r}");
-        assert!(["PASS", "SKIP"].contains(&r["result"].as_str().unwrap()), "{r}");
+        assert!(
+            ["PASS", "SKIP"].contains(&r["result"].as_str().unwrap()),
+            "{r}"
+        );
         assert!(r["cites"].is_array(), "{r}");
     }
     let summary = &doc["summary"];
@@ -1017,7 +1020,12 @@ fn check_json_is_one_document_with_rules_summary_cites_and_the_servers_version()
     );
     let reset = rules
         .iter()
-        .find(|r| r["name"].as_str().unwrap().starts_with("reset: emulated BARs"))
+        .find(|r| {
+            r["name"]
+                .as_str()
+                .unwrap()
+                .starts_with("reset: emulated BARs")
+        })
         .unwrap();
     assert_eq!(
         reset["cites"],
@@ -1055,7 +1063,11 @@ fn check_exit_codes_and_versions_are_documented_and_kept() {
     let socket = dir.path().join("nobody.sock");
     let out = vgrace(&["check", "--socket", socket.to_str().unwrap(), "--json"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(out.stdout.is_empty(), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     assert_eq!(stderr_of(&out).lines().count(), 1, "{}", stderr_of(&out));
 
     let out = vgrace(&["check", "--help"]);

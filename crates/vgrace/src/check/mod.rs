@@ -394,11 +394,15 @@ fn check_all(t: &mut dyn Target, ready_timeout: Duration, linux: LinuxVersion) -
         );
         push(
             &format!("region {index}: reads past memory are all ones"),
-            unless_off(decode_off, || past_memory_read(t, *index, memlength, info.size)),
+            unless_off(decode_off, || {
+                past_memory_read(t, *index, memlength, info.size)
+            }),
         );
         push(
             &format!("region {index}: writes past memory are dropped"),
-            unless_off(decode_off, || past_memory_write(t, *index, memlength, info.size)),
+            unless_off(decode_off, || {
+                past_memory_write(t, *index, memlength, info.size)
+            }),
         );
         push(
             &format!("region {index}: access clipped at BAR end"),
