@@ -1103,3 +1103,21 @@ fn check_reports_memory_decode_off_once_and_skips_the_bar_rules() {
         .ok(json!({"v": 1, "op": "peek", "region": CONFIG_REGION_INDEX, "offset": 4, "count": 2}));
     assert_eq!(command["data"], "0000", "{command}");
 }
+
+/// `vgrace ctl` errors name its flags (`--delay`), not the control plane's JSON fields
+/// (`"ms"`), which its user never typed.
+#[test]
+fn ctl_errors_name_the_flags_not_the_json_fields() {
+    let s = serve(&[]);
+    for (args, flag) in [
+        (&["fault", "ready-delay"][..], "fault ready-delay needs --delay"),
+        (&["fault", "delay-replies"], "fault delay-replies needs --delay"),
+        (&["fault", "poison", "--offset", "0"], "fault poison needs --region"),
+        (&["fault", "poison", "--region", "4"], "fault poison needs --offset"),
+    ] {
+        let (ok, _, err) = run_ctl(&s.control, args);
+        assert!(!ok, "{args:?}");
+        assert!(err.contains(flag), "{args:?}: {err}");
+        assert!(!err.contains('"'), "{args:?}: {err}");
+    }
+}
