@@ -175,6 +175,11 @@ fn status_names_the_device_its_version_and_the_attached_client() {
         ok && out.contains("readiness: ready") && out.contains("client:    pid"),
         "{out}"
     );
+    // Sizes as the log gives them: 1610616832 bytes is 1.50 GiB.
+    assert!(
+        out.contains("gh100 10de:2342 as Linux 6.19, 1.50 GiB of memfd memory\n"),
+        "{out}"
+    );
 }
 
 #[test]
