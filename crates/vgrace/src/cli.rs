@@ -157,8 +157,17 @@ pub struct ServeArgs {
     pub device: DeviceArgs,
 }
 
-/// `vgrace layout`.
+/// `vgrace layout`. Its `--help` lists only the device flags that change a layout; the
+/// others (readiness timing, faults, backing) are still taken, hidden, so the flags of a
+/// `serve` command line work here too.
 #[derive(Debug, Args)]
+#[command(
+    mut_arg("backing", hide_flag),
+    mut_arg("ready_delay", hide_flag),
+    mut_arg("fault", hide_flag),
+    mut_arg("reset_ready_delay", hide_flag),
+    mut_arg("ready_timeout", hide_flag)
+)]
 pub struct LayoutArgs {
     /// Print JSON instead of the table and diagram.
     #[arg(long)]
@@ -210,8 +219,23 @@ pub struct CheckArgs {
     pub json: bool,
 }
 
-/// `vgrace qemu-args`.
+/// `vgrace qemu-args`. Its `--help` lists only the device flags that change the arguments
+/// (what sizes the BARs and NUMA nodes); the others are still taken, hidden, so the flags of a
+/// `serve` command line (as its log line "attach with" prints them) work here too.
 #[derive(Debug, Args)]
+#[command(
+    mut_arg("backing", hide_flag),
+    mut_arg("ready_delay", hide_flag),
+    mut_arg("fault", hide_flag),
+    mut_arg("reset_ready_delay", hide_flag),
+    mut_arg("ready_timeout", hide_flag),
+    mut_arg("mem_base", hide_flag),
+    mut_arg("cxl", hide_flag),
+    mut_arg("cxl_valid_delay", hide_flag),
+    mut_arg("cxl_active_delay", hide_flag),
+    mut_arg("cxl_timeout_code", hide_flag),
+    mut_arg("poison", hide_flag)
+)]
 pub struct QemuArgsArgs {
     /// Socket path the device is (or will be) served on.
     #[arg(long, default_value = "vgrace.sock", conflicts_with = "config")]
@@ -235,6 +259,11 @@ pub struct QemuArgsArgs {
     /// The device.
     #[command(flatten)]
     pub device: DeviceArgs,
+}
+
+/// Hides a device flag from a verb's `--help` whose output it does not change.
+fn hide_flag(arg: clap::Arg) -> clap::Arg {
+    arg.hide(true)
 }
 
 /// With `--config` the file describes the devices, so a device flag given too would be silently

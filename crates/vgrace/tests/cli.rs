@@ -1187,3 +1187,78 @@ fn output_into_a_closed_pipe_is_a_quiet_exit_not_a_panic() {
         assert!(out.status.success(), "{args:?}: {:?} {err}", out.status);
     }
 }
+
+/// `layout --help` and `qemu-args --help` list only the device flags that change their output;
+/// the hidden ones (a `serve` command line's readiness timing, faults, backing) are still
+/// taken, and change nothing: each is run with a non-default value against the default.
+#[test]
+fn layout_and_qemu_args_help_list_only_the_flags_that_change_their_output() {
+    // (the flag, a command line giving it a value other than the default)
+    type Case = (&'static str, &'static [&'static str]);
+    let hidden_everywhere: &[Case] = &[
+        ("--backing", &["--backing", "/nonexistent/gpu.mem"]),
+        ("--ready-delay", &["--ready-delay", "2s"]),
+        ("--fault", &["--fault", "link-down"]),
+        ("--reset-ready-delay", &["--reset-ready-delay", "2s"]),
+        ("--ready-timeout", &["--ready-timeout", "5s"]),
+    ];
+    let only_in_layout: &[Case] = &[
+        ("--mem-base", &["--mem-base", "0x500000000000"]),
+        ("--cxl", &["--cxl"]),
+        ("--cxl-valid-delay", &["--cxl", "--cxl-valid-delay", "1s"]),
+        ("--cxl-active-delay", &["--cxl", "--cxl-active-delay", "1s"]),
+        ("--cxl-timeout-code", &["--cxl", "--cxl-timeout-code", "3"]),
+        ("--poison", &["--poison", "4:0x1000"]),
+    ];
+    let shown_everywhere: &[Case] = &[
+        ("--device-id", &["--device-id", "0x31c2"]),
+        ("--mem-size", &["--mem-size", "480G"]),
+        ("--linux", &["--linux", "6.9"]),
+        ("--no-mem-properties", &["--no-mem-properties"]),
+        ("--bar1-size", &["--bar1-size", "256M"]),
+    ];
+    let run = |verb: &str, extra: &[&str]| {
+        let mut args = vec![verb, "--profile", "gb200"];
+        if verb == "qemu-args" {
+            args.extend(["--machine", "q35"]);
+        }
+        args.extend_from_slice(extra);
+        let out = vgrace(&args);
+        assert!(out.status.success(), "{args:?}: {}", stderr_of(&out));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    for verb in ["layout", "qemu-args"] {
+        let help = String::from_utf8(vgrace(&[verb, "--help"]).stdout).unwrap();
+        let listed = |flag: &str| {
+            help.lines()
+                .any(|l| l.trim_start().starts_with(&format!("{flag} ")) || l.trim() == flag)
+        };
+        let base = run(verb, &[]);
+        let (mut hidden, mut changing) = (hidden_everywhere.to_vec(), shown_everywhere.to_vec());
+        if verb == "qemu-args" {
+            hidden.extend_from_slice(only_in_layout);
+        } else {
+            changing.extend_from_slice(only_in_layout);
+        }
+        for (flag, args) in hidden {
+            assert!(!listed(flag), "{verb} --help lists {flag}:\n{help}");
+            assert_eq!(run(verb, args), base, "{verb} {args:?} changes the output");
+        }
+        for (flag, args) in changing {
+            assert!(listed(flag), "{verb} --help misses {flag}:\n{help}");
+            assert_ne!(run(verb, args), base, "{verb} {args:?} changes nothing");
+        }
+    }
+    // serve still lists every device flag.
+    let help = String::from_utf8(vgrace(&["serve", "--help"]).stdout).unwrap();
+    for flag in [
+        "--ready-delay",
+        "--fault",
+        "--backing",
+        "--mem-base",
+        "--cxl",
+        "--poison",
+    ] {
+        assert!(help.contains(flag), "serve --help misses {flag}");
+    }
+}

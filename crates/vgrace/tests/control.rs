@@ -1115,10 +1115,22 @@ fn check_reports_memory_decode_off_once_and_skips_the_bar_rules() {
 fn ctl_errors_name_the_flags_not_the_json_fields() {
     let s = serve(&[]);
     for (args, flag) in [
-        (&["fault", "ready-delay"][..], "fault ready-delay needs --delay"),
-        (&["fault", "delay-replies"], "fault delay-replies needs --delay"),
-        (&["fault", "poison", "--offset", "0"], "fault poison needs --region"),
-        (&["fault", "poison", "--region", "4"], "fault poison needs --offset"),
+        (
+            &["fault", "ready-delay"][..],
+            "fault ready-delay needs --delay",
+        ),
+        (
+            &["fault", "delay-replies"],
+            "fault delay-replies needs --delay",
+        ),
+        (
+            &["fault", "poison", "--offset", "0"],
+            "fault poison needs --region",
+        ),
+        (
+            &["fault", "poison", "--region", "4"],
+            "fault poison needs --offset",
+        ),
     ] {
         let (ok, _, err) = run_ctl(&s.control, args);
         assert!(!ok, "{args:?}");

@@ -192,7 +192,9 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("a plain vfio-pci function without memory regions (the C2C link is down)"),
+            text.contains(
+                "a plain vfio-pci function without memory regions (the C2C link is down)"
+            ),
             "{text}"
         );
     }
