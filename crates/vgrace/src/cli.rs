@@ -161,13 +161,7 @@ pub struct ServeArgs {
 /// others (readiness timing, faults, backing) are still taken, hidden, so the flags of a
 /// `serve` command line work here too.
 #[derive(Debug, Args)]
-#[command(
-    mut_arg("backing", hide_flag),
-    mut_arg("ready_delay", hide_flag),
-    mut_arg("fault", hide_flag),
-    mut_arg("reset_ready_delay", hide_flag),
-    mut_arg("ready_timeout", hide_flag)
-)]
+#[command(mut_args(hide_in_layout))]
 pub struct LayoutArgs {
     /// Print JSON instead of the table and diagram.
     #[arg(long)]
@@ -223,19 +217,7 @@ pub struct CheckArgs {
 /// (what sizes the BARs and NUMA nodes); the others are still taken, hidden, so the flags of a
 /// `serve` command line (as its log line "attach with" prints them) work here too.
 #[derive(Debug, Args)]
-#[command(
-    mut_arg("backing", hide_flag),
-    mut_arg("ready_delay", hide_flag),
-    mut_arg("fault", hide_flag),
-    mut_arg("reset_ready_delay", hide_flag),
-    mut_arg("ready_timeout", hide_flag),
-    mut_arg("mem_base", hide_flag),
-    mut_arg("cxl", hide_flag),
-    mut_arg("cxl_valid_delay", hide_flag),
-    mut_arg("cxl_active_delay", hide_flag),
-    mut_arg("cxl_timeout_code", hide_flag),
-    mut_arg("poison", hide_flag)
-)]
+#[command(mut_args(hide_in_qemu_args))]
 pub struct QemuArgsArgs {
     /// Socket path the device is (or will be) served on.
     #[arg(long, default_value = "vgrace.sock", conflicts_with = "config")]
@@ -261,9 +243,43 @@ pub struct QemuArgsArgs {
     pub device: DeviceArgs,
 }
 
-/// Hides a device flag from a verb's `--help` whose output it does not change.
-fn hide_flag(arg: clap::Arg) -> clap::Arg {
-    arg.hide(true)
+/// Device flags that change neither a layout nor the QEMU arguments: readiness timing, faults,
+/// where the memory lives.
+const NO_LAYOUT_CHANGE: [&str; 5] = [
+    "backing",
+    "ready_delay",
+    "fault",
+    "reset_ready_delay",
+    "ready_timeout",
+];
+
+/// Device flags a layout shows but the QEMU arguments do not depend on.
+const NO_QEMU_ARGS_CHANGE: [&str; 6] = [
+    "mem_base",
+    "cxl",
+    "cxl_valid_delay",
+    "cxl_active_delay",
+    "cxl_timeout_code",
+    "poison",
+];
+
+/// Hides from `layout --help` the device flags that do not change a layout.
+fn hide_in_layout(arg: clap::Arg) -> clap::Arg {
+    if NO_LAYOUT_CHANGE.contains(&arg.get_id().as_str()) {
+        arg.hide(true)
+    } else {
+        arg
+    }
+}
+
+/// Hides from `qemu-args --help` the device flags that do not change its arguments.
+fn hide_in_qemu_args(arg: clap::Arg) -> clap::Arg {
+    let id = arg.get_id().as_str();
+    if NO_LAYOUT_CHANGE.contains(&id) || NO_QEMU_ARGS_CHANGE.contains(&id) {
+        arg.hide(true)
+    } else {
+        arg
+    }
 }
 
 /// With `--config` the file describes the devices, so a device flag given too would be silently

@@ -496,7 +496,7 @@ fn fitting_versions(
         LinuxVersion::ALL
             .into_iter()
             .filter(|v| by_layout.is_none() || layout(regions, true, *v).1.is_ok())
-            .filter(|v| first_access_eio.map_or(true, |eio| eio == (*v >= LinuxVersion::V6_19)))
+            .filter(|v| first_access_eio.is_none_or(|eio| eio == (*v >= LinuxVersion::V6_19)))
             .collect(),
     )
 }
