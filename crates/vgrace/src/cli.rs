@@ -157,8 +157,11 @@ pub struct ServeArgs {
     pub device: DeviceArgs,
 }
 
-/// `vgrace layout`.
+/// `vgrace layout`. Its `--help` lists only the device flags that change a layout; the
+/// others (readiness timing, faults, backing) are still taken, hidden, so the flags of a
+/// `serve` command line work here too.
 #[derive(Debug, Args)]
+#[command(mut_args(hide_in_layout))]
 pub struct LayoutArgs {
     /// Print JSON instead of the table and diagram.
     #[arg(long)]
@@ -175,8 +178,16 @@ pub struct LayoutArgs {
     pub device: DeviceArgs,
 }
 
+/// `vgrace check`'s exit codes, for its `--help`.
+pub const CHECK_EXIT_CODES: &str = "Exit codes:
+  0  every rule passed (skipped rules do not count)
+  1  a rule failed, or the check could not run (no server at --socket, no answer within
+     --timeout: one line on stderr, nothing on stdout)
+  2  usage: bad flags or values";
+
 /// `vgrace check`.
 #[derive(Debug, Args)]
+#[command(after_help = CHECK_EXIT_CODES)]
 pub struct CheckArgs {
     /// Socket of the vfio-user server to check.
     #[arg(long)]
@@ -190,13 +201,23 @@ pub struct CheckArgs {
     #[arg(long, default_value = "10s", value_parser = parse_timeout)]
     pub timeout: Duration,
     /// Judge the server by the rules of this Linux version's nvgrace-gpu-vfio-pci: 6.9, 6.14,
-    /// 6.19 or 7.2 (Blackwell's layout from 6.14, the reset check from 6.19).
+    /// 6.19 or 7.2 (Blackwell's layout from 6.14, the reset check from 6.19). A server does not
+    /// announce its version, so this must match the server's --linux; where a rule that
+    /// differs between versions shows another one, check says which.
     #[arg(long, default_value = "7.2")]
     pub linux: LinuxVersion,
+    /// Print one JSON document instead of the lines: `rules` (name, result PASS/FAIL/SKIP,
+    /// detail, the Linux functions the rule cites), `summary` (counts), `server` (the versions
+    /// its behaviour fits, when it shows; its vfio-user limits) and `notes`.
+    #[arg(long)]
+    pub json: bool,
 }
 
-/// `vgrace qemu-args`.
+/// `vgrace qemu-args`. Its `--help` lists only the device flags that change the arguments
+/// (what sizes the BARs and NUMA nodes); the others are still taken, hidden, so the flags of a
+/// `serve` command line (as its log line "attach with" prints them) work here too.
 #[derive(Debug, Args)]
+#[command(mut_args(hide_in_qemu_args))]
 pub struct QemuArgsArgs {
     /// Socket path the device is (or will be) served on.
     #[arg(long, default_value = "vgrace.sock", conflicts_with = "config")]
@@ -220,6 +241,45 @@ pub struct QemuArgsArgs {
     /// The device.
     #[command(flatten)]
     pub device: DeviceArgs,
+}
+
+/// Device flags that change neither a layout nor the QEMU arguments: readiness timing, faults,
+/// where the memory lives.
+const NO_LAYOUT_CHANGE: [&str; 5] = [
+    "backing",
+    "ready_delay",
+    "fault",
+    "reset_ready_delay",
+    "ready_timeout",
+];
+
+/// Device flags a layout shows but the QEMU arguments do not depend on.
+const NO_QEMU_ARGS_CHANGE: [&str; 6] = [
+    "mem_base",
+    "cxl",
+    "cxl_valid_delay",
+    "cxl_active_delay",
+    "cxl_timeout_code",
+    "poison",
+];
+
+/// Hides from `layout --help` the device flags that do not change a layout.
+fn hide_in_layout(arg: clap::Arg) -> clap::Arg {
+    if NO_LAYOUT_CHANGE.contains(&arg.get_id().as_str()) {
+        arg.hide(true)
+    } else {
+        arg
+    }
+}
+
+/// Hides from `qemu-args --help` the device flags that do not change its arguments.
+fn hide_in_qemu_args(arg: clap::Arg) -> clap::Arg {
+    let id = arg.get_id().as_str();
+    if NO_LAYOUT_CHANGE.contains(&id) || NO_QEMU_ARGS_CHANGE.contains(&id) {
+        arg.hide(true)
+    } else {
+        arg
+    }
 }
 
 /// With `--config` the file describes the devices, so a device flag given too would be silently

@@ -175,6 +175,11 @@ fn status_names_the_device_its_version_and_the_attached_client() {
         ok && out.contains("readiness: ready") && out.contains("client:    pid"),
         "{out}"
     );
+    // Sizes as the log gives them: 1610616832 bytes is 1.50 GiB.
+    assert!(
+        out.contains("gh100 10de:2342 as Linux 6.19, 1.50 GiB of memfd memory\n"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -1055,4 +1060,90 @@ fn check_against_a_control_socket_times_out_with_one_line() {
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("did not answer VERSION within 1s"), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
+}
+
+/// `vgrace check` on a device whose memory decode is off (COMMAND bit 1 clear) says so once,
+/// naming the cause, and skips the rules that access a BAR, instead of failing each of them
+/// with EIO; it does not turn decode on (a checker must not hide the device's state).
+#[test]
+fn check_reports_memory_decode_off_once_and_skips_the_bar_rules() {
+    let s = serve(&[]);
+    let mut ctl = Ctl::connect(&s.control);
+    // Each client gets the device opened afresh, decode on: turn it off while check is
+    // attached, its replies held back a second each so it has not read COMMAND yet.
+    ctl.ok(json!({"v": 1, "op": "fault", "fault": "delay-replies", "ms": 1000}));
+    let check = Command::new(BIN)
+        .args(["check", "--socket", s.socket.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let until = Instant::now() + Duration::from_secs(10);
+    while ctl.ok(json!({"v": 1, "op": "status"}))["devices"][0]["client"].is_null() {
+        assert!(Instant::now() < until, "check never attached");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    ctl.ok(
+        json!({"v": 1, "op": "poke", "region": CONFIG_REGION_INDEX, "offset": 4, "data": "0000"}),
+    );
+    ctl.ok(json!({"v": 1, "op": "fault", "fault": "delay-replies", "clear": true}));
+    let out = check.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    let fails: Vec<&str> = stdout.lines().filter(|l| l.starts_with("FAIL")).collect();
+    assert_eq!(fails.len(), 1, "{stdout}");
+    assert!(
+        fails[0].starts_with("FAIL  config: memory decode on")
+            && fails[0].contains("COMMAND 0x0000: memory decode is off"),
+        "{stdout}"
+    );
+    let skipped = |rule: &str| {
+        stdout.lines().any(|l| {
+            l.starts_with("SKIP") && l.contains(rule) && l.ends_with("memory decode is off")
+        })
+    };
+    for rule in [
+        "bar0: readiness",
+        "region 4: memory reads back writes",
+        "region 4: reads past memory are all ones",
+        "region 2: mmap of the fd is coherent",
+        "region 2: offset at BAR end is EINVAL",
+    ] {
+        assert!(skipped(rule), "{rule} not skipped:\n{stdout}");
+    }
+    // Rules that need no BAR access still ran, and the device was left as found.
+    assert!(stdout.contains("PASS  BAR4: sizing probe"), "{stdout}");
+    let command = ctl
+        .ok(json!({"v": 1, "op": "peek", "region": CONFIG_REGION_INDEX, "offset": 4, "count": 2}));
+    assert_eq!(command["data"], "0000", "{command}");
+}
+
+/// `vgrace ctl` errors name its flags (`--delay`), not the control plane's JSON fields
+/// (`"ms"`), which its user never typed.
+#[test]
+fn ctl_errors_name_the_flags_not_the_json_fields() {
+    let s = serve(&[]);
+    for (args, flag) in [
+        (
+            &["fault", "ready-delay"][..],
+            "fault ready-delay needs --delay",
+        ),
+        (
+            &["fault", "delay-replies"],
+            "fault delay-replies needs --delay",
+        ),
+        (
+            &["fault", "poison", "--offset", "0"],
+            "fault poison needs --region",
+        ),
+        (
+            &["fault", "poison", "--region", "4"],
+            "fault poison needs --offset",
+        ),
+    ] {
+        let (ok, _, err) = run_ctl(&s.control, args);
+        assert!(!ok, "{args:?}");
+        assert!(err.contains(flag), "{args:?}: {err}");
+        assert!(!err.contains('"'), "{args:?}: {err}");
+    }
 }

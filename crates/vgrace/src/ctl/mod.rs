@@ -158,6 +158,33 @@ pub fn parse_region(s: &str) -> Result<u32, String> {
     }
 }
 
+/// The request fields `ctl` fills from its flags, those flags, and the unit of the field's
+/// value: the control plane's errors name the JSON fields (`"ms"`), which a `ctl` user never
+/// typed.
+const FIELD_FLAGS: [(&str, &str, &str); 5] = [
+    ("ms", "--delay", "ms"),
+    ("count", "--count", ""),
+    ("region", "--region", ""),
+    ("offset", "--offset", ""),
+    ("device", "--device", ""),
+];
+
+/// `message` with the quoted request fields (`needs "ms"`) and a leading field value
+/// (`ms 90000000: at most ...`) named by their `ctl` flags (`--delay 90000000ms: ...`).
+fn flag_names(message: &str) -> String {
+    let mut out = message.to_string();
+    for (field, flag, unit) in FIELD_FLAGS {
+        out = out.replace(&format!("\"{field}\""), flag);
+        if let Some(rest) = out.strip_prefix(&format!("{field} ")) {
+            out = match rest.split_once(':') {
+                Some((value, tail)) => format!("{flag} {value}{unit}:{tail}"),
+                None => format!("{flag} {rest}"),
+            };
+        }
+    }
+    out
+}
+
 /// A connection to the control socket.
 pub struct Control {
     stream: BufReader<UnixStream>,
@@ -189,7 +216,7 @@ impl Control {
             let message = response["error"]["message"]
                 .as_str()
                 .unwrap_or("the server answered without a message");
-            bail!("{message}");
+            bail!("{}", flag_names(message));
         }
         Ok(response)
     }
@@ -405,4 +432,30 @@ fn poke_bytes(
         bail!("nothing to write");
     }
     Ok(data)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_errors_name_ctl_flags() {
+        assert_eq!(
+            flag_names("fault ready-delay needs \"ms\""),
+            "fault ready-delay needs --delay"
+        );
+        assert_eq!(
+            flag_names("ms 90000000: at most 86400000 (a day)"),
+            "--delay 90000000ms: at most 86400000 (a day)"
+        );
+        assert_eq!(
+            flag_names("this process serves several devices: name one with \"device\" (a, b)"),
+            "this process serves several devices: name one with --device (a, b)"
+        );
+        // A value the user gave is named by its flag too.
+        assert_eq!(
+            flag_names("offset 0x10 is past region 4's memory"),
+            "--offset 0x10 is past region 4's memory"
+        );
+    }
 }
