@@ -1116,3 +1116,24 @@ fn config_write_permissions_follow_the_kernels_tables() {
     d.region_write(CONFIG, 0x3c, &[0x2a]).unwrap();
     assert_eq!(cfg16(&mut d, 0x3c) & 0xff, 0x2a, "interrupt line");
 }
+
+/// `nvgrace_gpu_read_config_emu` overlays one emulated BAR per read, BAR2's pair first: a
+/// single read spanning both pairs shows the BAR4 pair as the core has it (0), while reads of
+/// each pair alone show both emulated values.
+#[test]
+fn a_config_read_spanning_both_bar_pairs_overlays_only_the_bar2_pair() {
+    let mut d = dev(Profile::Gh100, ODD);
+    cfg_write32(&mut d, 0x1c, 0x1);
+    cfg_write32(&mut d, 0x24, 0x2);
+    let both = read(&mut d, CONFIG, 0x18, 16).unwrap();
+    assert_eq!(both[..8], [0xc, 0, 0, 0, 1, 0, 0, 0]);
+    assert_eq!(both[8..], [0; 8]);
+    assert_eq!(cfg32(&mut d, 0x20), 0xc);
+    assert_eq!(cfg32(&mut d, 0x24), 0x2);
+    let tail = read(&mut d, CONFIG, 0x1c, 8).unwrap();
+    assert_eq!(
+        tail,
+        [1, 0, 0, 0, 0, 0, 0, 0],
+        "BAR3 and BAR4 in one read span both pairs"
+    );
+}

@@ -413,8 +413,30 @@ impl NvGraceGpu {
         if index == BAR0_REGION_INDEX {
             self.readiness.overlay(offset, buf);
         }
+        if index == CONFIG_REGION_INDEX {
+            self.one_emulated_bar_per_read(offset, buf);
+        }
         if let (CONFIG_REGION_INDEX, Some(cxl)) = (index, &self.cxl) {
             cxl.overlay(offset, buf);
+        }
+    }
+
+    /// `nvgrace_gpu_read_config_emu` overlays one emulated BAR per config read, the BAR2 pair
+    /// before the BAR4 pair: a read that spans both shows the BAR4 pair as the core has it,
+    /// which for a BAR the physical function does not have is 0.
+    fn one_emulated_bar_per_read(&self, offset: u64, buf: &mut [u8]) {
+        const BAR2: std::ops::Range<u64> = 0x18..0x20;
+        const BAR4: std::ops::Range<u64> = 0x20..0x28;
+        let touches = |r: &std::ops::Range<u64>| {
+            offset < r.end && r.start < offset.saturating_add(buf.len() as u64)
+        };
+        if self.layout.region(4).is_none() || !touches(&BAR2) || !touches(&BAR4) {
+            return;
+        }
+        for (i, b) in buf.iter_mut().enumerate() {
+            if BAR4.contains(&(offset + i as u64)) {
+                *b = 0;
+            }
         }
     }
 
