@@ -19,7 +19,7 @@
 //! |---|---|---|
 //! | `status` | | `pid`, `uptime_s`, `log_lines_dropped`, `devices`: id, socket, profile, device_id, linux, mem_size, backing, readiness, faults, client {pid, uid, since}, uptime_s |
 //! | `stats` | | `devices`: id, clients_served/refused/dropped, resets, commands [{cmd, count, errors {ERRNO: n}, bytes_in, bytes_out}], last_error |
-//! | `fault` | `fault`, `clear`, `ms`, `count`, `region`, `offset` | `faults`: what is in force now |
+//! | `fault` | `fault`, `clear`, `quiet` (link-down without the error interrupt), `ms`, `count`, `region`, `offset` | `faults`: what is in force now; `error_interrupt` for link-down |
 //! | `peek` | `region`, `offset`, `count` (at most 1 MiB) | `data`, `count` |
 //! | `poke` | `region`, `offset`, `data` (at most 1 MiB) | `written` |
 //! | `reset` | | |
@@ -61,6 +61,10 @@ pub struct Request {
     /// `fault`: clear it instead of applying it.
     #[serde(default)]
     pub clear: bool,
+    /// `fault link-down`: leave the client's error interrupt quiet (by default the link going
+    /// down is reported as the fatal PCIe error it is; QEMU stops the guest on it).
+    #[serde(default)]
+    pub quiet: bool,
     /// `fault`: milliseconds.
     #[serde(default)]
     pub ms: Option<u64>,

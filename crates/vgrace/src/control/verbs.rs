@@ -187,7 +187,7 @@ fn fault(m: &Managed, r: &Request) -> Result<Value, Failure> {
     match name {
         "link-down" => {
             m.live.set_link_down(on);
-            if on {
+            if on && !r.quiet {
                 // The link going down is a fatal PCIe error: the kernel signals the client's
                 // error eventfd (`vfio_pci_core_aer_err_detected`). A device a client request
                 // holds is not waited for: the fault itself is set either way.

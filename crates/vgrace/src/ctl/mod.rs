@@ -77,6 +77,10 @@ pub enum Verb {
         /// Clear the fault instead of applying it.
         #[arg(long)]
         clear: bool,
+        /// link-down: do not signal the client's error interrupt (a real link going down is a
+        /// fatal PCIe error, reported to the client; QEMU stops the guest on it).
+        #[arg(long)]
+        quiet: bool,
         /// ready-delay / delay-replies: how long, e.g. 6s or 250ms.
         #[arg(long, value_parser = parse_duration)]
         delay: Option<Duration>,
@@ -289,6 +293,7 @@ pub fn run(args: &CtlArgs) -> Result<()> {
             target,
             kind,
             clear,
+            quiet,
             delay,
             count,
             region,
@@ -297,8 +302,8 @@ pub fn run(args: &CtlArgs) -> Result<()> {
             let ms = delay.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
             let v = c.call(
                 "fault",
-                json!({ "device": target.device, "fault": kind, "clear": clear, "ms": ms,
-                        "count": count, "region": region, "offset": offset }),
+                json!({ "device": target.device, "fault": kind, "clear": clear, "quiet": quiet,
+                        "ms": ms, "count": count, "region": region, "offset": offset }),
             )?;
             print(&v, &show::faults)?;
         }
