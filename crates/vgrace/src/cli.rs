@@ -5,14 +5,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use vgrace_device::{Fault, LinuxVersion, Poison, Profile};
 
-/// The exit codes, for `--help` (README.md says the same).
-pub const EXIT_CODES: &str = "Exit codes:
-  0  done (for serve: stopped by a signal, everything shut down in time)
-  1  the request failed or was refused: an error, a check that failed, a control request the
-     server refused or never took, a serve that had to stop without its stuck threads
-  2  usage: bad flags or values";
+use crate::out::EXIT_CODES;
+use crate::units::{parse_duration, parse_u16, parse_u64};
+use vgrace_device::{Fault, LinuxVersion, Poison, Profile};
 
 /// vgrace: a software NVIDIA Grace GPU (nvgrace-gpu-vfio-pci) served over vfio-user.
 #[derive(Debug, Parser)]
@@ -353,41 +349,6 @@ fn parse_guest_mem(s: &str) -> Result<u64, String> {
     }
 }
 
-/// Parses a decimal or 0x-prefixed hexadecimal u64.
-pub fn parse_u64(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let parsed = match t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
-        Some(hex) => u64::from_str_radix(&hex.replace('_', ""), 16),
-        None => t.replace('_', "").parse::<u64>(),
-    };
-    parsed.map_err(|_| format!("`{s}` is not a number (decimal or 0x-hex)"))
-}
-
-/// Parses a decimal or 0x-prefixed hexadecimal u16.
-pub fn parse_u16(s: &str) -> Result<u16, String> {
-    let v = parse_u64(s)?;
-    u16::try_from(v).map_err(|_| format!("`{s}` does not fit in 16 bits"))
-}
-
-/// Longest duration any flag or config key takes: a day is past any wait worth simulating, and
-/// the bound keeps every deadline (`now + duration`) far from overflow (2^64-1 s panicked).
-pub const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
-
-/// Parses a duration such as `2s`, `500ms`, `1m` or a bare `0`, at most [`MAX_DURATION`].
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    if s.trim() == "0" {
-        return Ok(Duration::ZERO);
-    }
-    let d = humantime::parse_duration(s.trim())
-        .map_err(|e| format!("`{s}` is not a duration ({e})"))?;
-    if d > MAX_DURATION {
-        return Err(format!(
-            "`{s}` is longer than a day (24h), the longest duration taken"
-        ));
-    }
-    Ok(d)
-}
-
 /// A timeout: a duration above zero (a zero socket timeout would mean "wait forever").
 fn parse_timeout(s: &str) -> Result<Duration, String> {
     let d = parse_duration(s)?;
@@ -410,36 +371,6 @@ fn parse_stall_timeout(s: &str) -> Result<Duration, String> {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
-
-    #[test]
-    fn hex_and_decimal_numbers_parse() {
-        assert_eq!(parse_u64("0x400000000000").unwrap(), 0x4000_0000_0000);
-        assert_eq!(parse_u64("4096").unwrap(), 4096);
-    }
-
-    #[test]
-    fn device_id_over_16_bits_is_refused() {
-        assert!(parse_u16("0x12345").is_err());
-    }
-
-    #[test]
-    fn durations_parse() {
-        assert_eq!(parse_duration("0").unwrap(), Duration::ZERO);
-        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
-        assert_eq!(parse_duration("24h").unwrap(), MAX_DURATION);
-        assert!(parse_duration("soon").is_err());
-    }
-
-    #[test]
-    fn durations_past_a_day_are_refused_not_overflowed() {
-        for s in ["18446744073709551615s", "25h", "1y"] {
-            let e = parse_duration(s).unwrap_err();
-            assert!(
-                e.contains("longer than a day") || e.contains("not a duration"),
-                "{e}"
-            );
-        }
-    }
 
     #[test]
     fn cli_definition_is_consistent() {

@@ -34,7 +34,8 @@ use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 use vgrace_device::{Fault, GpuConfig, Profile};
 
-use crate::cli::{parse_duration, parse_u16, parse_u64, DeviceArgs};
+use crate::cli::DeviceArgs;
+use crate::units::{parse_duration, parse_u16, parse_u64};
 
 /// A number given either as a TOML integer or as a string (hex, or a size with suffix).
 #[derive(Debug, Clone, Deserialize)]
@@ -206,7 +207,7 @@ impl DeviceTable {
                 vgrace_device::parse_size(s).map_err(|e| anyhow::anyhow!("trace_max_size: {e}"))?
             }
         };
-        crate::trace_setup::check_max_size(max).context("trace_max_size")?;
+        check_max_size(max).context("trace_max_size")?;
         Ok((self.trace.clone(), max))
     }
 
@@ -317,6 +318,17 @@ pub fn default_device_args() -> DeviceArgs {
         Ok(d) => d.device,
         Err(_) => unreachable!("device flags without defaults"),
     }
+}
+
+/// Refuses a trace size limit that cannot hold the header and a line (0 included).
+pub fn check_max_size(max: u64) -> Result<()> {
+    if max < vfu::trace::MIN_MAX_BYTES {
+        bail!(
+            "trace max size {max} bytes is too small: at least {} bytes (4K)",
+            vfu::trace::MIN_MAX_BYTES
+        );
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -5,6 +5,13 @@
 
 use std::io::{StdoutLock, Write};
 
+/// The exit codes, for `--help` (README.md says the same).
+pub const EXIT_CODES: &str = "Exit codes:
+  0  done (for serve: stopped by a signal, everything shut down in time)
+  1  the request failed or was refused: an error, a check that failed, a control request the
+     server refused or never took, a serve that had to stop without its stuck threads
+  2  usage: bad flags or values";
+
 /// The marker a failed stdout write carries inside its `io::Error`.
 #[derive(Debug, thiserror::Error)]
 #[error("standard output is closed")]

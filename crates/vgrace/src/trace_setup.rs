@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use vfu::server::Observer;
-use vfu::trace::{numbered, TraceLimits, TraceWriter, MIN_MAX_BYTES};
+use vfu::trace::{numbered, TraceLimits, TraceWriter};
 use vgrace_device::Backing;
 
 use crate::config::DeviceEntry;
@@ -35,14 +35,6 @@ fn limits(entry: &DeviceEntry) -> TraceLimits {
         max_bytes: entry.trace_max_size,
         ..TraceLimits::default()
     }
-}
-
-/// Refuses a trace size limit that cannot hold the header and a line (0 included).
-pub fn check_max_size(max: u64) -> Result<()> {
-    if max < MIN_MAX_BYTES {
-        bail!("trace max size {max} bytes is too small: at least {MIN_MAX_BYTES} bytes (4K)");
-    }
-    Ok(())
 }
 
 /// A file the server owns or makes: compared with every trace name.
@@ -100,7 +92,7 @@ pub fn check(entries: &[DeviceEntry], control: Option<&Path>, sockets: bool) -> 
     let mut names = Vec::new();
     for (i, e) in entries.iter().enumerate() {
         let Some(trace) = &e.trace else { continue };
-        check_max_size(e.trace_max_size).with_context(|| e.id.clone())?;
+        crate::config::check_max_size(e.trace_max_size).with_context(|| e.id.clone())?;
         let keep = limits(e).keep;
         names.push((i, Spot::new(format!("the trace of {}", e.id), trace)));
         for k in 1..=keep {

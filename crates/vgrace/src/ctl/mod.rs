@@ -12,12 +12,12 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use serde_json::{json, Value};
 
-use crate::cli::{parse_duration, parse_u64};
 use crate::control::protocol::{to_hex, MAX_BYTES, VERSION};
+use crate::units::{parse_duration, parse_u64};
 
 /// `vgrace ctl`.
 #[derive(Debug, Args)]
-#[command(after_help = crate::cli::EXIT_CODES)]
+#[command(after_help = crate::out::EXIT_CODES)]
 pub struct CtlArgs {
     /// The control socket (`vgrace serve --control PATH`); default: $VGRACE_CONTROL.
     #[arg(long, env = "VGRACE_CONTROL")]
