@@ -1,5 +1,5 @@
-//! One named test per rule of the nvgrace device ABI (../shared/spec/nvgrace-abi.md), driven
-//! through the `vfu::Device` trait as the server would.
+//! One named test per rule of the nvgrace device ABI (DESIGN.md, "Device rules and where they
+//! are tested"), driven through the `vfu::Device` trait as the server would.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::os::fd::AsFd;
