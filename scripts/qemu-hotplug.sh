@@ -57,8 +57,10 @@ qemu_version=$(chroot "$ROOT" qemu-system-x86_64 --version | sed -n 's/^QEMU emu
 "$VGRACE" qemu-args --socket "$inside/gpu.sock" --mem-size "$MEM_SIZE" --machine q35 \
   --guest-mem "$GUEST_MEM" --json >"$work/qemu-args.json"
 mapfile -t boot_args < <(python3 - "$work/qemu-args.json" "$work/device.json" <<'PY'
-import json, re, shlex, sys
-groups = [shlex.split(a) for a in json.load(open(sys.argv[1]))["args"]]
+import json, re, sys
+# --json gives argv tokens; every option qemu-args prints takes one value: pair them up.
+args = json.load(open(sys.argv[1]))["args"]
+groups = [args[i:i + 2] for i in range(0, len(args), 2)]
 device = [g for g in groups if "vfio-user-pci" in " ".join(g)]
 assert len(device) == 1 and device[0][0] == "-device", device
 dev = json.loads(device[0][1])
@@ -102,7 +104,7 @@ log "booting the guest (TCG) with the root port empty; MSI-X enabled by the gues
 (
   ulimit -c 0
   timeout $(( 4 * WAIT )) chroot "$ROOT" qemu-system-x86_64 -nodefaults -display none -serial stdio \
-    -accel tcg,thread=multi -smp 2 -m "$GUEST_MEM" \
+    -accel tcg,thread=multi -smp 2 \
     -kernel $inside/vmlinuz -initrd $inside/initrd.gz -append "$append" -no-reboot \
     -qmp unix:$inside/qmp.sock,server,nowait "${boot_args[@]}" "${extra[@]}" \
     </dev/null >"$work/console.log" 2>"$work/qemu.err" &

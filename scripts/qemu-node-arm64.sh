@@ -62,12 +62,11 @@ per = g[0]["numa_nodes"][1] - g[0]["numa_nodes"][0] + 1
 print(len(g), per, "0x" + g[0]["device"].split(":")[1], bars[2], bars[4])
 ' <<<"$json")
 read -r N_GPUS PER_GPU DEVID BAR2 BAR4 <<<"$expect"
-# Each printed line is a group of shell words (the device JSON is single-quoted): split them.
+# --json gives the argv tokens as QEMU gets them (the device JSON is one token).
 mapfile -d '' node_args < <(python3 -c '
-import json, shlex, sys
-for line in json.load(sys.stdin)["args"]:
-    for word in shlex.split(line):
-        sys.stdout.write(word + "\0")
+import json, sys
+for word in json.load(sys.stdin)["args"]:
+    sys.stdout.write(word + "\0")
 ' <<<"$json")
 
 # Guest initramfs: arm64 busybox and the node /init.
@@ -92,7 +91,7 @@ log "booting the arm64 virt guest (TCG): $N_GPUS x $MEM_SIZE GPUs, $(( N_GPUS * 
 start=$(date +%s)
 set +e
 timeout "$TIMEOUT" chroot "$ROOT" qemu-system-aarch64 -nodefaults -display none -serial stdio \
-  -accel tcg -smp 2 -m "$GUEST_MEM" \
+  -accel tcg -smp 2 \
   "${node_args[@]}" \
   -kernel "$work/Image" -initrd "$work/initrd.gz" -append "$append" -no-reboot \
   </dev/null >"$work/console.log" 2>&1

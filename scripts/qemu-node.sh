@@ -114,12 +114,12 @@ done
 [ $n = "$GPUS" ] || { log "vgrace serve did not start"; cat "$work/vgrace.log"; exit 1; }
 rss() { awk '/^VmRSS/ { print $2 }' "/proc/$vg_pid/status"; }
 
-# Generic boot arguments: the only ones not from qemu-args. -m matches the memory backend.
+# Generic boot arguments: the only ones not from qemu-args (which gives -m with the backend).
 boot() { # console-log append [qemu arguments...]
   local out=$1 append=$2; shift 2
   local t=$(date +%s%N) rc=0
   timeout 120 chroot "$ROOT" qemu-system-x86_64 -nodefaults -display none -serial stdio \
-    -accel tcg,thread=multi -smp 2 -m "$GUEST_MEM" \
+    -accel tcg,thread=multi -smp 2 \
     -kernel $inside/vmlinuz -initrd $inside/initrd.gz -append "$append" -no-reboot \
     "$@" </dev/null >"$out" 2>&1 || rc=$?
   wall_ms=$(( ($(date +%s%N) - t) / 1000000 ))

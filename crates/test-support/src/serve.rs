@@ -64,6 +64,21 @@ impl ServeChild {
         })
     }
 
+    /// Starts a prepared command with `stderr` as its stderr (a pipe the test holds, to close or
+    /// never read): nothing is collected, so [`ServeChild::log`] stays empty.
+    pub fn spawn_with_stderr(mut cmd: Command, stderr: Stdio) -> std::io::Result<Self> {
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()?;
+        Ok(Self {
+            child,
+            log: Arc::default(),
+            drain: None,
+        })
+    }
+
     /// Waits until every socket accepts a connection (a stale socket file may exist before the
     /// server binds); panics with the server's log if it exits or takes over 20 s.
     pub fn wait_listening(self, sockets: &[&Path]) -> Self {
@@ -145,10 +160,44 @@ impl ServeChild {
         self.wait()
     }
 
+    /// Sends `sig` and waits at most `limit` for the child to exit: its status, how long it took,
+    /// and its whole stderr; `None` when it still runs (it is killed on drop).
+    pub fn signal_within(
+        &mut self,
+        sig: nix::sys::signal::Signal,
+        limit: Duration,
+    ) -> Option<(ExitStatus, Duration, String)> {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.pid()).unwrap());
+        let sent = Instant::now();
+        nix::sys::signal::kill(pid, sig).unwrap();
+        while sent.elapsed() < limit {
+            if self.child.try_wait().unwrap().is_some() {
+                let took = sent.elapsed();
+                let (status, log) = self.wait();
+                return Some((status, took, log));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        None
+    }
+
     /// SIGKILLs the child and waits for it; returns its status and its whole stderr.
     pub fn kill(&mut self) -> (ExitStatus, String) {
         self.child.kill().unwrap();
         self.wait()
+    }
+
+    /// Waits up to `limit` for the child to exit by itself (polling, so a hung child cannot hang
+    /// the test): its status and whole stderr, or `None` while it still runs.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<(ExitStatus, String)> {
+        let deadline = Instant::now() + limit;
+        while self.alive() {
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Some(self.wait())
     }
 
     fn wait(&mut self) -> (ExitStatus, String) {

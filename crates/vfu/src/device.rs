@@ -7,6 +7,7 @@
 use std::os::fd::{BorrowedFd, OwnedFd};
 
 use crate::errno::Errno;
+use crate::transport::FileSpan;
 
 /// Region index of PCI BAR0 (VFIO_PCI_BAR0_REGION_INDEX); BARn is `BAR0_REGION_INDEX + n`.
 pub const BAR0_REGION_INDEX: u32 = 0;
@@ -92,22 +93,6 @@ pub struct SetIrqs {
     pub bools: Vec<u8>,
     /// With DATA_EVENTFD: one fd per vector, `None` for a vector whose fd is -1 (unassign).
     pub eventfds: Vec<Option<OwnedFd>>,
-}
-
-/// The data of a REGION_READ as a span of a file, so the server can send it to the socket with
-/// `sendfile` instead of copying it through a buffer: `len` bytes of `fd` from `offset`, then
-/// `ones` bytes of 0xff (the part of the access past what the file holds, read as all ones as
-/// PCI reads of nothing are).
-#[derive(Debug, Clone, Copy)]
-pub struct FileSpan<'a> {
-    /// The file holding the bytes.
-    pub fd: BorrowedFd<'a>,
-    /// Where they start in the file.
-    pub offset: u64,
-    /// How many bytes come from the file.
-    pub len: usize,
-    /// How many 0xff bytes follow.
-    pub ones: usize,
 }
 
 /// A device served over vfio-user.
@@ -199,6 +184,14 @@ pub trait Device: Send {
     /// The client unmapped DMA region `[iova, iova+size)`. Default: nothing to do.
     fn dma_unmapped(&mut self, iova: u64, size: u64) {
         let _ = (iova, size);
+    }
+
+    /// The server is about to stop: ask the client to release the device (VFIO's request
+    /// interrupt, as the kernel signals it from `vfio_pci_core_request` when the device is
+    /// being removed). Returns whether the client was asked (it wired a request eventfd), so
+    /// the server can give it a moment. Default: nothing to ask with.
+    fn request_release(&mut self) -> bool {
+        false
     }
 
     /// A client connected: VFIO's `open_device` (for PCI, `vfio_pci_core_enable`: the function

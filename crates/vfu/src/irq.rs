@@ -153,8 +153,9 @@ pub fn make_nonblocking(fd: BorrowedFd<'_>) -> Result<(), Errno> {
 /// Adds 1 to an eventfd without ever waiting: a blocking write on a counter that a client
 /// filled to its maximum would wait, holding the device lock, until someone reads it, which
 /// after the client closed its copy is never. EAGAIN means the counter is full, so the
-/// interrupt is already pending: that is a delivery, not a failure.
-fn signal(fd: BorrowedFd<'_>) -> bool {
+/// interrupt is already pending: that is a delivery, not a failure. Returns whether the
+/// interrupt was delivered.
+pub fn signal(fd: BorrowedFd<'_>) -> bool {
     if make_nonblocking(fd).is_err() {
         return false;
     }

@@ -32,6 +32,9 @@ use nix::unistd::UnlinkatFlags;
 
 use crate::error::Error;
 
+/// Longest socket path a client can connect to: `sun_path` holds 108 bytes, the NUL included.
+pub const SUN_PATH_MAX: usize = 107;
+
 /// The name of the socket inside the private directory.
 const TEMP_NAME: &str = "s";
 
@@ -89,6 +92,13 @@ pub fn bind_socket(path: &Path) -> Result<(UnixListener, BoundPath), Error> {
         path: name.clone(),
         source,
     };
+    // Binding goes through a short private path, so a long one would bind and be unreachable.
+    if path.as_os_str().len() > SUN_PATH_MAX {
+        return Err(sock_err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("longer than the {SUN_PATH_MAX} bytes a unix socket address holds"),
+        )));
+    }
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         if !meta.file_type().is_socket() {
             return Err(sock_err(std::io::Error::new(

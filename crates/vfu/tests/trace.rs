@@ -12,7 +12,7 @@ use common::{Harness, REGS};
 use vfu::server::observe::{Event, Fields, Observer, Request};
 use vfu::server::ServerConfig;
 use vfu::trace::line::{self, Dir, Record};
-use vfu::trace::{numbered, TraceError, TraceLimits, TraceWriter};
+use vfu::trace::{numbered, TraceError, TraceLimits, TraceWriter, MIN_MAX_BYTES};
 use vfu::wire::{cmd, Header};
 
 fn lines_of(path: &Path) -> Vec<String> {
@@ -137,7 +137,7 @@ fn trace_rotates_at_the_limit_and_keeps_only_keep_files() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("t.jsonl");
     let limits = TraceLimits {
-        max_bytes: 1000,
+        max_bytes: MIN_MAX_BYTES,
         keep: 2,
     };
     let trace = TraceWriter::open(&path, limits).unwrap();
@@ -148,7 +148,7 @@ fn trace_rotates_at_the_limit_and_keeps_only_keep_files() {
     for p in [path.clone(), numbered(&path, 1), numbered(&path, 2)] {
         let text = std::fs::read_to_string(&p).unwrap();
         assert!(
-            text.len() <= 1000,
+            text.len() as u64 <= MIN_MAX_BYTES,
             "{} is {} bytes",
             p.display(),
             text.len()
@@ -230,4 +230,34 @@ fn a_directory_at_the_trace_path_is_refused() {
         matches!(err, TraceError::NotAFile(_) | TraceError::Open { .. }),
         "{err:?}"
     );
+}
+
+#[test]
+fn hard_link_at_the_trace_path_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("precious");
+    std::fs::write(&target, "keep me\n").unwrap();
+    let path = dir.path().join("trace.jsonl");
+    std::fs::hard_link(&target, &path).unwrap();
+    let err = TraceWriter::open(&path, TraceLimits::default()).unwrap_err();
+    assert!(
+        matches!(err, TraceError::HardLink { links: 2, .. }),
+        "{err:?}"
+    );
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep me\n");
+}
+
+#[test]
+fn trace_limit_below_one_header_and_line_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("trace.jsonl");
+    for max_bytes in [0, MIN_MAX_BYTES - 1] {
+        let limits = TraceLimits { max_bytes, keep: 1 };
+        let err = TraceWriter::open(&path, limits).unwrap_err();
+        assert!(
+            matches!(err, TraceError::TooSmall(n) if n == max_bytes),
+            "{err:?}"
+        );
+    }
+    assert!(!path.exists());
 }

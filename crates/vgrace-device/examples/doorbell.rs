@@ -37,8 +37,11 @@ pub fn doorbell() -> Result<Doorbell, vgrace_device::DeviceError> {
         ],
         ..PciDescription::default()
     };
+    let mut core = PciCore::new(&desc)?;
+    // The doorbell must reach us: its page is not offered for mapping.
+    core.trap_bar0(DOORBELL..DOORBELL + 4);
     Ok(Doorbell {
-        core: PciCore::new(&desc)?,
+        core,
         ram: vec![0; RAM],
     })
 }
@@ -90,6 +93,9 @@ impl Device for Doorbell {
     }
     fn reset(&mut self) -> Result<(), Errno> {
         self.core.reset()
+    }
+    fn request_release(&mut self) -> bool {
+        self.core.request_release()
     }
     fn client_attached(&mut self) {
         self.core.client_attached()

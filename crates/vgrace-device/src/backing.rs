@@ -11,12 +11,19 @@
 //!   `pread`/`pwrite` (and `sendfile` for bulk reads), which report a short file or a full
 //!   filesystem as an errno. The file is locked (`flock`, exclusive) through a descriptor of its
 //!   own that never leaves the process, so two servers cannot share one device memory.
+//! - A file that shrinks under the server (a client `ftruncate`s the region fd it was given) is
+//!   grown back to its size as soon as the server sees it: the lost range reads as zeros, as if
+//!   the client had written them, and the next start finds a file of the right size. Seeing it
+//!   costs nothing on the hot path: a short `pread` finds it at once, bulk reads `fstat` anyway
+//!   before `sendfile`, writes look at most once a second ([`SHRINK_CHECK_MS`]), and the device's
+//!   drop looks a last time.
 
 use std::fs::{File, OpenOptions};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Instant;
 
 use memfd::{FileSeal, MemfdOptions};
 use nix::fcntl::{Flock, FlockArg};
@@ -30,6 +37,9 @@ use crate::error::DeviceError;
 const PAGE: u64 = 4096;
 /// Huge page size assumed for hugetlbfs backing.
 const HUGE_PAGE: u64 = 2 << 20;
+/// Writes to a file backing look for a shrunk file at most this often (a `pwrite` past the end
+/// of a shrunk file succeeds and leaves it short, so only an `fstat` sees it).
+pub const SHRINK_CHECK_MS: u64 = 1000;
 
 /// Why an access to device memory failed. Never a signal: every way the backing can fail is one
 /// of these.
@@ -43,7 +53,8 @@ pub enum AccessError {
         /// Its length.
         len: usize,
     },
-    /// The backing file is shorter than the device memory (someone truncated it).
+    /// The backing file is shorter than the device memory (shrunk again while it was being
+    /// grown back).
     #[error("the backing file is {file_len} bytes, too short for an access at {offset:#x}")]
     FileTooShort {
         /// Offset of the access.
@@ -78,10 +89,14 @@ enum Access {
     /// pread/pwrite on a file that others may truncate; `_lock` holds the exclusive flock.
     FileIo {
         _lock: Flock<File>,
-        /// Set while the file is too short, so the condition is logged once, not per access.
-        short: AtomicBool,
-        /// Set while writes fail (a full file system), for the same reason.
+        /// Set once a shrink has been logged: a client that truncates in a loop costs one line.
+        shrink_logged: AtomicBool,
+        /// Set while writes fail (a full file system), so the condition is logged once, not per
+        /// access.
         failing: AtomicBool,
+        /// Milliseconds after `epoch` when a write next looks at the file's size.
+        next_check: AtomicU64,
+        epoch: Instant,
     },
 }
 
@@ -230,8 +245,10 @@ impl Memory {
             len: paged,
             access: Access::FileIo {
                 _lock: lock,
-                short: AtomicBool::new(false),
+                shrink_logged: AtomicBool::new(false),
                 failing: AtomicBool::new(false),
+                next_check: AtomicU64::new(SHRINK_CHECK_MS),
+                epoch: Instant::now(),
             },
         })
     }
@@ -239,6 +256,25 @@ impl Memory {
     /// The fd clients map.
     pub fn fd(&self) -> BorrowedFd<'_> {
         self.file.as_fd()
+    }
+
+    /// For a file backing, a second handle on the file, to set it right and flush it to disk
+    /// at exit without the device (whose lock a stuck session may hold); `None` for a memfd,
+    /// which has no disk.
+    pub fn file_for_sync(&self) -> Result<Option<FileSync>, DeviceError> {
+        match self.access {
+            Access::FileIo { .. } => self
+                .file
+                .try_clone()
+                .map(|file| {
+                    Some(FileSync {
+                        file,
+                        len: self.len,
+                    })
+                })
+                .map_err(io("the backing file")),
+            Access::Mapped(_) => Ok(None),
+        }
     }
 
     /// Length of the memory in the fd (whole pages).
@@ -259,26 +295,74 @@ impl Memory {
         }
     }
 
-    /// For file backing: fails when the file no longer covers `[offset, offset + len)` (logged
-    /// once until it covers it again). pwrite past the end would grow the file back, and pread
-    /// would come back short, so both check first.
-    fn covered(&self, offset: u64, len: usize) -> Result<(), AccessError> {
-        let Access::FileIo { short, .. } = &self.access else {
-            return Ok(());
+    /// For file backing: grows a file that someone shrank back to the memory's length, so the
+    /// lost range reads as zeros (as if the client had written them) and a restart finds the
+    /// file it made. Logged the first time only. Returns whether the file was short.
+    pub fn restore(&self) -> Result<bool, AccessError> {
+        let Access::FileIo { shrink_logged, .. } = &self.access else {
+            return Ok(false);
         };
         let file_len = self.file.metadata().map_err(AccessError::Io)?.len();
-        if offset + len as u64 <= file_len {
-            short.store(false, Ordering::Relaxed);
-            return Ok(());
+        if file_len >= self.len {
+            return Ok(false);
         }
-        if !short.swap(true, Ordering::Relaxed) {
+        if !shrink_logged.swap(true, Ordering::Relaxed) {
             warn!(
                 file_len,
-                needed = self.len,
-                "the backing file was truncated: accesses past its end answer EIO"
+                len = self.len,
+                "the backing file was shrunk (a client holding its fd?): growing it back to its \
+                 size, the lost range reads as zeros (later shrinks are repaired without a log \
+                 line)"
             );
         }
-        Err(AccessError::FileTooShort { offset, file_len })
+        self.file.set_len(self.len).map_err(AccessError::Io)?;
+        Ok(true)
+    }
+
+    /// For writes to a file backing: [`Memory::restore`] at most every [`SHRINK_CHECK_MS`]. The
+    /// write itself succeeded, so a failed repair (e.g. a file-size limit) is not its error: it
+    /// is tried again at the next check, and a read past the end reports it.
+    fn restore_now_and_then(&self) {
+        let Access::FileIo {
+            next_check, epoch, ..
+        } = &self.access
+        else {
+            return;
+        };
+        let now = u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let due = next_check.load(Ordering::Relaxed);
+        if now >= due
+            && next_check
+                .compare_exchange(
+                    due,
+                    now.saturating_add(SHRINK_CHECK_MS),
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+        {
+            let _ = self.restore();
+        }
+    }
+
+    /// pread of the whole of `buf`; a short read is a shrunk file, grown back before one retry.
+    fn read_file(&self, offset: u64, buf: &mut [u8]) -> Result<(), AccessError> {
+        match self.file.read_exact_at(buf, offset) {
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                self.restore()?;
+                self.file
+                    .read_exact_at(buf, offset)
+                    .map_err(|e| match e.kind() {
+                        // Shrunk again between the repair and the read.
+                        std::io::ErrorKind::UnexpectedEof => AccessError::FileTooShort {
+                            offset,
+                            file_len: self.file.metadata().map_or(0, |m| m.len()),
+                        },
+                        _ => AccessError::Io(e),
+                    })
+            }
+            other => other.map_err(AccessError::Io),
+        }
     }
 
     /// Copies memory at `offset` into `buf`.
@@ -289,19 +373,7 @@ impl Memory {
                 mapped(region, offset, buf.len())?.copy_to(buf);
                 Ok(())
             }
-            Access::FileIo { .. } => {
-                self.covered(offset, buf.len())?;
-                self.file
-                    .read_exact_at(buf, offset)
-                    .map_err(|e| match e.kind() {
-                        // Truncated between the check and the read.
-                        std::io::ErrorKind::UnexpectedEof => AccessError::FileTooShort {
-                            offset,
-                            file_len: offset,
-                        },
-                        _ => AccessError::Io(e),
-                    })
-            }
+            Access::FileIo { .. } => self.read_file(offset, buf),
         }
     }
 
@@ -314,10 +386,12 @@ impl Memory {
                 Ok(())
             }
             Access::FileIo { failing, .. } => {
-                self.covered(offset, data.len())?;
+                // A write into a shrunk file succeeds (and grows it only to its own end): the
+                // size is looked at now and then, not per write.
                 match self.file.write_all_at(data, offset) {
                     Ok(()) => {
                         failing.store(false, Ordering::Relaxed);
+                        self.restore_now_and_then();
                         Ok(())
                     }
                     Err(e) => {
@@ -334,11 +408,41 @@ impl Memory {
     }
 
     /// The fd and offset from which `len` bytes at `offset` can be sent without copying them
-    /// through a buffer (`sendfile`). Fails as [`Memory::read`] would.
+    /// through a buffer (`sendfile`). A shrunk file is grown back first (one `fstat` per bulk
+    /// read); shrunk again during the send, the rest goes out as all ones.
     pub fn span(&self, offset: u64, len: usize) -> Result<(BorrowedFd<'_>, u64), AccessError> {
         self.check(offset, len)?;
-        self.covered(offset, len)?;
+        self.restore()?;
         Ok((self.file.as_fd(), offset))
+    }
+}
+
+/// A file backing as the way out sees it: its own handle on the file and the size it must have.
+#[derive(Debug)]
+pub struct FileSync {
+    file: File,
+    len: u64,
+}
+
+impl FileSync {
+    /// Grows the file back if a client shrank it since the last look (the next start must find
+    /// its size; the lost range reads as zeros, as at run time), then flushes it to disk.
+    pub fn finish(&self) -> std::io::Result<()> {
+        if self.file.metadata()?.len() < self.len {
+            warn!("the backing file was shrunk by a client; growing it back at exit");
+            self.file.set_len(self.len)?;
+        }
+        self.file.sync_data()
+    }
+}
+
+impl Drop for Memory {
+    /// A file shrunk since the last look is grown back before the server lets go of it, so the
+    /// next start on it finds the size it expects.
+    fn drop(&mut self) {
+        if let Err(e) = self.restore() {
+            warn!("cannot grow the shrunk backing file back: {e}");
+        }
     }
 }
 

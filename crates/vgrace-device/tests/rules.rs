@@ -1,5 +1,5 @@
-//! One named test per rule of the nvgrace device ABI (../shared/spec/nvgrace-abi.md), driven
-//! through the `vfu::Device` trait as the server would.
+//! One named test per rule of the nvgrace device ABI (DESIGN.md, "Device rules and where they
+//! are tested"), driven through the `vfu::Device` trait as the server would.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::os::fd::AsFd;
@@ -24,7 +24,15 @@ fn cfg(profile: Profile, mem_size: u64) -> GpuConfig {
 }
 
 fn dev(profile: Profile, mem_size: u64) -> NvGraceGpu {
-    NvGraceGpu::new(&cfg(profile, mem_size)).unwrap()
+    gpu(&cfg(profile, mem_size))
+}
+
+/// The device `c` describes, with memory decode on as a client finds it after open (without
+/// the open's function reset, so the readiness timing of `c` is what the test sees).
+fn gpu(c: &GpuConfig) -> NvGraceGpu {
+    let mut d = NvGraceGpu::new(c).unwrap();
+    enable_memory_decode(&mut d);
+    d
 }
 
 fn read(d: &mut NvGraceGpu, region: u32, offset: u64, len: usize) -> Result<Vec<u8>, Errno> {
@@ -86,11 +94,35 @@ fn sparse_area_covers_exactly_memlength() {
     );
 }
 
+/// A file backing is one image in the host's layout: usemem at 0, resmem after it.
 #[test]
-fn region_fd_offsets_follow_host_layout() {
-    let d = dev(Profile::Gh100, ODD);
+fn region_fd_offsets_follow_host_layout_in_a_file_backing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = cfg(Profile::Gh100, ODD);
+    c.backing = Backing::File(dir.path().join("gpu.mem"));
+    let d = NvGraceGpu::new(&c).unwrap();
     assert_eq!(d.region_info(4).unwrap().fd_offset, 0);
     assert_eq!(d.region_info(2).unwrap().fd_offset, 2 * GIB);
+}
+
+/// With a memfd backing each memory region has a memfd of its own, sized to its memory (whole
+/// pages): a client mapping BAR4's fd can never reach resmem, whatever length it maps.
+#[test]
+fn each_memory_region_has_an_fd_of_its_own_sized_to_its_memory() {
+    let d = dev(Profile::Gh100, ODD);
+    let size = |index| {
+        let info = d.region_info(index).unwrap();
+        assert_eq!(info.fd_offset, 0, "region {index}");
+        let st = nix::sys::stat::fstat(info.fd.unwrap()).unwrap();
+        (st.st_ino, st.st_size as u64)
+    };
+    let (use_ino, use_size) = size(4);
+    let (res_ino, res_size) = size(2);
+    assert_ne!(use_ino, res_ino);
+    let usemem = d.layout().region(4).unwrap().memlength;
+    let resmem = d.layout().region(2).unwrap().memlength;
+    assert_eq!(use_size, usemem.div_ceil(4096) * 4096);
+    assert_eq!(res_size, resmem.div_ceil(4096) * 4096);
 }
 
 #[test]
@@ -98,7 +130,36 @@ fn memory_regions_carry_one_fd() {
     let d = dev(Profile::Gh100, ODD);
     assert!(d.region_info(2).unwrap().fd.is_some());
     assert!(d.region_info(4).unwrap().fd.is_some());
-    assert!(d.region_info(0).unwrap().fd.is_none());
+    // BAR0 is the core's register file, mappable on a memfd of its own.
+    let bar0 = d.region_info(0).unwrap().fd.unwrap();
+    let mem = d.region_info(4).unwrap().fd.unwrap();
+    assert_ne!(
+        nix::sys::stat::fstat(bar0).unwrap().st_ino,
+        nix::sys::stat::fstat(mem).unwrap().st_ino
+    );
+}
+
+/// `vfio_pci_ioctl_get_region_info`: BAR0 is mappable except the pages that must trap: the
+/// MSI-X table (`msix_sparse_mmap_cap`) and the two readiness registers.
+#[test]
+fn bar0_is_mappable_but_the_msix_table_and_readiness_pages() {
+    let d = dev(Profile::Gh100, ODD);
+    let info = d.region_info(0).unwrap();
+    assert_eq!(info.flags, 7, "READ | WRITE | MMAP");
+    let holes: Vec<(u64, u64)> = info
+        .sparse_areas
+        .windows(2)
+        .map(|w| (w[0].offset + w[0].size, w[1].offset))
+        .collect();
+    assert_eq!(
+        holes,
+        [(0x1000, 0x2000), (0x20000, 0x21000), (0xfe_0000, 0xfe_1000)]
+    );
+    let last = info.sparse_areas.last().unwrap();
+    assert_eq!(
+        (info.sparse_areas[0].offset, last.offset + last.size),
+        (0, 16 << 20)
+    );
 }
 
 /// gb200 has no resmem from 6.14: region 2 is not a memory region (it is the real BAR1).
@@ -248,7 +309,7 @@ fn readiness_registers_read_ff_when_ready() {
 fn readiness_waits_for_the_training_delay() {
     let mut c = cfg(Profile::Gb200, ODD);
     c.ready_delay = Duration::from_secs(3600);
-    let mut d = NvGraceGpu::new(&c).unwrap();
+    let mut d = gpu(&c);
     assert_eq!(reg32(&mut d, 0x1498), 0);
     assert_eq!(reg32(&mut d, 0x200bc), 0);
 }
@@ -258,7 +319,7 @@ fn reset_rearms_readiness() {
     let mut c = cfg(Profile::Gb200, ODD);
     c.ready_delay = Duration::from_millis(200);
     c.reset_ready_delay = Duration::from_millis(200);
-    let mut d = NvGraceGpu::new(&c).unwrap();
+    let mut d = gpu(&c);
     std::thread::sleep(Duration::from_millis(250));
     let before = reg32(&mut d, 0x200bc);
     d.reset().unwrap();
@@ -270,7 +331,7 @@ fn reset_rearms_readiness() {
 fn never_ready_fault_keeps_hbm_training_zero() {
     let mut c = cfg(Profile::Gb200, ODD);
     c.fault = Some(Fault::NeverReady);
-    let mut d = NvGraceGpu::new(&c).unwrap();
+    let mut d = gpu(&c);
     assert_eq!(reg32(&mut d, 0x200bc), 0);
     assert_eq!(reg32(&mut d, 0x1498), 0xff);
 }
@@ -279,7 +340,7 @@ fn never_ready_fault_keeps_hbm_training_zero() {
 fn link_down_fault_keeps_c2c_zero() {
     let mut c = cfg(Profile::Gb200, ODD);
     c.fault = Some(Fault::LinkDown);
-    let mut d = NvGraceGpu::new(&c).unwrap();
+    let mut d = gpu(&c);
     assert_eq!(reg32(&mut d, 0x1498), 0);
 }
 
@@ -290,14 +351,15 @@ fn readiness_registers_are_read_only() {
     assert_eq!(reg32(&mut d, 0x1498), 0xff);
 }
 
+/// BAR0 accesses of any length are served, as `vfio_pci_core_do_io_rw` splits them into
+/// aligned pieces.
 #[test]
-fn bar0_accepts_1_2_4_8_byte_accesses_and_refuses_3() {
+fn bar0_accesses_of_any_length_are_served() {
     let mut d = dev(Profile::Gh100, ODD);
-    for len in [1usize, 2, 4, 8] {
+    for len in [1usize, 2, 3, 4, 5, 8, 12, 4096] {
         assert_eq!(d.region_write(0, 0x100, &vec![0x11; len]).unwrap(), len);
+        assert_eq!(read(&mut d, 0, 0x100, len).unwrap(), vec![0x11; len]);
     }
-    assert_eq!(d.region_write(0, 0x100, &[0; 3]), Err(Errno::EINVAL));
-    assert_eq!(read(&mut d, 0, 0x100, 3), Err(Errno::EINVAL));
 }
 
 #[test]
@@ -309,10 +371,74 @@ fn bar0_register_file_keeps_writes() {
     assert_eq!(reg32(&mut d, 0x88_0004), 0);
 }
 
+/// `vfio_pci_bar_rw`: an offset at or past the BAR end is EINVAL, an access running past it
+/// is clipped.
 #[test]
-fn bar0_access_past_16mib_is_einval() {
+fn bar0_access_at_16mib_is_einval_and_one_running_past_it_is_clipped() {
     let mut d = dev(Profile::Gh100, ODD);
-    assert_eq!(read(&mut d, 0, (16 << 20) - 2, 4), Err(Errno::EINVAL));
+    assert_eq!(read(&mut d, 0, 16 << 20, 4), Err(Errno::EINVAL));
+    assert_eq!(read(&mut d, 0, (16 << 20) - 2, 4).unwrap().len(), 2);
+    assert_eq!(d.region_write(0, (16 << 20) - 2, &[0; 8]), Ok(2));
+}
+
+/// `__vfio_pci_memory_enabled`: BAR0 (and any core BAR) answers EIO while memory decode is off.
+#[test]
+fn bar0_access_with_memory_decode_off_is_eio() {
+    let mut d = dev(Profile::Gh100, ODD);
+    d.region_write(CONFIG, 4, &[0x00, 0x00]).unwrap();
+    assert_eq!(read(&mut d, 0, 0x1498, 4), Err(Errno::EIO));
+    assert_eq!(d.region_write(0, 0x100, &[1; 4]), Err(Errno::EIO));
+    // The offset check comes first.
+    assert_eq!(read(&mut d, 0, 16 << 20, 4), Err(Errno::EINVAL));
+    // Memory regions are the variant's: no decode gate outside the after-reset check.
+    assert!(read(&mut d, 4, 0, 4).is_ok());
+}
+
+/// Blackwell's BAR1 is a core BAR: EIO while memory decode is off.
+#[test]
+fn bar1_access_with_memory_decode_off_is_eio() {
+    let mut d = gpu(&at(Profile::Gb200, 4 * GIB, LinuxVersion::V7_2));
+    d.region_write(CONFIG, 4, &[0x00, 0x00]).unwrap();
+    assert_eq!(read(&mut d, 2, 0, 4), Err(Errno::EIO));
+    assert_eq!(d.region_write(2, 0, b"bar1"), Err(Errno::EIO));
+}
+
+/// A PMCSR write of D3hot gates BAR access (EIO), D0 restores it; D1 and D2 are not
+/// supported, so the state stays; a reset returns the function to D0.
+#[test]
+fn d3hot_gates_bar_access_and_d0_or_a_reset_restores_it() {
+    let pmcsr = 0x44;
+    let mut d = dev(Profile::Gh100, ODD);
+    d.region_write(CONFIG, pmcsr, &[0x03, 0x00]).unwrap();
+    assert_eq!(read(&mut d, CONFIG, pmcsr, 2).unwrap()[0] & 3, 3);
+    assert_eq!(read(&mut d, 0, 0x100, 4), Err(Errno::EIO));
+    d.region_write(CONFIG, pmcsr, &[0x01, 0x00]).unwrap();
+    assert_eq!(
+        read(&mut d, CONFIG, pmcsr, 2).unwrap()[0] & 3,
+        3,
+        "D1 is not supported"
+    );
+    d.region_write(CONFIG, pmcsr, &[0x00, 0x00]).unwrap();
+    assert!(read(&mut d, 0, 0x100, 4).is_ok());
+    d.region_write(CONFIG, pmcsr, &[0x03, 0x00]).unwrap();
+    d.reset().unwrap();
+    assert_eq!(read(&mut d, CONFIG, pmcsr, 2).unwrap()[0] & 3, 0);
+}
+
+/// The MSI-X table in BAR0 is the VMM's: reads through the BAR are all ones and writes are
+/// dropped (`vfio_pci_bar_rw`'s excluded range); the PBA after it is ordinary.
+#[test]
+fn msix_table_in_bar0_reads_all_ones_and_drops_writes() {
+    let table = 0x00fe_0000;
+    let mut d = dev(Profile::Gh100, ODD);
+    d.region_write(0, table - 4, &[0x22; 8]).unwrap();
+    assert_eq!(
+        read(&mut d, 0, table - 4, 8).unwrap(),
+        [0x22, 0x22, 0x22, 0x22, 0xff, 0xff, 0xff, 0xff]
+    );
+    let end = table + 8 * 16;
+    assert_eq!(read(&mut d, 0, end - 4, 4).unwrap(), [0xff; 4]);
+    assert_eq!(read(&mut d, 0, end, 4).unwrap(), [0; 4]);
 }
 
 #[test]
@@ -376,10 +502,14 @@ fn gh100_has_no_dvsec() {
     assert_eq!(cfg32(&mut d, 0x100), 0);
 }
 
+/// `vfio_pci_config_rw_single`: a config access at or past 4 KiB, or crossing it, is EFAULT.
 #[test]
-fn config_access_past_4096_is_einval() {
+fn config_access_at_or_across_4096_is_efault() {
     let mut d = dev(Profile::Gh100, ODD);
-    assert_eq!(read(&mut d, CONFIG, 4096, 4), Err(Errno::EINVAL));
+    assert_eq!(read(&mut d, CONFIG, 4096, 4), Err(Errno::EFAULT));
+    assert_eq!(read(&mut d, CONFIG, 4094, 4), Err(Errno::EFAULT));
+    assert_eq!(d.region_write(CONFIG, 4094, &[0; 4]), Err(Errno::EFAULT));
+    assert_eq!(read(&mut d, CONFIG, 4092, 4).unwrap().len(), 4);
 }
 
 #[test]
@@ -440,7 +570,7 @@ fn no_memory_properties_is_a_core_device_with_blackwell_bar1() {
         mem_properties: false,
         ..at(Profile::Gb200, 96 * GIB, LinuxVersion::V6_14)
     };
-    let mut d = NvGraceGpu::new(&c).unwrap();
+    let mut d = gpu(&c);
     assert_eq!(d.layout().core_only, Some(CoreOnly::NoMemProperties));
     assert_eq!(d.region_info(4).unwrap().size, 0);
     assert_eq!(d.region_info(2).unwrap().size, 64 << 20);
@@ -464,7 +594,7 @@ fn gb200_under_6_9_gets_the_hopper_resmem_split() {
 #[test]
 fn gb200_from_6_14_shows_its_real_bar1_at_region_2() {
     for linux in [LinuxVersion::V6_14, LinuxVersion::V6_19, LinuxVersion::V7_2] {
-        let mut d = NvGraceGpu::new(&at(Profile::Gb200, 4 * GIB, linux)).unwrap();
+        let mut d = gpu(&at(Profile::Gb200, 4 * GIB, linux));
         let info = d.region_info(2).unwrap();
         assert_eq!((info.size, info.flags), (64 << 20, 7), "{linux}");
         assert!(info.sparse_areas.is_empty());
@@ -480,7 +610,7 @@ fn gb200_from_6_14_shows_its_real_bar1_at_region_2() {
 /// it (`vfio_pci_ioctl_reset`), the next open rebuilds it to 0.
 #[test]
 fn bar1_answers_the_sizing_probe_and_keeps_its_register_across_a_reset() {
-    let mut d = NvGraceGpu::new(&at(Profile::Gb200, 4 * GIB, LinuxVersion::V7_2)).unwrap();
+    let mut d = gpu(&at(Profile::Gb200, 4 * GIB, LinuxVersion::V7_2));
     cfg_write32(&mut d, 0x18, 0xffff_ffff);
     cfg_write32(&mut d, 0x1c, 0xffff_ffff);
     let low = cfg32(&mut d, 0x18);
@@ -951,4 +1081,59 @@ fn unaligned_memory_gets_a_whole_last_page_in_the_fd() {
         .unwrap();
     let len = std::fs::File::from(fd).metadata().unwrap().len();
     assert_eq!(len, ODD.next_multiple_of(4096));
+}
+
+fn cfg16(d: &mut NvGraceGpu, offset: u64) -> u16 {
+    u16::from_le_bytes(read(d, CONFIG, offset, 2).unwrap().try_into().unwrap())
+}
+
+/// Which config bits a client may write, as `vfio_pci_config.c`'s permission tables decide:
+/// MSI-X has none (the client enables it with SET_IRQS), the PCI Express capability only
+/// Device Control (not phantom functions) and Device Control 2 (not ARI), the header its
+/// COMMAND, interrupt line, cache line size and BARs.
+#[test]
+fn config_write_permissions_follow_the_kernels_tables() {
+    let mut d = dev(Profile::Gh100, ODD);
+    let (msix, exp) = (0x48u64, 0x60u64);
+    let before = cfg16(&mut d, msix + 2);
+    d.region_write(CONFIG, msix + 2, &[0xff, 0xff]).unwrap();
+    assert_eq!(cfg16(&mut d, msix + 2), before, "MSI-X message control");
+    let link = cfg16(&mut d, exp + 0x10);
+    d.region_write(CONFIG, exp + 0x10, &[0xff, 0xff]).unwrap();
+    assert_eq!(cfg16(&mut d, exp + 0x10), link, "Link Control");
+    d.region_write(CONFIG, exp + 8, &0x7fffu16.to_le_bytes())
+        .unwrap();
+    assert_eq!(cfg16(&mut d, exp + 8), 0x7fff & !(1 << 9), "Device Control");
+    d.region_write(CONFIG, exp + 0x28, &[0xff, 0xff]).unwrap();
+    assert_eq!(
+        cfg16(&mut d, exp + 0x28) & (1 << 5),
+        0,
+        "ARI in Device Control 2"
+    );
+    assert_ne!(cfg16(&mut d, exp + 0x28), 0, "the rest of Device Control 2");
+    d.region_write(CONFIG, 0, &[0xff; 4]).unwrap();
+    assert_eq!(cfg32(&mut d, 0) & 0xffff, 0x10de, "vendor id");
+    d.region_write(CONFIG, 0x3c, &[0x2a]).unwrap();
+    assert_eq!(cfg16(&mut d, 0x3c) & 0xff, 0x2a, "interrupt line");
+}
+
+/// `nvgrace_gpu_read_config_emu` overlays one emulated BAR per read, BAR2's pair first: a
+/// single read spanning both pairs shows the BAR4 pair as the core has it (0), while reads of
+/// each pair alone show both emulated values.
+#[test]
+fn a_config_read_spanning_both_bar_pairs_overlays_only_the_bar2_pair() {
+    let mut d = dev(Profile::Gh100, ODD);
+    cfg_write32(&mut d, 0x1c, 0x1);
+    cfg_write32(&mut d, 0x24, 0x2);
+    let both = read(&mut d, CONFIG, 0x18, 16).unwrap();
+    assert_eq!(both[..8], [0xc, 0, 0, 0, 1, 0, 0, 0]);
+    assert_eq!(both[8..], [0; 8]);
+    assert_eq!(cfg32(&mut d, 0x20), 0xc);
+    assert_eq!(cfg32(&mut d, 0x24), 0x2);
+    let tail = read(&mut d, CONFIG, 0x1c, 8).unwrap();
+    assert_eq!(
+        tail,
+        [1, 0, 0, 0, 0, 0, 0, 0],
+        "BAR3 and BAR4 in one read span both pairs"
+    );
 }

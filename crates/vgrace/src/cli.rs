@@ -5,11 +5,14 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+
+use crate::out::EXIT_CODES;
+use crate::units::{parse_duration, parse_u16, parse_u64};
 use vgrace_device::{Fault, LinuxVersion, Poison, Profile};
 
 /// vgrace: a software NVIDIA Grace GPU (nvgrace-gpu-vfio-pci) served over vfio-user.
 #[derive(Debug, Parser)]
-#[command(name = "vgrace", version, about, long_about = None)]
+#[command(name = "vgrace", version, about, long_about = None, after_help = EXIT_CODES)]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]
@@ -138,13 +141,18 @@ pub struct ServeArgs {
     /// 0600 like the device sockets; overrides the config file's `control`.
     #[arg(long)]
     pub control: Option<PathBuf>,
+    /// A control connection that sends no request this long (silent, or stopped halfway
+    /// through a line) is closed, so a few stuck clients cannot take every slot. Hidden: for
+    /// tests; the default suits operators.
+    #[arg(long, hide = true, default_value = "60s", value_parser = parse_timeout)]
+    pub control_idle_timeout: Duration,
     /// Write a protocol trace to FILE: every message in and out, and every connection, as one
     /// JSON line (created 0600; a symlink is refused). Read it with `vgrace trace FILE`. With
     /// --config, use `trace = "FILE"` in each `[[device]]` instead.
     #[arg(long, value_name = "FILE", conflicts_with = "config")]
     pub trace: Option<PathBuf>,
     /// Rotate the trace before it would exceed this size (FILE -> FILE.1, one previous file
-    /// kept), e.g. 64M, 1G.
+    /// kept), e.g. 64M, 1G; at least 4K.
     #[arg(long, default_value = "64M", value_parser = parse_size_arg, requires = "trace")]
     pub trace_max_size: u64,
     /// What the client sees: vfio (nvgrace-gpu-vfio-pci's device, the default) or host (the
@@ -158,8 +166,11 @@ pub struct ServeArgs {
     pub device: DeviceArgs,
 }
 
-/// `vgrace layout`.
+/// `vgrace layout`. Its `--help` lists only the device flags that change a layout; the
+/// others (readiness timing, faults, backing) are still taken, hidden, so the flags of a
+/// `serve` command line work here too.
 #[derive(Debug, Args)]
+#[command(mut_args(hide_in_layout))]
 pub struct LayoutArgs {
     /// Print JSON instead of the table and diagram.
     #[arg(long)]
@@ -176,8 +187,16 @@ pub struct LayoutArgs {
     pub device: DeviceArgs,
 }
 
+/// `vgrace check`'s exit codes, for its `--help`.
+pub const CHECK_EXIT_CODES: &str = "Exit codes:
+  0  every rule passed (skipped rules do not count)
+  1  a rule failed, or the check could not run (no server at --socket, no answer within
+     --timeout: one line on stderr, nothing on stdout)
+  2  usage: bad flags or values";
+
 /// `vgrace check`.
 #[derive(Debug, Args)]
+#[command(after_help = CHECK_EXIT_CODES)]
 pub struct CheckArgs {
     /// Socket of the vfio-user server to check.
     #[arg(
@@ -193,14 +212,29 @@ pub struct CheckArgs {
     /// How long to wait for the BAR0 readiness registers (upstream waits 30 s).
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub ready_timeout: Duration,
+    /// How long to wait for the server's answer to VERSION and to each request (a request may
+    /// also take the --ready-timeout, as a 6.19+ server waits for readiness inside it). A peer
+    /// that does not answer in time fails the check.
+    #[arg(long, default_value = "10s", value_parser = parse_timeout)]
+    pub timeout: Duration,
     /// Judge the server by the rules of this Linux version's nvgrace-gpu-vfio-pci: 6.9, 6.14,
-    /// 6.19 or 7.2 (Blackwell's layout from 6.14, the reset check from 6.19).
+    /// 6.19 or 7.2 (Blackwell's layout from 6.14, the reset check from 6.19). A server does not
+    /// announce its version, so this must match the server's --linux; where a rule that
+    /// differs between versions shows another one, check says which.
     #[arg(long, default_value = "7.2")]
     pub linux: LinuxVersion,
+    /// Print one JSON document instead of the lines: `rules` (name, result PASS/FAIL/SKIP,
+    /// detail, the Linux functions the rule cites), `summary` (counts), `server` (the versions
+    /// its behaviour fits, when it shows; its vfio-user limits) and `notes`.
+    #[arg(long)]
+    pub json: bool,
 }
 
-/// `vgrace qemu-args`.
+/// `vgrace qemu-args`. Its `--help` lists only the device flags that change the arguments
+/// (what sizes the BARs and NUMA nodes); the others are still taken, hidden, so the flags of a
+/// `serve` command line (as its log line "attach with" prints them) work here too.
 #[derive(Debug, Args)]
+#[command(mut_args(hide_in_qemu_args))]
 pub struct QemuArgsArgs {
     /// Socket path the device is (or will be) served on.
     #[arg(long, default_value = "vgrace.sock", conflicts_with = "config")]
@@ -217,7 +251,8 @@ pub struct QemuArgsArgs {
     /// Printed in QEMU's form (8G).
     #[arg(long, default_value = "8G", value_parser = parse_guest_mem)]
     pub guest_mem: u64,
-    /// Print JSON (the node and the argument list) for integrators.
+    /// Print JSON for integrators: `args`, one argv token per element (as QEMU's execve gets
+    /// them), and `node` (the GPUs, their BARs, windows and NUMA nodes, the aperture).
     #[arg(long)]
     pub json: bool,
     /// vfio (a guest that sees nvgrace-gpu-vfio-pci's device, the default) or host (an arm64
@@ -227,6 +262,45 @@ pub struct QemuArgsArgs {
     /// The device.
     #[command(flatten)]
     pub device: DeviceArgs,
+}
+
+/// Device flags that change neither a layout nor the QEMU arguments: readiness timing, faults,
+/// where the memory lives.
+const NO_LAYOUT_CHANGE: [&str; 5] = [
+    "backing",
+    "ready_delay",
+    "fault",
+    "reset_ready_delay",
+    "ready_timeout",
+];
+
+/// Device flags a layout shows but the QEMU arguments do not depend on.
+const NO_QEMU_ARGS_CHANGE: [&str; 6] = [
+    "mem_base",
+    "cxl",
+    "cxl_valid_delay",
+    "cxl_active_delay",
+    "cxl_timeout_code",
+    "poison",
+];
+
+/// Hides from `layout --help` the device flags that do not change a layout.
+fn hide_in_layout(arg: clap::Arg) -> clap::Arg {
+    if NO_LAYOUT_CHANGE.contains(&arg.get_id().as_str()) {
+        arg.hide(true)
+    } else {
+        arg
+    }
+}
+
+/// Hides from `qemu-args --help` the device flags that do not change its arguments.
+fn hide_in_qemu_args(arg: clap::Arg) -> clap::Arg {
+    let id = arg.get_id().as_str();
+    if NO_LAYOUT_CHANGE.contains(&id) || NO_QEMU_ARGS_CHANGE.contains(&id) {
+        arg.hide(true)
+    } else {
+        arg
+    }
 }
 
 /// With `--config` the file describes the devices, so a device flag given too would be silently
@@ -300,28 +374,13 @@ fn parse_guest_mem(s: &str) -> Result<u64, String> {
     }
 }
 
-/// Parses a decimal or 0x-prefixed hexadecimal u64.
-pub fn parse_u64(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let parsed = match t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
-        Some(hex) => u64::from_str_radix(&hex.replace('_', ""), 16),
-        None => t.replace('_', "").parse::<u64>(),
-    };
-    parsed.map_err(|_| format!("`{s}` is not a number (decimal or 0x-hex)"))
-}
-
-/// Parses a decimal or 0x-prefixed hexadecimal u16.
-pub fn parse_u16(s: &str) -> Result<u16, String> {
-    let v = parse_u64(s)?;
-    u16::try_from(v).map_err(|_| format!("`{s}` does not fit in 16 bits"))
-}
-
-/// Parses a duration such as `2s`, `500ms`, `1m` or a bare `0`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    if s.trim() == "0" {
-        return Ok(Duration::ZERO);
+/// A timeout: a duration above zero (a zero socket timeout would mean "wait forever").
+fn parse_timeout(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d.is_zero() {
+        return Err("the timeout must be above zero".into());
     }
-    humantime::parse_duration(s.trim()).map_err(|e| format!("`{s}` is not a duration ({e})"))
+    Ok(d)
 }
 
 /// A stall timeout: a duration above zero (zero would drop every message split across reads).
@@ -337,24 +396,6 @@ fn parse_stall_timeout(s: &str) -> Result<Duration, String> {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
-
-    #[test]
-    fn hex_and_decimal_numbers_parse() {
-        assert_eq!(parse_u64("0x400000000000").unwrap(), 0x4000_0000_0000);
-        assert_eq!(parse_u64("4096").unwrap(), 4096);
-    }
-
-    #[test]
-    fn device_id_over_16_bits_is_refused() {
-        assert!(parse_u16("0x12345").is_err());
-    }
-
-    #[test]
-    fn durations_parse() {
-        assert_eq!(parse_duration("0").unwrap(), Duration::ZERO);
-        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
-        assert!(parse_duration("soon").is_err());
-    }
 
     #[test]
     fn cli_definition_is_consistent() {

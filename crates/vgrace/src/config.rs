@@ -24,7 +24,7 @@
 //! cxl_active_delay = "2s"    # optional: time until "memory active"
 //! cxl_timeout_code = 1       # optional: active timeout 1 s x 4^code (capped at 256 s)
 //! trace = "/var/log/vgrace/gpu0.trace"  # optional: protocol trace (see `vgrace trace`)
-//! trace_max_size = "64M"     # optional: rotate the trace at this size (FILE.1 kept)
+//! trace_max_size = "64M"     # optional: rotate the trace at this size (FILE.1 kept; 4K least)
 //! view = "host"              # optional: vfio (default) | host (the bare function, for an L1 guest)
 //! ```
 
@@ -35,8 +35,9 @@ use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 use vgrace_device::{Fault, GpuConfig, Profile};
 
-use crate::cli::{parse_duration, parse_u16, parse_u64, DeviceArgs};
+use crate::cli::DeviceArgs;
 use crate::host_view::View;
+use crate::units::{parse_duration, parse_u16, parse_u64};
 
 /// A number given either as a TOML integer or as a string (hex, or a size with suffix).
 #[derive(Debug, Clone, Deserialize)]
@@ -214,6 +215,7 @@ impl DeviceTable {
                 vgrace_device::parse_size(s).map_err(|e| anyhow::anyhow!("trace_max_size: {e}"))?
             }
         };
+        check_max_size(max).context("trace_max_size")?;
         Ok((self.trace.clone(), max))
     }
 
@@ -326,6 +328,17 @@ pub fn default_device_args() -> DeviceArgs {
     }
 }
 
+/// Refuses a trace size limit that cannot hold the header and a line (0 included).
+pub fn check_max_size(max: u64) -> Result<()> {
+    if max < vfu::trace::MIN_MAX_BYTES {
+        bail!(
+            "trace max size {max} bytes is too small: at least {} bytes (4K)",
+            vfu::trace::MIN_MAX_BYTES
+        );
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -414,6 +427,17 @@ mod tests {
         let text = "[[device]]\nsocket = \"/tmp/a.sock\"\ntrace = \"/tmp/t\"\n[[device]]\nsocket = \"/tmp/b.sock\"\ntrace = \"/tmp/t\"\n";
         let err = parse(text).unwrap_err();
         assert!(format!("{err:#}").contains("trace file"), "{err:#}");
+    }
+
+    #[test]
+    fn trace_max_size_below_4k_is_refused() {
+        for size in ["0", "4095", "\"1K\""] {
+            let err = parse(&format!(
+                "[[device]]\nsocket = \"/tmp/a.sock\"\ntrace = \"/tmp/t\"\ntrace_max_size = {size}\n"
+            ))
+            .unwrap_err();
+            assert!(format!("{err:#}").contains("too small"), "{size}: {err:#}");
+        }
     }
 
     #[test]

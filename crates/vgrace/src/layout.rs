@@ -14,7 +14,7 @@ const DIAGRAM_WIDTH: u64 = 64;
 
 /// Prints the layout (table and diagram, or JSON).
 pub fn run(args: &LayoutArgs) -> Result<()> {
-    let mut out = std::io::stdout().lock();
+    let mut out = crate::out::stdout();
     if let Some(path) = &args.config {
         return run_node(path, args, &mut out);
     }
@@ -47,12 +47,14 @@ fn run_node(path: &std::path::Path, args: &LayoutArgs, out: &mut impl Write) -> 
     for ((layout, socket), gpu) in layouts.iter().zip(&node.gpus) {
         writeln!(
             out,
-            "== {} on {socket}: behind root port {}, window {}, NUMA nodes {}-{}",
+            "== {} on {socket}: behind root port {}, window {}, {}",
             gpu.id,
             gpu.root_port,
             human(gpu.pref64_window),
-            gpu.numa_nodes.0,
-            gpu.numa_nodes.1
+            gpu.numa_nodes.map_or_else(
+                || "no NUMA nodes (no device memory)".to_string(),
+                |(first, last)| format!("NUMA nodes {first}-{last}")
+            )
         )?;
         write!(out, "{}", render(layout))?;
         writeln!(out)?;

@@ -12,8 +12,10 @@ mod dirs;
 mod host_view;
 mod kvfio;
 mod layout;
+mod logging;
 mod mapping;
 mod node;
+mod out;
 mod qemu_args;
 mod qemu_host;
 mod ready;
@@ -23,8 +25,10 @@ mod trace_setup;
 mod transcript;
 mod units;
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Result;
 use vgrace_device::{Backing, GpuConfig};
@@ -36,19 +40,32 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => return clap_exit(e),
     };
-    init_tracing();
-    match run(cli) {
+    logging::init();
+    let code = match run(cli) {
         Ok(code) => code,
-        // The reader went away (`vgrace layout | head`): nothing left to say, as cat would.
-        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
+        // The reader of stdout went away (`vgrace layout | head`): nothing left to say, as cat
+        // would. A socket that hangs up is not this (see `out`).
+        Err(e) if out::is_stdout_closed(&e) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("vgrace: {e:#}");
+            logging::flush(EXIT_FLUSH);
+            say(&format!("vgrace: {e:#}"));
             ExitCode::FAILURE
         }
-    }
+    };
+    logging::flush(EXIT_FLUSH);
+    code
 }
 
-/// Whether `e` comes from writing to a pipe nobody reads any more.
+/// How long an exiting process waits for its last log lines to reach stderr.
+pub const EXIT_FLUSH: Duration = Duration::from_millis(500);
+
+/// Writes one line to stderr, ignoring a closed or failing stderr (eprintln! would panic).
+fn say(line: &str) {
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
+/// Whether `e` comes from writing to a pipe nobody reads any more (any pipe: only for
+/// commands that write to no socket).
 pub fn is_broken_pipe(e: &anyhow::Error) -> bool {
     e.chain().any(|c| {
         c.downcast_ref::<std::io::Error>()
@@ -89,7 +106,7 @@ fn clap_exit(e: clap::Error) -> ExitCode {
             ExitCode::SUCCESS
         }
         ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
-            eprint!("{}", e.render());
+            let _ = write!(std::io::stderr(), "{}", e.render());
             ExitCode::from(2)
         }
         _ => {
@@ -98,10 +115,10 @@ fn clap_exit(e: clap::Error) -> ExitCode {
             let verb = std::env::args()
                 .skip(1)
                 .find(|a| cli.get_subcommands().any(|c| c.get_name() == a));
-            eprintln!(
+            say(&format!(
                 "vgrace: {}",
                 one_line(&e.render().to_string(), verb.as_deref())
-            );
+            ));
             ExitCode::from(2)
         }
     }
@@ -142,16 +159,6 @@ fn one_line(rendered: &str, verb: Option<&str>) -> String {
         (None, Some(v)) => format!("{message} (see vgrace {v} --help)"),
         (None, None) => format!("{message} (see vgrace --help)"),
     }
-}
-
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
 }
 
 /// Turns the device flags into the device model's configuration.

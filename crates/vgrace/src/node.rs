@@ -13,6 +13,9 @@ use vgrace_device::Layout;
 pub const NODES_PER_GPU: u32 = 8;
 /// BAR0 of every GPU (non-prefetchable: it goes in the root port's 32-bit window).
 pub const BAR0_SIZE: u64 = 16 << 20;
+/// QEMU's `virt` default `highmem-mmio-size`: QEMU 11.1 refuses a smaller one ("cannot be set to
+/// a lower value than the default (512 GiB)").
+pub const VIRT_HIGHMEM_MMIO_DEFAULT: u64 = 512 << 30;
 
 /// The machine type to print arguments for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
@@ -58,8 +61,9 @@ pub struct Gpu {
     pub bars: Vec<(u8, u64)>,
     /// The root port's prefetchable window: the BARs summed, rounded up to the largest.
     pub pref64_window: u64,
-    /// First and last NUMA node of the GPU's memory (`nvidia,gpu-mem-pxm-start`, count 8).
-    pub numa_nodes: (u32, u32),
+    /// First and last NUMA node of the GPU's memory (`nvidia,gpu-mem-pxm-start`, count 8); none
+    /// for a GPU without memory regions (C2C link down): there is no memory to put in a node.
+    pub numa_nodes: Option<(u32, u32)>,
 }
 
 /// The node: its GPUs and the aperture they need together.
@@ -71,9 +75,13 @@ pub struct Node {
     pub gpus: Vec<Gpu>,
     /// Sum of the GPUs' windows, each aligned to its largest BAR: what the guest must find.
     pub aperture_needed: u64,
-    /// The aperture to give the machine: the next power of two (virt's highmem-mmio-size must be
-    /// one; q35's pci-hole64-size takes the same).
+    /// The aperture to give the machine, 0 when no GPU has a 64-bit BAR (the machine's default
+    /// is left alone): the next power of two (virt's highmem-mmio-size must be one, and at least
+    /// QEMU's 512 GiB default; q35's pci-hole64-size takes the same).
     pub aperture: u64,
+    /// Guest RAM: the size of node 0's memory backend and of `-m` (QEMU refuses NUMA memdevs
+    /// that do not add up to `-m`).
+    pub guest_mem: u64,
     /// q35 only: guest physical address bits that reach the aperture above RAM, with headroom.
     pub phys_bits: Option<u32>,
     /// NUMA nodes in all (node 0 holds CPUs and RAM).
@@ -97,6 +105,7 @@ pub fn window(bars: &[(u8, u64)]) -> u64 {
 pub fn node(machine: Machine, gpus: &[(&Layout, String)], guest_mem: u64) -> Node {
     let mut out = Vec::with_capacity(gpus.len());
     let mut needed = 0u64;
+    let mut next_node = 1u32;
     for (i, (layout, socket)) in gpus.iter().enumerate() {
         let mut bars: Vec<(u8, u64)> = layout.regions.iter().map(|r| (r.bar, r.bar_size)).collect();
         if let Some(size) = layout.bar1_size {
@@ -110,7 +119,12 @@ pub fn node(machine: Machine, gpus: &[(&Layout, String)], guest_mem: u64) -> Nod
             .div_ceil(align)
             .saturating_mul(align)
             .saturating_add(w);
-        let i = i as u32;
+        // The NUMA nodes stand for device memory; a GPU without memory regions gets none.
+        let numa_nodes = (!layout.regions.is_empty()).then(|| {
+            let first = next_node;
+            next_node += NODES_PER_GPU;
+            (first, next_node - 1)
+        });
         out.push(Gpu {
             id: format!("gpu{i}"),
             root_port: format!("rp{i}"),
@@ -118,14 +132,11 @@ pub fn node(machine: Machine, gpus: &[(&Layout, String)], guest_mem: u64) -> Nod
             device: format!("{} 10de:{:04x}", layout.profile, layout.device_id),
             bars,
             pref64_window: w,
-            numa_nodes: (1 + i * NODES_PER_GPU, (i + 1) * NODES_PER_GPU),
+            numa_nodes,
         });
     }
-    let aperture = needed
-        .max(1)
-        .checked_next_power_of_two()
-        .unwrap_or(u64::MAX);
-    let numa_nodes = 1 + NODES_PER_GPU * gpus.len() as u32;
+    let aperture = aperture(machine, needed);
+    let numa_nodes = next_node;
     let phys_bits = (machine == Machine::Q35).then(|| {
         // The 64-bit hole starts above RAM (at 4 GiB + RAM above 4 GiB at the latest); two more
         // bits leave room for the firmware's and the kernel's alignment.
@@ -139,9 +150,24 @@ pub fn node(machine: Machine, gpus: &[(&Layout, String)], guest_mem: u64) -> Nod
         gpus: out,
         aperture_needed: needed,
         aperture,
+        guest_mem,
         phys_bits,
         numa_nodes,
-        nodes_shift_needed: 32 - (numa_nodes.max(2) - 1).leading_zeros(),
+        // ceil(log2(nodes)): 2^shift nodes must fit them all.
+        nodes_shift_needed: 32 - (numa_nodes.max(1) - 1).leading_zeros(),
+    }
+}
+
+/// The aperture `machine` is given for BARs that need `needed` bytes: none for none, else the
+/// next power of two, on `virt` at least QEMU's default.
+fn aperture(machine: Machine, needed: u64) -> u64 {
+    if needed == 0 {
+        return 0;
+    }
+    let pow2 = needed.checked_next_power_of_two().unwrap_or(1 << 63);
+    match machine {
+        Machine::Virt => pow2.max(VIRT_HIGHMEM_MMIO_DEFAULT),
+        Machine::Q35 => pow2,
     }
 }
 
@@ -170,7 +196,7 @@ mod tests {
         assert_eq!(n.aperture, 4096 * GIB);
         assert_eq!(n.numa_nodes, 33);
         assert_eq!(n.nodes_shift_needed, 6);
-        assert_eq!(n.gpus[3].numa_nodes, (25, 32));
+        assert_eq!(n.gpus[3].numa_nodes, Some((25, 32)));
     }
 
     #[test]
@@ -188,6 +214,39 @@ mod tests {
         assert_eq!(n.aperture_needed, 4 * GIB);
         assert_eq!(n.aperture, 4 * GIB);
         assert_eq!(n.nodes_shift_needed, 4);
+    }
+
+    /// QEMU 11.1 refuses a `virt` highmem-mmio-size below its 512 GiB default: one small GPU
+    /// gets 512 GiB, not the 4 GiB its window needs.
+    #[test]
+    fn virt_aperture_is_at_least_qemus_512g_default() {
+        for size in [2 * GIB, 96 * GIB] {
+            let l = layouts(1, size);
+            let n = node(Machine::Virt, &[(&l[0], String::new())], 8 * GIB);
+            assert_eq!(n.aperture, 512 * GIB, "{size}");
+        }
+        let l = layouts(4, 480 * GIB);
+        let gpus: Vec<(&Layout, String)> = l.iter().map(|x| (x, String::new())).collect();
+        assert_eq!(node(Machine::Virt, &gpus, 8 * GIB).aperture, 4096 * GIB);
+    }
+
+    /// A GPU without memory regions (C2C link down) has no memory for NUMA nodes; the GPUs
+    /// after it number their nodes on without a gap.
+    #[test]
+    fn gpus_without_memory_get_no_numa_nodes() {
+        let down = GpuConfig::memfd(Profile::Gh100, 0).layout().unwrap();
+        let up = layouts(1, 96 * GIB);
+        let n = node(
+            Machine::Q35,
+            &[(&down, String::new()), (&up[0], String::new())],
+            8 * GIB,
+        );
+        assert_eq!(n.gpus[0].numa_nodes, None);
+        assert_eq!(n.gpus[1].numa_nodes, Some((1, 8)));
+        assert_eq!(n.numa_nodes, 9);
+        let alone = node(Machine::Virt, &[(&down, String::new())], 8 * GIB);
+        assert_eq!((alone.aperture_needed, alone.aperture), (0, 0));
+        assert_eq!((alone.numa_nodes, alone.nodes_shift_needed), (1, 0));
     }
 
     #[test]

@@ -1,19 +1,25 @@
 //! `vgrace serve`: one server thread per device, stopped together by SIGTERM/SIGINT/SIGHUP.
+//!
+//! A stop always finishes: the threads get [`STOP_BOUND`] to end on their own; past it (a
+//! session stuck inside a request, holding its device) or at a second signal the process
+//! removes its sockets, flushes file-backed memory to disk and exits without them.
 
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use tracing::{error, info, warn};
 use vfu::listen::BoundPath;
-use vfu::server::{bind_socket, Server, ServerConfig, Shutdown};
-use vgrace_device::LinuxVersion;
+use vfu::server::{bind_socket, Controls, Server, ServerConfig, Shutdown};
+use vfu::Device;
+use vgrace_device::backing::FileSync;
+use vgrace_device::{LinuxVersion, NvGraceGpu};
 
 use crate::cli::ServeArgs;
 use crate::config::{self, DeviceEntry};
@@ -26,6 +32,95 @@ enum Endpoint {
     Path(PathBuf),
     /// An inherited listening socket.
     Fd(i32),
+}
+
+/// How long the threads get to stop after a stop signal before the process exits without them.
+pub const STOP_BOUND: Duration = Duration::from_secs(3);
+
+/// What the way out does whatever state the threads are in: remove the sockets this process
+/// created, flush file-backed memory. Done once, by whoever gets there first (the main thread,
+/// or the watchdog past [`STOP_BOUND`]).
+#[derive(Default)]
+struct Exit {
+    created: Vec<BoundPath>,
+    /// File backings (their path for the log, and a handle of their own, so flushing them never
+    /// needs the device lock a stuck session may hold).
+    files: Vec<(String, FileSync)>,
+    /// Every device with its server's controls, to ask their clients to let go at a stop.
+    devices: Vec<(Arc<Mutex<NvGraceGpu>>, Controls)>,
+    done: bool,
+}
+
+/// How long clients asked to release their device (the request interrupt) get before the stop
+/// goes on and cuts their connections.
+const REQUEST_GRACE: Duration = Duration::from_secs(1);
+
+/// Signals the request interrupt to every client that wired one, as the kernel does when a
+/// device is being removed (`vfio_pci_core_request`; QEMU answers with an unplug request), then
+/// waits up to [`REQUEST_GRACE`] for those clients to leave. A device whose lock stays held (a
+/// request stuck inside it) is not asked: the watchdog bounds the stop anyway.
+fn ask_clients_to_release(devices: &[(Arc<Mutex<NvGraceGpu>>, Controls)]) {
+    let asked: Vec<&Controls> = devices
+        .iter()
+        .filter(|(device, _)| {
+            let until = Instant::now() + Duration::from_millis(100);
+            loop {
+                if let Ok(mut d) = device.try_lock() {
+                    return d.request_release();
+                }
+                if Instant::now() >= until {
+                    return false;
+                }
+                thread::sleep(Duration::from_millis(5));
+            }
+        })
+        .map(|(_, controls)| controls)
+        .collect();
+    if asked.is_empty() {
+        return;
+    }
+    info!(
+        clients = asked.len(),
+        "asked the clients to release their devices (request interrupt)"
+    );
+    let until = Instant::now() + REQUEST_GRACE;
+    while Instant::now() < until && asked.iter().any(|c| c.client().is_some()) {
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+type Finisher = Arc<Mutex<Exit>>;
+
+fn exit_state(f: &Finisher) -> MutexGuard<'_, Exit> {
+    f.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Removes the sockets and flushes the files, unless already done; true if this call did it.
+fn finish(f: &Finisher) -> bool {
+    let mut exit = exit_state(f);
+    if exit.done {
+        return false;
+    }
+    exit.done = true;
+    remove_sockets(&exit.created);
+    for (name, file) in &exit.files {
+        if let Err(e) = file.finish() {
+            error!("cannot flush the backing file {name} to disk: {e}");
+        }
+    }
+    true
+}
+
+/// Exits now, without the threads that did not stop: the watchdog's and a second signal's way
+/// out.
+fn give_up(f: &Finisher, why: &str) -> ! {
+    warn!("{why}: exiting without them");
+    if !finish(f) {
+        // The main thread is finishing right now; give it a moment to end on its own.
+        thread::sleep(Duration::from_secs(1));
+    }
+    crate::logging::flush(crate::EXIT_FLUSH);
+    std::process::exit(1)
 }
 
 /// Runs until a signal arrives or every server has stopped.
@@ -48,10 +143,20 @@ pub fn run(args: ServeArgs) -> Result<()> {
         ),
     };
     let control_path = args.control.clone().or(file_control);
+    // Before anything is created: a path no client can connect to is refused, not announced.
+    if args.fd.is_none() {
+        for e in &entries {
+            check_socket_path(&e.socket, "socket")?;
+        }
+    }
+    if let Some(path) = &control_path {
+        check_socket_path(path, "control socket")?;
+    }
     crate::dirs::create_parents(&entries, args.fd.is_none())?;
     if let Some(path) = &control_path {
         crate::dirs::create_parent(path, "control socket")?;
     }
+    crate::trace_setup::check(&entries, control_path.as_deref(), args.fd.is_none())?;
     let endpoint_of = |e: &DeviceEntry| match args.fd {
         Some(fd) => Endpoint::Fd(fd),
         None => Endpoint::Path(e.socket.clone()),
@@ -88,22 +193,52 @@ pub fn run(args: ServeArgs) -> Result<()> {
         Signals::new([SIGTERM, SIGINT, SIGHUP]).context("cannot install signal handlers")?;
     let signal_handle = signals.handle();
     let on_signal = shutdown.clone();
+    let finisher = Finisher::default();
+    for ((_, device, _), entry) in devices.iter().zip(&entries) {
+        if let Some(file) = device.file_for_sync()? {
+            exit_state(&finisher)
+                .files
+                .push((backing_name(entry), file));
+        }
+    }
+    let on_stop = finisher.clone();
     let signal_thread = thread::spawn(move || {
-        if let Some(sig) = signals.forever().next() {
+        let mut arriving = signals.forever();
+        if let Some(sig) = arriving.next() {
             info!(signal = sig, "stopping");
+            let late = on_stop.clone();
+            // If this cannot start, the stop still happens, only without a bound.
+            let _ = thread::Builder::new()
+                .name("vgrace-watchdog".into())
+                .spawn(move || {
+                    thread::sleep(STOP_BOUND);
+                    give_up(
+                        &late,
+                        &format!(
+                            "threads still busy {}s after the stop signal (a client request \
+                             stuck inside a device?)",
+                            STOP_BOUND.as_secs()
+                        ),
+                    );
+                });
+            let devices = exit_state(&on_stop).devices.clone();
+            ask_clients_to_release(&devices);
             on_signal.trigger();
+            // A second signal: the operator does not want to wait for the bound.
+            if let Some(sig) = arriving.next() {
+                give_up(&on_stop, &format!("signal {sig} while stopping"));
+            }
         }
     });
 
     // The socket files we created, to remove at exit while they are still ours.
-    let mut created: Vec<BoundPath> = Vec::with_capacity(devices.len() + 1);
     let mut bound = Vec::with_capacity(devices.len());
     // The control socket goes first: a control client that can see it may already name every
     // device, and a bad path stops the start before any device socket exists.
     let control_listener = match &control_path {
         Some(path) => match listen(&Endpoint::Path(path.clone())) {
             Ok((l, bound_path)) => {
-                created.extend(bound_path);
+                exit_state(&finisher).created.extend(bound_path);
                 Some(l)
             }
             Err(e) => {
@@ -117,11 +252,11 @@ pub fn run(args: ServeArgs) -> Result<()> {
     for (endpoint, device, trace) in devices {
         let listener = match listen(&endpoint) {
             Ok((l, path)) => {
-                created.extend(path);
+                exit_state(&finisher).created.extend(path);
                 l
             }
             Err(e) => {
-                remove_sockets(&created);
+                finish(&finisher);
                 signal_handle.close();
                 let _ = signal_thread.join();
                 return Err(e);
@@ -181,6 +316,9 @@ pub fn run(args: ServeArgs) -> Result<()> {
         }
         let live = device.live_faults();
         let mut server = Server::shared(Arc::new(Mutex::new(device)), server_config.clone());
+        exit_state(&finisher)
+            .devices
+            .push((server.shared_device(), server.controls().clone()));
         if control_listener.is_some() {
             let m = Managed {
                 id: entry.id.clone(),
@@ -217,7 +355,12 @@ pub fn run(args: ServeArgs) -> Result<()> {
         }
         control::start(
             listener,
-            Arc::new(Plane::new(managed, events, allow)),
+            Arc::new(Plane::new(
+                managed,
+                events,
+                allow,
+                args.control_idle_timeout,
+            )),
             shutdown.clone(),
         )
     });
@@ -244,7 +387,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
     if let Some(t) = control_thread {
         let _ = t.join();
     }
-    remove_sockets(&created);
+    finish(&finisher);
     match failure {
         Some(e) => Err(e),
         None => {
@@ -252,6 +395,21 @@ pub fn run(args: ServeArgs) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// Refuses a socket path longer than `sun_path` holds: it could be bound (see
+/// `vfu::listen`) but no client could ever connect to it.
+fn check_socket_path(path: &std::path::Path, what: &str) -> Result<()> {
+    let len = path.as_os_str().len();
+    if len > vfu::listen::SUN_PATH_MAX {
+        bail!(
+            "the {what} path {} is {len} bytes, longer than the {} a unix socket address holds: \
+             no client could connect to it; use a shorter path",
+            path.display(),
+            vfu::listen::SUN_PATH_MAX
+        );
+    }
+    Ok(())
 }
 
 /// The listener for `endpoint`, and the socket file if we created one.

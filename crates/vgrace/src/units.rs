@@ -1,4 +1,7 @@
-//! Human-readable sizes for the layout and logs.
+//! Units: human-readable sizes for the layout and logs, and the parsers of numbers and durations
+//! that every verb's flags and the config file share.
+
+use std::time::Duration;
 
 const UNITS: [(&str, u32); 4] = [("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)];
 
@@ -20,9 +23,45 @@ pub fn human(bytes: u64) -> String {
     format!("{bytes} B")
 }
 
+/// Parses a decimal or 0x-prefixed hexadecimal u64.
+pub fn parse_u64(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let parsed = match t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
+        Some(hex) => u64::from_str_radix(&hex.replace('_', ""), 16),
+        None => t.replace('_', "").parse::<u64>(),
+    };
+    parsed.map_err(|_| format!("`{s}` is not a number (decimal or 0x-hex)"))
+}
+
+/// Parses a decimal or 0x-prefixed hexadecimal u16.
+pub fn parse_u16(s: &str) -> Result<u16, String> {
+    let v = parse_u64(s)?;
+    u16::try_from(v).map_err(|_| format!("`{s}` does not fit in 16 bits"))
+}
+
+/// Longest duration any flag or config key takes: a day is past any wait worth simulating, and
+/// the bound keeps every deadline (`now + duration`) far from overflow (2^64-1 s panicked).
+pub const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
+
+/// Parses a duration such as `2s`, `500ms`, `1m` or a bare `0`, at most [`MAX_DURATION`].
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    if s.trim() == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let d = humantime::parse_duration(s.trim())
+        .map_err(|e| format!("`{s}` is not a duration ({e})"))?;
+    if d > MAX_DURATION {
+        return Err(format!(
+            "`{s}` is longer than a day (24h), the longest duration taken"
+        ));
+    }
+    Ok(d)
+}
+
 #[cfg(test)]
 mod tests {
-    use super::human;
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
 
     #[test]
     fn exact_units_print_without_decimals() {
@@ -37,5 +76,35 @@ mod tests {
     #[test]
     fn small_sizes_print_bytes() {
         assert_eq!(human(100), "100 B");
+    }
+
+    #[test]
+    fn hex_and_decimal_numbers_parse() {
+        assert_eq!(parse_u64("0x400000000000").unwrap(), 0x4000_0000_0000);
+        assert_eq!(parse_u64("4096").unwrap(), 4096);
+    }
+
+    #[test]
+    fn device_id_over_16_bits_is_refused() {
+        assert!(parse_u16("0x12345").is_err());
+    }
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("0").unwrap(), Duration::ZERO);
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("24h").unwrap(), MAX_DURATION);
+        assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn durations_past_a_day_are_refused_not_overflowed() {
+        for s in ["18446744073709551615s", "25h", "1y"] {
+            let e = parse_duration(s).unwrap_err();
+            assert!(
+                e.contains("longer than a day") || e.contains("not a duration"),
+                "{e}"
+            );
+        }
     }
 }

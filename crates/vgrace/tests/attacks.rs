@@ -105,10 +105,6 @@ fn sentinel(c: &mut Client) -> Vec<u8> {
     c.region_read(4, 0x1000, SENTINEL.len() as u32).unwrap()
 }
 
-fn read_errno(c: &mut Client, region: u32, offset: u64, count: u32) -> Option<Errno> {
-    c.region_read(region, offset, count).err()?.remote_errno()
-}
-
 // ---------------------------------------------------------------------------------------------
 // Memory a client or another process could pull away.
 
@@ -130,73 +126,96 @@ fn client_cannot_resize_the_memfd_it_was_given() {
     assert_eq!(c.region_read(4, 0, 1 << 20).unwrap().len(), 1 << 20);
 }
 
-/// A client truncates a file backing through its fd: the server answers EIO for memory the file
-/// no longer holds (small and bulk reads, writes), keeps serving everything else, and serves
-/// memory again once the file is restored. Before: SIGBUS killed the server.
+/// A client shrinks a file backing through its fd (it must be writable for the shared mapping):
+/// the server grows it back to its size when it sees the shrink, the lost range reads as zeros
+/// (as if the client had written them), one line is logged, and serving goes on (small and bulk
+/// reads, writes). After SIGTERM the next server starts on the same file. Before: EIO for every
+/// access past the new end, and the next start refused the file as too short.
 #[test]
-fn truncated_backing_file_answers_eio_and_the_server_lives() {
+fn backing_file_shrunk_by_its_client_is_grown_back_and_restarts() {
     let dir = tempfile::tempdir().unwrap();
     let (mut srv, s, file) = file_backed(&dir);
     let mut c = Client::connect(&s).unwrap();
     write_sentinel(&mut c);
     let fd = c.region_info(4).unwrap().fd.unwrap();
     let len = std::fs::metadata(&file).unwrap().len();
-    nix::unistd::ftruncate(&fd, 0).unwrap();
+    // Not to 0: an empty file is taken for a new one at start, a short one is refused.
+    nix::unistd::ftruncate(&fd, 4096).unwrap();
 
-    assert_eq!(read_errno(&mut c, 4, 0x1000, 4), Some(Errno::EIO));
-    assert_eq!(read_errno(&mut c, 4, 0, 1 << 20), Some(Errno::EIO));
-    assert_eq!(
-        c.region_write(4, 0x2000, b"x").unwrap_err().remote_errno(),
-        Some(Errno::EIO)
-    );
-    // Writing must not have grown the file back behind the client's back.
-    assert_eq!(std::fs::metadata(&file).unwrap().len(), 0);
-    assert_eq!(c.region_read(0, 0x1498, 4).unwrap().len(), 4);
-    assert!(srv.alive());
-
-    // Another process restores the size: memory is served again (the truncation lost the data).
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&file)
-        .unwrap()
-        .set_len(len)
-        .unwrap();
+    // A small read sees the short file at once: grown back, the lost range reads as zeros.
+    assert_eq!(sentinel(&mut c), vec![0; SENTINEL.len()]);
+    assert_eq!(std::fs::metadata(&file).unwrap().len(), len);
     write_sentinel(&mut c);
     assert_eq!(sentinel(&mut c), SENTINEL);
+
+    // Again, then a bulk read (sendfile) and a write.
+    nix::unistd::ftruncate(&fd, 4096).unwrap();
+    let bulk = c.region_read(4, 0, 1 << 20).unwrap();
+    assert_eq!(bulk.len(), 1 << 20);
+    assert!(
+        bulk.iter().all(|&b| b == 0),
+        "the lost range reads as zeros"
+    );
+    assert_eq!(std::fs::metadata(&file).unwrap().len(), len);
+    nix::unistd::ftruncate(&fd, 4096).unwrap();
+    c.region_write(4, 0x2000, b"x").unwrap();
+    write_sentinel(&mut c);
+    assert_eq!(c.region_read(0, 0x1498, 4).unwrap().len(), 4);
     assert!(srv.alive());
     assert_eq!(
-        srv.log().matches("the backing file was truncated").count(),
+        srv.log().matches("the backing file was shrunk").count(),
         1,
-        "one log line for the truncation: {}",
+        "one log line however often: {}",
         srv.log()
     );
+
+    // Shrunk once more and only written to before the stop: the stop grows it back.
+    nix::unistd::ftruncate(&fd, 4096).unwrap();
+    c.region_write(4, 0x1000, SENTINEL).unwrap();
+    drop(fd);
+    drop(c);
+    let (status, log) = srv.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(status.success(), "{status}: {log}");
+    assert_eq!(std::fs::metadata(&file).unwrap().len(), len);
+
+    let (mut again, s, _) = file_backed(&dir);
+    assert!(again.alive());
+    let mut c = Client::connect(&s).unwrap();
+    assert_eq!(sentinel(&mut c), SENTINEL);
 }
 
-/// A mounted tmpfs of `size`, unmounted on drop; `None` when this process may not mount.
-struct Tmpfs(tempfile::TempDir);
+/// What vfio-user cannot do (SECURITY.md, "A client's mapping cannot be revoked"): a client
+/// that mapped the BAR4 fd and was then dropped still reaches the memory through its mapping
+/// (it sees the next client's write). What the operator can do works: a restarted server on
+/// a fresh memfd serves memory the old mapping cannot reach.
+#[test]
+fn dropped_clients_mapping_outlives_it_and_a_fresh_memfd_server_is_out_of_its_reach() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = sock(&dir, "gpu.sock");
+    let args = ["--socket", s.to_str().unwrap(), "--mem-size", MEM_ARG];
+    let mut srv = serve(&args, &[&s]);
+    let mut old = Client::connect(&s).unwrap();
+    let fd = old.region_info(4).unwrap().fd.unwrap();
+    let mapping = test_support::SharedMapping::new(fd.as_fd(), 0, 1 << 20).unwrap();
+    drop(fd);
+    drop(old);
+    let mut next = Client::connect(&s).unwrap();
+    write_sentinel(&mut next);
+    let mut seen = vec![0u8; SENTINEL.len()];
+    mapping.read(0x1000, &mut seen);
+    assert_eq!(
+        seen, SENTINEL,
+        "the dropped client's mapping still reaches the memory"
+    );
+    drop(next);
+    let (status, log) = srv.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(status.success(), "{log}");
 
-impl Tmpfs {
-    fn mount(size: &str) -> Option<Self> {
-        let dir = tempfile::tempdir().unwrap();
-        let r = nix::mount::mount(
-            Some("tmpfs"),
-            dir.path(),
-            Some("tmpfs"),
-            nix::mount::MsFlags::empty(),
-            Some(format!("size={size}").as_str()),
-        );
-        match r {
-            Ok(()) => Some(Self(dir)),
-            Err(Errno::EPERM) if !nix::unistd::geteuid().is_root() => None,
-            Err(e) => panic!("cannot mount a tmpfs: {e}"),
-        }
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = nix::mount::umount2(self.0.path(), nix::mount::MntFlags::MNT_DETACH);
-    }
+    let _fresh = serve(&args, &[&s]);
+    let mut next = Client::connect(&s).unwrap();
+    next.region_write(4, 0x1000, b"new-tenant-secret").unwrap();
+    mapping.read(0x1000, &mut seen);
+    assert_eq!(seen, SENTINEL, "the old mapping keeps only the old memfd");
 }
 
 /// A sparse backing file on a file system too small for the memory: writes past what fits answer
@@ -204,7 +223,7 @@ impl Drop for Tmpfs {
 /// killed it with SIGBUS.
 #[test]
 fn full_filesystem_is_an_errno_not_a_signal() {
-    let Some(fs) = Tmpfs::mount("8m") else {
+    let Some(fs) = common::Tmpfs::mount("8m") else {
         eprintln!("skipped: mounting a tmpfs needs root (CI runs as root)");
         return;
     };

@@ -291,6 +291,75 @@ fn zero_stall_timeout_is_refused_clearly() {
     );
 }
 
+/// Every duration flag and config key: 2^64-1 s panicked (an `Instant` overflow) before.
+#[test]
+fn huge_durations_are_one_line_errors_not_panics() {
+    const HUGE: &str = "18446744073709551615s";
+    for flag in [
+        "--ready-delay",
+        "--ready-timeout",
+        "--reset-ready-delay",
+        "--stall-timeout",
+    ] {
+        let out = vgrace(&["serve", flag, HUGE]);
+        let err = stderr_of(&out);
+        assert_eq!(out.status.code(), Some(2), "{flag}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{flag}: {err}");
+        assert!(err.contains("longer than a day"), "{flag}: {err}");
+    }
+    let out = vgrace(&[
+        "serve",
+        "--cxl",
+        "--profile",
+        "gb200",
+        "--cxl-active-delay",
+        HUGE,
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr_of(&out));
+    let out = vgrace(&["check", "--socket", "x.sock", "--ready-timeout", HUGE]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr_of(&out));
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("node.toml");
+    std::fs::write(
+        &config,
+        format!("[[device]]\nsocket = \"gpu.sock\"\nready_timeout = \"{HUGE}\"\n"),
+    )
+    .unwrap();
+    let out = vgrace(&["serve", "--config", config.to_str().unwrap()]);
+    let err = stderr_of(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("longer than a day"), "{err}");
+}
+
+/// A socket path past `sun_path` could be bound (through a short private path) but never
+/// reached: refused at start, nothing created, instead of announced.
+#[test]
+fn socket_and_control_paths_too_long_to_connect_to_are_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let deep = dir.path().join("d".repeat(60)).join("e".repeat(60));
+    let long = deep.join("gpu.sock");
+    assert!(long.as_os_str().len() > 108);
+    let short = dir.path().join("gpu.sock");
+    for args in [
+        vec!["serve", "--socket", long.to_str().unwrap()],
+        vec![
+            "serve",
+            "--socket",
+            short.to_str().unwrap(),
+            "--control",
+            long.to_str().unwrap(),
+        ],
+    ] {
+        let out = vgrace(&args);
+        let err = stderr_of(&out);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert!(err.contains("no client could connect to it"), "{err}");
+        assert!(!deep.exists() && !short.exists(), "{err}");
+    }
+}
+
 /// Size 0 is the firmware's "C2C link down": not a refusal but a plain vfio-pci function (all
 /// versions: the probe falls back to the core ops).
 #[test]
@@ -797,7 +866,7 @@ fn check_follows_every_linux_version_on_gh100_and_gb200() {
                 "{linux} {profile}:\n{out}"
             );
             let reset_rule = if linux == "6.19" || linux == "7.2" {
-                "PASS  reset: first memory access with decode off is EIO (6.19+)"
+                "PASS  reset: first memory access with decode off is EIO (6.19+, nvgrace_gpu_check_device_ready)"
             } else {
                 "PASS  reset: first memory access is not checked (before 6.19)"
             };
@@ -840,7 +909,8 @@ fn check_accepts_a_core_only_device_on_every_version() {
                 "{linux} {profile} {how}:\n{out}"
             );
             assert!(
-                out.contains("skipped: a core-only device has no memory region"),
+                out.lines().any(|l| l.starts_with("SKIP  reset:")
+                    && l.ends_with("a core-only device has no memory region")),
                 "{out}"
             );
             assert_eq!(
@@ -875,6 +945,14 @@ fn check_for_6_9_fails_a_7_2_blackwell_layout() {
         "{out}"
     );
     assert!(out.contains("region 2 is a core BAR"), "{out}");
+    // Blackwell's layout says 6.14+, the EIO after a reset says 6.19+.
+    assert!(
+        out.contains(
+            "note: the server behaves as nvgrace-gpu-vfio-pci of Linux 6.19 or 7.2, not 6.9: \
+             check with --linux 7.2 (it must match the server's --linux)"
+        ),
+        "{out}"
+    );
 }
 
 /// From 6.19 the first memory access after a reset with decode off is EIO: a 6.14 server, which
@@ -887,11 +965,130 @@ fn check_for_7_2_fails_the_reset_rule_of_a_6_14_server() {
     let (passed, out) = check_as(&socket, "7.2");
     assert!(!passed, "{out}");
     assert!(
-        out.contains("FAIL  reset: first memory access with decode off is EIO (6.19+)"),
+        out.contains("FAIL  reset: first memory access with decode off is EIO (6.19+, nvgrace_gpu_check_device_ready)"),
         "{out}"
     );
     assert!(out.contains("expected EIO"), "{out}");
     assert_eq!(out.matches("FAIL").count(), 1, "{out}");
+    // A Hopper's layout is the same under every version: only the reset rule tells.
+    assert!(
+        out.contains("the server behaves as nvgrace-gpu-vfio-pci of Linux 6.9 or 6.14, not 7.2"),
+        "{out}"
+    );
+}
+
+/// `vgrace check --json`: one JSON document on stdout (rules with name, result, detail and
+/// the kernel functions they cite; summary counts; what the server's behaviour shows of its
+/// version), exit 0 when every rule passed; 1 when one failed, with the versions it fits.
+#[test]
+fn check_json_is_one_document_with_rules_summary_cites_and_the_servers_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("gpu.sock");
+    let _served = start(&socket, &["--linux", "6.14"]);
+    let json_check = |linux: &str| {
+        let out = vgrace(&[
+            "check",
+            "--socket",
+            socket.to_str().unwrap(),
+            "--linux",
+            linux,
+            "--json",
+        ]);
+        let doc: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
+        (out.status.code(), doc)
+    };
+
+    let (code, doc) = json_check("6.14");
+    assert_eq!(code, Some(0), "{doc:#}");
+    assert_eq!(doc["linux"], "6.14");
+    let rules = doc["rules"].as_array().unwrap();
+    for r in rules {
+        assert!(r["name"].is_string() && r["detail"].is_string(), "{r}");
+        assert!(
+            ["PASS", "SKIP"].contains(&r["result"].as_str().unwrap()),
+            "{r}"
+        );
+        assert!(r["cites"].is_array(), "{r}");
+    }
+    let summary = &doc["summary"];
+    assert_eq!(summary["failed"], 0, "{doc:#}");
+    assert_eq!(summary["total"].as_u64().unwrap() as usize, rules.len());
+    assert_eq!(
+        summary["passed"].as_u64().unwrap() + summary["skipped"].as_u64().unwrap(),
+        rules.len() as u64
+    );
+    let reset = rules
+        .iter()
+        .find(|r| {
+            r["name"]
+                .as_str()
+                .unwrap()
+                .starts_with("reset: emulated BARs")
+        })
+        .unwrap();
+    assert_eq!(
+        reset["cites"],
+        serde_json::json!(["nvgrace_gpu_ioctl", "vfio_pci_ioctl_reset"])
+    );
+    assert_eq!(doc["server"]["linux"], serde_json::json!(["6.9", "6.14"]));
+    assert!(doc["server"]["max_data_xfer_size"].as_u64().unwrap() > 0);
+    assert_eq!(doc["notes"], serde_json::json!([]));
+
+    let (code, doc) = json_check("7.2");
+    assert_eq!(code, Some(1), "{doc:#}");
+    assert_eq!(doc["summary"]["failed"], 1, "{doc:#}");
+    let failed: Vec<&str> = doc["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["result"] == "FAIL")
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        failed,
+        ["reset: first memory access with decode off is EIO (6.19+, nvgrace_gpu_check_device_ready)"]
+    );
+    let note = doc["notes"][0].as_str().unwrap();
+    assert!(note.contains("Linux 6.9 or 6.14, not 7.2"), "{note}");
+}
+
+/// Scripts tell "a rule failed" from "could not check" by stdout: a check that cannot reach
+/// its server prints nothing there (not half a JSON document), one line on stderr, exit 1;
+/// `--help` lists the exit codes and the versions `--linux` knows, and an unknown one is
+/// refused naming them.
+#[test]
+fn check_exit_codes_and_versions_are_documented_and_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("nobody.sock");
+    let out = vgrace(&["check", "--socket", socket.to_str().unwrap(), "--json"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        out.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(stderr_of(&out).lines().count(), 1, "{}", stderr_of(&out));
+
+    let out = vgrace(&["check", "--help"]);
+    let help = String::from_utf8_lossy(&out.stdout);
+    for said in [
+        "0  every rule passed",
+        "1  a rule failed, or the check could not run",
+        "2  usage",
+        "6.9, 6.14, 6.19 or 7.2",
+        "must match the server's --linux",
+        "--json",
+    ] {
+        assert!(help.contains(said), "{said:?} not in:\n{help}");
+    }
+    let out = vgrace(&["check", "--socket", "x", "--linux", "6.10"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr_of(&out).contains("expected 6.9, 6.14, 6.19 or 7.2"),
+        "{}",
+        stderr_of(&out)
+    );
 }
 
 fn four_gpu_node(dir: &Path) -> std::path::PathBuf {
@@ -938,11 +1135,14 @@ fn qemu_args_for_a_node_of_four_480g_gpus() {
             .count(),
         32
     );
+    // One argv token per element: "-numa" and its value are two.
     let nodes: std::collections::HashSet<&String> = args
-        .iter()
-        .filter(|a| a.starts_with("-numa node"))
+        .windows(2)
+        .filter(|w| w[0] == "-numa")
+        .map(|w| &w[1])
         .collect();
     assert_eq!(nodes.len(), 33);
+    assert!(args.windows(2).any(|w| w[0] == "-m" && w[1] == "8G"));
     let q35 = vgrace(&[
         "qemu-args",
         "--config",
@@ -985,5 +1185,80 @@ fn output_into_a_closed_pipe_is_a_quiet_exit_not_a_panic() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!err.contains("panicked"), "{args:?}: {err}");
         assert!(out.status.success(), "{args:?}: {:?} {err}", out.status);
+    }
+}
+
+/// `layout --help` and `qemu-args --help` list only the device flags that change their output;
+/// the hidden ones (a `serve` command line's readiness timing, faults, backing) are still
+/// taken, and change nothing: each is run with a non-default value against the default.
+#[test]
+fn layout_and_qemu_args_help_list_only_the_flags_that_change_their_output() {
+    // (the flag, a command line giving it a value other than the default)
+    type Case = (&'static str, &'static [&'static str]);
+    let hidden_everywhere: &[Case] = &[
+        ("--backing", &["--backing", "/nonexistent/gpu.mem"]),
+        ("--ready-delay", &["--ready-delay", "2s"]),
+        ("--fault", &["--fault", "link-down"]),
+        ("--reset-ready-delay", &["--reset-ready-delay", "2s"]),
+        ("--ready-timeout", &["--ready-timeout", "5s"]),
+    ];
+    let only_in_layout: &[Case] = &[
+        ("--mem-base", &["--mem-base", "0x500000000000"]),
+        ("--cxl", &["--cxl"]),
+        ("--cxl-valid-delay", &["--cxl", "--cxl-valid-delay", "1s"]),
+        ("--cxl-active-delay", &["--cxl", "--cxl-active-delay", "1s"]),
+        ("--cxl-timeout-code", &["--cxl", "--cxl-timeout-code", "3"]),
+        ("--poison", &["--poison", "4:0x1000"]),
+    ];
+    let shown_everywhere: &[Case] = &[
+        ("--device-id", &["--device-id", "0x31c2"]),
+        ("--mem-size", &["--mem-size", "480G"]),
+        ("--linux", &["--linux", "6.9"]),
+        ("--no-mem-properties", &["--no-mem-properties"]),
+        ("--bar1-size", &["--bar1-size", "256M"]),
+    ];
+    let run = |verb: &str, extra: &[&str]| {
+        let mut args = vec![verb, "--profile", "gb200"];
+        if verb == "qemu-args" {
+            args.extend(["--machine", "q35"]);
+        }
+        args.extend_from_slice(extra);
+        let out = vgrace(&args);
+        assert!(out.status.success(), "{args:?}: {}", stderr_of(&out));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    for verb in ["layout", "qemu-args"] {
+        let help = String::from_utf8(vgrace(&[verb, "--help"]).stdout).unwrap();
+        let listed = |flag: &str| {
+            help.lines()
+                .any(|l| l.trim_start().starts_with(&format!("{flag} ")) || l.trim() == flag)
+        };
+        let base = run(verb, &[]);
+        let (mut hidden, mut changing) = (hidden_everywhere.to_vec(), shown_everywhere.to_vec());
+        if verb == "qemu-args" {
+            hidden.extend_from_slice(only_in_layout);
+        } else {
+            changing.extend_from_slice(only_in_layout);
+        }
+        for (flag, args) in hidden {
+            assert!(!listed(flag), "{verb} --help lists {flag}:\n{help}");
+            assert_eq!(run(verb, args), base, "{verb} {args:?} changes the output");
+        }
+        for (flag, args) in changing {
+            assert!(listed(flag), "{verb} --help misses {flag}:\n{help}");
+            assert_ne!(run(verb, args), base, "{verb} {args:?} changes nothing");
+        }
+    }
+    // serve still lists every device flag.
+    let help = String::from_utf8(vgrace(&["serve", "--help"]).stdout).unwrap();
+    for flag in [
+        "--ready-delay",
+        "--fault",
+        "--backing",
+        "--mem-base",
+        "--cxl",
+        "--poison",
+    ] {
+        assert!(help.contains(flag), "serve --help misses {flag}");
     }
 }

@@ -175,6 +175,11 @@ fn status_names_the_device_its_version_and_the_attached_client() {
         ok && out.contains("readiness: ready") && out.contains("client:    pid"),
         "{out}"
     );
+    // Sizes as the log gives them: 1610616832 bytes is 1.50 GiB.
+    assert!(
+        out.contains("gh100 10de:2342 as Linux 6.19, 1.50 GiB of memfd memory\n"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -195,6 +200,25 @@ fn link_down_at_run_time_is_seen_by_the_client_and_cleared() {
     assert!(ok && out.contains("none"), "{out}");
     assert_eq!(reg(&mut c, C2C), 0xff);
     assert_eq!(reg(&mut c, HBM), 0xff);
+}
+
+/// A link-down fault at run time is a fatal PCIe error: the client's error eventfd fires
+/// (`vfio_pci_core_aer_err_detected`).
+#[test]
+fn link_down_at_run_time_signals_the_error_interrupt() {
+    use nix::sys::eventfd::{EfdFlags, EventFd};
+    use std::os::fd::AsFd;
+    let s = serve(&[]);
+    let mut c = Client::connect(&s.socket).unwrap();
+    let err = EventFd::from_flags(EfdFlags::EFD_NONBLOCK).unwrap();
+    // ERR (index 3), DATA_EVENTFD | ACTION_TRIGGER.
+    c.set_irqs((1 << 2) | (1 << 5), 3, 0, 1, &[], &[err.as_fd()])
+        .unwrap();
+    assert!(err.read().is_err(), "nothing signalled yet");
+    let mut ctl = Ctl::connect(&s.control);
+    let answer = ctl.ok(json!({"v": 1, "op": "fault", "fault": "link-down"}));
+    assert_eq!(answer["error_interrupt"], true, "{answer}");
+    assert_eq!(err.read().unwrap(), 1);
 }
 
 #[test]
@@ -804,4 +828,322 @@ fn ctl_json_prints_the_responses_and_events_follow_streams_lines() {
         line.contains("gpu0 fault") && line.contains("fault=refuse-next"),
         "{line}"
     );
+}
+
+#[test]
+fn four_mib_of_newlines_cost_little_cpu() {
+    let s = serve(&[]);
+    let mut ctl = Ctl::connect(&s.control);
+    let before = s.child.cpu_ticks();
+    // The status request comes after them, so its answer means every newline was read.
+    let mut flood = vec![b'\n'; 4 << 20];
+    flood.extend_from_slice(b"{\"v\":1,\"op\":\"status\"}\n");
+    let writer = {
+        let mut w = ctl.reader.get_ref().try_clone().unwrap();
+        std::thread::spawn(move || w.write_all(&flood).unwrap())
+    };
+    ctl.reader
+        .get_ref()
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    assert_eq!(ctl.line()["ok"], true);
+    writer.join().unwrap();
+    let ticks = s.child.cpu_ticks() - before;
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .unwrap()
+        .unwrap() as u64;
+    // Linear: about 0.1 s in a debug build (a drain per line took 4 s and more).
+    assert!(ticks < 2 * hz, "{ticks} ticks for 4 MiB of newlines");
+}
+
+#[test]
+fn idle_and_half_line_control_connections_give_their_slot_back() {
+    let s = serve(&["--control-idle-timeout", "1s"]);
+    let mut held: Vec<UnixStream> = (0..16)
+        .map(|_| UnixStream::connect(&s.control).unwrap())
+        .collect();
+    for h in held.iter_mut().step_by(2) {
+        h.write_all(b"{\"v\":1,\"op\":").unwrap();
+    }
+    // Each is told why and closed once the idle timeout passes.
+    for h in &mut held {
+        h.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut text = String::new();
+        h.read_to_string(&mut text).unwrap();
+        assert!(text.contains("no request for 1s"), "{text}");
+    }
+    // The slots are free again: the operator gets in (a closed connection's thread gives its
+    // slot back a moment after the close the client sees, so allow it that moment).
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    let mut ctl = loop {
+        let mut ctl = Ctl::connect(&s.control);
+        let answer = ctl.call(json!({"v": 1, "op": "status"}));
+        if answer["ok"] == true {
+            break ctl;
+        }
+        assert!(std::time::Instant::now() < until, "{answer}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    // A client that asks something now and then is not idle.
+    std::thread::sleep(Duration::from_millis(600));
+    ctl.ok(json!({"v": 1, "op": "status"}));
+    std::thread::sleep(Duration::from_millis(600));
+    ctl.ok(json!({"v": 1, "op": "status"}));
+}
+
+#[test]
+fn every_failed_op_keeps_the_connection_usable_follow_included() {
+    let s = serve(&[]);
+    let mut ctl = Ctl::connect(&s.control);
+    for bad in [
+        json!({"v": 1, "op": "events", "follow": true, "device": "gpu7"}),
+        json!({"v": 1, "op": "events", "device": "gpu7"}),
+        json!({"v": 1, "op": "status", "device": "gpu7"}),
+        json!({"v": 1, "op": "stats", "device": "gpu7"}),
+        json!({"v": 1, "op": "fault", "fault": "nope"}),
+        json!({"v": 1, "op": "peek", "region": 0, "offset": 0, "count": 0}),
+        json!({"v": 1, "op": "poke", "region": 0, "offset": 0, "data": "zz"}),
+        json!({"v": 1, "op": "reset", "device": "gpu7"}),
+        json!({"v": 1, "op": "nope"}),
+    ] {
+        ctl.err(bad.clone());
+        ctl.ok(json!({"v": 1, "op": "status"}));
+    }
+    // And a follow that works still works on the same connection.
+    ctl.ok(json!({"v": 1, "op": "events", "follow": true, "device": "gpu0"}));
+}
+
+#[test]
+fn a_key_given_twice_is_refused_and_nothing_runs() {
+    let s = serve(&[]);
+    let mut ctl = Ctl::connect(&s.control);
+    ctl.send_raw(b"{\"v\":1,\"op\":\"status\",\"op\":\"reset\"}\n");
+    let r = ctl.line();
+    assert_eq!(r["ok"], false, "{r}");
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("duplicate key \"op\""),
+        "{r}"
+    );
+    ctl.send_raw(b"{\"v\":1,\"op\":\"fault\",\"fault\":\"hbm-lost\",\"fault\":\"link-down\"}\n");
+    assert_eq!(ctl.line()["ok"], false);
+    let stats = ctl.ok(json!({"v": 1, "op": "stats"}));
+    assert_eq!(stats["devices"][0]["resets"], 0, "{stats}");
+    let status = ctl.ok(json!({"v": 1, "op": "status"}));
+    assert_eq!(status["devices"][0]["faults"], json!([]), "{status}");
+}
+
+#[test]
+fn run_time_poison_list_is_bounded() {
+    let s = serve(&[]);
+    let mut ctl = Ctl::connect(&s.control);
+    for page in 0..1024u64 {
+        ctl.ok(
+            json!({"v": 1, "op": "fault", "fault": "poison", "region": 4, "offset": page << 12}),
+        );
+    }
+    let message = ctl.err(
+        json!({"v": 1, "op": "fault", "fault": "poison", "region": 4, "offset": 1024u64 << 12}),
+    );
+    assert!(
+        message.contains("1024 pages are poisoned already"),
+        "{message}"
+    );
+    // Healing one makes room again.
+    ctl.ok(
+        json!({"v": 1, "op": "fault", "fault": "poison", "clear": true, "region": 4, "offset": 0}),
+    );
+    ctl.ok(json!({"v": 1, "op": "fault", "fault": "poison", "region": 4, "offset": 1024u64 << 12}));
+}
+
+/// A control socket that accepts and hangs up, after an error line when `refusal` says so.
+fn hanging_up_control(refusal: Option<&'static str>) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("control.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    std::thread::spawn(move || {
+        for mut s in listener.incoming().flatten() {
+            if let Some(message) = refusal {
+                let line = json!({"v": 1, "ok": false, "error": {"message": message}});
+                let _ = writeln!(s, "{line}");
+            }
+        }
+    });
+    (dir, path)
+}
+
+#[test]
+fn ctl_never_reports_success_for_a_request_that_did_not_run() {
+    for refusal in [None, Some("too many control connections; try again later")] {
+        let (_dir, path) = hanging_up_control(refusal);
+        for _ in 0..20 {
+            let out = Command::new(BIN)
+                .args(["ctl", "--control", path.to_str().unwrap(), "reset"])
+                .output()
+                .unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(1), "{refusal:?}: {err}");
+            assert_eq!(err.lines().count(), 1, "{err}");
+            if let Some(message) = refusal {
+                assert!(err.contains(message), "{err}");
+            }
+        }
+    }
+}
+
+#[test]
+fn ctl_with_a_closed_stdout_is_a_quiet_success_and_exit_codes_are_in_help() {
+    let s = serve(&[]);
+    let (read_end, write_end) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+    drop(read_end);
+    let out = Command::new(BIN)
+        .args(["ctl", "--control", s.control.to_str().unwrap(), "status"])
+        .stdout(std::process::Stdio::from(write_end))
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.stderr.is_empty());
+    // Usage errors are 2.
+    let out = Command::new(BIN)
+        .args([
+            "ctl",
+            "--control",
+            s.control.to_str().unwrap(),
+            "frobnicate",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    for verb in [&["--help"][..], &["ctl", "--help"]] {
+        let out = Command::new(BIN).args(verb).output().unwrap();
+        let help = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            help.contains("Exit codes:") && help.contains("2  usage"),
+            "{help}"
+        );
+    }
+}
+
+#[test]
+fn check_against_a_control_socket_times_out_with_one_line() {
+    let s = serve(&[]);
+    let mut check = Command::new(BIN)
+        .args([
+            "check",
+            "--socket",
+            s.control.to_str().unwrap(),
+            "--timeout",
+            "1s",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Bounded here too: before, check waited forever.
+    let until = Instant::now() + Duration::from_secs(30);
+    while check.try_wait().unwrap().is_none() {
+        if Instant::now() > until {
+            check.kill().unwrap();
+            panic!("vgrace check still waits 30 s later");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = check.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("did not answer VERSION within 1s"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+}
+
+/// `vgrace check` on a device whose memory decode is off (COMMAND bit 1 clear) says so once,
+/// naming the cause, and skips the rules that access a BAR, instead of failing each of them
+/// with EIO; it does not turn decode on (a checker must not hide the device's state).
+#[test]
+fn check_reports_memory_decode_off_once_and_skips_the_bar_rules() {
+    let s = serve(&[]);
+    let mut ctl = Ctl::connect(&s.control);
+    // Each client gets the device opened afresh, decode on: turn it off while check is
+    // attached, its replies held back a second each so it has not read COMMAND yet.
+    ctl.ok(json!({"v": 1, "op": "fault", "fault": "delay-replies", "ms": 1000}));
+    let check = Command::new(BIN)
+        .args(["check", "--socket", s.socket.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let until = Instant::now() + Duration::from_secs(10);
+    while ctl.ok(json!({"v": 1, "op": "status"}))["devices"][0]["client"].is_null() {
+        assert!(Instant::now() < until, "check never attached");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    ctl.ok(
+        json!({"v": 1, "op": "poke", "region": CONFIG_REGION_INDEX, "offset": 4, "data": "0000"}),
+    );
+    ctl.ok(json!({"v": 1, "op": "fault", "fault": "delay-replies", "clear": true}));
+    let out = check.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    let fails: Vec<&str> = stdout.lines().filter(|l| l.starts_with("FAIL")).collect();
+    assert_eq!(fails.len(), 1, "{stdout}");
+    assert!(
+        fails[0].starts_with("FAIL  config: memory decode on")
+            && fails[0].contains("COMMAND 0x0000: memory decode is off"),
+        "{stdout}"
+    );
+    let skipped = |rule: &str| {
+        stdout.lines().any(|l| {
+            l.starts_with("SKIP") && l.contains(rule) && l.ends_with("memory decode is off")
+        })
+    };
+    for rule in [
+        "bar0: readiness",
+        "region 4: memory reads back writes",
+        "region 4: reads past memory are all ones",
+        "region 2: mmap of the fd is coherent",
+        "region 2: offset at BAR end is EINVAL",
+    ] {
+        assert!(skipped(rule), "{rule} not skipped:\n{stdout}");
+    }
+    // Rules that need no BAR access still ran, and the device was left as found.
+    assert!(stdout.contains("PASS  BAR4: sizing probe"), "{stdout}");
+    let command = ctl
+        .ok(json!({"v": 1, "op": "peek", "region": CONFIG_REGION_INDEX, "offset": 4, "count": 2}));
+    assert_eq!(command["data"], "0000", "{command}");
+}
+
+/// `vgrace ctl` errors name its flags (`--delay`), not the control plane's JSON fields
+/// (`"ms"`), which its user never typed.
+#[test]
+fn ctl_errors_name_the_flags_not_the_json_fields() {
+    let s = serve(&[]);
+    for (args, flag) in [
+        (
+            &["fault", "ready-delay"][..],
+            "fault ready-delay needs --delay",
+        ),
+        (
+            &["fault", "delay-replies"],
+            "fault delay-replies needs --delay",
+        ),
+        (
+            &["fault", "poison", "--offset", "0"],
+            "fault poison needs --region",
+        ),
+        (
+            &["fault", "poison", "--region", "4"],
+            "fault poison needs --offset",
+        ),
+    ] {
+        let (ok, _, err) = run_ctl(&s.control, args);
+        assert!(!ok, "{args:?}");
+        assert!(err.contains(flag), "{args:?}: {err}");
+        assert!(!err.contains('"'), "{args:?}: {err}");
+    }
 }

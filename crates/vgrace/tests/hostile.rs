@@ -550,23 +550,23 @@ hostile!(
     }
 );
 hostile!(
-    bar0_three_byte_read_is_einval,
+    bar0_read_at_its_end_is_einval,
     Case {
         negotiate: true,
-        bytes: msg(cmd::REGION_READ, 0, &access(0, 0, 3)),
+        bytes: msg(cmd::REGION_READ, 0, &access(0, 16 << 20, 3)),
         fds: vec![],
         close_after: false,
         expect: Expect::Errno(Errno::EINVAL),
     }
 );
 hostile!(
-    config_read_past_4096_is_einval,
+    config_read_past_4096_is_efault,
     Case {
         negotiate: true,
         bytes: msg(cmd::REGION_READ, 0, &access(7, 4096, 4)),
         fds: vec![],
         close_after: false,
-        expect: Expect::Errno(Errno::EINVAL),
+        expect: Expect::Errno(Errno::EFAULT),
     }
 );
 hostile!(
@@ -797,7 +797,7 @@ hostile!(
     }
 );
 hostile!(
-    set_irqs_no_action_is_einval,
+    set_irqs_no_action_is_enotty,
     Case {
         negotiate: true,
         bytes: IrqSet {
@@ -810,7 +810,7 @@ hostile!(
         .msg(MSG_ID),
         fds: vec![],
         close_after: false,
-        expect: Expect::Errno(Errno::EINVAL),
+        expect: Expect::Errno(Errno::ENOTTY),
     }
 );
 hostile!(
@@ -947,12 +947,13 @@ hostile!(
 
 /// The kernel checks an offset against the region before any arithmetic: at or past the end is
 /// EINVAL whatever the count, also when offset + count wraps past 2^64, on every region index
-/// and for reads and writes alike (before: EOVERFLOW from the decoder).
+/// but config space and for reads and writes alike (before: EOVERFLOW from the decoder).
+/// Config space answers EFAULT instead (`vfio_pci_config_rw_single`).
 #[test]
 fn offset_past_any_region_is_einval_whatever_the_count() {
     let srv = Srv::start();
     let mut c = srv.client();
-    for region in 0..9u32 {
+    for region in (0..9u32).filter(|r| *r != 7) {
         let size = c.region_info(region).unwrap().info.size;
         for offset in [size, size + 1, u64::MAX - 1, u64::MAX] {
             for count in [1u32, 4, 4096] {

@@ -266,9 +266,25 @@ fn close_drops_the_clients_interrupts() {
         .unwrap();
     assert_eq!(efd.read().unwrap(), 1);
     drop(first);
+    // The next client finds MSI-X off: a loopback trigger has nothing to signal (EINVAL,
+    // `vfio_pci_set_msi_trigger`), and once it wires its own eventfd, only that one fires.
     let mut next = srv.client();
+    assert!(next
+        .set_irqs(DATA_NONE | ACTION_TRIGGER, MSIX, 0, 1, &[], &[])
+        .is_err());
+    let own = EventFd::from_flags(EfdFlags::EFD_NONBLOCK).unwrap();
+    next.set_irqs(
+        DATA_EVENTFD | ACTION_TRIGGER,
+        MSIX,
+        0,
+        1,
+        &[],
+        &[own.as_fd()],
+    )
+    .unwrap();
     next.set_irqs(DATA_NONE | ACTION_TRIGGER, MSIX, 0, 1, &[], &[])
         .unwrap();
+    assert_eq!(own.read().unwrap(), 1);
     assert!(
         efd.read().is_err(),
         "the old client's eventfd was signalled"

@@ -327,27 +327,20 @@ fn validate_set_irqs<D: Device>(
     data: &[u8],
     fds: Vec<OwnedFd>,
 ) -> Result<SetIrqs, Errno> {
-    if (set.argsz as usize) < wire::IRQ_SET_SIZE || set.index >= device.device_info().num_irqs {
-        return Err(Errno::EINVAL);
-    }
-    let dtype = set.flags & VFIO_IRQ_SET_DATA_TYPE_MASK;
-    let action = set.flags & VFIO_IRQ_SET_ACTION_TYPE_MASK;
-    if dtype.count_ones() != 1
-        || action.count_ones() != 1
+    // The generic checks of the kernel's `vfio_set_irqs_validate_and_prepare`, in its order;
+    // which actions an index takes is the device's to say (ENOTTY in `vfio_pci_set_irqs_ioctl`).
+    if (set.argsz as usize) < wire::IRQ_SET_SIZE
+        || set.index >= device.device_info().num_irqs
+        || set.count >= u32::MAX - set.start
         || set.flags & !(VFIO_IRQ_SET_DATA_TYPE_MASK | VFIO_IRQ_SET_ACTION_TYPE_MASK) != 0
     {
         return Err(Errno::EINVAL);
     }
-    let info = device.irq_info(set.index)?;
-    if set.count == 0 {
-        if dtype != VFIO_IRQ_SET_DATA_NONE || set.start != 0 || !fds.is_empty() {
-            return Err(Errno::EINVAL);
-        }
-    } else {
-        let end = set.start.checked_add(set.count).ok_or(Errno::EINVAL)?;
-        if end > info.count {
-            return Err(Errno::EINVAL);
-        }
+    let dtype = set.flags & VFIO_IRQ_SET_DATA_TYPE_MASK;
+    let max = device.irq_info(set.index)?.count;
+    // `count < u32::MAX - start` above, so `start + count` cannot wrap.
+    if set.start >= max || set.start + set.count > max {
+        return Err(Errno::EINVAL);
     }
     let mut bools = Vec::new();
     let mut eventfds = Vec::new();
@@ -366,6 +359,9 @@ fn validate_set_irqs<D: Device>(
             bools = b.to_vec();
         }
         VFIO_IRQ_SET_DATA_EVENTFD => {
+            if set.count == 0 && !fds.is_empty() {
+                return Err(Errno::EINVAL);
+            }
             if fds.is_empty() {
                 eventfds = (0..set.count).map(|_| None).collect();
             } else if fds.len() == set.count as usize {

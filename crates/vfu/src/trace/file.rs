@@ -1,9 +1,9 @@
-//! The trace file: opened safely (0600, no symlinks, regular files only), written through a
-//! buffer, and rotated at its size limit.
+//! The trace file: opened safely (0600, no symlinks, no hard links, regular files only),
+//! written through a buffer, and rotated at its size limit.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use super::{TraceError, TraceLimits};
@@ -86,10 +86,15 @@ impl Sink {
                 _ => {}
             }
         }
-        if keep == 0 {
-            std::fs::remove_file(&self.path)?;
+        // NotFound: a rotation whose new file could not be opened already moved it away.
+        let moved = if keep == 0 {
+            std::fs::remove_file(&self.path)
         } else {
-            std::fs::rename(&self.path, numbered(&self.path, 1))?;
+            std::fs::rename(&self.path, numbered(&self.path, 1))
+        };
+        match moved {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
         }
         let file = open_file(&self.path).map_err(|e| match e {
             TraceError::Open { source, .. } | TraceError::Write { source, .. } => source,
@@ -109,8 +114,10 @@ pub fn numbered(path: &Path, k: u32) -> PathBuf {
 }
 
 /// Opens `path` for appending, creating it 0600. A symlink is refused (O_NOFOLLOW): someone
-/// could otherwise point the trace at a file the server may write but should not. Anything but
-/// a regular file is refused too (O_NONBLOCK keeps a FIFO from blocking the open).
+/// could otherwise point the trace at a file the server may write but should not. A hard link
+/// (more than one name) is refused for the same reason: the other name may be anything, a
+/// device's backing file included. Anything but a regular file is refused too (O_NONBLOCK keeps
+/// a FIFO from blocking the open).
 fn open_file(path: &Path) -> Result<File, TraceError> {
     let open_err = |source| TraceError::Open {
         path: path.to_path_buf(),
@@ -132,6 +139,12 @@ fn open_file(path: &Path) -> Result<File, TraceError> {
     let meta = file.metadata().map_err(open_err)?;
     if !meta.file_type().is_file() {
         return Err(TraceError::NotAFile(path.to_path_buf()));
+    }
+    if meta.nlink() > 1 {
+        return Err(TraceError::HardLink {
+            path: path.to_path_buf(),
+            links: meta.nlink(),
+        });
     }
     // Not needed for a regular file; cleared so writes behave as plain blocking writes.
     let _ = nix::fcntl::fcntl(

@@ -27,7 +27,9 @@
 //! only), `us` (arrival to reply), `sent: false` (No_reply messages only). `event`: `event`,
 //! `pid`, `uid`, `end` (`Closed`, `Desync`, `Shutdown`, `Stalled`, `Dropped`, `Error` with
 //! `error`) or `why` (`busy`, `queue-full`, `not-allowed`, `control`). `note`: `dropped`, the
-//! lines lost because the writer fell behind. [`line`] holds the types, for readers.
+//! lines lost because the writer fell behind or could not write (a full file system: the trace
+//! pauses, retries every [`RETRY`], and resumes with this note when space returns). [`line`]
+//! holds the types, for readers.
 //!
 //! # Cost
 //!
@@ -57,6 +59,12 @@ use line::{Dir, Line};
 
 /// Default bound of a trace file: 64 MiB.
 pub const DEFAULT_MAX_BYTES: u64 = 64 << 20;
+/// The smallest bound a trace file may have: room for the header and the longest line in
+/// practice (a disconnection with its error chain) several times over. Below it, a file would
+/// rotate at nearly every line and keep next to nothing.
+pub const MIN_MAX_BYTES: u64 = 4 << 10;
+/// How often a trace that cannot write (a full file system) tries again.
+pub const RETRY: Duration = Duration::from_secs(1);
 /// Default channel capacity between the session thread and the writer.
 pub const DEFAULT_CAPACITY: usize = 4096;
 /// How long the writer gathers lines before writing them: bounds its wake-ups to a few hundred
@@ -99,6 +107,17 @@ pub enum TraceError {
     /// The path names something other than a regular file.
     #[error("the trace file {0} is not a regular file")]
     NotAFile(PathBuf),
+    /// The file has other names (hard links): one may be a file the trace must not touch.
+    #[error("the trace file {path} has {links} hard links (refused: another name may be a file the trace must not write)")]
+    HardLink {
+        /// The path.
+        path: PathBuf,
+        /// Its link count.
+        links: u64,
+    },
+    /// The size limit cannot hold the header and a line.
+    #[error("a trace file limit of {0} bytes is too small: at least {MIN_MAX_BYTES} bytes")]
+    TooSmall(u64),
     /// Writing failed.
     #[error("cannot write the trace file {path}")]
     Write {
@@ -155,6 +174,9 @@ impl TraceWriter {
         limits: TraceLimits,
         capacity: usize,
     ) -> Result<Arc<Self>, TraceError> {
+        if limits.max_bytes < MIN_MAX_BYTES {
+            return Err(TraceError::TooSmall(limits.max_bytes));
+        }
         let start = Instant::now();
         let header = line::Header {
             trace: "vgrace".into(),
@@ -171,7 +193,8 @@ impl TraceWriter {
             start,
             dropped: dropped.clone(),
             path: path.to_path_buf(),
-            failed: false,
+            stalled: None,
+            quiet_until: None,
             batch_limit: capacity.max(1),
             buf: Vec::with_capacity(256),
         };
@@ -228,14 +251,29 @@ impl Drop for TraceWriter {
     }
 }
 
+/// A trace that cannot write: when to try again and how many lines were lost so far.
+struct Stall {
+    retry_at: Instant,
+    lost: u64,
+    /// This pause was logged (so its end is too).
+    logged: bool,
+}
+
+/// After a pause is logged, further pauses stay quiet this long: a file system that keeps
+/// filling up costs a log line a minute, not one per retry.
+const QUIET: Duration = Duration::from_secs(60);
+
 /// The writer thread's state.
 struct Writer {
     sink: Sink,
     start: Instant,
     dropped: Arc<AtomicU64>,
     path: PathBuf,
-    /// A write failed: the rest is discarded (the device must not notice).
-    failed: bool,
+    /// Set while writes fail: lines are counted as lost (the device must not notice) until a
+    /// retry succeeds.
+    stalled: Option<Stall>,
+    /// No pause is logged before this.
+    quiet_until: Option<Instant>,
     /// At most this many entries per batch, so a flush happens even under constant load.
     batch_limit: usize,
     buf: Vec<u8>,
@@ -286,27 +324,65 @@ impl Writer {
     }
 
     fn put(&mut self, line: &Line) {
-        if self.failed {
-            return;
-        }
         self.buf.clear();
         if serde_json::to_writer(&mut self.buf, line).is_err() {
             return;
         }
         self.buf.push(b'\n');
         let buf = std::mem::take(&mut self.buf);
-        self.io(|s| s.write_line(&buf));
+        if !self.io(|s| s.write_line(&buf)) {
+            if let Some(stall) = &mut self.stalled {
+                stall.lost += 1;
+            }
+        }
         self.buf = buf;
     }
 
-    /// Runs a file operation; the first failure is logged and stops the trace.
-    fn io(&mut self, op: impl FnOnce(&mut Sink) -> std::io::Result<()>) {
-        if self.failed {
-            return;
+    /// Runs a file operation unless the trace is paused; false when it did not happen. A
+    /// failure pauses the trace (logged once); a paused trace retries every [`RETRY`] by
+    /// flushing what its buffer still holds, and on success notes how many lines it lost.
+    fn io(&mut self, op: impl FnOnce(&mut Sink) -> std::io::Result<()>) -> bool {
+        if let Some(stall) = &mut self.stalled {
+            let now = Instant::now();
+            if now < stall.retry_at {
+                return false;
+            }
+            if self.sink.flush().is_err() {
+                stall.retry_at = now + RETRY;
+                return false;
+            }
+            let (lost, logged) = (stall.lost, stall.logged);
+            self.stalled = None;
+            if logged {
+                tracing::info!(path = %self.path.display(), lost, "trace resumed");
+            }
+            let mut note = Line::new(self.since(now), Dir::Note);
+            note.dropped = Some(lost);
+            self.put(&note);
+            if self.stalled.is_some() {
+                return false;
+            }
         }
-        if let Err(e) = op(&mut self.sink) {
-            tracing::warn!(path = %self.path.display(), "trace stopped: cannot write: {e}");
-            self.failed = true;
+        match op(&mut self.sink) {
+            Ok(()) => true,
+            Err(e) => {
+                let now = Instant::now();
+                let logged = !matches!(self.quiet_until, Some(q) if now < q);
+                if logged {
+                    tracing::warn!(
+                        path = %self.path.display(),
+                        "trace paused: cannot write: {e} (retrying every {RETRY:?}; lost lines \
+                         are counted in a note when it resumes)"
+                    );
+                    self.quiet_until = Some(now + QUIET);
+                }
+                self.stalled = Some(Stall {
+                    retry_at: now + RETRY,
+                    lost: 0,
+                    logged,
+                });
+                false
+            }
         }
     }
 

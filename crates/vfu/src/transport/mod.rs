@@ -27,8 +27,23 @@ use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 
-use crate::device::FileSpan;
 use crate::wire::{Decode, Header, HEADER_SIZE};
+
+/// The data of a REGION_READ as a span of a file, so the server can send it to the socket with
+/// `sendfile` instead of copying it through a buffer: `len` bytes of `fd` from `offset`, then
+/// `ones` bytes of 0xff (the part of the access past what the file holds, read as all ones as
+/// PCI reads of nothing are).
+#[derive(Debug, Clone, Copy)]
+pub struct FileSpan<'a> {
+    /// The file holding the bytes.
+    pub fd: BorrowedFd<'a>,
+    /// Where they start in the file.
+    pub offset: u64,
+    /// How many bytes come from the file.
+    pub len: usize,
+    /// How many 0xff bytes follow.
+    pub ones: usize,
+}
 
 /// Most fds one message may carry (more close the connection). Enforced as fds arrive, so a
 /// message that never completes cannot make us hold more than this many of the peer's fds.

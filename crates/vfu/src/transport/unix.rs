@@ -10,8 +10,8 @@ use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{getsockopt, sendmsg, sockopt, ControlMessage, MsgFlags};
 
+use super::FileSpan;
 use super::{Buffered, Stream, TransportError, MAX_FDS_PER_MESSAGE};
-use crate::device::FileSpan;
 
 /// The kernel's limit of fds in one SCM_RIGHTS message (SCM_MAX_FD): our control buffer holds
 /// that many, so the kernel never truncates the fds it hands us.

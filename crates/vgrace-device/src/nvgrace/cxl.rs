@@ -116,7 +116,7 @@ impl CxlReadiness {
 
 /// Polls `done` every `quantum` until it holds or `timeout` passed.
 fn wait(quantum: Duration, timeout: Duration, done: impl Fn() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
+    let deadline = super::readiness::after(timeout);
     loop {
         if done() {
             return true;

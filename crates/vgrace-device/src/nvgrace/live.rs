@@ -8,6 +8,17 @@ use std::time::Duration;
 
 use crate::config::Poison;
 
+/// Most pages poisoned at run time at once: every client read that may touch poison walks the
+/// list, and `status` names each page, so a control client cannot grow it without end.
+pub const MAX_RUNTIME_POISON: usize = 1024;
+
+/// [`LiveFaults::poison`] refused a page: the list is at [`MAX_RUNTIME_POISON`].
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{MAX_RUNTIME_POISON} pages are poisoned already, the most kept at run time; heal some first"
+)]
+pub struct PoisonListFull;
+
 /// No readiness delay is pending.
 const NO_DELAY: u64 = u64::MAX;
 
@@ -66,16 +77,20 @@ impl LiveFaults {
     }
 
     /// Poisons the 4 KiB page holding `offset` of memory region `region` (the caller checks
-    /// that it is device memory); true when it was not poisoned yet.
-    pub fn poison(&self, region: u32, offset: u64) -> bool {
+    /// that it is device memory); true when it was not poisoned yet. A new page past
+    /// [`MAX_RUNTIME_POISON`] is refused.
+    pub fn poison(&self, region: u32, offset: u64) -> Result<bool, PoisonListFull> {
         let page = Poison::page(region, offset);
         let mut pages = self.pages();
         if pages.contains(&page) {
-            return false;
+            return Ok(false);
+        }
+        if pages.len() >= MAX_RUNTIME_POISON {
+            return Err(PoisonListFull);
         }
         pages.push(page);
         self.any_poison.store(true, Ordering::SeqCst);
-        true
+        Ok(true)
     }
 
     /// Heals the page holding `offset` of `region`, or every page when `None`; how many.
@@ -178,19 +193,34 @@ impl LiveFaults {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]
     fn poison_covers_the_page_and_heals() {
         let f = LiveFaults::default();
-        assert!(f.poison(4, 0x1234));
-        assert!(!f.poison(4, 0x1000));
+        assert!(f.poison(4, 0x1234).unwrap());
+        assert!(!f.poison(4, 0x1000).unwrap());
         assert!(f.touches_poison(4, 0xfff, 2));
         assert!(!f.touches_poison(4, 0x2000, 8));
         assert!(!f.touches_poison(2, 0x1000, 8));
         assert_eq!(f.describe(), vec!["poison 4:0x1000".to_string()]);
         assert_eq!(f.unpoison(Some((4, 0x1fff))), 1);
         assert!(!f.touches_poison(4, 0x1000, 8));
+    }
+
+    #[test]
+    fn run_time_poison_list_is_bounded() {
+        let f = LiveFaults::default();
+        for page in 0..MAX_RUNTIME_POISON as u64 {
+            assert!(f.poison(4, page << 12).unwrap());
+        }
+        // A page already listed is no new entry; a new one is refused until one heals.
+        assert!(!f.poison(4, 0).unwrap());
+        let next = (MAX_RUNTIME_POISON as u64) << 12;
+        assert!(f.poison(4, next).is_err());
+        assert_eq!(f.unpoison(Some((4, 0))), 1);
+        assert!(f.poison(4, next).unwrap());
     }
 
     #[test]

@@ -24,17 +24,22 @@ pub(crate) fn bar(r: &MemRegionLayout) -> BarDesc {
 pub(crate) fn memregion<'a>(
     layout: &Layout,
     memory: &'a Memory,
+    base: u64,
     index: u32,
 ) -> Option<MemRegion<'a>> {
-    layout
-        .region(index)
-        .map(|r| MemRegion { layout: *r, memory })
+    layout.region(index).map(|r| MemRegion {
+        layout: *r,
+        memory,
+        base,
+    })
 }
 
 /// One memory region and the memory behind it.
 pub(crate) struct MemRegion<'a> {
     layout: MemRegionLayout,
     memory: &'a Memory,
+    /// Where the region starts in `memory`'s fd.
+    base: u64,
 }
 
 impl<'a> MemRegion<'a> {
@@ -47,7 +52,7 @@ impl<'a> MemRegion<'a> {
                 | VFIO_REGION_INFO_FLAG_WRITE
                 | VFIO_REGION_INFO_FLAG_MMAP,
             size: bar(r).size,
-            fd_offset: r.fd_offset,
+            fd_offset: self.base,
             sparse_areas: vec![SparseArea {
                 offset: 0,
                 size: r.memlength,
@@ -74,7 +79,7 @@ impl<'a> MemRegion<'a> {
         let in_mem = mem_part(r.memlength, offset, n);
         if in_mem > 0 {
             self.memory
-                .read(r.fd_offset + offset, &mut buf[..in_mem])
+                .read(self.base + offset, &mut buf[..in_mem])
                 .map_err(|e| e.errno())?;
         }
         // Past the real memory the BAR reads as all ones, as the hardware does.
@@ -89,7 +94,7 @@ impl<'a> MemRegion<'a> {
         let in_mem = mem_part(r.memlength, offset, n);
         if in_mem > 0 {
             self.memory
-                .write(r.fd_offset + offset, &data[..in_mem])
+                .write(self.base + offset, &data[..in_mem])
                 .map_err(|e| e.errno())?;
         }
         // Writes past the real memory are dropped silently (an errno would crash the guest).
@@ -103,7 +108,7 @@ impl<'a> MemRegion<'a> {
         let in_mem = mem_part(r.memlength, offset, n);
         let (fd, at) = self
             .memory
-            .span(r.fd_offset + offset, in_mem)
+            .span(self.base + offset, in_mem)
             .map_err(|e| e.errno())?;
         Ok(FileSpan {
             fd,

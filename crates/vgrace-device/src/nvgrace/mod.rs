@@ -23,7 +23,7 @@ use self::live::LiveFaults;
 use self::memregion::{memregion, MemRegion};
 use self::readiness::Readiness;
 use crate::backing::Memory;
-use crate::config::{GpuConfig, Layout, LinuxVersion, Profile, READY_POLL};
+use crate::config::{Backing, GpuConfig, Layout, LinuxVersion, Profile, READY_POLL};
 use crate::error::DeviceError;
 use crate::pci::bar::BarDesc;
 use crate::pci::core::COMMAND_MEMORY;
@@ -42,13 +42,25 @@ pub const MSIX_PBA_OFFSET: u32 = 0x00ff_0000;
 /// Subsystem id we report (any value; the guest driver does not key on it).
 pub const SUBSYSTEM_ID: u16 = 0x16ee;
 
+/// Where a device's memory lives.
+#[derive(Debug)]
+enum DeviceMemory {
+    /// None: a core-only device (link down, no memory properties).
+    None,
+    /// One file in the host's layout (usemem at 0, resmem after it), each region at its
+    /// `fd_offset`.
+    Shared(Memory),
+    /// A memfd of its own per region index, each region at offset 0.
+    PerRegion(Vec<(u32, Memory)>),
+}
+
 /// A software Grace GPU: a [`PciCore`] plus the memory regions, readiness registers and DVSEC.
 #[derive(Debug)]
 pub struct NvGraceGpu {
     core: PciCore,
     layout: Layout,
     /// Device memory; `None` when the device is served by the core alone (link down).
-    memory: Option<Memory>,
+    memory: DeviceMemory,
     /// Blackwell's real BAR1 at region 2, when shown.
     bar1: Option<Bar1>,
     readiness: Readiness,
@@ -67,10 +79,26 @@ impl NvGraceGpu {
     /// description, sets up memory (sparse).
     pub fn new(cfg: &GpuConfig) -> Result<Self, DeviceError> {
         let layout = cfg.layout()?;
-        let core = PciCore::new(&description(&layout))?;
-        let memory = match layout.core_only {
-            Some(_) => None,
-            None => Some(Memory::new(&cfg.backing, layout.mem_size)?),
+        let mut core = PciCore::new(&description(&layout))?;
+        for range in Readiness::ranges() {
+            core.set_bar0_read_only(range);
+        }
+        let memory = match (layout.core_only, &cfg.backing) {
+            (Some(_), _) => DeviceMemory::None,
+            // A file holds the whole memory in the host's layout, so it persists as one image.
+            (None, Backing::File(_)) => {
+                DeviceMemory::Shared(Memory::new(&cfg.backing, layout.mem_size)?)
+            }
+            // A memfd per region, sized to its memory: a client mapping one region's fd can
+            // never reach another region's memory (with one shared fd, mapping BAR4 past usemem
+            // would alias resmem).
+            (None, backing) => DeviceMemory::PerRegion(
+                layout
+                    .regions
+                    .iter()
+                    .map(|r| Ok((r.region_index, Memory::new(backing, r.memlength)?)))
+                    .collect::<Result<_, DeviceError>>()?,
+            ),
         };
         let bar1 = layout.bar1_size.map(Bar1::new).transpose()?;
         let live = Arc::new(LiveFaults::default());
@@ -114,7 +142,12 @@ impl NvGraceGpu {
 
     /// The variant's memory region at `index`, if it owns one.
     fn memregion(&self, index: u32) -> Option<MemRegion<'_>> {
-        memregion(&self.layout, self.memory.as_ref()?, index)
+        let (memory, base) = match &self.memory {
+            DeviceMemory::None => return None,
+            DeviceMemory::Shared(m) => (m, self.layout.region(index)?.fd_offset),
+            DeviceMemory::PerRegion(all) => (&all.iter().find(|(i, _)| *i == index)?.1, 0),
+        };
+        memregion(&self.layout, memory, base, index)
     }
 
     /// BAR1, when `index` is its region.
@@ -140,6 +173,23 @@ impl NvGraceGpu {
         Ok(())
     }
 
+    /// For a file backing, a second handle on the file for flushing it to disk at exit (see
+    /// [`Memory::file_for_sync`]); `None` for a memfd or a device without memory.
+    pub fn file_for_sync(&self) -> Result<Option<crate::backing::FileSync>, DeviceError> {
+        match &self.memory {
+            DeviceMemory::Shared(m) => m.file_for_sync(),
+            _ => Ok(None),
+        }
+    }
+
+    /// Signals the client's error interrupt (a fatal PCIe error was detected, as when the C2C
+    /// link goes down). Returns whether the client had wired one.
+    pub fn report_error(&mut self) -> bool {
+        self.core
+            .trigger(vfu::device::ERR_IRQ_INDEX, 0)
+            .unwrap_or(false)
+    }
+
     /// The faults a control plane switches while the device runs.
     pub fn live_faults(&self) -> Arc<LiveFaults> {
         self.live.clone()
@@ -158,42 +208,33 @@ impl NvGraceGpu {
         offset: u64,
         buf: &mut [u8],
     ) -> Result<usize, Errno> {
-        match self.memregion(index) {
-            Some(m) => m.read(offset, buf),
-            None => self.region_read(index, offset, buf),
+        if let Some(m) = self.memregion(index) {
+            return m.read(offset, buf);
         }
+        if let Some(b) = self.bar1(index) {
+            return b.read(offset, buf);
+        }
+        let n = self.core.backdoor_read(index, offset, buf)?;
+        self.overlay(index, offset, &mut buf[..n]);
+        Ok(n)
     }
 
     /// Writes region `index` as a debugger would (`vgrace ctl poke`); see
     /// [`NvGraceGpu::backdoor_read`]. Config space keeps its write masks.
     pub fn backdoor_write(&mut self, index: u32, offset: u64, data: &[u8]) -> Result<usize, Errno> {
-        match self.memregion(index) {
-            Some(m) => m.write(offset, data),
-            None => self.region_write(index, offset, data),
+        if let Some(m) = self.memregion(index) {
+            return m.write(offset, data);
         }
+        if let Some(b) = self.bar1(index) {
+            return b.write(offset, data);
+        }
+        self.core.backdoor_write(index, offset, data)
     }
 
     /// The memory layout the device was built from: profile, device id, and which region holds
     /// which part of memory with its BAR size.
     pub fn layout(&self) -> &Layout {
         &self.layout
-    }
-
-    /// A BAR0 write through to the core's register file, except that bytes of the read-only
-    /// readiness registers keep what the file holds under them.
-    fn bar0_write(&mut self, offset: u64, data: &[u8]) -> Result<usize, Errno> {
-        if !Readiness::touches(offset, data.len()) {
-            return self.core.region_write(BAR0_REGION_INDEX, offset, data);
-        }
-        let mut merged = [0u8; 8];
-        let merged = merged.get_mut(..data.len()).ok_or(Errno::EINVAL)?;
-        self.core.region_read(BAR0_REGION_INDEX, offset, merged)?;
-        for (i, (m, d)) in merged.iter_mut().zip(data).enumerate() {
-            if !Readiness::touches(offset.saturating_add(i as u64), 1) {
-                *m = *d;
-            }
-        }
-        self.core.region_write(BAR0_REGION_INDEX, offset, merged)
     }
 }
 
@@ -273,15 +314,11 @@ impl Device for NvGraceGpu {
             }
         }
         if let Some(b) = self.bar1(index) {
+            self.core.check_bar_access(index, offset)?;
             return b.read(offset, buf);
         }
         let n = self.core.region_read(index, offset, buf)?;
-        if index == BAR0_REGION_INDEX {
-            self.readiness.overlay(offset, &mut buf[..n]);
-        }
-        if let (CONFIG_REGION_INDEX, Some(cxl)) = (index, &self.cxl) {
-            cxl.overlay(offset, &mut buf[..n]);
-        }
+        self.overlay(index, offset, &mut buf[..n]);
         Ok(n)
     }
 
@@ -300,6 +337,7 @@ impl Device for NvGraceGpu {
             };
         }
         if self.bar1(index).is_some() {
+            self.core.check_bar_access(index, offset)?;
             return match self.bar1(index) {
                 Some(b) => b.span(offset, count).map(Some),
                 None => Ok(None),
@@ -319,10 +357,10 @@ impl Device for NvGraceGpu {
             }
         }
         if let Some(b) = self.bar1(index) {
+            self.core.check_bar_access(index, offset)?;
             return b.write(offset, data);
         }
         match index {
-            BAR0_REGION_INDEX => self.bar0_write(offset, data),
             CONFIG_REGION_INDEX => self.config_write(offset, data),
             _ => self.core.region_write(index, offset, data),
         }
@@ -349,6 +387,10 @@ impl Device for NvGraceGpu {
         Ok(())
     }
 
+    fn request_release(&mut self) -> bool {
+        self.core.request_release()
+    }
+
     fn client_attached(&mut self) {
         // `nvgrace_gpu_open_device`: `vfio_pci_core_enable` (enable, function reset, config
         // rebuilt with memory decode on and the emulated BARs at 0), and the reset's
@@ -365,6 +407,39 @@ impl Device for NvGraceGpu {
 }
 
 impl NvGraceGpu {
+    /// The variant's computed registers over a read of the core's region `index`: readiness
+    /// in BAR0, the CXL DVSEC's live register in config space.
+    fn overlay(&self, index: u32, offset: u64, buf: &mut [u8]) {
+        if index == BAR0_REGION_INDEX {
+            self.readiness.overlay(offset, buf);
+        }
+        if index == CONFIG_REGION_INDEX {
+            self.one_emulated_bar_per_read(offset, buf);
+        }
+        if let (CONFIG_REGION_INDEX, Some(cxl)) = (index, &self.cxl) {
+            cxl.overlay(offset, buf);
+        }
+    }
+
+    /// `nvgrace_gpu_read_config_emu` overlays one emulated BAR per config read, the BAR2 pair
+    /// before the BAR4 pair: a read that spans both shows the BAR4 pair as the core has it,
+    /// which for a BAR the physical function does not have is 0.
+    fn one_emulated_bar_per_read(&self, offset: u64, buf: &mut [u8]) {
+        const BAR2: std::ops::Range<u64> = 0x18..0x20;
+        const BAR4: std::ops::Range<u64> = 0x20..0x28;
+        let touches = |r: &std::ops::Range<u64>| {
+            offset < r.end && r.start < offset.saturating_add(buf.len() as u64)
+        };
+        if self.layout.region(4).is_none() || !touches(&BAR2) || !touches(&BAR4) {
+            return;
+        }
+        for (i, b) in buf.iter_mut().enumerate() {
+            if BAR4.contains(&(offset + i as u64)) {
+                *b = 0;
+            }
+        }
+    }
+
     /// What every function reset (open, close, VFIO_DEVICE_RESET, FLR) does to the GPU behind
     /// the core: link training re-runs (readiness re-armed with `--reset-ready-delay`, the CXL
     /// DVSEC's too) and, from 6.19, the PCI `reset_done` callback

@@ -45,7 +45,7 @@ impl Readiness {
     ) -> Self {
         Self {
             reset_delay,
-            ready_at: Instant::now() + delay,
+            ready_at: after(delay),
             trained: Cell::new(false),
             fault,
             live,
@@ -60,11 +60,7 @@ impl Readiness {
             .live
             .take_next_reset_delay()
             .unwrap_or(self.reset_delay);
-        let now = Instant::now();
-        // A delay too long to add is as good as never.
-        self.ready_at = now
-            .checked_add(delay)
-            .unwrap_or(now + Duration::from_secs(1 << 32));
+        self.ready_at = after(delay);
         self.trained.set(false);
         self.stuck.set(self.live.never_ready());
     }
@@ -89,7 +85,7 @@ impl Readiness {
     /// Polls [`Readiness::is_ready`] every `quantum` for up to `timeout`, as upstream's
     /// `nvgrace_gpu_wait_device_ready` does; false when it never became ready.
     pub fn wait_ready(&self, quantum: Duration, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
+        let deadline = after(timeout);
         loop {
             if self.is_ready() {
                 return true;
@@ -100,6 +96,14 @@ impl Readiness {
             }
             std::thread::sleep(quantum.min(deadline - now));
         }
+    }
+
+    /// The BAR0 bytes of the two registers (computed, so read-only in the register file).
+    pub fn ranges() -> [std::ops::Range<u64>; 2] {
+        [
+            C2C_LINK_STATUS..C2C_LINK_STATUS + WIDTH,
+            HBM_TRAINING_STATUS..HBM_TRAINING_STATUS + WIDTH,
+        ]
     }
 
     /// Whether an access of `len` bytes at `offset` touches a readiness register.
@@ -168,9 +172,26 @@ fn overlap(reg: u64, offset: u64, len: usize) -> Option<(u64, u64)> {
     (from < to).then_some((from, to))
 }
 
+/// `d` from now; a duration too long to add (2^64-1 s) is as good as never, not a panic.
+pub(crate) fn after(d: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(d)
+        .unwrap_or(now + Duration::from_secs(1 << 32))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A library user's 2^64-1 s delay or timeout is "never", not an `Instant` overflow panic.
+    #[test]
+    fn huge_durations_saturate_instead_of_panicking() {
+        let live = Arc::new(LiveFaults::default());
+        let r = Readiness::new(Duration::MAX, Duration::MAX, None, live);
+        assert!(!r.is_ready());
+        assert!(!r.wait_ready(Duration::from_millis(1), Duration::ZERO));
+        assert!(after(Duration::MAX) > Instant::now() + Duration::from_secs(1 << 31));
+    }
 
     #[test]
     fn overlay_covers_only_the_register_bytes() {

@@ -5,7 +5,8 @@
 //! What the core serves:
 //! - config space (region 7): the described header and capabilities, BAR registers with the
 //!   sizing probe, guest-writable bits as described;
-//! - BAR0, when described: a [`RegFile`] of the BAR's size taking 1, 2, 4 and 8-byte accesses;
+//! - BAR0, when described: a [`RegFile`] of the BAR's size on a memfd the client may map (but
+//!   the pages of the MSI-X table and of trapped registers), accesses of any length;
 //! - any other described BAR: a region of the BAR's size that nothing backs, so reads are all
 //!   ones and writes are dropped (a variant normally owns such a BAR);
 //! - every other index below [`PCI_NUM_REGIONS`]: an absent region (size 0, flags 0);
@@ -18,20 +19,22 @@
 //!   through `vfio_exp_config_write`: the device's own state, here the BAR0 register file, is
 //!   reset while the virtual config space is left as the guest set it).
 
+use std::ops::Range;
+
 use vfio_bindings::bindings::vfio::{
     VFIO_DEVICE_FLAGS_PCI, VFIO_DEVICE_FLAGS_RESET, VFIO_IRQ_INFO_AUTOMASKED,
     VFIO_IRQ_INFO_EVENTFD, VFIO_IRQ_INFO_MASKABLE, VFIO_IRQ_INFO_NORESIZE,
-    VFIO_REGION_INFO_FLAG_READ, VFIO_REGION_INFO_FLAG_WRITE,
+    VFIO_REGION_INFO_FLAG_MMAP, VFIO_REGION_INFO_FLAG_READ, VFIO_REGION_INFO_FLAG_WRITE,
 };
 use vfu::device::{
-    BAR0_REGION_INDEX, CONFIG_REGION_INDEX, INTX_IRQ_INDEX, MSIX_IRQ_INDEX, PCI_NUM_IRQS,
-    PCI_NUM_REGIONS,
+    BAR0_REGION_INDEX, CONFIG_REGION_INDEX, ERR_IRQ_INDEX, INTX_IRQ_INDEX, PCI_NUM_IRQS,
+    PCI_NUM_REGIONS, REQ_IRQ_INDEX,
 };
-use vfu::irq::IrqTable;
-use vfu::{Device, DeviceInfo, Errno, IrqInfo, RegionInfo, SetIrqs};
+use vfu::{Device, DeviceInfo, Errno, IrqInfo, RegionInfo, SetIrqs, SparseArea};
 
 use super::config_space::{ConfigSpace, CONFIG_SIZE};
 use super::description::{Capability, PciDescription, DEVCTL_INITIATE_FLR, EXP_DEVCTL, PM_PMCSR};
+use super::intrs::Interrupts;
 use super::regfile::RegFile;
 use crate::error::DeviceError;
 
@@ -45,6 +48,12 @@ const COMMAND_MASTER: u16 = 1 << 2;
 const COMMAND_INTX_DISABLE: u16 = 1 << 10;
 /// PMCSR bits 1:0: the power state (0 = D0, 3 = D3hot).
 const PMCSR_STATE: u16 = 0x3;
+/// The D3hot power state.
+const PMCSR_D3HOT: u16 = 0x3;
+/// The page size the mappable areas are cut to.
+const PAGE: u64 = 4096;
+/// Bytes of one MSI-X table entry.
+const MSIX_ENTRY: u64 = 16;
 
 /// REGION_INFO flags of every region the core serves.
 const RW: u32 = VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_WRITE;
@@ -55,7 +64,7 @@ pub struct PciCore {
     config: ConfigSpace,
     bar0: Option<RegFile>,
     irq_counts: [u32; PCI_NUM_IRQS as usize],
-    irqs: IrqTable,
+    irqs: Interrupts,
     /// Config offset of the PCI Express capability (for FLR), if described.
     express: Option<usize>,
     /// Config offset of the power management capability (for D0 at reset), if described.
@@ -63,6 +72,15 @@ pub struct PciCore {
     /// Set by a function reset the guest started through config space (FLR), until the
     /// variant takes it with [`PciCore::take_function_reset`].
     flr_done: bool,
+    /// The MSI-X table: (region index, byte range). Reads of it through the BAR are all ones
+    /// and writes are dropped (`vfio_pci_bar_rw` passes it to `vfio_pci_core_do_io_rw` as the
+    /// excluded range): the VMM emulates the table.
+    msix_table: Option<(u32, Range<u64>)>,
+    /// BAR0 ranges whose bytes a client write must not change (a variant's computed registers).
+    read_only: Vec<Range<u64>>,
+    /// BAR0 ranges every access to which must reach the device (left out of the mmap-able
+    /// areas): the read-only ranges and registers with side effects.
+    trapped: Vec<Range<u64>>,
 }
 
 impl PciCore {
@@ -72,17 +90,202 @@ impl PciCore {
         let bar0 = config
             .bars()
             .get(BAR0_REGION_INDEX)
-            .map(|b| RegFile::new(b.size));
+            .map(|b| RegFile::new(b.size))
+            .transpose()?;
         let irq_counts = desc.irq_counts();
         Ok(Self {
             config,
             bar0,
-            irqs: IrqTable::new(&irq_counts),
+            irqs: Interrupts::default(),
             irq_counts,
             express: desc.capability_offset(|c| matches!(c, Capability::Express { .. })),
             pm: desc.capability_offset(|c| matches!(c, Capability::PowerManagement)),
             flr_done: false,
+            msix_table: desc.capabilities.iter().find_map(|(_, c)| match *c {
+                Capability::MsiX {
+                    vectors,
+                    table_bar,
+                    table_offset,
+                    ..
+                } => {
+                    let start = u64::from(table_offset);
+                    Some((
+                        u32::from(table_bar),
+                        start..start + u64::from(vectors) * MSIX_ENTRY,
+                    ))
+                }
+                _ => None,
+            }),
+            read_only: Vec::new(),
+            trapped: Vec::new(),
         })
+    }
+
+    /// Marks BAR0 bytes in `range` as computed by the variant: client writes leave the file's
+    /// bytes there untouched (the variant overlays their value on reads).
+    pub fn set_bar0_read_only(&mut self, range: Range<u64>) {
+        self.trapped.push(range.clone());
+        self.read_only.push(range);
+    }
+
+    /// Marks BAR0 bytes in `range` as a register whose accesses the variant must see (a
+    /// doorbell): the pages holding it are left out of the client's mappable areas.
+    pub fn trap_bar0(&mut self, range: Range<u64>) {
+        self.trapped.push(range);
+    }
+
+    /// The mappable areas of BAR0: every page but those holding the MSI-X table (as
+    /// `msix_sparse_mmap_cap` leaves it out) or a trapped register.
+    fn bar0_areas(&self, size: u64) -> Vec<SparseArea> {
+        let mut holes: Vec<Range<u64>> = self
+            .trapped
+            .iter()
+            .chain(
+                self.msix_table
+                    .iter()
+                    .filter(|(bar, _)| *bar == BAR0_REGION_INDEX)
+                    .map(|(_, t)| t),
+            )
+            .filter(|r| r.start < r.end)
+            .map(|r| r.start / PAGE * PAGE..r.end.div_ceil(PAGE).saturating_mul(PAGE).min(size))
+            .collect();
+        holes.sort_by_key(|r| r.start);
+        let mut areas = Vec::new();
+        let mut at = 0;
+        for hole in holes {
+            if hole.start > at {
+                areas.push(SparseArea {
+                    offset: at,
+                    size: hole.start - at,
+                });
+            }
+            at = at.max(hole.end);
+        }
+        if at < size {
+            areas.push(SparseArea {
+                offset: at,
+                size: size - at,
+            });
+        }
+        areas
+    }
+
+    /// Memory space accesses reach the function: memory decode on in the virtual COMMAND and
+    /// the function in D0 (`__vfio_pci_memory_enabled`).
+    pub fn memory_enabled(&self) -> bool {
+        self.command() & COMMAND_MEMORY != 0 && self.power_state() != PMCSR_D3HOT
+    }
+
+    /// The power state bits of the PMCSR (0 = D0); D0 for a function without PM.
+    fn power_state(&self) -> u16 {
+        self.pm
+            .map_or(0, |p| self.config16(p + PM_PMCSR) & PMCSR_STATE)
+    }
+
+    fn config16(&self, at: usize) -> u16 {
+        let mut value = [0u8; 2];
+        self.config.read(at, &mut value);
+        u16::from_le_bytes(value)
+    }
+
+    /// How many bytes of an access of `len` at `offset` of BAR `index` are served, as
+    /// `vfio_pci_bar_rw` decides: EINVAL at or past the end, then clipped, then EIO while
+    /// memory space is disabled (`vfio_pci_core_do_io_rw` with `test_mem`). `gated` false is a
+    /// debugger's access, which the decode state does not stop.
+    fn bar_access(&self, index: u32, offset: u64, len: usize, gated: bool) -> Result<usize, Errno> {
+        let size = self.bar_size(index).ok_or(Errno::EINVAL)?;
+        let n = clip(size, offset, len)?;
+        if gated && !self.memory_enabled() {
+            return Err(Errno::EIO);
+        }
+        Ok(n)
+    }
+
+    /// The gate of a BAR that a variant serves itself (Blackwell's BAR1): EINVAL at or past its
+    /// end, EIO while memory space is disabled.
+    pub fn check_bar_access(&self, index: u32, offset: u64) -> Result<(), Errno> {
+        self.bar_access(index, offset, 1, true).map(|_| ())
+    }
+
+    /// Reads BAR `index` (any BAR the description declared).
+    fn bar_read(
+        &self,
+        index: u32,
+        offset: u64,
+        buf: &mut [u8],
+        gated: bool,
+    ) -> Result<usize, Errno> {
+        let n = self.bar_access(index, offset, buf.len(), gated)?;
+        let buf = &mut buf[..n];
+        match (&self.bar0, index) {
+            (Some(regs), BAR0_REGION_INDEX) => {
+                regs.read(offset, buf).ok_or(Errno::EINVAL)?;
+            }
+            // A BAR nothing backs reads as a PCI read of nothing does.
+            _ => buf.fill(0xff),
+        }
+        if let Some((_, table)) = self.msix_table.as_ref().filter(|(bar, _)| *bar == index) {
+            fill_overlap(buf, offset, table, 0xff);
+        }
+        Ok(n)
+    }
+
+    /// Writes BAR `index`: bytes under the MSI-X table or a read-only range are dropped.
+    fn bar_write(
+        &mut self,
+        index: u32,
+        offset: u64,
+        data: &[u8],
+        gated: bool,
+    ) -> Result<usize, Errno> {
+        let n = self.bar_access(index, offset, data.len(), gated)?;
+        let data = &data[..n];
+        let Some(regs) = self.bar0.as_mut().filter(|_| index == BAR0_REGION_INDEX) else {
+            return Ok(n);
+        };
+        let table = self
+            .msix_table
+            .as_ref()
+            .filter(|(bar, _)| *bar == index)
+            .map(|(_, t)| t.clone());
+        let kept: Vec<&Range<u64>> = self.read_only.iter().chain(table.as_ref()).collect();
+        if kept.iter().all(|r| !overlaps(r, offset, n)) {
+            regs.write(offset, data).ok_or(Errno::EINVAL)?;
+            return Ok(n);
+        }
+        let mut merged = vec![0u8; n];
+        regs.read(offset, &mut merged).ok_or(Errno::EINVAL)?;
+        for (i, (m, d)) in merged.iter_mut().zip(data).enumerate() {
+            let at = offset + i as u64;
+            if !kept.iter().any(|r| r.contains(&at)) {
+                *m = *d;
+            }
+        }
+        regs.write(offset, &merged).ok_or(Errno::EINVAL)?;
+        Ok(n)
+    }
+
+    /// Reads region `index` as a debugger would (`vgrace ctl peek`): BARs are read whatever
+    /// the decode and power state.
+    pub fn backdoor_read(
+        &mut self,
+        index: u32,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Result<usize, Errno> {
+        if self.bar_size(index).is_some() {
+            return self.bar_read(index, offset, buf, false);
+        }
+        self.region_read(index, offset, buf)
+    }
+
+    /// Writes region `index` as a debugger would (`vgrace ctl poke`); see
+    /// [`PciCore::backdoor_read`].
+    pub fn backdoor_write(&mut self, index: u32, offset: u64, data: &[u8]) -> Result<usize, Errno> {
+        if self.bar_size(index).is_some() {
+            return self.bar_write(index, offset, data, false);
+        }
+        self.region_write(index, offset, data)
     }
 
     /// Open (`vfio_pci_core_enable` + `vfio_config_init`): the function is enabled and reset,
@@ -135,9 +338,28 @@ impl PciCore {
         u16::from_le_bytes(command)
     }
 
-    /// After a config write: an initiate-FLR bit in Device Control reads back 0 and, since
-    /// the function advertises FLR, resets it (`vfio_exp_config_write`).
-    fn after_config_write(&mut self, offset: usize, len: usize) {
+    /// After a config write: a PMCSR write moves the function to D0 or D3hot
+    /// (`vfio_pm_config_write`; D1 and D2 are not supported, so the state stays as it was
+    /// `before`), and an initiate-FLR bit in Device Control reads back 0 and, since the
+    /// function advertises FLR, resets it (`vfio_exp_config_write`).
+    fn after_config_write(&mut self, offset: usize, len: usize, before: u16) {
+        let written = offset..offset.saturating_add(len);
+        if let Some(pmcsr) = self
+            .pm
+            .map(|p| p + PM_PMCSR)
+            .filter(|p| written.contains(p))
+        {
+            let value = self.config16(pmcsr);
+            if !matches!(value & PMCSR_STATE, 0 | PMCSR_D3HOT) {
+                let kept = (value & !PMCSR_STATE) | before;
+                self.config.write(pmcsr, &kept.to_le_bytes());
+            }
+        }
+        self.after_devctl_write(offset, len);
+    }
+
+    /// The FLR half of [`PciCore::after_config_write`].
+    fn after_devctl_write(&mut self, offset: usize, len: usize) {
         let Some(devctl) = self.express.map(|e| e + EXP_DEVCTL) else {
             return;
         };
@@ -170,7 +392,11 @@ impl PciCore {
     /// Raises interrupt `vector` of IRQ index `index` (signals its eventfd). False when the
     /// client has not wired that vector; EINVAL when the device has no such vector.
     pub fn trigger(&mut self, index: u32, vector: u32) -> Result<bool, Errno> {
-        self.irqs.trigger(index, vector)
+        let count = self.irq_counts.get(index as usize).copied().unwrap_or(0);
+        if vector >= count {
+            return Err(Errno::EINVAL);
+        }
+        Ok(self.irqs.raise(index, vector))
     }
 
     /// Size of the BAR at region `index` if the description declared one.
@@ -178,12 +404,31 @@ impl PciCore {
         self.config.bars().get(index).map(|b| b.size)
     }
 
-    /// Config space offset as an index, EINVAL at or past its end.
-    fn config_offset(offset: u64) -> Result<usize, Errno> {
+    /// Config space offset as an index: an access at or past the end of config space, or one
+    /// crossing it, is EFAULT (`vfio_pci_config_rw_single`).
+    fn config_offset(offset: u64, len: usize) -> Result<usize, Errno> {
         usize::try_from(offset)
             .ok()
-            .filter(|o| *o < CONFIG_SIZE)
-            .ok_or(Errno::EINVAL)
+            .filter(|o| {
+                o.checked_add(len)
+                    .is_some_and(|end| *o < CONFIG_SIZE && end <= CONFIG_SIZE)
+            })
+            .ok_or(Errno::EFAULT)
+    }
+}
+
+/// True when `[offset, offset + len)` and `range` share a byte.
+fn overlaps(range: &Range<u64>, offset: u64, len: usize) -> bool {
+    let end = offset.saturating_add(len as u64);
+    offset < range.end && range.start < end
+}
+
+/// Sets the bytes of `buf` (read at `offset`) that lie in `range` to `value`.
+fn fill_overlap(buf: &mut [u8], offset: u64, range: &Range<u64>, value: u8) {
+    for (i, b) in buf.iter_mut().enumerate() {
+        if range.contains(&(offset + i as u64)) {
+            *b = value;
+        }
     }
 }
 
@@ -208,6 +453,17 @@ impl Device for PciCore {
     }
 
     fn region_info(&self, index: u32) -> Result<RegionInfo<'_>, Errno> {
+        if let (BAR0_REGION_INDEX, Some(regs)) = (index, &self.bar0) {
+            // `vfio_pci_ioctl_get_region_info`: a BAR is mappable, with the pages that must
+            // trap left out.
+            return Ok(RegionInfo {
+                flags: RW | VFIO_REGION_INFO_FLAG_MMAP,
+                size: regs.size(),
+                fd_offset: 0,
+                sparse_areas: self.bar0_areas(regs.size()),
+                fd: Some(regs.fd()),
+            });
+        }
         let (flags, size) = if index >= PCI_NUM_REGIONS {
             return Err(Errno::EINVAL);
         } else if index == CONFIG_REGION_INDEX {
@@ -228,50 +484,41 @@ impl Device for PciCore {
 
     fn region_read(&mut self, index: u32, offset: u64, buf: &mut [u8]) -> Result<usize, Errno> {
         if index == CONFIG_REGION_INDEX {
-            return Ok(self.config.read(Self::config_offset(offset)?, buf));
+            return Ok(self
+                .config
+                .read(Self::config_offset(offset, buf.len())?, buf));
         }
-        if index == BAR0_REGION_INDEX {
-            if let Some(regs) = &self.bar0 {
-                return regs.read(offset, buf).ok_or(Errno::EINVAL);
-            }
-        }
-        let size = self.bar_size(index).ok_or(Errno::EINVAL)?;
-        let n = clip(size, offset, buf.len())?;
-        buf[..n].fill(0xff);
-        Ok(n)
+        self.bar_read(index, offset, buf, true)
     }
 
     fn region_write(&mut self, index: u32, offset: u64, data: &[u8]) -> Result<usize, Errno> {
         if index == CONFIG_REGION_INDEX {
-            let at = Self::config_offset(offset)?;
+            let at = Self::config_offset(offset, data.len())?;
+            let state = self.power_state();
             let n = self.config.write(at, data);
-            self.after_config_write(at, n);
+            self.after_config_write(at, n, state);
             return Ok(n);
         }
-        if index == BAR0_REGION_INDEX {
-            if let Some(regs) = &mut self.bar0 {
-                return regs.write(offset, data).ok_or(Errno::EINVAL);
-            }
-        }
-        let size = self.bar_size(index).ok_or(Errno::EINVAL)?;
-        clip(size, offset, data.len())
+        self.bar_write(index, offset, data, true)
     }
 
     fn irq_info(&self, index: u32) -> Result<IrqInfo, Errno> {
+        // `vfio_pci_ioctl_get_irq_info`: the error interrupt exists only on PCI Express; every
+        // index signals through eventfds; INTx is maskable and automasked, the others cannot
+        // be resized (MSI-X is offered without dynamic allocation).
         let count = *self.irq_counts.get(index as usize).ok_or(Errno::EINVAL)?;
         let flags = match index {
-            INTX_IRQ_INDEX if count > 0 => {
+            ERR_IRQ_INDEX if self.express.is_none() => return Err(Errno::EINVAL),
+            INTX_IRQ_INDEX => {
                 VFIO_IRQ_INFO_EVENTFD | VFIO_IRQ_INFO_MASKABLE | VFIO_IRQ_INFO_AUTOMASKED
             }
-            MSIX_IRQ_INDEX if count > 0 => VFIO_IRQ_INFO_EVENTFD | VFIO_IRQ_INFO_NORESIZE,
-            _ if count > 0 => VFIO_IRQ_INFO_EVENTFD,
-            _ => 0,
+            _ => VFIO_IRQ_INFO_EVENTFD | VFIO_IRQ_INFO_NORESIZE,
         };
         Ok(IrqInfo { flags, count })
     }
 
     fn set_irqs(&mut self, req: SetIrqs) -> Result<(), Errno> {
-        self.irqs.apply(req)
+        self.irqs.set(req)
     }
 
     fn reset(&mut self) -> Result<(), Errno> {
@@ -285,6 +532,10 @@ impl Device for PciCore {
 
     fn client_attached(&mut self) {
         self.open();
+    }
+
+    fn request_release(&mut self) -> bool {
+        self.irqs.raise(REQ_IRQ_INDEX, 0)
     }
 
     fn client_detached(&mut self) {
@@ -301,8 +552,15 @@ mod tests {
     use crate::pci::bar::BarDesc;
     use crate::pci::description::{Capability, Header};
 
-    /// A made-up network function with a 64 KiB BAR0 and a 1 MiB BAR2, no variant at all.
+    /// A made-up network function with a 64 KiB BAR0 and a 1 MiB BAR2, no variant at all,
+    /// opened as a client finds it.
     fn plain_core() -> PciCore {
+        let mut core = closed_core();
+        core.open();
+        core
+    }
+
+    fn closed_core() -> PciCore {
         PciCore::new(&PciDescription {
             header: Header {
                 vendor_id: 0x1af4,
@@ -347,7 +605,17 @@ mod tests {
         assert_eq!(cfg32(&mut d, 0x34) & 0xff, 0x40);
         // BAR0 is a register file of the declared size.
         let bar0 = d.region_info(BAR0_REGION_INDEX).unwrap();
-        assert_eq!((bar0.flags, bar0.size), (RW, 64 << 10));
+        assert_eq!(
+            (bar0.flags, bar0.size),
+            (RW | VFIO_REGION_INFO_FLAG_MMAP, 64 << 10)
+        );
+        // The MSI-X table's page (0x8000) is not offered for mapping.
+        let areas: Vec<(u64, u64)> = bar0
+            .sparse_areas
+            .iter()
+            .map(|a| (a.offset, a.size))
+            .collect();
+        assert_eq!(areas, [(0, 0x8000), (0x9000, 0x7000)]);
         d.region_write(BAR0_REGION_INDEX, 0x100, &0xfeed_u32.to_le_bytes())
             .unwrap();
         let mut b = [0u8; 4];
@@ -389,7 +657,8 @@ mod tests {
 
     #[test]
     fn open_rebuilds_config_with_memory_decode_on() {
-        let mut d = plain_core();
+        let mut d = closed_core();
+        assert_eq!(d.command() & COMMAND_MEMORY, 0);
         d.region_write(CONFIG_REGION_INDEX, 0x04, &0x0406u16.to_le_bytes())
             .unwrap();
         d.region_write(CONFIG_REGION_INDEX, 0x18, &0x8000_0000u32.to_le_bytes())
@@ -414,11 +683,17 @@ mod tests {
     fn irqs_follow_the_description() {
         let d = plain_core();
         assert_eq!(d.irq_info(INTX_IRQ_INDEX).unwrap().count, 1);
-        let msix = d.irq_info(MSIX_IRQ_INDEX).unwrap();
+        let msix = d.irq_info(vfu::device::MSIX_IRQ_INDEX).unwrap();
         assert_eq!(msix.count, 4);
         assert_ne!(msix.flags & VFIO_IRQ_INFO_NORESIZE, 0);
-        // No PCI Express capability: no error interrupt.
-        assert_eq!(d.irq_info(vfu::device::ERR_IRQ_INDEX).unwrap().count, 0);
+        // MSI is not offered, yet its index reports EVENTFD as the kernel's does.
+        let msi = d.irq_info(vfu::device::MSI_IRQ_INDEX).unwrap();
+        assert_eq!(
+            (msi.count, msi.flags),
+            (0, VFIO_IRQ_INFO_EVENTFD | VFIO_IRQ_INFO_NORESIZE)
+        );
+        // No PCI Express capability: no error interrupt index at all.
+        assert_eq!(d.irq_info(ERR_IRQ_INDEX), Err(Errno::EINVAL));
         assert!(d.irq_info(PCI_NUM_IRQS).is_err());
     }
 

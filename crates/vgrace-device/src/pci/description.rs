@@ -22,6 +22,11 @@ pub(crate) const DEVCAP_FLR: u32 = 1 << 28;
 pub(crate) const EXP_DEVCTL: usize = 0x08;
 /// Device Control bit 15: initiate Function Level Reset (reads 0).
 pub(crate) const DEVCTL_INITIATE_FLR: u16 = 1 << 15;
+/// Device Control bit 9: phantom functions enable (not the client's: it could confuse the
+/// IOMMU).
+const DEVCTL_PHANTOM: u16 = 1 << 9;
+/// Device Control 2 bit 5: ARI forwarding (set by the host at probe).
+const DEVCTL2_ARI: u16 = 1 << 5;
 /// Offset of the PMCSR from the start of the power management capability.
 pub(crate) const PM_PMCSR: usize = 0x04;
 /// Length of the PCI Express capability body after its id/next bytes (a v2 endpoint's
@@ -191,8 +196,10 @@ fn capability_bytes(cap: &Capability) -> (u8, Vec<u8>, Vec<u8>) {
             body.extend_from_slice(&vectors.saturating_sub(1).to_le_bytes());
             body.extend_from_slice(&(table_offset | u32::from(table_bar & 7)).to_le_bytes());
             body.extend_from_slice(&(pba_offset | u32::from(pba_bar & 7)).to_le_bytes());
-            // Message control: MSI-X enable and function mask are the guest's.
-            (CAP_MSIX, body, vec![0, 0xc0, 0, 0, 0, 0, 0, 0, 0, 0])
+            // Read-only through VFIO: the kernel gives MSI-X no permission bits (the default
+            // `cap_perms` entry reads the device, drops writes); the client enables vectors with
+            // SET_IRQS and a VMM emulates the capability for its guest.
+            (CAP_MSIX, body, vec![0; 10])
         }
         Capability::Express {
             link_speed,
@@ -208,11 +215,12 @@ fn capability_bytes(cap: &Capability) -> (u8, Vec<u8>, Vec<u8>) {
             // Link capabilities (maximum) and link status (current).
             body[0x0a..0x0c].copy_from_slice(&link.to_le_bytes());
             body[0x10..0x12].copy_from_slice(&link.to_le_bytes());
+            // Write permissions as `init_pci_cap_exp_perm` grants them: Device Control but
+            // phantom functions (initiate-FLR included: the core acts on it and clears it),
+            // Device Control 2 but ARI; Link Control and the rest are read-only.
             let mut wmask = vec![0u8; EXP_BODY_LEN];
-            // Device control (initiate-FLR included: the core acts on it and clears it) and
-            // link control.
-            wmask[0x06..0x08].copy_from_slice(&[0xff, 0xff]);
-            wmask[0x0e..0x10].copy_from_slice(&[0xff, 0x0f]);
+            wmask[0x06..0x08].copy_from_slice(&(!DEVCTL_PHANTOM).to_le_bytes());
+            wmask[0x26..0x28].copy_from_slice(&(!DEVCTL2_ARI).to_le_bytes());
             (CAP_EXP, body, wmask)
         }
     }

@@ -7,6 +7,7 @@ pub mod bar;
 pub mod config_space;
 pub mod core;
 pub mod description;
+pub mod intrs;
 pub mod regfile;
 
 pub use self::core::PciCore;

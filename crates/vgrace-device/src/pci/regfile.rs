@@ -1,26 +1,34 @@
-//! A BAR served as a plain register file: sparse (4 KiB pages allocated on first write), every
-//! offset holds what was last written there and never-written offsets read 0. That includes an
-//! MSI-X table and PBA placed in the BAR, which VMMs emulate themselves anyway. Variants put
-//! device-specific registers on top (see `nvgrace::readiness`).
+//! A BAR served as a plain register file: every offset holds what was last written there and
+//! never-written offsets read 0. It lives in a sparse sealed memfd (pages are allocated on first
+//! write, so a hostile client costs at most the BAR's size), which the client may map: the core
+//! offers the pages that hold no computed register as sparse-mmap areas, as the kernel offers a
+//! BAR's pages outside its MSI-X table (`vfio_pci_ioctl_get_region_info`). The core clips
+//! accesses at the BAR end and keeps an MSI-X table and a variant's read-only registers out of it
+//! (see `pci::core`); variants put device-specific registers on top (`nvgrace::readiness`).
 
-use std::collections::HashMap;
+use std::os::fd::BorrowedFd;
 
-const PAGE: u64 = 4096;
+use nix::fcntl::{fallocate, FallocateFlags};
+use tracing::warn;
 
-/// A sparse register file of a fixed size.
+use crate::backing::Memory;
+use crate::config::Backing;
+use crate::error::DeviceError;
+
+/// A register file of a fixed size on a sparse memfd.
 #[derive(Debug)]
 pub struct RegFile {
-    pages: HashMap<u64, Box<[u8; PAGE as usize]>>,
+    memory: Memory,
     size: u64,
 }
 
 impl RegFile {
     /// An all-zero register file of `size` bytes (nothing is allocated until written).
-    pub fn new(size: u64) -> Self {
-        Self {
-            pages: HashMap::new(),
+    pub fn new(size: u64) -> Result<Self, DeviceError> {
+        Ok(Self {
+            memory: Memory::new(&Backing::Memfd, size)?,
             size,
-        }
+        })
     }
 
     /// Its size in bytes (the BAR size).
@@ -28,42 +36,48 @@ impl RegFile {
         self.size
     }
 
-    /// Back to all zero (device reset).
-    pub fn reset(&mut self) {
-        self.pages.clear();
+    /// The memfd a client maps.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.memory.fd()
     }
 
-    /// Reads 1, 2, 4 or 8 bytes at `offset`; `None` for other sizes or an access that does not
-    /// fit entirely below the size.
-    pub fn read(&self, offset: u64, buf: &mut [u8]) -> Option<usize> {
-        let end = self.check(offset, buf.len())?;
-        for (o, out) in (offset..end).zip(buf.iter_mut()) {
-            *out = self
-                .pages
-                .get(&(o / PAGE))
-                .map_or(0, |p| p[(o % PAGE) as usize]);
+    /// Back to all zero (device reset): the pages are given back (a hole punched over the
+    /// whole file), which a client's mapping sees at once.
+    pub fn reset(&mut self) {
+        let Ok(len) = i64::try_from(self.size) else {
+            return;
+        };
+        let punch = FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE;
+        if let Err(e) = fallocate(self.memory.fd(), punch, 0, len) {
+            // Only a kernel without hole punching on shmem gets here; zero what was written.
+            warn!("cannot punch the register file: {e}; writing zeros");
+            let zeros = vec![0u8; 1 << 16];
+            let mut at = 0;
+            while at < self.size {
+                let n = (self.size - at).min(zeros.len() as u64) as usize;
+                let _ = self.memory.write(at, &zeros[..n]);
+                at += n as u64;
+            }
         }
+    }
+
+    /// Reads `buf.len()` bytes at `offset`; `None` for an access that does not fit entirely
+    /// below the size.
+    pub fn read(&self, offset: u64, buf: &mut [u8]) -> Option<usize> {
+        self.check(offset, buf.len())?;
+        self.memory.read(offset, buf).ok()?;
         Some(buf.len())
     }
 
-    /// Writes 1, 2, 4 or 8 bytes at `offset`; `None` as for [`RegFile::read`].
+    /// Writes `data` at `offset`; `None` as for [`RegFile::read`].
     pub fn write(&mut self, offset: u64, data: &[u8]) -> Option<usize> {
-        let end = self.check(offset, data.len())?;
-        for (o, b) in (offset..end).zip(data.iter()) {
-            let page = self
-                .pages
-                .entry(o / PAGE)
-                .or_insert_with(|| Box::new([0; PAGE as usize]));
-            page[(o % PAGE) as usize] = *b;
-        }
+        self.check(offset, data.len())?;
+        self.memory.write(offset, data).ok()?;
         Some(data.len())
     }
 
-    /// End of a valid access: register-sized and inside the file (no wrapping).
+    /// End of a valid access: inside the file (no wrapping).
     fn check(&self, offset: u64, len: usize) -> Option<u64> {
-        if !matches!(len, 1 | 2 | 4 | 8) {
-            return None;
-        }
         let end = offset.checked_add(len as u64)?;
         (end <= self.size).then_some(end)
     }
@@ -71,11 +85,12 @@ impl RegFile {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]
     fn keeps_writes_and_reads_unwritten_as_zero() {
-        let mut r = RegFile::new(1 << 20);
+        let mut r = RegFile::new(1 << 20).unwrap();
         assert_eq!(r.write(0x1234, &[1, 2, 3, 4]), Some(4));
         let mut b = [0xaa; 8];
         assert_eq!(r.read(0x1230, &mut b), Some(8));
@@ -86,10 +101,10 @@ mod tests {
     }
 
     #[test]
-    fn refuses_odd_sizes_straddling_and_wrapping_accesses() {
-        let mut r = RegFile::new(4096);
+    fn takes_any_length_and_refuses_straddling_and_wrapping_accesses() {
+        let mut r = RegFile::new(4096).unwrap();
         let mut b = [0u8; 8];
-        assert_eq!(r.read(0, &mut b[..3]), None);
+        assert_eq!(r.read(0, &mut b[..3]), Some(3));
         assert_eq!(r.read(4094, &mut b[..4]), None);
         assert_eq!(r.write(u64::MAX - 1, &[0; 4]), None);
         assert_eq!(r.read(4092, &mut b[..4]), Some(4));

@@ -90,48 +90,216 @@ const FLAG_READ: u32 = 1;
 const FLAG_WRITE: u32 = 2;
 const FLAG_MMAP: u32 = 4;
 
+/// A rule's result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    Pass,
+    Fail,
+    Skip,
+}
+
+impl Verdict {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Pass => "PASS",
+            Self::Fail => "FAIL",
+            Self::Skip => "SKIP",
+        }
+    }
+}
+
 /// One rule's outcome.
 struct Outcome {
     rule: String,
-    result: Result<String, String>,
+    verdict: Verdict,
+    detail: String,
 }
 
-/// Runs the checks against the server at `--socket`.
-pub fn run(args: &CheckArgs) -> Result<ExitCode> {
-    let (name, mut target): (String, Box<dyn Target>) = match (&args.vfio_device, &args.socket) {
-        (Some(bdf), _) => (
-            format!("{bdf} (kernel VFIO)"),
-            Box::new(kernel::KernelTarget::open(bdf)?),
-        ),
-        (None, Some(socket)) => {
-            let client = Client::connect(socket)
-                .with_context(|| format!("cannot connect to {}", socket.display()))?;
-            (
-                socket.display().to_string(),
-                Box::new(ClientTarget { client }),
-            )
-        }
-        (None, None) => anyhow::bail!("give --socket or --vfio-device"),
-    };
-    let mut out = std::io::stdout().lock();
-    writeln!(
-        out,
-        "checking {name} against the rules of Linux {}",
-        args.linux
-    )?;
-    let outcomes = check_all(target.as_mut(), args.ready_timeout, args.linux);
-    let failed = outcomes.iter().filter(|o| o.result.is_err()).count();
-    for o in &outcomes {
-        match &o.result {
-            Ok(detail) => writeln!(out, "PASS  {:<60} {detail}", o.rule)?,
-            Err(why) => writeln!(out, "FAIL  {:<60} {why}", o.rule)?,
+impl Outcome {
+    /// A rule's `Ok` is a PASS, unless its detail says it was skipped (`skipped: why`).
+    fn new(rule: &str, result: Result<String, String>) -> Self {
+        let (verdict, detail) = match result {
+            Ok(d) => match d.strip_prefix(SKIPPED) {
+                Some(why) => (Verdict::Skip, why.to_string()),
+                None => (Verdict::Pass, d),
+            },
+            Err(d) => (Verdict::Fail, d),
+        };
+        Self {
+            rule: rule.to_string(),
+            verdict,
+            detail,
         }
     }
-    writeln!(out, "{} passed, {} failed", outcomes.len() - failed, failed)?;
+
+    fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "name": self.rule,
+            "result": self.verdict.label(),
+            "detail": self.detail,
+            "cites": cites(&self.rule),
+        })
+    }
+}
+
+/// How a rule's detail starts when the rule could not be attempted.
+const SKIPPED: &str = "skipped: ";
+
+/// The Linux functions a rule's text names: the identifiers in its parentheses that look like
+/// kernel functions (`nvgrace_gpu_ioctl`, `vfio_pci_bar_rw`).
+fn cites(rule: &str) -> Vec<&str> {
+    rule.split('(')
+        .skip(1)
+        .filter_map(|group| group.split(')').next())
+        .flat_map(|group| group.split([',', ' ']))
+        .filter(|w| {
+            w.contains('_')
+                && w.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        })
+        .collect()
+}
+
+/// What the whole run found: the rules, and which Linux versions the server's behaviour fits.
+struct Report {
+    outcomes: Vec<Outcome>,
+    /// The versions whose rules the server's version-dependent answers match, when any of its
+    /// answers differ between versions (Blackwell's layout, the first access after a reset);
+    /// `None` when nothing it did tells the versions apart.
+    fits: Option<Vec<LinuxVersion>>,
+}
+
+impl Report {
+    fn count(&self, v: Verdict) -> usize {
+        self.outcomes.iter().filter(|o| o.verdict == v).count()
+    }
+
+    /// One line when the server behaves as another version than the one checked.
+    fn version_note(&self, linux: LinuxVersion) -> Option<String> {
+        let fits = self.fits.as_ref()?;
+        if fits.is_empty() || fits.contains(&linux) {
+            return None;
+        }
+        let names: Vec<String> = fits.iter().map(ToString::to_string).collect();
+        Some(format!(
+            "the server behaves as nvgrace-gpu-vfio-pci of Linux {}, not {linux}: check with \
+             --linux {} (it must match the server's --linux)",
+            names.join(" or "),
+            names.last().map_or("", String::as_str)
+        ))
+    }
+}
+
+/// Runs the checks against the server at `--socket`: 0 when every rule passed (or was
+/// skipped), 1 when one failed; an error (no server, no answer) is 1 too, from `main`.
+pub fn run(args: &CheckArgs) -> Result<ExitCode> {
+    // A vfio-user server at --socket, or a device under kernel VFIO (--vfio-device: the real
+    // driver, on a Grace host or in the oracle's L1 guest).
+    let (name, caps, mut target): (String, Option<vfu::wire::Caps>, Box<dyn Target>) =
+        match (&args.vfio_device, &args.socket) {
+            (Some(bdf), _) => (
+                format!("{bdf} (kernel VFIO)"),
+                None,
+                Box::new(kernel::KernelTarget::open(bdf)?),
+            ),
+            (None, Some(socket)) => {
+                let client = connect(args, socket)?;
+                let caps = client.caps();
+                (
+                    socket.display().to_string(),
+                    Some(caps),
+                    Box::new(ClientTarget { client }),
+                )
+            }
+            (None, None) => anyhow::bail!("give --socket or --vfio-device"),
+        };
+    let mut out = crate::out::stdout();
+    if !args.json {
+        writeln!(
+            out,
+            "checking {name} against the rules of Linux {}",
+            args.linux
+        )?;
+        out.flush()?;
+    }
+    let report = check_all(target.as_mut(), args.ready_timeout, args.linux);
+    let (passed, failed, skipped) = (
+        report.count(Verdict::Pass),
+        report.count(Verdict::Fail),
+        report.count(Verdict::Skip),
+    );
+    let note = report.version_note(args.linux);
+    if args.json {
+        let doc = serde_json::json!({
+            "socket": args.socket,
+            "vfio_device": args.vfio_device,
+            "linux": args.linux.to_string(),
+            "rules": report.outcomes.iter().map(Outcome::json).collect::<Vec<_>>(),
+            "summary": { "passed": passed, "failed": failed, "skipped": skipped,
+                         "total": report.outcomes.len() },
+            "server": {
+                "linux": report.fits.as_ref().map(|v| v.iter().map(ToString::to_string).collect::<Vec<_>>()),
+                "max_data_xfer_size": caps.map(|c| c.max_data_xfer_size),
+                "max_msg_fds": caps.map(|c| c.max_msg_fds),
+            },
+            "notes": note.iter().collect::<Vec<_>>(),
+        });
+        writeln!(out, "{doc:#}")?;
+    } else {
+        for o in &report.outcomes {
+            writeln!(out, "{}  {:<60} {}", o.verdict.label(), o.rule, o.detail)?;
+        }
+        if let Some(note) = &note {
+            writeln!(out, "note: {note}")?;
+        }
+        writeln!(out, "{passed} passed, {failed} failed, {skipped} skipped")?;
+    }
     Ok(if failed == 0 {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    })
+}
+
+/// Connects and negotiates, waiting at most `--timeout` for each answer (a peer that is not a
+/// vfio-user server, such as a control socket, never answers VERSION); later requests may also
+/// take the `--ready-timeout` a 6.19+ server spends waiting for readiness inside one.
+fn connect(args: &CheckArgs, socket: &std::path::Path) -> Result<Client> {
+    let name = socket.display();
+    let stream = std::os::unix::net::UnixStream::connect(socket)
+        .with_context(|| format!("cannot connect to {name}"))?;
+    stream
+        .set_read_timeout(Some(args.timeout))
+        .and_then(|()| stream.set_write_timeout(Some(args.timeout)))
+        .with_context(|| format!("cannot set a timeout on {name}"))?;
+    let client = Client::from_stream(stream).map_err(|e| {
+        let e = anyhow::Error::new(e);
+        if timed_out(&e) {
+            anyhow::anyhow!(
+                "{name} did not answer VERSION within {} (is it a vfio-user server?)",
+                humantime::format_duration(args.timeout)
+            )
+        } else {
+            e.context(format!("cannot negotiate with {name}"))
+        }
+    })?;
+    let per_request = args.timeout.saturating_add(args.ready_timeout);
+    client
+        .stream()
+        .set_read_timeout(Some(per_request))
+        .with_context(|| format!("cannot set a timeout on {name}"))?;
+    Ok(client)
+}
+
+/// Whether `e` is a socket timeout.
+fn timed_out(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>().is_some_and(|io| {
+            matches!(
+                io.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            )
+        })
     })
 }
 
@@ -151,20 +319,38 @@ impl Regions {
 }
 
 /// Runs every rule; a rule that cannot even be attempted is a FAIL, never an abort.
-fn check_all(t: &mut dyn Target, ready_timeout: Duration, linux: LinuxVersion) -> Vec<Outcome> {
+/// With memory decode off every BAR access answers EIO: the rules that access a BAR are
+/// skipped (the decode rule already failed, once, naming the cause).
+fn unless_off(
+    decode_off: bool,
+    rule: impl FnOnce() -> Result<String, String>,
+) -> Result<String, String> {
+    if decode_off {
+        Ok(format!("{SKIPPED}memory decode is off"))
+    } else {
+        rule()
+    }
+}
+
+fn check_all(t: &mut dyn Target, ready_timeout: Duration, linux: LinuxVersion) -> Report {
     let mut out = Vec::new();
     let mut push = |rule: &str, result: Result<String, String>| {
-        out.push(Outcome {
-            rule: rule.to_string(),
-            result,
-        });
+        out.push(Outcome::new(rule, result));
     };
 
     push("identity: vendor 0x10de, known device id", identity(t));
     push("identity: class 3D controller (0x0302)", class_code(t));
-    let ready = readiness(t, ready_timeout);
+    let (decode, decode_off) = memory_decode(t);
+    push(
+        "config: memory decode on (while off, vfio_pci_bar_rw answers EIO)",
+        decode,
+    );
+    let ready = unless_off(decode_off, || readiness(t, ready_timeout));
     let never_ready = ready.is_err();
-    push("bar0: readiness registers read 0xff", ready);
+    push(
+        "bar0: readiness registers read 0xff (nvgrace_gpu_wait_device_ready)",
+        ready,
+    );
     push("region 0: BAR0 is 16 MiB", bar0_size(t));
     let blackwell = config_read32(t, 0)
         .map(|id| BLACKWELL_DEVICE_IDS.contains(&((id >> 16) as u16)))
@@ -218,27 +404,31 @@ fn check_all(t: &mut dyn Target, ready_timeout: Duration, linux: LinuxVersion) -
         );
         push(
             &format!("region {index}: mmap of the fd is coherent"),
-            mmap_coherent(t, *index, info),
+            unless_off(decode_off, || mmap_coherent(t, *index, info)),
         );
         push(
             &format!("region {index}: memory reads back writes"),
-            memory_rw(t, *index, memlength),
+            unless_off(decode_off, || memory_rw(t, *index, memlength)),
         );
         push(
             &format!("region {index}: reads past memory are all ones"),
-            past_memory_read(t, *index, memlength, info.size),
+            unless_off(decode_off, || {
+                past_memory_read(t, *index, memlength, info.size)
+            }),
         );
         push(
             &format!("region {index}: writes past memory are dropped"),
-            past_memory_write(t, *index, memlength, info.size),
+            unless_off(decode_off, || {
+                past_memory_write(t, *index, memlength, info.size)
+            }),
         );
         push(
             &format!("region {index}: access clipped at BAR end"),
-            clipped(t, *index, info.size),
+            unless_off(decode_off, || clipped(t, *index, info.size)),
         );
         push(
             &format!("region {index}: offset at BAR end is EINVAL"),
-            at_end_einval(t, *index, info.size),
+            unless_off(decode_off, || at_end_einval(t, *index, info.size)),
         );
         push(
             &format!("BAR{bar}: sizing probe returns the size mask"),
@@ -253,19 +443,19 @@ fn check_all(t: &mut dyn Target, ready_timeout: Duration, linux: LinuxVersion) -
         );
         push(
             "region 2 (BAR1): the whole BAR maps through its fd",
-            bar1_mmap(t, info),
+            unless_off(decode_off, || bar1_mmap(t, info)),
         );
         push(
             "region 2 (BAR1): memory to its end (no all-ones tail)",
-            memory_rw(t, index, info.size),
+            unless_off(decode_off, || memory_rw(t, index, info.size)),
         );
         push(
             "region 2 (BAR1): access clipped at BAR end",
-            clipped(t, index, info.size),
+            unless_off(decode_off, || clipped(t, index, info.size)),
         );
         push(
             "region 2 (BAR1): offset at BAR end is EINVAL",
-            at_end_einval(t, index, info.size),
+            unless_off(decode_off, || at_end_einval(t, index, info.size)),
         );
         push(
             "BAR2 (BAR1): sizing probe at 0x18 returns the size mask",
@@ -282,7 +472,7 @@ fn check_all(t: &mut dyn Target, ready_timeout: Duration, linux: LinuxVersion) -
     let probe = regions.memory.iter().map(|(index, _)| *index).max();
     let (rule, checked) = if linux >= LinuxVersion::V6_19 {
         (
-            "reset: first memory access with decode off is EIO (6.19+)",
+            "reset: first memory access with decode off is EIO (6.19+, nvgrace_gpu_check_device_ready)",
             true,
         )
     } else {
@@ -291,14 +481,42 @@ fn check_all(t: &mut dyn Target, ready_timeout: Duration, linux: LinuxVersion) -
             false,
         )
     };
+    let mut first_access_eio = None;
     if never_ready && checked {
         // With decode on, the access would wait for readiness as long as the server polls
         // (30 s upstream) and then fail ETIME: the readiness rule already failed.
-        push(rule, Ok("skipped: the device did not read ready".into()));
+        push(rule, Ok(format!("{SKIPPED}the device did not read ready")));
     } else {
-        push(rule, reset_decode(t, probe, checked));
+        let (result, eio) = reset_decode(t, probe, checked);
+        first_access_eio = eio;
+        push(rule, result);
     }
-    out
+    Report {
+        outcomes: out,
+        fits: fitting_versions(&regions, blackwell, first_access_eio),
+    }
+}
+
+/// The versions whose rules fit what the server did where versions differ: Blackwell's layout
+/// (6.9 against 6.14+) and the first memory access after a reset with decode off (EIO from
+/// 6.19). `None` when the server did nothing that tells versions apart (a Hopper's layout is
+/// the same under all, a core-only device has no reset access).
+fn fitting_versions(
+    regions: &Regions,
+    blackwell: bool,
+    first_access_eio: Option<bool>,
+) -> Option<Vec<LinuxVersion>> {
+    let by_layout = (blackwell && !regions.memory.is_empty()).then_some(());
+    if by_layout.is_none() && first_access_eio.is_none() {
+        return None;
+    }
+    Some(
+        LinuxVersion::ALL
+            .into_iter()
+            .filter(|v| by_layout.is_none() || layout(regions, true, *v).1.is_ok())
+            .filter(|v| first_access_eio.is_none_or(|eio| eio == (*v >= LinuxVersion::V6_19)))
+            .collect(),
+    )
 }
 
 /// A device without memory regions is a plain vfio-pci function (all versions): config space,
@@ -468,6 +686,43 @@ mod tests {
     }
 
     #[test]
+    fn rules_cite_the_kernel_functions_their_text_names() {
+        assert_eq!(
+            cites("reset: emulated BARs read 0 (nvgrace_gpu_ioctl, vfio_pci_ioctl_reset)"),
+            ["nvgrace_gpu_ioctl", "vfio_pci_ioctl_reset"]
+        );
+        assert!(cites("reset: first memory access is not checked (before 6.19)").is_empty());
+        assert!(cites("region 2 (BAR1): access clipped at BAR end").is_empty());
+    }
+
+    #[test]
+    fn server_version_is_told_by_the_rules_that_differ() {
+        use LinuxVersion::*;
+        // A Hopper's layout is the same under every version: only the reset access tells.
+        assert_eq!(fitting_versions(&hopper_split(), false, None), None);
+        assert_eq!(
+            fitting_versions(&hopper_split(), false, Some(true)),
+            Some(vec![V6_19, V7_2])
+        );
+        assert_eq!(
+            fitting_versions(&blackwell_bar1(), true, Some(false)),
+            Some(vec![V6_14])
+        );
+        assert_eq!(
+            fitting_versions(&hopper_split(), true, None),
+            Some(vec![V6_9])
+        );
+        let report = Report {
+            outcomes: Vec::new(),
+            fits: Some(vec![V6_14]),
+        };
+        let note = report.version_note(V7_2).unwrap();
+        assert!(note.contains("Linux 6.14, not 7.2"), "{note}");
+        assert!(note.contains("--linux 6.14"), "{note}");
+        assert_eq!(report.version_note(V6_14), None);
+    }
+
+    #[test]
     fn core_only_blackwell_needs_its_bar1() {
         let bar1 = Regions {
             memory: Vec::new(),
@@ -512,13 +767,15 @@ mod tests {
             command: 0x0406,
             resets: 0,
         };
-        assert!(reset_decode(&mut t, Some(4), false).is_ok());
-        let err = reset_decode(&mut t, Some(4), true).unwrap_err();
+        assert_eq!(reset_decode(&mut t, Some(4), false).1, Some(false));
+        assert!(reset_decode(&mut t, Some(4), false).0.is_ok());
+        let err = reset_decode(&mut t, Some(4), true).0.unwrap_err();
         assert!(err.contains("expected EIO"), "{err}");
-        assert_eq!((t.command, t.resets), (0x0406, 2));
+        assert_eq!((t.command, t.resets), (0x0406, 3));
         assert!(reset_decode(&mut t, None, true)
+            .0
             .unwrap()
-            .starts_with("skipped"));
-        assert_eq!(t.resets, 2);
+            .starts_with(SKIPPED));
+        assert_eq!(t.resets, 3);
     }
 }

@@ -333,20 +333,26 @@ pub(super) fn config_write16(t: &mut dyn Target, offset: u64, value: u16) -> Res
 /// first REGION_READ of memory region `index` must be EIO when `checked`, succeed otherwise;
 /// with decode on the read succeeds (and clears the check, so the device is left usable).
 /// COMMAND must survive the reset, and is restored at the end whatever happened.
+/// Also says what the first access did (`Some(true)`: EIO, `Some(false)`: it succeeded), which
+/// tells a 6.19+ server from an older one.
 pub(super) fn reset_decode(
     t: &mut dyn Target,
     index: Option<u32>,
     checked: bool,
-) -> Result<String, String> {
+) -> (Result<String, String>, Option<bool>) {
     let Some(index) = index else {
-        return Ok("skipped: a core-only device has no memory region".into());
+        return (
+            Ok(format!("{SKIPPED}a core-only device has no memory region")),
+            None,
+        );
     };
-    let command = config_read16(t, COMMAND_OFFSET)?;
-    let result = reset_decode_steps(t, index, command, checked);
+    let command = match config_read16(t, COMMAND_OFFSET) {
+        Ok(c) => c,
+        Err(e) => return (Err(e), None),
+    };
+    let (result, eio) = reset_decode_steps(t, index, command, checked);
     let restored = config_write16(t, COMMAND_OFFSET, command);
-    let detail = result?;
-    restored?;
-    Ok(detail)
+    (result.and_then(|detail| restored.map(|()| detail)), eio)
 }
 
 pub(super) fn reset_decode_steps(
@@ -354,43 +360,72 @@ pub(super) fn reset_decode_steps(
     index: u32,
     command: u16,
     checked: bool,
-) -> Result<String, String> {
+) -> (Result<String, String>, Option<bool>) {
     let off = command & !MEMORY_SPACE_ENABLE;
-    config_write16(t, COMMAND_OFFSET, off)?;
-    t.reset().map_err(|e| format!("reset: {e:#}"))?;
-    let kept = config_read16(t, COMMAND_OFFSET)?;
-    let first = t.read(index, 0, 4);
-    // Decode on, then a read that must succeed under every version (it also ends the check).
-    config_write16(t, COMMAND_OFFSET, command | MEMORY_SPACE_ENABLE)?;
-    let second = t.read(index, 0, 4);
-    if kept != off {
-        return Err(format!(
-            "COMMAND {off:#06x} reads {kept:#06x} after the reset (it must survive it)"
-        ));
-    }
-    match (checked, first) {
-        (true, Err(CheckError::Errno(Errno::EIO))) => {}
-        (true, Err(e)) => return Err(format!("decode off: expected EIO, got {e}")),
-        (true, Ok(_)) => {
-            return Err("decode off: the read succeeded, expected EIO (6.19+)".into());
-        }
-        (false, Err(e)) => {
+    let mut first = None;
+    let result = (|| {
+        config_write16(t, COMMAND_OFFSET, off)?;
+        t.reset().map_err(|e| format!("reset: {e:#}"))?;
+        let kept = config_read16(t, COMMAND_OFFSET)?;
+        let read = t.read(index, 0, 4);
+        first = match &read {
+            Err(CheckError::Errno(Errno::EIO)) => Some(true),
+            Ok(_) => Some(false),
+            Err(_) => None,
+        };
+        // Decode on, then a read that must succeed under every version (it also ends the check).
+        config_write16(t, COMMAND_OFFSET, command | MEMORY_SPACE_ENABLE)?;
+        let second = t.read(index, 0, 4);
+        if kept != off {
             return Err(format!(
-                "decode off: {e}; before 6.19 the access after a reset is not checked"
+                "COMMAND {off:#06x} reads {kept:#06x} after the reset (it must survive it)"
             ));
         }
-        (false, Ok(_)) => {}
-    }
-    match second {
-        Ok(_) => Ok(format!(
-            "region {index}: {}, then with decode on the read succeeds",
-            if checked {
-                "EIO with decode off"
-            } else {
-                "decode off reads"
+        match (checked, read) {
+            (true, Err(CheckError::Errno(Errno::EIO))) => {}
+            (true, Err(e)) => return Err(format!("decode off: expected EIO, got {e}")),
+            (true, Ok(_)) => {
+                return Err("decode off: the read succeeded, expected EIO (6.19+)".into());
             }
-        )),
-        Err(e) => Err(format!("decode on: the read failed: {e}")),
+            (false, Err(e)) => {
+                return Err(format!(
+                    "decode off: {e}; before 6.19 the access after a reset is not checked"
+                ));
+            }
+            (false, Ok(_)) => {}
+        }
+        match second {
+            Ok(_) => Ok(format!(
+                "region {index}: {}, then with decode on the read succeeds",
+                if checked {
+                    "EIO with decode off"
+                } else {
+                    "decode off reads"
+                }
+            )),
+            Err(e) => Err(format!("decode on: the read failed: {e}")),
+        }
+    })();
+    (result, first)
+}
+
+/// Memory decode (COMMAND bit 1) must be on for any BAR access to answer: with it off
+/// `vfio_pci_bar_rw` answers EIO. Off here means a reset left it off or this client's own
+/// session turned it off (a server opens the device for each client with decode on). The
+/// checker reports it and does not turn it on: it must not hide the device's state.
+/// Returns the rule's result and whether decode is off.
+pub(super) fn memory_decode(t: &mut dyn Target) -> (Result<String, String>, bool) {
+    match config_read16(t, COMMAND_OFFSET) {
+        Ok(c) if c & MEMORY_SPACE_ENABLE != 0 => (Ok(format!("COMMAND {c:#06x}")), false),
+        Ok(c) => (
+            Err(format!(
+                "COMMAND {c:#06x}: memory decode is off (after a reset, or turned off by this \
+                 client), so every BAR access answers EIO; the readiness and memory rules are \
+                 skipped"
+            )),
+            true,
+        ),
+        Err(e) => (Err(e), false),
     }
 }
 

@@ -161,17 +161,25 @@ pub struct Plane {
     pub started: Instant,
     /// Who may connect (None: anyone the socket's 0600 mode lets in).
     pub allow_uids: Option<Vec<u32>>,
+    /// A connection that sends no request this long is closed (followers excepted).
+    pub idle_timeout: Duration,
     connections: AtomicUsize,
 }
 
 impl Plane {
     /// A plane over `devices`.
-    pub fn new(devices: Vec<Managed>, events: Arc<EventBus>, allow_uids: Option<Vec<u32>>) -> Self {
+    pub fn new(
+        devices: Vec<Managed>,
+        events: Arc<EventBus>,
+        allow_uids: Option<Vec<u32>>,
+        idle_timeout: Duration,
+    ) -> Self {
         Self {
             devices,
             events,
             started: Instant::now(),
             allow_uids,
+            idle_timeout,
             connections: AtomicUsize::new(0),
         }
     }

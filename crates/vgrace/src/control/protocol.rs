@@ -17,9 +17,9 @@
 //!
 //! | op | fields | answer |
 //! |---|---|---|
-//! | `status` | | `pid`, `uptime_s`, `devices`: id, socket, profile, device_id, linux, mem_size, backing, readiness, faults, client {pid, uid, since}, uptime_s |
+//! | `status` | | `pid`, `uptime_s`, `log_lines_dropped`, `devices`: id, socket, profile, device_id, linux, mem_size, backing, readiness, faults, client {pid, uid, since}, uptime_s |
 //! | `stats` | | `devices`: id, clients_served/refused/dropped, resets, commands [{cmd, count, errors {ERRNO: n}, bytes_in, bytes_out}], last_error |
-//! | `fault` | `fault`, `clear`, `ms`, `count`, `region`, `offset` | `faults`: what is in force now |
+//! | `fault` | `fault`, `clear`, `quiet` (link-down without the error interrupt), `ms`, `count`, `region`, `offset` | `faults`: what is in force now; `error_interrupt` for link-down |
 //! | `peek` | `region`, `offset`, `count` (at most 1 MiB) | `data`, `count` |
 //! | `poke` | `region`, `offset`, `data` (at most 1 MiB) | `written` |
 //! | `reset` | | |
@@ -61,6 +61,10 @@ pub struct Request {
     /// `fault`: clear it instead of applying it.
     #[serde(default)]
     pub clear: bool,
+    /// `fault link-down`: leave the client's error interrupt quiet (by default the link going
+    /// down is reported as the fatal PCIe error it is; QEMU stops the guest on it).
+    #[serde(default)]
+    pub quiet: bool,
     /// `fault`: milliseconds.
     #[serde(default)]
     pub ms: Option<u64>,
@@ -92,12 +96,17 @@ impl<T: std::fmt::Display> From<T> for Failure {
 }
 
 /// Parses one line; the id is returned even when the rest is wrong, so the error echoes it.
+/// A key given twice is refused (serde_json would silently keep the last: `{"op":"status",
+/// "op":"reset"}` would reset).
 pub fn parse(line: &[u8]) -> (Option<Value>, Result<Request, Failure>) {
     let value: Value = match serde_json::from_slice(line) {
         Ok(v) => v,
         Err(e) => return (None, Err(Failure(format!("not a JSON object: {e}")))),
     };
     let id = value.get("id").cloned();
+    if let Err(e) = serde_json::from_slice::<UniqueKeys>(line) {
+        return (id, Err(Failure(format!("bad request: {e}"))));
+    }
     let request = match serde_json::from_value::<Request>(value) {
         Ok(r) if r.v != VERSION => Err(Failure(format!(
             "protocol version {} is not spoken here (version {VERSION} is)",
@@ -107,6 +116,60 @@ pub fn parse(line: &[u8]) -> (Option<Value>, Result<Request, Failure>) {
         Err(e) => Err(Failure(format!("bad request: {e}"))),
     };
     (id, request)
+}
+
+/// Deserializes any JSON value, failing on an object that names a key twice (at any depth).
+struct UniqueKeys;
+
+impl<'de> serde::Deserialize<'de> for UniqueKeys {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(UniqueKeysVisitor)
+    }
+}
+
+struct UniqueKeysVisitor;
+
+impl<'de> serde::de::Visitor<'de> for UniqueKeysVisitor {
+    type Value = UniqueKeys;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<UniqueKeys, A::Error> {
+        let mut seen = std::collections::HashSet::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if !seen.insert(key.clone()) {
+                return Err(serde::de::Error::custom(format!("duplicate key {key:?}")));
+            }
+            map.next_value::<UniqueKeys>()?;
+        }
+        Ok(UniqueKeys)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<UniqueKeys, A::Error> {
+        while seq.next_element::<UniqueKeys>()?.is_some() {}
+        Ok(UniqueKeys)
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+    fn visit_unit<E>(self) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
 }
 
 /// A success response with the fields of `body` (an object).
@@ -173,6 +236,17 @@ mod tests {
         let (id, r) = parse(br#"{"v":1,"id":"x","op":"status","bogus":1}"#);
         assert_eq!(id, Some(json!("x")));
         assert!(r.unwrap_err().0.contains("unknown field"));
+    }
+
+    #[test]
+    fn a_key_given_twice_is_refused_at_any_depth() {
+        let (_, r) = parse(br#"{"v":1,"op":"status","op":"reset"}"#);
+        assert!(r.unwrap_err().0.contains("duplicate key \"op\""));
+        let (id, r) = parse(br#"{"v":1,"id":{"a":1,"a":2},"op":"status"}"#);
+        assert!(id.is_some());
+        assert!(r.unwrap_err().0.contains("duplicate key \"a\""));
+        let (_, r) = parse(br#"{"v":1,"op":"status","id":[{"k":1},{"k":2}]}"#);
+        assert!(r.is_ok());
     }
 
     #[test]

@@ -115,6 +115,7 @@ fn status(plane: &Plane, r: &Request) -> Result<Value, Failure> {
     Ok(json!({
         "pid": std::process::id(),
         "uptime_s": plane.started.elapsed().as_secs(),
+        "log_lines_dropped": crate::logging::dropped(),
         "devices": devices,
     }))
 }
@@ -184,7 +185,16 @@ fn fault(m: &Managed, r: &Request) -> Result<Value, Failure> {
     let on = !r.clear;
     let mut extra = json!({});
     match name {
-        "link-down" => m.live.set_link_down(on),
+        "link-down" => {
+            m.live.set_link_down(on);
+            if on && !r.quiet {
+                // The link going down is a fatal PCIe error: the kernel signals the client's
+                // error eventfd (`vfio_pci_core_aer_err_detected`). A device a client request
+                // holds is not waited for: the fault itself is set either way.
+                let signalled = m.lock_device().is_some_and(|mut d| d.report_error());
+                extra = json!({ "error_interrupt": signalled });
+            }
+        }
         "hbm-lost" => m.live.set_hbm_lost(on),
         "never-ready" => m.live.set_never_ready(on),
         "ready-delay" if on => m.live.set_next_reset_delay(Some(delay(r, name)?)),
@@ -195,7 +205,7 @@ fn fault(m: &Managed, r: &Request) -> Result<Value, Failure> {
                 need(r.offset, "offset", name)?,
             );
             check_poison(m, region, offset)?;
-            m.live.poison(region, offset);
+            m.live.poison(region, offset)?;
         }
         "poison" => {
             let at = r.region.zip(r.offset);

@@ -12,11 +12,12 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use serde_json::{json, Value};
 
-use crate::cli::{parse_duration, parse_u64};
 use crate::control::protocol::{to_hex, MAX_BYTES, VERSION};
+use crate::units::{parse_duration, parse_u64};
 
 /// `vgrace ctl`.
 #[derive(Debug, Args)]
+#[command(after_help = crate::out::EXIT_CODES)]
 pub struct CtlArgs {
     /// The control socket (`vgrace serve --control PATH`); default: $VGRACE_CONTROL.
     #[arg(long, env = "VGRACE_CONTROL")]
@@ -76,6 +77,10 @@ pub enum Verb {
         /// Clear the fault instead of applying it.
         #[arg(long)]
         clear: bool,
+        /// link-down: do not signal the client's error interrupt (a real link going down is a
+        /// fatal PCIe error, reported to the client; QEMU stops the guest on it).
+        #[arg(long)]
+        quiet: bool,
         /// ready-delay / delay-replies: how long, e.g. 6s or 250ms.
         #[arg(long, value_parser = parse_duration)]
         delay: Option<Duration>,
@@ -157,6 +162,33 @@ pub fn parse_region(s: &str) -> Result<u32, String> {
     }
 }
 
+/// The request fields `ctl` fills from its flags, those flags, and the unit of the field's
+/// value: the control plane's errors name the JSON fields (`"ms"`), which a `ctl` user never
+/// typed.
+const FIELD_FLAGS: [(&str, &str, &str); 5] = [
+    ("ms", "--delay", "ms"),
+    ("count", "--count", ""),
+    ("region", "--region", ""),
+    ("offset", "--offset", ""),
+    ("device", "--device", ""),
+];
+
+/// `message` with the quoted request fields (`needs "ms"`) and a leading field value
+/// (`ms 90000000: at most ...`) named by their `ctl` flags (`--delay 90000000ms: ...`).
+fn flag_names(message: &str) -> String {
+    let mut out = message.to_string();
+    for (field, flag, unit) in FIELD_FLAGS {
+        out = out.replace(&format!("\"{field}\""), flag);
+        if let Some(rest) = out.strip_prefix(&format!("{field} ")) {
+            out = match rest.split_once(':') {
+                Some((value, tail)) => format!("{flag} {value}{unit}:{tail}"),
+                None => format!("{flag} {rest}"),
+            };
+        }
+    }
+    out
+}
+
 /// A connection to the control socket.
 pub struct Control {
     stream: BufReader<UnixStream>,
@@ -188,18 +220,27 @@ impl Control {
             let message = response["error"]["message"]
                 .as_str()
                 .unwrap_or("the server answered without a message");
-            bail!("{message}");
+            bail!("{}", flag_names(message));
         }
         Ok(response)
     }
 
+    /// Sends one request line. A server that refused the connection (too many connections,
+    /// uid not allowed) wrote why and hung up: its message is the error, not the EPIPE.
     fn send(&mut self, request: &Value) -> Result<()> {
         let mut line = request.to_string();
         line.push('\n');
-        self.stream
-            .get_mut()
-            .write_all(line.as_bytes())
-            .context("control socket: cannot send")
+        let sent = self.stream.get_mut().write_all(line.as_bytes());
+        if let Err(e) = sent {
+            if let Ok(answer) = self.read() {
+                if let Some(message) = answer["error"]["message"].as_str() {
+                    bail!("the control socket refused the request: {message}");
+                }
+            }
+            return Err(anyhow::Error::new(e)
+                .context("control socket: the request was not sent (the server hung up)"));
+        }
+        Ok(())
     }
 
     /// Reads one line and parses it.
@@ -218,7 +259,7 @@ pub fn run(args: &CtlArgs) -> Result<()> {
     let json_out = args.json;
     // Flushed per response: `events --follow` and `stats --watch` feed pipes as they go.
     let print = |v: &Value, human: &dyn Fn(&Value) -> String| -> Result<()> {
-        let mut out = std::io::stdout().lock();
+        let mut out = crate::out::stdout();
         if json_out {
             writeln!(out, "{v}")?;
         } else {
@@ -252,6 +293,7 @@ pub fn run(args: &CtlArgs) -> Result<()> {
             target,
             kind,
             clear,
+            quiet,
             delay,
             count,
             region,
@@ -260,8 +302,8 @@ pub fn run(args: &CtlArgs) -> Result<()> {
             let ms = delay.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
             let v = c.call(
                 "fault",
-                json!({ "device": target.device, "fault": kind, "clear": clear, "ms": ms,
-                        "count": count, "region": region, "offset": offset }),
+                json!({ "device": target.device, "fault": kind, "clear": clear, "quiet": quiet,
+                        "ms": ms, "count": count, "region": region, "offset": offset }),
             )?;
             print(&v, &show::faults)?;
         }
@@ -338,7 +380,7 @@ fn peek(
     offset
         .checked_add(count)
         .context("offset + count overflows")?;
-    let mut out = std::io::stdout().lock();
+    let mut out = crate::out::stdout();
     let mut done = 0u64;
     while done < count {
         let n = (count - done).min(MAX_BYTES);
@@ -395,4 +437,30 @@ fn poke_bytes(
         bail!("nothing to write");
     }
     Ok(data)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_errors_name_ctl_flags() {
+        assert_eq!(
+            flag_names("fault ready-delay needs \"ms\""),
+            "fault ready-delay needs --delay"
+        );
+        assert_eq!(
+            flag_names("ms 90000000: at most 86400000 (a day)"),
+            "--delay 90000000ms: at most 86400000 (a day)"
+        );
+        assert_eq!(
+            flag_names("this process serves several devices: name one with \"device\" (a, b)"),
+            "this process serves several devices: name one with --device (a, b)"
+        );
+        // A value the user gave is named by its flag too.
+        assert_eq!(
+            flag_names("offset 0x10 is past region 4's memory"),
+            "--offset 0x10 is past region 4's memory"
+        );
+    }
 }

@@ -4,6 +4,8 @@ use std::fmt::Write;
 
 use serde_json::Value;
 
+use crate::units::human;
+
 fn s(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
@@ -36,16 +38,20 @@ fn fault_list(v: &Value) -> String {
 pub fn status(v: &Value) -> String {
     let mut out = format!("vgrace pid {} up {} s\n", s(&v["pid"]), s(&v["uptime_s"]));
     for d in v["devices"].as_array().into_iter().flatten() {
+        // Sizes as the log line "serving ..." gives them (96 GiB); --json keeps the bytes.
+        let memory = match (d["core_only"].as_str(), d["mem_size"].as_u64()) {
+            (Some(why), _) => format!("a plain vfio-pci function without memory regions ({why})"),
+            (None, Some(size)) => format!("{} of {} memory", human(size), s(&d["backing"])),
+            (None, None) => format!("{} memory", s(&d["backing"])),
+        };
         let _ = writeln!(
             out,
-            "{}  {}  {} 10de:{} as Linux {}, {} bytes of {} memory",
+            "{}  {}  {} 10de:{} as Linux {}, {memory}",
             s(&d["id"]),
             s(&d["socket"]),
             s(&d["profile"]),
             s(&d["device_id"]).trim_start_matches("0x"),
             s(&d["linux"]),
-            s(&d["mem_size"]),
-            s(&d["backing"]),
         );
         let _ = writeln!(out, "  readiness: {}", s(&d["readiness"]));
         let _ = writeln!(out, "  faults:    {}", fault_list(d));
@@ -171,6 +177,27 @@ pub fn hexdump(base: u64, bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn status_prints_sizes_in_binary_units() {
+        let v = serde_json::json!({"pid": 1, "uptime_s": 2, "devices": [
+            {"id": "gpu0", "socket": "/s", "profile": "gh100", "device_id": "0x2342",
+             "linux": "7.2", "mem_size": 103_079_215_104u64, "backing": "memfd",
+             "core_only": null},
+            {"id": "gpu1", "socket": "/t", "profile": "gh100", "device_id": "0x2342",
+             "linux": "7.2", "mem_size": 0, "backing": "memfd", "core_only": "the C2C link is down"}]});
+        let text = status(&v);
+        assert!(
+            text.contains("as Linux 7.2, 96 GiB of memfd memory\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "a plain vfio-pci function without memory regions (the C2C link is down)"
+            ),
+            "{text}"
+        );
+    }
 
     #[test]
     fn hexdump_shows_offsets_hex_and_text() {

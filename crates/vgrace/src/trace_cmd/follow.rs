@@ -1,4 +1,10 @@
 //! `vgrace trace --follow`: lists new lines as the server writes them, across rotations.
+//!
+//! A rotation renames FILE to FILE.1 (FILE.1 to FILE.2, ...) and starts a new FILE. When the
+//! file at the path is no longer the one being read, the old one is read to its end (it is
+//! still open), then every rotated file newer than it, found by device and inode among
+//! FILE.1, FILE.2, ..., oldest first, then the new FILE: several rotations within one poll lose
+//! no file that still exists.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Seek, Write};
@@ -7,8 +13,12 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use vfu::trace::numbered;
 
 use super::summary::Summary;
+
+/// How far the rotated names are searched (FILE.1 .. FILE.MAX_ROTATED).
+const MAX_ROTATED: u32 = 1000;
 
 /// How often the end of the file is polled: the writer itself batches for a few ms, so this
 /// keeps a followed trace within a fraction of a second of the device.
@@ -19,7 +29,7 @@ const POLL: Duration = Duration::from_millis(100);
 pub fn run(path: &Path, out: &mut impl Write) -> Result<()> {
     let mut summary = Summary::default();
     let mut reader = open(path)?;
-    let mut ino = reader.get_ref().metadata()?.ino();
+    let mut ino = identity(reader.get_ref())?;
     let mut partial = Vec::new();
     // Skip the backlog silently: the point is what happens from now on.
     drain(&mut reader, &mut partial, |t| {
@@ -36,13 +46,25 @@ pub fn run(path: &Path, out: &mut impl Write) -> Result<()> {
             continue;
         };
         let pos = reader.stream_position()?;
-        if meta.ino() != ino || meta.len() < pos {
+        let rotated = (meta.dev(), meta.ino()) != ino;
+        if rotated || meta.len() < pos {
             // Lines written to the old file between the last read and the rename.
             list_new(&mut reader, &mut partial, &mut summary, out)?;
+            let newer = if rotated {
+                rotated_after(path, ino)
+            } else {
+                Vec::new()
+            };
             match open(path) {
                 Ok(r) => {
+                    // Files rotated out since (two rotations within one poll): read in full.
+                    for file in newer {
+                        let mut old = BufReader::new(file);
+                        partial.clear();
+                        list_new(&mut old, &mut partial, &mut summary, out)?;
+                    }
                     reader = r;
-                    ino = reader.get_ref().metadata()?.ino();
+                    ino = identity(reader.get_ref())?;
                     partial.clear();
                 }
                 // Gone again between the stat and the open: try at the next poll.
@@ -70,6 +92,31 @@ fn list_new(
     printed?;
     out.flush()?;
     Ok(())
+}
+
+/// Device and inode: which file a reader has open.
+fn identity(file: &File) -> Result<(u64, u64)> {
+    let meta = file.metadata()?;
+    Ok((meta.dev(), meta.ino()))
+}
+
+/// The rotated files that came after the file `seen` (now renamed or gone), oldest first: the
+/// names below the one `seen` now has, or every rotated name when it has none left (rotation
+/// pushed it out, so everything still there is newer).
+fn rotated_after(path: &Path, seen: (u64, u64)) -> Vec<File> {
+    let mut newer = Vec::new();
+    for k in 1..=MAX_ROTATED {
+        let Ok(file) = File::open(numbered(path, k)) else {
+            break;
+        };
+        match identity(&file) {
+            Ok(id) if id == seen => break,
+            Ok(_) => newer.push(file),
+            Err(_) => break,
+        }
+    }
+    newer.reverse();
+    newer
 }
 
 fn open(path: &Path) -> Result<BufReader<File>> {

@@ -57,3 +57,30 @@ pub fn serve(cfg: &GpuConfig, config: ServerConfig) -> Running {
         thread: Some(thread),
     }
 }
+
+/// A mounted tmpfs of `size`, unmounted on drop; `None` when this process may not mount.
+pub struct Tmpfs(pub tempfile::TempDir);
+
+impl Tmpfs {
+    pub fn mount(size: &str) -> Option<Self> {
+        let dir = tempfile::tempdir().unwrap();
+        let r = nix::mount::mount(
+            Some("tmpfs"),
+            dir.path(),
+            Some("tmpfs"),
+            nix::mount::MsFlags::empty(),
+            Some(format!("size={size}").as_str()),
+        );
+        match r {
+            Ok(()) => Some(Self(dir)),
+            Err(nix::errno::Errno::EPERM) if !nix::unistd::geteuid().is_root() => None,
+            Err(e) => panic!("cannot mount a tmpfs: {e}"),
+        }
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(self.0.path(), nix::mount::MntFlags::MNT_DETACH);
+    }
+}
