@@ -1147,3 +1147,43 @@ fn ctl_errors_name_the_flags_not_the_json_fields() {
         assert!(!err.contains('"'), "{args:?}: {err}");
     }
 }
+
+/// 7.2: the CXL readiness wait of a client's first memory access runs outside the device lock,
+/// as `nvgrace_gpu_wait_device_ready_cxl` runs before the memory lock: the control plane peeks
+/// while the client waits (no "busy"), and the read then succeeds.
+#[test]
+fn cxl_readiness_wait_runs_outside_the_device_lock() {
+    let s = serve(&[
+        "--profile",
+        "gb200",
+        "--cxl",
+        "--cxl-active-delay",
+        "3s",
+        "--cxl-timeout-code",
+        "1",
+    ]);
+    let socket = s.socket.clone();
+    // The open is a function reset: "active" is 3 s away again.
+    let mut c = Client::connect(&socket).unwrap();
+    let reader = std::thread::spawn(move || {
+        let start = std::time::Instant::now();
+        let r = c.region_read(4, 0, 4);
+        (r.is_ok(), start.elapsed())
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let mut ctl = Ctl::connect(&s.control);
+    let start = std::time::Instant::now();
+    let peek = ctl.call(json!({"v": 1, "op": "peek", "region": 0, "offset": 256, "count": 4}));
+    assert_eq!(peek["ok"], true, "{peek}");
+    assert!(
+        start.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        start.elapsed()
+    );
+    let (ok, waited) = reader.join().unwrap();
+    assert!(ok);
+    assert!(
+        waited >= Duration::from_secs(2),
+        "the read did not wait: {waited:?}"
+    );
+}
