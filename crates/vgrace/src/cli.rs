@@ -126,6 +126,14 @@ pub struct ServeArgs {
     /// Accept clients only from these uids (checked with SO_PEERCRED); repeatable.
     #[arg(long = "allow-uid")]
     pub allow_uid: Vec<u32>,
+    /// Mode of the device sockets, octal (default 0600), e.g. 0660 with --socket-group so a
+    /// VMM running as another user (libvirt-qemu) can connect; others never get access. The
+    /// control socket stays 0600.
+    #[arg(long, value_name = "MODE", value_parser = parse_socket_mode)]
+    pub socket_mode: Option<u32>,
+    /// Group of the device sockets (a name or a number); the server's user must be in it.
+    #[arg(long, value_name = "GROUP")]
+    pub socket_group: Option<String>,
     /// From Linux 6.14 a device whose readiness registers never read ready is not offered
     /// (serve waits --ready-timeout, then exits); serve it anyway, for guest-side testing.
     #[arg(long)]
@@ -301,6 +309,28 @@ pub fn parse_u64(s: &str) -> Result<u64, String> {
         None => t.replace('_', "").parse::<u64>(),
     };
     parsed.map_err(|_| format!("`{s}` is not a number (decimal or 0x-hex)"))
+}
+
+/// Parses a socket mode: octal digits (`660`, `0660`, `0o660`), owner and group bits only (a
+/// socket anyone on the host can connect to would let them drive the device).
+pub fn parse_socket_mode(s: &str) -> Result<u32, String> {
+    let t = s.trim();
+    let digits = t.strip_prefix("0o").unwrap_or(t);
+    let mode = u32::from_str_radix(digits, 8)
+        .ok()
+        .filter(|m| *m <= 0o777)
+        .ok_or_else(|| format!("`{s}` is not an octal mode such as 0660"))?;
+    if mode & 0o007 != 0 {
+        return Err(format!(
+            "mode `{s}` gives others access to the socket: use a group (--socket-group) instead"
+        ));
+    }
+    if mode & 0o600 != 0o600 {
+        return Err(format!(
+            "mode `{s}` must let the owner read and write (0600 at least)"
+        ));
+    }
+    Ok(mode)
 }
 
 /// Parses a decimal or 0x-prefixed hexadecimal u16.
