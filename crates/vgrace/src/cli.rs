@@ -40,6 +40,26 @@ pub enum Command {
     /// Summarise a protocol trace written by `serve --trace` (per command: count, errors,
     /// bytes, latency), list its messages, or follow a live one.
     Trace(TraceArgs),
+    /// Write the man pages or shell completions (for packagers; hidden).
+    #[command(hide = true, subcommand)]
+    Generate(GenerateArgs),
+}
+
+/// `vgrace generate`: files made from this very command-line definition.
+#[derive(Debug, Subcommand)]
+pub enum GenerateArgs {
+    /// Man pages (section 1): vgrace.1 and one per verb (vgrace-serve.1, ...) into DIR.
+    Man {
+        /// The directory to write them to (created if missing).
+        dir: PathBuf,
+    },
+    /// The completion script for SHELL into DIR.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+        /// The directory to write it to (created if missing).
+        dir: PathBuf,
+    },
 }
 
 /// The device, as the firmware properties and profile describe it.
@@ -120,7 +140,9 @@ pub struct ServeArgs {
     #[arg(long)]
     pub fd: Option<i32>,
     /// TOML file with one `[[device]]` table per device (each with its own `socket`); replaces
-    /// the device flags (giving both is refused).
+    /// the device flags (giving both is refused). Under systemd socket activation (LISTEN_FDS)
+    /// each device serves on the passed socket bound to its `socket` path, or else the one
+    /// named (LISTEN_FDNAMES) as its `id` or its socket's file name.
     #[arg(long, conflicts_with_all = ["fd"])]
     pub config: Option<PathBuf>,
     /// Accept clients only from these uids (checked with SO_PEERCRED); repeatable.

@@ -9,6 +9,7 @@ mod config;
 mod control;
 mod ctl;
 mod dirs;
+mod generate;
 mod layout;
 mod logging;
 mod mapping;
@@ -79,6 +80,7 @@ fn run(cli: Cli, activation: activation::Activation) -> Result<ExitCode> {
         Command::QemuArgs(args) => qemu_args::run(&args).map(|()| ExitCode::SUCCESS),
         Command::Ctl(args) => ctl::run(&args).map(|()| ExitCode::SUCCESS),
         Command::Trace(args) => trace_cmd::run(&args).map(|()| ExitCode::SUCCESS),
+        Command::Generate(args) => generate::run(&args).map(|()| ExitCode::SUCCESS),
     }
 }
 

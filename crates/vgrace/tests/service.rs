@@ -323,3 +323,90 @@ fn the_systemd_units_verify() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success() && err.trim().is_empty(), "{err}");
 }
+
+/// systemd's own `systemd-socket-activate` listens on both sockets, starts `vgrace serve
+/// --config` at the first connection and passes them named; a real client gets each device.
+#[test]
+fn systemd_socket_activate_starts_a_config_node_at_the_first_connection() {
+    if Command::new("systemd-socket-activate")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("skipped: systemd-socket-activate is not installed");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let config = d.join("node.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[device]]\nsocket = \"{0}/cfg/a.sock\"\nmem_size = \"2G\"\ndevice_id = \"0x2342\"\n\
+             [[device]]\nid = \"right\"\nsocket = \"{0}/cfg/right.sock\"\nmem_size = \"2G\"\n\
+             device_id = \"0x2348\"\n",
+            d.display()
+        ),
+    )
+    .unwrap();
+    let (one, two) = (d.join("one.sock"), d.join("two.sock"));
+    let mut cmd = Command::new("systemd-socket-activate");
+    cmd.arg("-l")
+        .arg(&one)
+        .arg("-l")
+        .arg(&two)
+        .arg("--fdname=right:gpu0")
+        .args([BIN, "serve", "--config", config.to_str().unwrap()]);
+    let mut served = ServeChild::spawn(cmd).unwrap().wait_created(&[&one, &two]);
+    // The first connection starts the server; the client's version exchange waits for it.
+    assert_eq!(device_id(&two), 0x2342, "gpu0 on the second socket");
+    assert_eq!(device_id(&one), 0x2348, "right on the first socket");
+    let (status, log) = served.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(status.success(), "{log}");
+}
+
+/// `vgrace generate` writes a man page per verb and completion scripts from the clap definition
+/// (what the .deb carries); the hidden verb gets no page.
+#[test]
+fn generate_writes_man_pages_per_verb_and_completions() {
+    let dir = tempfile::tempdir().unwrap();
+    let man = dir.path().join("man");
+    let out = vgrace(&["generate", "man", man.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for verb in [
+        "vgrace",
+        "vgrace-serve",
+        "vgrace-layout",
+        "vgrace-check",
+        "vgrace-ctl",
+    ] {
+        let page = std::fs::read_to_string(man.join(format!("{verb}.1"))).unwrap();
+        assert!(page.starts_with(".ie") || page.contains(".TH"), "{verb}");
+    }
+    let serve = std::fs::read_to_string(man.join("vgrace-serve.1")).unwrap();
+    assert!(serve.contains("socket\\-group"), "{serve}");
+    assert!(!man.join("vgrace-generate.1").exists());
+    for (shell, file) in [
+        ("bash", "vgrace.bash"),
+        ("zsh", "_vgrace"),
+        ("fish", "vgrace.fish"),
+    ] {
+        let out = vgrace(&[
+            "generate",
+            "completions",
+            shell,
+            dir.path().to_str().unwrap(),
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let script = std::fs::read_to_string(dir.path().join(file)).unwrap();
+        assert!(script.contains("qemu-args"), "{shell}");
+    }
+}
