@@ -42,7 +42,7 @@ fi
 work=$(mktemp -d /tmp/vgrace-pkg.XXXXXX)
 chroot_dir=$work/merged
 cleanup() {
-  for m in "$chroot_dir/dev" "$chroot_dir/proc" "$chroot_dir"; do
+  for m in "$chroot_dir/dev/pts" "$chroot_dir/dev" "$chroot_dir/proc" "$chroot_dir"; do
     mountpoint -q "$m" 2>/dev/null && umount -l "$m" || true
   done
   rm -rf "$work"
@@ -57,6 +57,7 @@ if ! mount -t overlay overlay -o "lowerdir=$ROOT,upperdir=$work/upper,workdir=$w
 fi
 mount -t proc proc "$chroot_dir/proc"
 mount --bind /dev "$chroot_dir/dev"
+mount --bind /dev/pts "$chroot_dir/dev/pts"
 cp "$deb" "$chroot_dir/tmp/"
 in_root() { chroot "$chroot_dir" env DEBIAN_FRONTEND=noninteractive LC_ALL=C.UTF-8 "$@"; }
 
