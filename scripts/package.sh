@@ -28,7 +28,8 @@ target/release/vgrace generate man "$gen/man" >/dev/null
 for shell in bash zsh fish; do
   target/release/vgrace generate completions "$shell" "$gen/completions" >/dev/null
 done
-deb=$(cargo deb -p vgrace --no-build --quiet)
+# Stripped: the release profile keeps line tables (debug = 1) for backtraces in development.
+deb=$(cargo deb -p vgrace --no-build --strip --quiet)
 [ -f "$deb" ] || deb=$(ls -t target/debian/vgrace_*.deb | head -1)
 log "built $deb"
 dpkg-deb -c "$deb" | awk '{ print $1, $6 }'
