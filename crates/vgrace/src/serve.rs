@@ -106,6 +106,10 @@ fn finish(f: &Finisher) -> bool {
     }
     exit.done = true;
     remove_sockets(&exit.created);
+    // Let go of the devices: once the servers are gone this is the last reference, and the
+    // device's drop grows a shrunk backing file back before the flush below. Kept, the watchdog
+    // thread's handle on this state would keep them alive until the process exits undropped.
+    drop(std::mem::take(&mut exit.devices));
     for (name, file) in &exit.files {
         if let Err(e) = file.sync_data() {
             error!("cannot flush the backing file {name} to disk: {e}");
