@@ -410,3 +410,27 @@ fn generate_writes_man_pages_per_verb_and_completions() {
         assert!(script.contains("qemu-args"), "{shell}");
     }
 }
+
+/// LISTEN_FDS meant for another process (LISTEN_PID is not ours, as after a fork without exec
+/// in a wrapper) is ignored: the server binds its own socket and leaves fd 3 alone.
+#[test]
+fn listen_fds_for_another_pid_are_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("own.sock");
+    let mut cmd = Command::new(BIN);
+    cmd.args([
+        "serve",
+        "--socket",
+        socket.to_str().unwrap(),
+        "--mem-size",
+        "2G",
+    ])
+    .env("LISTEN_PID", "1")
+    .env("LISTEN_FDS", "1")
+    .env("LISTEN_FDNAMES", "gpu0");
+    let mut served = ServeChild::spawn(cmd).unwrap().wait_listening(&[&socket]);
+    assert_eq!(device_id(&socket), 0x2342);
+    let (status, log) = served.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(status.success(), "{log}");
+    assert!(!log.contains("activation"), "{log}");
+}
