@@ -188,6 +188,15 @@ pub fn run(args: ServeArgs, activation: Activation) -> Result<()> {
         crate::dirs::create_parent(path, "control socket")?;
     }
     crate::trace_setup::check(&entries, control_path.as_deref(), own_paths)?;
+    // Where clients reach the passed sockets, for the next-steps lines.
+    let passed_fds: Option<Vec<i32>> = passed.as_ref().map(|p| {
+        p.iter()
+            .filter_map(|e| match e {
+                Endpoint::Passed(fd, _) => Some(*fd),
+                _ => None,
+            })
+            .collect()
+    });
     let mut passed = passed.map(Vec::into_iter);
     let mut endpoint_of = |e: &DeviceEntry| match (&mut passed, args.fd) {
         (Some(p), _) => p.next().unwrap_or(Endpoint::Fd(-1)),
@@ -398,7 +407,7 @@ pub fn run(args: ServeArgs, activation: Activation) -> Result<()> {
         )
     });
 
-    crate::ready::announce(&args, &entries);
+    crate::ready::announce(&args, &entries, passed_fds.as_deref());
     let mut failure = None;
     for worker in workers {
         let outcome = worker.join();

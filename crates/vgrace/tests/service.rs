@@ -105,6 +105,11 @@ fn socket_activation_serves_each_config_device_on_its_named_fd() {
     assert!(status.success(), "{log}");
     // The service manager owns the socket files: a stop leaves them.
     assert!(d.join("l3.sock").exists(), "{log}");
+    // The next-steps lines name where clients reach the devices, not the file's paths.
+    for l in ["l3.sock", "l4.sock"] {
+        let check = format!("vgrace check --socket {}", d.join(l).display());
+        assert!(log.contains(&check), "{check}: {log}");
+    }
 }
 
 /// Fds without useful names (one socket unit, several `ListenStream=`) are matched by the path
