@@ -67,7 +67,7 @@ live_phase() {
   # Between the two sync lines the guest polled the mailbox (BAR4, mapped) and read BAR0 once.
   reads1=$(region_reads) || reads1=-1
   [ $(( reads1 - reads0 )) = 1 ] && ok=1 || ok=0
-  host_check guest-bar0-read-is-one-region-read $ok "REGION_READ count $reads0 -> $reads1 across the guest's BAR0 read and its BAR4 mailbox polls (BAR0: REGION_READ, BAR4: mmap)"
+  host_check guest-bar0-read-is-one-region-read $ok "REGION_READ count $reads0 -> $reads1 across the guest's BAR0 read and its BAR4 mailbox polls (the BAR0 readiness page: REGION_READ, BAR4: mmap)"
   act fault link-down --clear || return
   go 0x11ec0002 || return
 

@@ -19,7 +19,7 @@
 # polls. Steps: link-down (ctl fault link-down: BAR0+0x1498 must not read 0xff), link-up (ctl
 # fault --clear: 0xff again), poke (ctl poke a value at the BAR4 offset the guest names: the guest
 # reads it). The host checks with `ctl peek` what the guest wrote and with `ctl stats` that the
-# guest's BAR0 read was one vfio-user REGION_READ (BAR0 has no mmap) while polling BAR4 (mmap)
+# guest's BAR0 readiness read was one vfio-user REGION_READ (its page is not mapped) while polling BAR4 (mmap)
 # sent none. Every wait is bounded (VGRACE_E2E_WAIT seconds per step, default 120).
 # VGRACE_E2E_REPLY_DELAY=1 (with the live phase) ends it with the reply-delay probe: vgrace delays
 # its next reply by 6 s, past QEMU's x-msg-timeout (5 s), while the guest reads BAR0; see

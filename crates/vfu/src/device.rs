@@ -95,6 +95,15 @@ pub struct SetIrqs {
     pub eventfds: Vec<Option<OwnedFd>>,
 }
 
+/// A wait an access must make before the device can serve it, which the server runs outside
+/// the device lock: a readiness wait of minutes must keep neither the control plane nor a stop
+/// waiting.
+pub trait AccessWait: Send {
+    /// Waits until the device is ready. `cancelled` turns true when the client is dropped or
+    /// the server stops; an error is the access's answer (ETIME, or EINTR when cancelled).
+    fn wait(&self, cancelled: &dyn Fn() -> bool) -> Result<(), Errno>;
+}
+
 /// A device served over vfio-user.
 ///
 /// Every method returns an [`Errno`] on failure; the server turns it into an error reply with that
@@ -132,6 +141,16 @@ pub trait Device: Send {
     fn region_io_fds(&self, index: u32) -> Errno {
         let _ = index;
         Errno::ENOTTY
+    }
+
+    /// What a REGION_READ (or, `write`, a REGION_WRITE) at `offset` of region `index` must wait
+    /// for first, outside the
+    /// device lock (the 7.2 nvgrace driver waits for CXL readiness before it takes its memory
+    /// lock, `nvgrace_gpu_wait_device_ready_cxl`). The access itself still checks under the lock.
+    /// Default: nothing to wait for.
+    fn access_wait(&mut self, index: u32, offset: u64, write: bool) -> Option<Box<dyn AccessWait>> {
+        let _ = (index, offset, write);
+        None
     }
 
     /// REGION_WRITE: write `data` at `offset` of region `index`. Returns how many bytes were

@@ -33,7 +33,7 @@ pub mod trace;
 pub mod transport;
 pub mod wire;
 
-pub use device::{Device, DeviceInfo, IrqInfo, RegionInfo, SetIrqs, SparseArea};
+pub use device::{AccessWait, Device, DeviceInfo, IrqInfo, RegionInfo, SetIrqs, SparseArea};
 pub use errno::Errno;
 pub use error::Error;
 pub use transport::FileSpan;

@@ -81,12 +81,40 @@ impl BoundPath {
     }
 }
 
+/// Who may reach a socket file: its mode and, optionally, its group. The default is 0600 and the
+/// process's own group: only the server's user can connect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SocketAccess {
+    /// Permission bits (at most 0o777; connecting needs write permission).
+    pub mode: u32,
+    /// The group to give the socket file, if not the process's own.
+    pub gid: Option<u32>,
+}
+
+impl Default for SocketAccess {
+    fn default() -> Self {
+        Self {
+            mode: 0o600,
+            gid: None,
+        }
+    }
+}
+
 /// Creates a listening socket at `path` with mode 0600 whatever the umask, without changing the
 /// umask or following anything at the path (see the module documentation). A stale socket file
 /// is replaced; a live one (something accepts connections) is refused, and so is anything that
 /// is not a socket, including a symlink. Returns the listener and the identity of the socket
 /// file, to remove it at exit with [`BoundPath::remove`].
 pub fn bind_socket(path: &Path) -> Result<(UnixListener, BoundPath), Error> {
+    bind_socket_with(path, SocketAccess::default())
+}
+
+/// [`bind_socket`] with another mode and group (e.g. 0660 and the group a VMM runs in). Both are
+/// set inside the private directory, so the socket appears at its path already with them.
+pub fn bind_socket_with(
+    path: &Path,
+    access: SocketAccess,
+) -> Result<(UnixListener, BoundPath), Error> {
     let name = path.display().to_string();
     let sock_err = |source| Error::Socket {
         path: name.clone(),
@@ -120,10 +148,21 @@ pub fn bind_socket(path: &Path) -> Result<(UnixListener, BoundPath), Error> {
     // Relative to the private directory's descriptor, where only we can create entries: "s" is
     // the socket just bound (had the directory been swapped by its path, bind went elsewhere and
     // this fails with ENOENT).
+    if let Some(gid) = access.gid {
+        // Group first: chown may clear mode bits, the chmod after it sets them for good.
+        nix::unistd::fchownat(
+            &private.fd,
+            TEMP_NAME,
+            None,
+            Some(nix::unistd::Gid::from_raw(gid)),
+            AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .map_err(|e| sock_err(e.into()))?;
+    }
     nix::sys::stat::fchmodat(
         &private.fd,
         TEMP_NAME,
-        Mode::from_bits_truncate(0o600),
+        Mode::from_bits_truncate(access.mode & 0o777),
         FchmodatFlags::FollowSymlink,
     )
     .map_err(|e| sock_err(e.into()))?;

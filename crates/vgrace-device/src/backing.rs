@@ -20,7 +20,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::os::fd::{AsFd, BorrowedFd};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
@@ -201,6 +201,8 @@ impl Memory {
                 .write(true)
                 .create(true)
                 .truncate(false)
+                // Guest memory is private to the server, like its sockets and traces.
+                .mode(0o600)
                 .open(path)
                 .map_err(io(format!("backing file {name}")))
         };

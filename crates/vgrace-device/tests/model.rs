@@ -142,7 +142,13 @@ proptest! {
                 Op::CfgRead { offset, len } => {
                     let mut buf = vec![0u8; len];
                     dev.region_read(7, offset, &mut buf).unwrap();
-                    let want: Vec<u8> = (offset..offset + len as u64).map(|o| model.bar_byte(o)).collect();
+                    // One emulated BAR per read (`nvgrace_gpu_read_config_emu`): a read that
+                    // spans both pairs shows the BAR4 pair as the core's, 0.
+                    let end = offset + len as u64;
+                    let both = offset < 0x20 && end > 0x20;
+                    let want: Vec<u8> = (offset..end)
+                        .map(|o| if both && o >= 0x20 { 0 } else { model.bar_byte(o) })
+                        .collect();
                     prop_assert_eq!(buf, want);
                 }
                 Op::CfgWrite { offset, data } => {

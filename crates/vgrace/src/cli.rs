@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::out::EXIT_CODES;
-use crate::units::{parse_duration, parse_u16, parse_u64};
+use crate::units::{parse_duration, parse_socket_mode, parse_u16, parse_u64};
 use vgrace_device::{Fault, LinuxVersion, Poison, Profile};
 
 /// vgrace: a software NVIDIA Grace GPU (nvgrace-gpu-vfio-pci) served over vfio-user.
@@ -43,6 +43,26 @@ pub enum Command {
     /// kernel VFIO and print each with its result and errno, one canonical line each (to diff
     /// vgrace against the real nvgrace-gpu-vfio-pci).
     Transcript(crate::transcript::TranscriptArgs),
+    /// Write the man pages or shell completions (for packagers; hidden).
+    #[command(hide = true, subcommand)]
+    Generate(GenerateArgs),
+}
+
+/// `vgrace generate`: files made from this very command-line definition.
+#[derive(Debug, Subcommand)]
+pub enum GenerateArgs {
+    /// Man pages (section 1): vgrace.1 and one per verb (vgrace-serve.1, ...) into DIR.
+    Man {
+        /// The directory to write them to (created if missing).
+        dir: PathBuf,
+    },
+    /// The completion script for SHELL into DIR.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+        /// The directory to write it to (created if missing).
+        dir: PathBuf,
+    },
 }
 
 /// The device, as the firmware properties and profile describe it.
@@ -123,12 +143,22 @@ pub struct ServeArgs {
     #[arg(long)]
     pub fd: Option<i32>,
     /// TOML file with one `[[device]]` table per device (each with its own `socket`); replaces
-    /// the device flags (giving both is refused).
+    /// the device flags (giving both is refused). Under systemd socket activation (LISTEN_FDS)
+    /// each device serves on the passed socket bound to its `socket` path, or else the one
+    /// named (LISTEN_FDNAMES) as its `id` or its socket's file name.
     #[arg(long, conflicts_with_all = ["fd"])]
     pub config: Option<PathBuf>,
     /// Accept clients only from these uids (checked with SO_PEERCRED); repeatable.
     #[arg(long = "allow-uid")]
     pub allow_uid: Vec<u32>,
+    /// Mode of the device sockets, octal (default 0600), e.g. 0660 with --socket-group so a
+    /// VMM running as another user (libvirt-qemu) can connect; others never get access. The
+    /// control socket stays 0600.
+    #[arg(long, value_name = "MODE", value_parser = parse_socket_mode)]
+    pub socket_mode: Option<u32>,
+    /// Group of the device sockets (a name or a number); the server's user must be in it.
+    #[arg(long, value_name = "GROUP")]
+    pub socket_group: Option<String>,
     /// From Linux 6.14 a device whose readiness registers never read ready is not offered
     /// (serve waits --ready-timeout, then exits); serve it anyway, for guest-side testing.
     #[arg(long)]

@@ -2,6 +2,8 @@
 //!
 //! ```toml
 //! control = "/run/vgrace/control.sock"   # optional: the control socket (`vgrace ctl`)
+//! socket_mode = "0660"       # optional: mode of the device sockets (default 0600)
+//! socket_group = "kvm"       # optional: their group (a name or a number)
 //!
 //! [[device]]
 //! id = "gpu0"                # optional: the name `vgrace ctl` uses (default gpu<index>)
@@ -103,7 +105,41 @@ struct ConfigFile {
     #[serde(default)]
     control: Option<PathBuf>,
     #[serde(default)]
+    socket_mode: Option<String>,
+    #[serde(default)]
+    socket_group: Option<String>,
+    #[serde(default)]
     device: Vec<DeviceTable>,
+}
+
+/// Who may reach the device sockets, as written (`--socket-mode`/`--socket-group` or the file).
+#[derive(Debug, Default, Clone)]
+pub struct SocketSettings {
+    /// The mode, checked by [`crate::units::parse_socket_mode`].
+    pub mode: Option<u32>,
+    /// The group's name or number.
+    pub group: Option<String>,
+}
+
+impl SocketSettings {
+    /// The mode and the group's id; an unknown group is refused.
+    pub fn resolve(&self) -> Result<vfu::server::SocketAccess> {
+        let gid = match &self.group {
+            None => None,
+            Some(g) => Some(match g.parse::<u32>() {
+                Ok(n) => n,
+                Err(_) => nix::unistd::Group::from_name(g)
+                    .with_context(|| format!("cannot look up group {g:?}"))?
+                    .with_context(|| format!("socket group {g:?} does not exist"))?
+                    .gid
+                    .as_raw(),
+            }),
+        };
+        Ok(vfu::server::SocketAccess {
+            mode: self.mode.unwrap_or(0o600),
+            gid,
+        })
+    }
 }
 
 /// A whole file: the devices and the process-wide settings.
@@ -113,6 +149,8 @@ pub struct Node {
     pub devices: Vec<DeviceEntry>,
     /// The control socket, when the file names one.
     pub control: Option<PathBuf>,
+    /// The device sockets' mode and group, when the file sets them.
+    pub socket_access: SocketSettings,
 }
 
 /// One device to serve, resolved from the file.
@@ -156,6 +194,15 @@ pub fn parse_node(text: &str) -> Result<Node> {
     if file.device.is_empty() {
         bail!("no [[device]] table");
     }
+    let socket_access = SocketSettings {
+        mode: file
+            .socket_mode
+            .as_deref()
+            .map(crate::units::parse_socket_mode)
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("socket_mode: {e}"))?,
+        group: file.socket_group.clone(),
+    };
     let mut entries: Vec<DeviceEntry> = Vec::with_capacity(file.device.len());
     for (i, table) in file.device.into_iter().enumerate() {
         let socket = table.socket.clone();
@@ -188,6 +235,7 @@ pub fn parse_node(text: &str) -> Result<Node> {
     Ok(Node {
         devices: entries,
         control: file.control,
+        socket_access,
     })
 }
 

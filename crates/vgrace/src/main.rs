@@ -3,12 +3,14 @@
 //! protocol traces `serve --trace` writes.
 
 mod acpi;
+mod activation;
 mod check;
 mod cli;
 mod config;
 mod control;
 mod ctl;
 mod dirs;
+mod generate;
 mod host_view;
 mod kvfio;
 mod layout;
@@ -36,12 +38,14 @@ use vgrace_device::{Backing, GpuConfig};
 use cli::{Cli, Command, DeviceArgs};
 
 fn main() -> ExitCode {
+    // First, while the process has one thread: changing the environment is not thread-safe.
+    let activation = activation::Activation::take_env();
     let cli = match parse_cli() {
         Ok(cli) => cli,
         Err(e) => return clap_exit(e),
     };
     logging::init();
-    let code = match run(cli) {
+    let code = match run(cli, activation) {
         Ok(code) => code,
         // The reader of stdout went away (`vgrace layout | head`): nothing left to say, as cat
         // would. A socket that hangs up is not this (see `out`).
@@ -73,9 +77,9 @@ pub fn is_broken_pipe(e: &anyhow::Error) -> bool {
     })
 }
 
-fn run(cli: Cli) -> Result<ExitCode> {
+fn run(cli: Cli, activation: activation::Activation) -> Result<ExitCode> {
     match cli.command {
-        Command::Serve(args) => serve::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Serve(args) => serve::run(args, activation).map(|()| ExitCode::SUCCESS),
         Command::Layout(args) => layout::run(&args).map(|()| ExitCode::SUCCESS),
         Command::Check(args) => check::run(&args),
         Command::QemuArgs(args) => qemu_args::run(&args).map(|()| ExitCode::SUCCESS),
@@ -83,6 +87,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Trace(args) => trace_cmd::run(&args).map(|()| ExitCode::SUCCESS),
         Command::Acpi(args) => acpi::run(&args).map(|()| ExitCode::SUCCESS),
         Command::Transcript(args) => transcript::run(&args).map(|()| ExitCode::SUCCESS),
+        Command::Generate(args) => generate::run(&args).map(|()| ExitCode::SUCCESS),
     }
 }
 

@@ -19,20 +19,26 @@ pub fn absolute(path: &Path) -> PathBuf {
 }
 
 /// Logs the next steps, one line each, once every device listens.
-pub fn announce(args: &ServeArgs, entries: &[DeviceEntry]) {
-    for line in next_steps(args, entries) {
+/// `passed` holds each entry's socket-activation fd, when the service manager passed them.
+pub fn announce(args: &ServeArgs, entries: &[DeviceEntry], passed: Option<&[i32]>) {
+    for line in next_steps(args, entries, passed) {
         info!("{line}");
     }
 }
 
 /// The lines [`announce`] logs.
-fn next_steps(args: &ServeArgs, entries: &[DeviceEntry]) -> Vec<String> {
-    let sockets: Vec<(Option<PathBuf>, &GpuConfig)> = match args.fd {
-        Some(fd) => entries
+fn next_steps(args: &ServeArgs, entries: &[DeviceEntry], passed: Option<&[i32]>) -> Vec<String> {
+    let sockets: Vec<(Option<PathBuf>, &GpuConfig)> = match (passed, args.fd) {
+        (Some(fds), _) => entries
+            .iter()
+            .zip(fds)
+            .map(|(e, fd)| (inherited_path(*fd), &e.config))
+            .collect(),
+        (None, Some(fd)) => entries
             .iter()
             .map(|e| (inherited_path(fd), &e.config))
             .collect(),
-        None => entries
+        (None, None) => entries
             .iter()
             .map(|e| (Some(absolute(&e.socket)), &e.config))
             .collect(),

@@ -4,7 +4,7 @@
 //! session stuck inside a request, holding its device) or at a second signal the process
 //! removes its sockets, flushes file-backed memory to disk and exits without them.
 
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -16,11 +16,12 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use tracing::{error, info, warn};
 use vfu::listen::BoundPath;
-use vfu::server::{bind_socket, Controls, Server, ServerConfig, Shutdown};
+use vfu::server::{bind_socket_with, Controls, Server, ServerConfig, Shutdown, SocketAccess};
 use vfu::Device;
 use vgrace_device::backing::FileSync;
 use vgrace_device::{LinuxVersion, NvGraceGpu};
 
+use crate::activation::Activation;
 use crate::cli::ServeArgs;
 use crate::config::{self, DeviceEntry};
 use crate::control::{self, EventBus, Managed, Plane};
@@ -32,6 +33,8 @@ enum Endpoint {
     Path(PathBuf),
     /// An inherited listening socket.
     Fd(i32),
+    /// A listening socket the service manager passed (socket activation), and its name.
+    Passed(i32, String),
 }
 
 /// How long the threads get to stop after a stop signal before the process exits without them.
@@ -103,6 +106,10 @@ fn finish(f: &Finisher) -> bool {
     }
     exit.done = true;
     remove_sockets(&exit.created);
+    // Let go of the devices: once the servers are gone this is the last reference, and the
+    // device's drop grows a shrunk backing file back before the flush below. Kept, the watchdog
+    // thread's handle on this state would keep them alive until the process exits undropped.
+    drop(std::mem::take(&mut exit.devices));
     for (name, file) in &exit.files {
         if let Err(e) = file.finish() {
             error!("cannot flush the backing file {name} to disk: {e}");
@@ -124,10 +131,12 @@ fn give_up(f: &Finisher, why: &str) -> ! {
 }
 
 /// Runs until a signal arrives or every server has stopped.
-pub fn run(args: ServeArgs) -> Result<()> {
+pub fn run(args: ServeArgs, activation: Activation) -> Result<()> {
+    let mut file_access = config::SocketSettings::default();
     let (entries, file_control) = match &args.config {
         Some(path) => {
             let node = config::load_node(path)?;
+            file_access = node.socket_access;
             (node.devices, node.control)
         }
         None => (
@@ -143,8 +152,31 @@ pub fn run(args: ServeArgs) -> Result<()> {
         ),
     };
     let control_path = args.control.clone().or(file_control);
+    let access = config::SocketSettings {
+        mode: args.socket_mode.or(file_access.mode),
+        group: args.socket_group.clone().or(file_access.group),
+    }
+    .resolve()?;
+    // Socket activation: every device gets one of the passed sockets, checked before anything
+    // is created.
+    let passed = if activation.is_active() {
+        if args.fd.is_some() {
+            bail!("--fd and socket activation (LISTEN_FDS) both give sockets: use one");
+        }
+        let fds = activation.take_fds()?;
+        let assigned = crate::activation::assign(fds, &entries)?;
+        Some(
+            assigned
+                .into_iter()
+                .map(|i| Endpoint::Passed(i.listener.into_raw_fd(), i.name))
+                .collect::<Vec<_>>(),
+        )
+    } else {
+        None
+    };
+    let own_paths = args.fd.is_none() && passed.is_none();
     // Before anything is created: a path no client can connect to is refused, not announced.
-    if args.fd.is_none() {
+    if own_paths {
         for e in &entries {
             check_socket_path(&e.socket, "socket")?;
         }
@@ -152,14 +184,25 @@ pub fn run(args: ServeArgs) -> Result<()> {
     if let Some(path) = &control_path {
         check_socket_path(path, "control socket")?;
     }
-    crate::dirs::create_parents(&entries, args.fd.is_none())?;
+    crate::dirs::create_parents(&entries, own_paths)?;
     if let Some(path) = &control_path {
         crate::dirs::create_parent(path, "control socket")?;
     }
-    crate::trace_setup::check(&entries, control_path.as_deref(), args.fd.is_none())?;
-    let endpoint_of = |e: &DeviceEntry| match args.fd {
-        Some(fd) => Endpoint::Fd(fd),
-        None => Endpoint::Path(e.socket.clone()),
+    crate::trace_setup::check(&entries, control_path.as_deref(), own_paths)?;
+    // Where clients reach the passed sockets, for the next-steps lines.
+    let passed_fds: Option<Vec<i32>> = passed.as_ref().map(|p| {
+        p.iter()
+            .filter_map(|e| match e {
+                Endpoint::Passed(fd, _) => Some(*fd),
+                _ => None,
+            })
+            .collect()
+    });
+    let mut passed = passed.map(Vec::into_iter);
+    let mut endpoint_of = |e: &DeviceEntry| match (&mut passed, args.fd) {
+        (Some(p), _) => p.next().unwrap_or(Endpoint::Fd(-1)),
+        (None, Some(fd)) => Endpoint::Fd(fd),
+        (None, None) => Endpoint::Path(e.socket.clone()),
     };
 
     // Build every device before creating any socket, so a bad entry leaves nothing behind.
@@ -236,7 +279,9 @@ pub fn run(args: ServeArgs) -> Result<()> {
     // The control socket goes first: a control client that can see it may already name every
     // device, and a bad path stops the start before any device socket exists.
     let control_listener = match &control_path {
-        Some(path) => match listen(&Endpoint::Path(path.clone())) {
+        // The control socket drives faults and reads memory: it stays 0600 whatever the
+        // device sockets' mode.
+        Some(path) => match listen(&Endpoint::Path(path.clone()), SocketAccess::default()) {
             Ok((l, bound_path)) => {
                 exit_state(&finisher).created.extend(bound_path);
                 Some(l)
@@ -250,7 +295,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         None => None,
     };
     for (endpoint, device, trace) in devices {
-        let listener = match listen(&endpoint) {
+        let listener = match listen(&endpoint, access) {
             Ok((l, path)) => {
                 exit_state(&finisher).created.extend(path);
                 l
@@ -365,7 +410,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         )
     });
 
-    crate::ready::announce(&args, &entries);
+    crate::ready::announce(&args, &entries, passed_fds.as_deref());
     let mut failure = None;
     for worker in workers {
         let outcome = worker.join();
@@ -413,14 +458,14 @@ fn check_socket_path(path: &std::path::Path, what: &str) -> Result<()> {
 }
 
 /// The listener for `endpoint`, and the socket file if we created one.
-fn listen(endpoint: &Endpoint) -> Result<(UnixListener, Option<BoundPath>)> {
+fn listen(endpoint: &Endpoint, access: SocketAccess) -> Result<(UnixListener, Option<BoundPath>)> {
     match endpoint {
         Endpoint::Path(path) => {
-            let (listener, bound) = bind_socket(path)
+            let (listener, bound) = bind_socket_with(path, access)
                 .with_context(|| format!("cannot listen on {}", path.display()))?;
             Ok((listener, Some(bound)))
         }
-        Endpoint::Fd(fd) => Ok((inherited_listener(*fd)?, None)),
+        Endpoint::Fd(fd) | Endpoint::Passed(fd, _) => Ok((inherited_listener(*fd)?, None)),
     }
 }
 
@@ -450,6 +495,7 @@ fn describe(endpoint: &Endpoint) -> String {
     match endpoint {
         Endpoint::Path(p) => crate::ready::absolute(p).display().to_string(),
         Endpoint::Fd(fd) => format!("inherited fd {fd}"),
+        Endpoint::Passed(fd, name) => format!("passed fd {fd} ({name})"),
     }
 }
 

@@ -58,6 +58,28 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// Parses a socket mode: octal digits (`660`, `0660`, `0o660`), owner and group bits only (a
+/// socket anyone on the host can connect to would let them drive the device).
+pub fn parse_socket_mode(s: &str) -> Result<u32, String> {
+    let t = s.trim();
+    let digits = t.strip_prefix("0o").unwrap_or(t);
+    let mode = u32::from_str_radix(digits, 8)
+        .ok()
+        .filter(|m| *m <= 0o777)
+        .ok_or_else(|| format!("`{s}` is not an octal mode such as 0660"))?;
+    if mode & 0o007 != 0 {
+        return Err(format!(
+            "mode `{s}` gives others access to the socket: use a group (--socket-group) instead"
+        ));
+    }
+    if mode & 0o600 != 0o600 {
+        return Err(format!(
+            "mode `{s}` must let the owner read and write (0600 at least)"
+        ));
+    }
+    Ok(mode)
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]

@@ -1147,3 +1147,86 @@ fn ctl_errors_name_the_flags_not_the_json_fields() {
         assert!(!err.contains('"'), "{args:?}: {err}");
     }
 }
+
+/// 7.2: the CXL readiness wait of a client's first memory access runs outside the device lock,
+/// as `nvgrace_gpu_wait_device_ready_cxl` runs before the memory lock: the control plane peeks
+/// while the client waits (no "busy"), and the read then succeeds.
+#[test]
+fn cxl_readiness_wait_runs_outside_the_device_lock() {
+    let s = serve(&[
+        "--profile",
+        "gb200",
+        "--cxl",
+        "--cxl-active-delay",
+        "3s",
+        "--cxl-timeout-code",
+        "1",
+    ]);
+    let socket = s.socket.clone();
+    // The open is a function reset: "active" is 3 s away again.
+    let mut c = Client::connect(&socket).unwrap();
+    let reader = std::thread::spawn(move || {
+        let start = std::time::Instant::now();
+        let r = c.region_read(4, 0, 4);
+        (r.is_ok(), start.elapsed())
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let mut ctl = Ctl::connect(&s.control);
+    let start = std::time::Instant::now();
+    let peek = ctl.call(json!({"v": 1, "op": "peek", "region": 0, "offset": 256, "count": 4}));
+    assert_eq!(peek["ok"], true, "{peek}");
+    assert!(
+        start.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        start.elapsed()
+    );
+    let (ok, waited) = reader.join().unwrap();
+    assert!(ok);
+    assert!(
+        waited >= Duration::from_secs(2),
+        "the read did not wait: {waited:?}"
+    );
+}
+
+/// What BAR0's mmap saves: a client that maps BAR0's sparse areas reads its registers without a
+/// message, while the readiness page (left out of the areas) still costs one REGION_READ per
+/// read. Prints the figure for the record.
+#[test]
+fn mapped_bar0_reads_cost_no_message_and_readiness_reads_one_each() {
+    const READS: u64 = 1000;
+    let s = serve(&[]);
+    let mut c = Client::connect(&s.socket).unwrap();
+    let info = c.region_info(0).unwrap();
+    let fd = info.fd.expect("BAR0 travels with its fd");
+    let map =
+        test_support::SharedMapping::new(std::os::fd::AsFd::as_fd(&fd), info.info.offset, 0x1000)
+            .unwrap();
+    let reads = |ctl: &mut Ctl| {
+        let st = ctl.ok(json!({"v": 1, "op": "stats", "device": "gpu0"}));
+        st["devices"][0]["commands"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["cmd"] == "REGION_READ")
+            .map_or(0, |r| r["count"].as_u64().unwrap())
+    };
+    let mut ctl = Ctl::connect(&s.control);
+    let before = reads(&mut ctl);
+    c.region_write(0, 0x100, &0x5eed_u32.to_le_bytes()).unwrap();
+    let mut word = [0u8; 4];
+    for _ in 0..READS {
+        map.read(0x100, &mut word);
+    }
+    assert_eq!(
+        u32::from_le_bytes(word),
+        0x5eed,
+        "the mapping sees the register file"
+    );
+    let mapped = reads(&mut ctl) - before;
+    for _ in 0..READS {
+        reg(&mut c, C2C);
+    }
+    let trapped = reads(&mut ctl) - before - mapped;
+    eprintln!("{READS} reads of BAR0+0x100 (mapped): {mapped} REGION_READs; {READS} reads of BAR0+0x1498 (readiness page): {trapped}");
+    assert_eq!((mapped, trapped), (0, READS));
+}

@@ -23,7 +23,7 @@ use crate::wire;
 use accept::{Acceptor, Seat};
 use session::Session;
 
-pub use crate::listen::bind_socket;
+pub use crate::listen::{bind_socket, bind_socket_with, SocketAccess};
 pub use accept::Peer;
 pub use controls::{Attached, Controls, ReplyDelay};
 pub use observe::{Event, Observer};

@@ -121,6 +121,10 @@ impl Session {
             if let Some(by) = self.controls.take_delay() {
                 self.wait_out(by);
             }
+            if let Some(errno) = self.access_wait(device, &header, t.payload(&frame)) {
+                self.send_reply(t, &header, Reply::Err(errno))?;
+                continue;
+            }
             if self.is_region_read_fast_path(&header, &frame) {
                 self.region_read(device, t, &frame)?;
             } else {
@@ -208,6 +212,34 @@ impl Session {
                 self.answer_error(t, header, errno)
             }
         }
+    }
+
+    /// Runs what a region access must wait for before the device serves it (see
+    /// [`Device::access_wait`]), with the device lock let go, cut short when the client is
+    /// dropped or the server stops. Returns the errno to answer when the wait failed.
+    fn access_wait<D: Device>(
+        &self,
+        device: &Mutex<D>,
+        header: &Header,
+        payload: &[u8],
+    ) -> Option<Errno> {
+        if self.caps.is_none()
+            || header.msg_type() != wire::FLAG_TYPE_COMMAND
+            || !matches!(header.cmd, cmd::REGION_READ | cmd::REGION_WRITE)
+        {
+            return None;
+        }
+        // Both commands start with `offset u64, region u32`; a shorter payload is the
+        // decoder's to refuse.
+        let offset = u64::from_le_bytes(payload.get(0..8)?.try_into().ok()?);
+        let region = u32::from_le_bytes(payload.get(8..12)?.try_into().ok()?);
+        let write = header.cmd == cmd::REGION_WRITE;
+        let wait = relock(device).access_wait(region, offset, write)?;
+        let drops = self.controls.drops();
+        let cancelled = || {
+            self.controls.drops() != drops || self.stop.as_ref().is_some_and(Shutdown::is_triggered)
+        };
+        wait.wait(&cancelled).err()
     }
 
     /// Sleeps out a reply delay, cut short when the client is dropped or the server stops.

@@ -48,7 +48,7 @@ pub fn device_dvsec(cxl: &Cxl) -> ExtCapability {
 }
 
 /// The live state of the register: when each bit appears, and which fault keeps one away.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct CxlReadiness {
     cxl: Cxl,
     since: Instant,
@@ -101,11 +101,19 @@ impl CxlReadiness {
     /// The 7.2 driver's wait: "valid" within 1 s, then "active" within the encoded timeout,
     /// polling every `quantum`. False when either never came.
     pub fn wait_ready(&self, quantum: Duration) -> bool {
-        wait(quantum, VALID_TIMEOUT, || {
+        self.wait_ready_unless(quantum, &|| false) == Waited::Ready
+    }
+
+    /// [`CxlReadiness::wait_ready`] that gives up as soon as `cancelled` says so.
+    fn wait_ready_unless(&self, quantum: Duration, cancelled: &dyn Fn() -> bool) -> Waited {
+        match wait(quantum, VALID_TIMEOUT, cancelled, || {
             self.value() & MEM_INFO_VALID != 0
-        }) && wait(quantum, self.cxl.active_timeout(), || {
-            self.value() & MEM_ACTIVE != 0
-        })
+        }) {
+            Waited::Ready => wait(quantum, self.cxl.active_timeout(), cancelled, || {
+                self.value() & MEM_ACTIVE != 0
+            }),
+            other => other,
+        }
     }
 
     /// Both bits set now.
@@ -115,17 +123,52 @@ impl CxlReadiness {
 }
 
 /// Polls `done` every `quantum` until it holds or `timeout` passed.
-fn wait(quantum: Duration, timeout: Duration, done: impl Fn() -> bool) -> bool {
+/// How a wait ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Waited {
+    Ready,
+    TimedOut,
+    Cancelled,
+}
+
+/// Polls `done` every `quantum` until `timeout`, looking at `cancelled` every few milliseconds
+/// in between (the kernel's wait is killable).
+fn wait(
+    quantum: Duration,
+    timeout: Duration,
+    cancelled: &dyn Fn() -> bool,
+    done: impl Fn() -> bool,
+) -> Waited {
+    const SLICE: Duration = Duration::from_millis(20);
     let deadline = super::readiness::after(timeout);
     loop {
         if done() {
-            return true;
+            return Waited::Ready;
         }
         let now = Instant::now();
         if now >= deadline {
-            return false;
+            return Waited::TimedOut;
         }
-        std::thread::sleep(quantum.min(deadline - now));
+        let next = super::readiness::after(quantum).min(deadline);
+        while Instant::now() < next {
+            if cancelled() {
+                return Waited::Cancelled;
+            }
+            std::thread::sleep(SLICE.min(next.saturating_duration_since(Instant::now())));
+        }
+    }
+}
+
+/// The 7.2 driver's CXL wait before a memory access (`nvgrace_gpu_wait_device_ready_cxl`),
+/// run by the server outside the device lock on a snapshot of the register's clock: ETIME
+/// when the device never came up, EINTR when the client went away or the server stops.
+impl vfu::AccessWait for CxlReadiness {
+    fn wait(&self, cancelled: &dyn Fn() -> bool) -> Result<(), vfu::Errno> {
+        match self.wait_ready_unless(crate::config::READY_POLL, cancelled) {
+            Waited::Ready => Ok(()),
+            Waited::TimedOut => Err(vfu::Errno::ETIME),
+            Waited::Cancelled => Err(vfu::Errno::EINTR),
+        }
     }
 }
 

@@ -294,6 +294,25 @@ impl Device for NvGraceGpu {
         self.core.device_info()
     }
 
+    fn access_wait(
+        &mut self,
+        index: u32,
+        offset: u64,
+        write: bool,
+    ) -> Option<Box<dyn vfu::AccessWait>> {
+        // 7.2 waits for CXL readiness before it takes its memory lock; the check under the
+        // lock (`check_ready_after_reset`) then finds the device ready at once. The access
+        // decides as the check does: reads anywhere in the BAR, writes only below memlength,
+        // and an offset past the BAR is EINVAL without a wait.
+        let region = self.memregion(index)?;
+        let reaches = offset < region.bar_size() && (!write || offset < region.memlength());
+        if !self.reset_done || self.layout.linux < LinuxVersion::V7_2 || !reaches {
+            return None;
+        }
+        let cxl = self.cxl.clone()?;
+        Some(Box::new(cxl))
+    }
+
     fn region_info(&self, index: u32) -> Result<RegionInfo<'_>, Errno> {
         if let Some(m) = self.memregion(index) {
             return Ok(m.info());
