@@ -44,9 +44,11 @@ if [ ! -f "$CACHE/.busybox-done" ]; then
   touch "$CACHE/.busybox-done"
 fi
 
-# The guest kernel: allnoconfig plus exactly what the test needs (guest/kernel-arm64.config), so
-# that it builds in minutes on two cores. Cached as $CACHE/Image.
-if [ ! -f "$CACHE/.kernel-done" ]; then
+# The guest kernel: allnoconfig plus exactly what the tests need (guest/kernel-arm64.config), so
+# that it builds in minutes on two cores. Cached as $CACHE/Image; the stamp holds the fragment's
+# hash, so a changed fragment rebuilds the kernel (one kernel serves the node test and the oracle).
+kernel_stamp=$(sha256sum "$here/guest/kernel-arm64.config" | cut -d' ' -f1)
+if [ "$(cat "$CACHE/.kernel-done" 2>/dev/null)" != "$kernel_stamp" ]; then
   mountpoint -q "$ROOT/proc" || mount -t proc proc "$ROOT/proc"
   src_pkg=$(chroot "$ROOT" apt-cache depends linux-source | awk '/Depends: linux-source-/ { print $2; exit }')
   [ -n "$src_pkg" ] || { log "no linux-source-X.Y package behind linux-source"; exit 1; }
@@ -76,7 +78,8 @@ if [ ! -f "$CACHE/.kernel-done" ]; then
   log "kernel built in $(( $(date +%s) - start )) s"
   cp "$ksrc/arch/arm64/boot/Image" "$CACHE/Image"
   cp "$ksrc/.config" "$CACHE/Image.config"
-  rm -rf "$build"
-  touch "$CACHE/.kernel-done"
+  # VGRACE_KEEP_KBUILD=1 keeps the configured tree (about 1.5 GB) for a quick rebuild by hand.
+  [ "${VGRACE_KEEP_KBUILD:-0}" = 1 ] || rm -rf "$build"
+  echo "$kernel_stamp" >"$CACHE/.kernel-done"
 fi
 log "ready: $CACHE"

@@ -36,6 +36,13 @@ pub enum Command {
     /// Summarise a protocol trace written by `serve --trace` (per command: count, errors,
     /// bytes, latency), list its messages, or follow a live one.
     Trace(TraceArgs),
+    /// Write the SSDT a Grace host's firmware has: per GPU, the `_DSD` memory properties the
+    /// real nvgrace-gpu-vfio-pci reads (for an L1 guest on `serve --view host`).
+    Acpi(crate::acpi::AcpiArgs),
+    /// Run a fixed sequence of VFIO operations against a vfio-user server or a device under
+    /// kernel VFIO and print each with its result and errno, one canonical line each (to diff
+    /// vgrace against the real nvgrace-gpu-vfio-pci).
+    Transcript(crate::transcript::TranscriptArgs),
     /// Write the man pages or shell completions (for packagers; hidden).
     #[command(hide = true, subcommand)]
     Generate(GenerateArgs),
@@ -178,6 +185,12 @@ pub struct ServeArgs {
     /// kept), e.g. 64M, 1G; at least 4K.
     #[arg(long, default_value = "64M", value_parser = parse_size_arg, requires = "trace")]
     pub trace_max_size: u64,
+    /// What the client sees: vfio (nvgrace-gpu-vfio-pci's device, the default) or host (the
+    /// function before a VFIO driver binds: no memory BARs; needs a file backing, which QEMU
+    /// maps at the base address; see `vgrace qemu-args --view host`). With --config, use
+    /// `view = "host"` in each `[[device]]`.
+    #[arg(long, value_enum, default_value = "vfio", conflicts_with = "config")]
+    pub view: crate::host_view::View,
     /// The device.
     #[command(flatten)]
     pub device: DeviceArgs,
@@ -216,8 +229,16 @@ pub const CHECK_EXIT_CODES: &str = "Exit codes:
 #[command(after_help = CHECK_EXIT_CODES)]
 pub struct CheckArgs {
     /// Socket of the vfio-user server to check.
-    #[arg(long)]
-    pub socket: PathBuf,
+    #[arg(
+        long,
+        required_unless_present = "vfio_device",
+        conflicts_with = "vfio_device"
+    )]
+    pub socket: Option<PathBuf>,
+    /// Check a PCI device bound to a VFIO driver instead (e.g. the real nvgrace_gpu_vfio_pci
+    /// on a Grace host, or in the oracle's L1 guest), opened through its VFIO group.
+    #[arg(long, value_name = "BDF")]
+    pub vfio_device: Option<String>,
     /// How long to wait for the BAR0 readiness registers (upstream waits 30 s).
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub ready_timeout: Duration,
@@ -264,6 +285,10 @@ pub struct QemuArgsArgs {
     /// them), and `node` (the GPUs, their BARs, windows and NUMA nodes, the aperture).
     #[arg(long)]
     pub json: bool,
+    /// vfio (a guest that sees nvgrace-gpu-vfio-pci's device, the default) or host (an arm64
+    /// L1 Grace host whose kernel runs the real driver on `serve --view host`).
+    #[arg(long, value_enum, default_value = "vfio")]
+    pub view: crate::host_view::View,
     /// The device.
     #[command(flatten)]
     pub device: DeviceArgs,

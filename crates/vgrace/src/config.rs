@@ -27,6 +27,7 @@
 //! cxl_timeout_code = 1       # optional: active timeout 1 s x 4^code (capped at 256 s)
 //! trace = "/var/log/vgrace/gpu0.trace"  # optional: protocol trace (see `vgrace trace`)
 //! trace_max_size = "64M"     # optional: rotate the trace at this size (FILE.1 kept; 4K least)
+//! view = "host"              # optional: vfio (default) | host (the bare function, for an L1 guest)
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -37,6 +38,7 @@ use serde::Deserialize;
 use vgrace_device::{Fault, GpuConfig, Profile};
 
 use crate::cli::DeviceArgs;
+use crate::host_view::View;
 use crate::units::{parse_duration, parse_u16, parse_u64};
 
 /// A number given either as a TOML integer or as a string (hex, or a size with suffix).
@@ -92,6 +94,8 @@ struct DeviceTable {
     trace: Option<PathBuf>,
     #[serde(default)]
     trace_max_size: Option<NumOrString>,
+    #[serde(default)]
+    view: Option<View>,
 }
 
 /// The whole file.
@@ -162,6 +166,8 @@ pub struct DeviceEntry {
     pub trace: Option<PathBuf>,
     /// The size at which the trace file is rotated.
     pub trace_max_size: u64,
+    /// Which function the device shows (`view`, default vfio).
+    pub view: View,
 }
 
 /// Reads and validates a configuration file's devices.
@@ -215,6 +221,7 @@ pub fn parse_node(text: &str) -> Result<Node> {
                 bail!("device {i}: trace file {} is used twice", t.display());
             }
         }
+        let view = table.view.unwrap_or_default();
         let config = table.into_config().with_context(|| format!("device {i}"))?;
         entries.push(DeviceEntry {
             id,
@@ -222,6 +229,7 @@ pub fn parse_node(text: &str) -> Result<Node> {
             config,
             trace,
             trace_max_size,
+            view,
         });
     }
     Ok(Node {
@@ -397,6 +405,14 @@ mod tests {
     fn unknown_key_is_refused() {
         let err = parse("[[device]]\nsocket = \"/tmp/a.sock\"\nsize = 3\n").unwrap_err();
         assert!(format!("{err:#}").contains("unknown field"), "{err:#}");
+    }
+
+    #[test]
+    fn view_host_is_read_per_device_and_defaults_to_vfio() {
+        use crate::host_view::View;
+        let e = parse("[[device]]\nsocket = \"/tmp/a.sock\"\nview = \"host\"\n[[device]]\nsocket = \"/tmp/b.sock\"\n").unwrap();
+        assert_eq!((e[0].view, e[1].view), (View::Host, View::Vfio));
+        assert!(parse("[[device]]\nsocket = \"/tmp/a.sock\"\nview = \"guest\"\n").is_err());
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! server against the nvgrace ABI, print the QEMU arguments that attach it, and read the
 //! protocol traces `serve --trace` writes.
 
+mod acpi;
 mod activation;
 mod check;
 mod cli;
@@ -10,16 +11,20 @@ mod control;
 mod ctl;
 mod dirs;
 mod generate;
+mod host_view;
+mod kvfio;
 mod layout;
 mod logging;
 mod mapping;
 mod node;
 mod out;
 mod qemu_args;
+mod qemu_host;
 mod ready;
 mod serve;
 mod trace_cmd;
 mod trace_setup;
+mod transcript;
 mod units;
 
 use std::io::Write;
@@ -80,6 +85,8 @@ fn run(cli: Cli, activation: activation::Activation) -> Result<ExitCode> {
         Command::QemuArgs(args) => qemu_args::run(&args).map(|()| ExitCode::SUCCESS),
         Command::Ctl(args) => ctl::run(&args).map(|()| ExitCode::SUCCESS),
         Command::Trace(args) => trace_cmd::run(&args).map(|()| ExitCode::SUCCESS),
+        Command::Acpi(args) => acpi::run(&args).map(|()| ExitCode::SUCCESS),
+        Command::Transcript(args) => transcript::run(&args).map(|()| ExitCode::SUCCESS),
         Command::Generate(args) => generate::run(&args).map(|()| ExitCode::SUCCESS),
     }
 }

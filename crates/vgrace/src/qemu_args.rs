@@ -16,6 +16,9 @@ use crate::units::human;
 
 /// Prints the arguments (or JSON).
 pub fn run(args: &QemuArgsArgs) -> Result<()> {
+    if args.view == crate::host_view::View::Host {
+        return crate::qemu_host::run(args);
+    }
     let gpus: Vec<(Layout, String)> = match &args.config {
         Some(path) => crate::config::load(path)?
             .into_iter()
@@ -43,7 +46,7 @@ pub fn run(args: &QemuArgsArgs) -> Result<()> {
     Ok(())
 }
 
-fn absolute(path: &Path) -> Result<String> {
+pub fn absolute(path: &Path) -> Result<String> {
     let p: PathBuf = if path.is_absolute() {
         path.to_path_buf()
     } else {

@@ -146,6 +146,7 @@ pub fn run(args: ServeArgs, activation: Activation) -> Result<()> {
                 config: crate::device_config(&args.device)?,
                 trace: args.trace.clone(),
                 trace_max_size: args.trace_max_size,
+                view: args.view,
             }],
             None,
         ),
@@ -206,8 +207,10 @@ pub fn run(args: ServeArgs, activation: Activation) -> Result<()> {
 
     // Build every device before creating any socket, so a bad entry leaves nothing behind.
     let mut devices = Vec::with_capacity(entries.len());
+    // The host view's memory files, locked while we serve (QEMU maps them).
+    let mut host_memory = Vec::new();
     for entry in &entries {
-        let device = NvGraceGpu::new(&entry.config)
+        let device = crate::host_view::build(entry, &mut host_memory)
             .with_context(|| format!("cannot create the device for {}", entry.socket.display()))?;
         // From 6.14 the probe polls the readiness registers and refuses a device that never
         // reads ready; --serve-unready offers it anyway (for guest-side tests).

@@ -24,6 +24,7 @@ use vgrace_device::LinuxVersion;
 
 use crate::cli::CheckArgs;
 
+mod kernel;
 mod rules;
 
 use rules::*;
@@ -192,20 +193,36 @@ impl Report {
 /// Runs the checks against the server at `--socket`: 0 when every rule passed (or was
 /// skipped), 1 when one failed; an error (no server, no answer) is 1 too, from `main`.
 pub fn run(args: &CheckArgs) -> Result<ExitCode> {
-    let client = connect(args)?;
-    let caps = client.caps();
-    let mut target = ClientTarget { client };
+    // A vfio-user server at --socket, or a device under kernel VFIO (--vfio-device: the real
+    // driver, on a Grace host or in the oracle's L1 guest).
+    let (name, caps, mut target): (String, Option<vfu::wire::Caps>, Box<dyn Target>) =
+        match (&args.vfio_device, &args.socket) {
+            (Some(bdf), _) => (
+                format!("{bdf} (kernel VFIO)"),
+                None,
+                Box::new(kernel::KernelTarget::open(bdf)?),
+            ),
+            (None, Some(socket)) => {
+                let client = connect(args, socket)?;
+                let caps = client.caps();
+                (
+                    socket.display().to_string(),
+                    Some(caps),
+                    Box::new(ClientTarget { client }),
+                )
+            }
+            (None, None) => anyhow::bail!("give --socket or --vfio-device"),
+        };
     let mut out = crate::out::stdout();
     if !args.json {
         writeln!(
             out,
-            "checking {} against the rules of Linux {}",
-            args.socket.display(),
+            "checking {name} against the rules of Linux {}",
             args.linux
         )?;
         out.flush()?;
     }
-    let report = check_all(&mut target, args.ready_timeout, args.linux);
+    let report = check_all(target.as_mut(), args.ready_timeout, args.linux);
     let (passed, failed, skipped) = (
         report.count(Verdict::Pass),
         report.count(Verdict::Fail),
@@ -215,14 +232,15 @@ pub fn run(args: &CheckArgs) -> Result<ExitCode> {
     if args.json {
         let doc = serde_json::json!({
             "socket": args.socket,
+            "vfio_device": args.vfio_device,
             "linux": args.linux.to_string(),
             "rules": report.outcomes.iter().map(Outcome::json).collect::<Vec<_>>(),
             "summary": { "passed": passed, "failed": failed, "skipped": skipped,
                          "total": report.outcomes.len() },
             "server": {
                 "linux": report.fits.as_ref().map(|v| v.iter().map(ToString::to_string).collect::<Vec<_>>()),
-                "max_data_xfer_size": caps.max_data_xfer_size,
-                "max_msg_fds": caps.max_msg_fds,
+                "max_data_xfer_size": caps.map(|c| c.max_data_xfer_size),
+                "max_msg_fds": caps.map(|c| c.max_msg_fds),
             },
             "notes": note.iter().collect::<Vec<_>>(),
         });
@@ -246,9 +264,9 @@ pub fn run(args: &CheckArgs) -> Result<ExitCode> {
 /// Connects and negotiates, waiting at most `--timeout` for each answer (a peer that is not a
 /// vfio-user server, such as a control socket, never answers VERSION); later requests may also
 /// take the `--ready-timeout` a 6.19+ server spends waiting for readiness inside one.
-fn connect(args: &CheckArgs) -> Result<Client> {
-    let name = args.socket.display();
-    let stream = std::os::unix::net::UnixStream::connect(&args.socket)
+fn connect(args: &CheckArgs, socket: &std::path::Path) -> Result<Client> {
+    let name = socket.display();
+    let stream = std::os::unix::net::UnixStream::connect(socket)
         .with_context(|| format!("cannot connect to {name}"))?;
     stream
         .set_read_timeout(Some(args.timeout))
