@@ -6,16 +6,16 @@
 
 use vfu::device::INTX_IRQ_INDEX;
 use vfu::server::{bind_socket, Server, ServerConfig, Shutdown};
-use vfu::{Device, DeviceInfo, Errno, IrqInfo, RegionInfo, SetIrqs};
+use vfu::Errno;
 use vgrace_device::pci::bar::BarDesc;
-use vgrace_device::pci::{Header, PciCore, PciDescription};
+use vgrace_device::pci::{Header, PciCore, PciDescription, PciVariant, Variant};
 
 /// Writing any value here raises INTx.
 pub const DOORBELL: u64 = 0;
 /// BAR2 memory size.
 pub const RAM: usize = 64 << 10;
 
-/// The device: the core serves everything but BAR2, which is ours.
+/// The device: the core and BAR2's memory.
 pub struct Doorbell {
     core: PciCore,
     ram: Vec<u8>,
@@ -46,62 +46,35 @@ pub fn doorbell() -> Result<Doorbell, vgrace_device::DeviceError> {
     })
 }
 
-impl Doorbell {
-    /// The part of BAR2 an access touches; EINVAL at or past its end, clipped before it.
-    fn window(&mut self, offset: u64, len: usize) -> Result<&mut [u8], Errno> {
-        let at = usize::try_from(offset)
-            .ok()
-            .filter(|o| *o < RAM)
-            .ok_or(Errno::EINVAL)?;
-        Ok(&mut self.ram[at..(at + len).min(RAM)])
+/// The core answers everything but BAR2 (and runs the lifecycle, the interrupts and the range
+/// checks); the doorbell hooks the core's BAR0 writes.
+impl PciVariant for Doorbell {
+    fn core(&self) -> &PciCore {
+        &self.core
     }
-}
-
-impl Device for Doorbell {
-    fn device_info(&self) -> DeviceInfo {
-        self.core.device_info()
+    fn core_mut(&mut self) -> &mut PciCore {
+        &mut self.core
     }
-    fn region_info(&self, index: u32) -> Result<RegionInfo<'_>, Errno> {
-        self.core.region_info(index) // BAR2 too: its size and READ|WRITE come from the core
+    fn owns(&self, index: u32) -> bool {
+        index == 2
     }
-    fn region_read(&mut self, index: u32, offset: u64, buf: &mut [u8]) -> Result<usize, Errno> {
-        if index != 2 {
-            return self.core.region_read(index, offset, buf);
-        }
-        let w = self.window(offset, buf.len())?;
-        buf[..w.len()].copy_from_slice(w);
-        Ok(w.len())
+    // `Variant` has checked the offset and clipped the access to the 64 KiB BAR.
+    fn owned_read(&mut self, _: u32, offset: u64, buf: &mut [u8]) -> Result<(), Errno> {
+        let at = usize::try_from(offset).map_err(|_| Errno::EINVAL)?;
+        buf.copy_from_slice(self.ram.get(at..at + buf.len()).ok_or(Errno::EINVAL)?);
+        Ok(())
     }
-    fn region_write(&mut self, index: u32, offset: u64, data: &[u8]) -> Result<usize, Errno> {
-        if index == 2 {
-            let w = self.window(offset, data.len())?;
-            let n = w.len();
-            w.copy_from_slice(&data[..n]);
-            return Ok(n);
-        }
-        let n = self.core.region_write(index, offset, data)?;
+    fn owned_write(&mut self, _: u32, offset: u64, data: &[u8]) -> Result<(), Errno> {
+        let at = usize::try_from(offset).map_err(|_| Errno::EINVAL)?;
+        let window = self.ram.get_mut(at..at + data.len()).ok_or(Errno::EINVAL)?;
+        window.copy_from_slice(data);
+        Ok(())
+    }
+    fn after_core_write(&mut self, index: u32, offset: u64, _: usize) -> Result<(), Errno> {
         if index == 0 && offset == DOORBELL {
             self.core.trigger(INTX_IRQ_INDEX, 0)?;
         }
-        Ok(n)
-    }
-    fn irq_info(&self, index: u32) -> Result<IrqInfo, Errno> {
-        self.core.irq_info(index)
-    }
-    fn set_irqs(&mut self, req: SetIrqs) -> Result<(), Errno> {
-        self.core.set_irqs(req)
-    }
-    fn reset(&mut self) -> Result<(), Errno> {
-        self.core.reset()
-    }
-    fn request_release(&mut self) -> bool {
-        self.core.request_release()
-    }
-    fn client_attached(&mut self) {
-        self.core.client_attached()
-    }
-    fn client_detached(&mut self) {
-        self.core.client_detached()
+        Ok(())
     }
 }
 
@@ -111,6 +84,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .nth(1)
         .unwrap_or_else(|| "doorbell.sock".into());
     let (listener, _ours) = bind_socket(path.as_ref())?;
-    let mut server = Server::new(doorbell()?, ServerConfig::default());
+    let mut server = Server::new(Variant(doorbell()?), ServerConfig::default());
     Ok(server.serve(listener, &Shutdown::new()?)?)
 }

@@ -20,6 +20,20 @@ struct Served {
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
+impl Served {
+    /// Closes the client (the device's `close`), then connects a new one (its `open`).
+    fn reconnect(&mut self) -> &mut Client {
+        // One client at a time: the old one must be gone before the new one connects.
+        let (placeholder, _) = std::os::unix::net::UnixStream::pair().unwrap();
+        drop(std::mem::replace(
+            &mut self.client,
+            Client::unnegotiated(placeholder),
+        ));
+        self.client = Client::connect(&self._dir.path().join("doorbell.sock")).unwrap();
+        &mut self.client
+    }
+}
+
 impl Drop for Served {
     fn drop(&mut self) {
         self.shutdown.trigger();
@@ -37,7 +51,7 @@ fn serve() -> Served {
     let stop = shutdown.clone();
     let device = doorbell::doorbell().unwrap();
     let thread = std::thread::spawn(move || {
-        Server::new(device, ServerConfig::default())
+        Server::new(vgrace_device::pci::Variant(device), ServerConfig::default())
             .serve(listener, &stop)
             .unwrap();
     });
@@ -94,4 +108,45 @@ fn example_device_doorbell_raises_intx() {
         s.client.region_read(0, 0x10, 4).unwrap(),
         7u32.to_le_bytes()
     );
+}
+
+/// The lifecycle is the core's, with no code of the doorbell's own: a new client finds config
+/// space rebuilt (memory decode on, bus mastering off, BAR registers 0) and the register file
+/// reset, while BAR2's memory is kept; VFIO_DEVICE_RESET leaves the virtual config alone.
+#[test]
+fn doorbell_gets_the_cores_lifecycle_without_code_of_its_own() {
+    let mut s = serve();
+    let c = &mut s.client;
+    c.region_write(7, 0x04, &0x0006u16.to_le_bytes()).unwrap();
+    c.region_write(7, 0x18, &0x8000_0000u32.to_le_bytes())
+        .unwrap();
+    c.region_write(0, 0x80, &0x5eedu32.to_le_bytes()).unwrap();
+    c.region_write(2, 0x10, b"kept").unwrap();
+    c.reset().unwrap();
+    assert_eq!(
+        c.region_read(7, 0x18, 4).unwrap(),
+        0x8000_000cu32.to_le_bytes()
+    );
+    assert_eq!(c.region_read(0, 0x80, 4).unwrap(), [0; 4], "function reset");
+    let next = s.reconnect();
+    assert_eq!(
+        next.region_read(7, 0x04, 2).unwrap(),
+        [0x02, 0x00],
+        "memory on, master off"
+    );
+    assert_eq!(next.region_read(7, 0x18, 4).unwrap(), [0x0c, 0, 0, 0]);
+    assert_eq!(next.region_read(2, 0x10, 4).unwrap(), b"kept");
+}
+
+/// The doorbell's own region is range-checked once, by `Variant`, from the size its
+/// description declared: EINVAL at the end, clipped before it.
+#[test]
+fn doorbell_memory_is_range_checked_by_the_variant() {
+    let mut s = serve();
+    let c = &mut s.client;
+    assert_eq!(
+        c.region_read(2, 64 << 10, 4).unwrap_err().remote_errno(),
+        Some(vfu::Errno::EINVAL)
+    );
+    assert_eq!(c.region_read(2, (64 << 10) - 2, 4).unwrap().len(), 2);
 }

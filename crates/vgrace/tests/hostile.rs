@@ -954,7 +954,8 @@ fn offset_past_any_region_is_einval_whatever_the_count() {
     let srv = Srv::start();
     let mut c = srv.client();
     for region in (0..9u32).filter(|r| *r != 7) {
-        let size = c.region_info(region).unwrap().info.size;
+        // The VGA region does not exist (EINVAL for its info too): size 0.
+        let size = c.region_info(region).map_or(0, |r| r.info.size);
         for offset in [size, size + 1, u64::MAX - 1, u64::MAX] {
             for count in [1u32, 4, 4096] {
                 let read = c.region_read(region, offset, count).unwrap_err();

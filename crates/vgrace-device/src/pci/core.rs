@@ -28,7 +28,7 @@ use vfio_bindings::bindings::vfio::{
 };
 use vfu::device::{
     BAR0_REGION_INDEX, CONFIG_REGION_INDEX, ERR_IRQ_INDEX, INTX_IRQ_INDEX, PCI_NUM_IRQS,
-    PCI_NUM_REGIONS, REQ_IRQ_INDEX,
+    PCI_NUM_REGIONS, REQ_IRQ_INDEX, VGA_REGION_INDEX,
 };
 use vfu::{Device, DeviceInfo, Errno, IrqInfo, RegionInfo, SetIrqs, SparseArea};
 
@@ -464,7 +464,9 @@ impl Device for PciCore {
                 fd: Some(regs.fd()),
             });
         }
-        let (flags, size) = if index >= PCI_NUM_REGIONS {
+        // The legacy VGA range exists only for a VGA function (`vfio_pci_ioctl_get_region_info`
+        // answers EINVAL without `has_vga`); none of ours is one.
+        let (flags, size) = if index >= PCI_NUM_REGIONS || index == VGA_REGION_INDEX {
             return Err(Errno::EINVAL);
         } else if index == CONFIG_REGION_INDEX {
             (RW, CONFIG_SIZE as u64)
@@ -546,7 +548,7 @@ impl Device for PciCore {
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
-    use vfu::device::{ROM_REGION_INDEX, VGA_REGION_INDEX};
+    use vfu::device::ROM_REGION_INDEX;
 
     use super::*;
     use crate::pci::bar::BarDesc;
@@ -625,12 +627,14 @@ mod tests {
             d.region_read(BAR0_REGION_INDEX, 64 << 10, &mut b),
             Err(Errno::EINVAL)
         );
-        // Upper halves, BAR4, ROM and VGA are absent; past the last index is EINVAL.
-        for index in [1, 3, 4, 5, ROM_REGION_INDEX, VGA_REGION_INDEX] {
+        // Upper halves, BAR4 and ROM are absent; VGA (not a VGA function) and past the last
+        // index are EINVAL.
+        for index in [1, 3, 4, 5, ROM_REGION_INDEX] {
             let info = d.region_info(index).unwrap();
             assert_eq!((info.flags, info.size), (0, 0), "region {index}");
             assert_eq!(d.region_read(index, 0, &mut b), Err(Errno::EINVAL));
         }
+        assert!(d.region_info(VGA_REGION_INDEX).is_err());
         assert!(d.region_info(PCI_NUM_REGIONS).is_err());
         // Sizing probe of the BAR it was given.
         d.region_write(CONFIG_REGION_INDEX, 0x18, &[0xff; 8])

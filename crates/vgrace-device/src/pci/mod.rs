@@ -9,6 +9,8 @@ pub mod core;
 pub mod description;
 pub mod intrs;
 pub mod regfile;
+pub mod variant;
 
 pub use self::core::PciCore;
 pub use self::description::{Capability, ExtCapability, Header, PciDescription};
+pub use self::variant::{PciVariant, Variant};

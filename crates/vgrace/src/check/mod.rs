@@ -338,8 +338,14 @@ fn check_all(t: &mut dyn Target, ready_timeout: Duration, linux: LinuxVersion) -
         out.push(Outcome::new(rule, result));
     };
 
-    push("identity: vendor 0x10de, known device id", identity(t));
-    push("identity: class 3D controller (0x0302)", class_code(t));
+    push(
+        "identity: vendor 0x10de, known device id (nvgrace_gpu_vfio_pci_table)",
+        identity(t),
+    );
+    push(
+        "identity: class 3D controller 0x0302 (vfio_config_init)",
+        class_code(t),
+    );
     let (decode, decode_off) = memory_decode(t);
     push(
         "config: memory decode on (while off, vfio_pci_bar_rw answers EIO)",
@@ -348,10 +354,13 @@ fn check_all(t: &mut dyn Target, ready_timeout: Duration, linux: LinuxVersion) -
     let ready = unless_off(decode_off, || readiness(t, ready_timeout));
     let never_ready = ready.is_err();
     push(
-        "bar0: readiness registers read 0xff (nvgrace_gpu_wait_device_ready)",
+        "bar0: readiness registers read 0xff (nvgrace_gpu_probe_check_device_ready, nvgrace_gpu_wait_device_ready_legacy)",
         ready,
     );
-    push("region 0: BAR0 is 16 MiB", bar0_size(t));
+    push(
+        "region 0: BAR0 is 16 MiB (vfio_pci_ioctl_get_region_info)",
+        bar0_size(t),
+    );
     let blackwell = config_read32(t, 0)
         .map(|id| BLACKWELL_DEVICE_IDS.contains(&((id >> 16) as u16)))
         .unwrap_or(false);
@@ -367,7 +376,7 @@ fn check_all(t: &mut dyn Target, ready_timeout: Duration, linux: LinuxVersion) -
             }
             Ok(info) => regions.memory.push((index, info)),
             Err(e) => push(
-                &format!("region {index}: REGION_INFO answers"),
+                &format!("region {index}: REGION_INFO answers (nvgrace_gpu_ioctl_get_region_info)"),
                 Err(format!("{e:#}")),
             ),
         }
@@ -375,7 +384,7 @@ fn check_all(t: &mut dyn Target, ready_timeout: Duration, linux: LinuxVersion) -
     let core_only = regions.memory.is_empty();
     if core_only {
         push(
-            "core-only device (C2C link down or no memory properties)",
+            "core-only device: C2C link down or no memory properties (nvgrace_gpu_probe)",
             core_only_layout(&regions, blackwell),
         );
     } else {
@@ -387,78 +396,82 @@ fn check_all(t: &mut dyn Target, ready_timeout: Duration, linux: LinuxVersion) -
         let bar = *index;
         let memlength = info.sparse.first().map(|a| a.size).unwrap_or(0);
         push(
-            &format!("region {index}: size is a power of two"),
+            &format!("region {index}: size is a power of two (nvgrace_gpu_ioctl_get_region_info)"),
             pow2(info.size),
         );
         push(
-            &format!("region {index}: flags READ|WRITE|MMAP"),
+            &format!("region {index}: flags READ|WRITE|MMAP (nvgrace_gpu_ioctl_get_region_info)"),
             flags(info.flags),
         );
         push(
-            &format!("region {index}: one sparse area [0, memlength)"),
+            &format!("region {index}: one sparse area [0, memlength) (nvgrace_gpu_ioctl_get_region_info)"),
             sparse(info),
         );
         push(
-            &format!("region {index}: one fd with the region"),
+            &format!("region {index}: one fd with the region (nvgrace_gpu_mmap)"),
             fd_present(info),
         );
         push(
-            &format!("region {index}: mmap of the fd is coherent"),
+            &format!("region {index}: mmap of the fd is coherent (nvgrace_gpu_mmap)"),
             unless_off(decode_off, || mmap_coherent(t, *index, info)),
         );
         push(
-            &format!("region {index}: memory reads back writes"),
+            &format!("region {index}: memory reads back writes (nvgrace_gpu_read_mem, nvgrace_gpu_write_mem)"),
             unless_off(decode_off, || memory_rw(t, *index, memlength)),
         );
         push(
-            &format!("region {index}: reads past memory are all ones"),
+            &format!("region {index}: reads past memory are all ones (nvgrace_gpu_read_mem)"),
             unless_off(decode_off, || {
                 past_memory_read(t, *index, memlength, info.size)
             }),
         );
         push(
-            &format!("region {index}: writes past memory are dropped"),
+            &format!("region {index}: writes past memory are dropped (nvgrace_gpu_write_mem)"),
             unless_off(decode_off, || {
                 past_memory_write(t, *index, memlength, info.size)
             }),
         );
         push(
-            &format!("region {index}: access clipped at BAR end"),
+            &format!(
+                "region {index}: access clipped at BAR end (nvgrace_gpu_read, nvgrace_gpu_write)"
+            ),
             unless_off(decode_off, || clipped(t, *index, info.size)),
         );
         push(
-            &format!("region {index}: offset at BAR end is EINVAL"),
+            &format!(
+                "region {index}: offset at BAR end is EINVAL (nvgrace_gpu_read, nvgrace_gpu_write)"
+            ),
             unless_off(decode_off, || at_end_einval(t, *index, info.size)),
         );
         push(
-            &format!("BAR{bar}: sizing probe returns the size mask"),
+            &format!("BAR{bar}: sizing probe returns the size mask (nvgrace_gpu_read_config_emu)"),
             sizing_probe(t, bar, info.size),
         );
     }
     if let Some(info) = &regions.bar1 {
         let index = BAR1_REGION_INDEX;
         push(
-            "region 2: the real BAR1 (power-of-two size, READ|WRITE|MMAP, no sparse area)",
+            "region 2: the real BAR1: power-of-two size, READ|WRITE|MMAP, no sparse area (vfio_pci_ioctl_get_region_info)",
             pow2(info.size).and_then(|_| flags(info.flags)),
         );
         push(
-            "region 2 (BAR1): the whole BAR maps through its fd",
+            "region 2 (BAR1): the whole BAR maps through its fd (vfio_pci_core_mmap)",
             unless_off(decode_off, || bar1_mmap(t, info)),
         );
         push(
-            "region 2 (BAR1): memory to its end (no all-ones tail)",
+            "region 2 (BAR1): memory to its end, no all-ones tail (vfio_pci_bar_rw)",
             unless_off(decode_off, || memory_rw(t, index, info.size)),
         );
         push(
-            "region 2 (BAR1): access clipped at BAR end",
+            "region 2 (BAR1): access clipped at BAR end (vfio_pci_bar_rw)",
             unless_off(decode_off, || clipped(t, index, info.size)),
         );
         push(
-            "region 2 (BAR1): offset at BAR end is EINVAL",
+            "region 2 (BAR1): offset at BAR end is EINVAL (vfio_pci_bar_rw)",
             unless_off(decode_off, || at_end_einval(t, index, info.size)),
         );
         push(
-            "BAR2 (BAR1): sizing probe at 0x18 returns the size mask",
+            "BAR2 (BAR1): sizing probe at 0x18 returns the size mask (vfio_bar_fixup)",
             sizing_probe(t, index, info.size),
         );
     }
@@ -477,7 +490,7 @@ fn check_all(t: &mut dyn Target, ready_timeout: Duration, linux: LinuxVersion) -
         )
     } else {
         (
-            "reset: first memory access is not checked (before 6.19)",
+            "reset: first memory access is not checked (before 6.19) (nvgrace_gpu_read_mem)",
             false,
         )
     };
@@ -553,7 +566,7 @@ fn layout(
     if blackwell && linux >= LinuxVersion::V6_14 {
         let ok = regions.bar1.is_some() && regions.has_memory(4) && !regions.has_memory(2);
         (
-            format!("layout (Linux {linux}, Blackwell): BAR1 at 2, all memory at 4"),
+            format!("layout (Linux {linux}, Blackwell): BAR1 at 2, all memory at 4 (nvgrace_gpu_has_mig_hw_bug, nvgrace_gpu_memregion)"),
             if ok {
                 Ok("no resmem".into())
             } else {
@@ -569,7 +582,7 @@ fn layout(
             .any(|(i, info)| *i == 2 && info.sparse.len() == 1);
         let ok = resmem && regions.has_memory(4) && regions.bar1.is_none();
         (
-            format!("layout (Linux {linux}, Blackwell): resmem at 2, usemem at 4"),
+            format!("layout (Linux {linux}, Blackwell): resmem at 2, usemem at 4 (nvgrace_gpu_init_nvdev_struct)"),
             if ok {
                 Ok("split the Hopper way".into())
             } else {
@@ -581,7 +594,7 @@ fn layout(
     } else {
         let ok = regions.has_memory(2) && regions.bar1.is_none();
         (
-            format!("layout (Linux {linux}, Hopper): memory at region 2"),
+            format!("layout (Linux {linux}, Hopper): memory at region 2 (nvgrace_gpu_init_nvdev_struct)"),
             if ok {
                 Ok(format!("{region2}, {region4}"))
             } else {
@@ -691,7 +704,14 @@ mod tests {
             cites("reset: emulated BARs read 0 (nvgrace_gpu_ioctl, vfio_pci_ioctl_reset)"),
             ["nvgrace_gpu_ioctl", "vfio_pci_ioctl_reset"]
         );
-        assert!(cites("reset: first memory access is not checked (before 6.19)").is_empty());
+        assert_eq!(
+            cites("reset: first memory access is not checked (before 6.19) (nvgrace_gpu_read_mem)"),
+            ["nvgrace_gpu_read_mem"]
+        );
+        assert_eq!(
+            cites("region 2 (BAR1): access clipped at BAR end (vfio_pci_bar_rw)"),
+            ["vfio_pci_bar_rw"]
+        );
         assert!(cites("region 2 (BAR1): access clipped at BAR end").is_empty());
     }
 
