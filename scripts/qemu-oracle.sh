@@ -9,6 +9,9 @@
 # profile and memory size), and the two are diffed.
 #   VGRACE_ORACLE_PROFILE  gh100 (default) | gb200 | gb200-cxl
 #   VGRACE_ORACLE_CLIENT=0 skip the aarch64 vgrace (probe and bind only)
+#   VGRACE_ORACLE_KERNEL   the guest kernel image (default: the cached 7.2 build)
+#   VGRACE_ORACLE_LINUX    the version vgrace and `vgrace check` judge by (default 7.2; the older
+#                          kernel's run, scripts/qemu-oracle-6.12.sh, uses 6.9)
 # Exits 0 when the driver bound, the guest's checks (vgrace check --vfio-device included) passed,
 # both transcripts were made and every line that differs is a known class
 # (scripts/oracle/known-differences.txt, explained in DESIGN.md). The diff is printed and saved
@@ -19,6 +22,11 @@ repo=$(cd "$here/.." && pwd)
 CACHE=${VGRACE_QEMU_ARM64_CACHE:-$HOME/.cache/vgrace-qemu-arm64}
 ROOT=$CACHE/root
 PROFILE=${VGRACE_ORACLE_PROFILE:-gh100}
+LINUX=${VGRACE_ORACLE_LINUX:-7.2}
+KERNEL=${VGRACE_ORACLE_KERNEL:-}
+# Output files: oracle-<profile>-* for 7.2, oracle-<profile>-linux<version>-* otherwise.
+NAME=$PROFILE
+[ "$LINUX" = 7.2 ] || NAME=$PROFILE-linux$LINUX
 MEM_SIZE=${VGRACE_ORACLE_MEM_SIZE:-2660M}
 GUEST_MEM_MIB=512
 TIMEOUT=${VGRACE_ORACLE_TIMEOUT:-600}
@@ -95,14 +103,14 @@ chmod +x "$initrd/init" "$initrd/bin/busybox"
 cp "$work/ssdt.aml" "$work/acpi/kernel/firmware/acpi/ssdt.aml"
 (cd "$work/acpi" && find kernel | cpio -o -H newc --quiet) >"$work/initrd.img"
 (cd "$initrd" && find . | cpio -o -H newc --quiet | gzip -1) >>"$work/initrd.img"
-cp "$CACHE/Image" "$work/Image"
+cp "${KERNEL:-$CACHE/Image}" "$work/Image"
 
 RUST_LOG=${RUST_LOG:-info} "$VGRACE" serve --config "$config" >"$work/vgrace.log" 2>&1 &
 vg_pid=$!
 for _ in $(seq 100); do [ -S "$work/gpu0.sock" ] && break; sleep 0.1; done
 [ -S "$work/gpu0.sock" ] || { log "vgrace did not start"; cat "$work/vgrace.log"; exit 1; }
 
-append="console=ttyAMA0 loglevel=1 panic=-1 $kernel_args vgrace.scope=$scope"
+append="console=ttyAMA0 loglevel=1 panic=-1 $kernel_args vgrace.scope=$scope vgrace.check_args=--linux,$LINUX"
 log "booting the L1 Grace host (TCG): $PROFILE, $MEM_SIZE at $mem_base, ACPI scope ...$scope"
 start=$(date +%s)
 set +e
@@ -112,8 +120,8 @@ timeout "$TIMEOUT" chroot "$ROOT" qemu-system-aarch64 -nodefaults -display none 
   </dev/null >"$work/console.log" 2>&1
 qemu_rc=$?
 set -e
-tr -d '\r' <"$work/console.log" >"$CACHE/oracle-$PROFILE-console.log"
-console=$CACHE/oracle-$PROFILE-console.log
+tr -d '\r' <"$work/console.log" >"$CACHE/oracle-$NAME-console.log"
+console=$CACHE/oracle-$NAME-console.log
 log "guest ran $(( $(date +%s) - start )) s (qemu exit $qemu_rc)"
 kill "$vg_pid" 2>/dev/null && wait "$vg_pid" 2>/dev/null || true; vg_pid=""
 grep -aE '^VGRACE-(CHECK|INFO|DMESG|RESULT)' "$console" || true
@@ -121,25 +129,25 @@ grep -aE '^VGRACE-(CHECK|INFO|DMESG|RESULT)' "$console" || true
 ok=1
 grep -aq 'VGRACE-RESULT PASS' "$console" || ok=0
 if [ -n "$guest_vgrace" ] && [ $ok = 1 ]; then
-  sed -n 's/^VGRACE-T //p' "$console" >"$CACHE/oracle-$PROFILE-guest.txt"
+  sed -n 's/^VGRACE-T //p' "$console" >"$CACHE/oracle-$NAME-guest.txt"
   # The same transcript against vgrace's own VFIO view: same profile, memory and BAR1.
-  host_args=(--socket "$work/vfio.sock" --profile "$profile" --mem-size "$MEM_SIZE" --mem-base "$mem_base" --bar1-size 1G --linux 7.2)
+  host_args=(--socket "$work/vfio.sock" --profile "$profile" --mem-size "$MEM_SIZE" --mem-base "$mem_base" --bar1-size 1G --linux "$LINUX")
   [ -z "$cxl" ] || host_args+=(--cxl)
   "$VGRACE" serve "${host_args[@]}" >"$work/vfio.log" 2>&1 &
   host_pid=$!
   for _ in $(seq 100); do [ -S "$work/vfio.sock" ] && break; sleep 0.1; done
-  "$VGRACE" transcript --socket "$work/vfio.sock" >"$CACHE/oracle-$PROFILE-host.txt"
-  guest_lines=$(wc -l <"$CACHE/oracle-$PROFILE-guest.txt")
-  host_lines=$(wc -l <"$CACHE/oracle-$PROFILE-host.txt")
+  "$VGRACE" transcript --socket "$work/vfio.sock" >"$CACHE/oracle-$NAME-host.txt"
+  guest_lines=$(wc -l <"$CACHE/oracle-$NAME-guest.txt")
+  host_lines=$(wc -l <"$CACHE/oracle-$NAME-host.txt")
   [ "$guest_lines" -gt 200 ] && [ "$host_lines" -gt 200 ] || {
     log "a transcript is incomplete: guest $guest_lines lines, host $host_lines"; ok=0; }
-  if diff -u "$CACHE/oracle-$PROFILE-guest.txt" "$CACHE/oracle-$PROFILE-host.txt" >"$CACHE/oracle-$PROFILE.diff"; then
+  if diff -u "$CACHE/oracle-$NAME-guest.txt" "$CACHE/oracle-$NAME-host.txt" >"$CACHE/oracle-$NAME.diff"; then
     log "transcripts identical ($host_lines operations)"
   else
-    cat "$CACHE/oracle-$PROFILE.diff"
-    log "transcript diff (- real driver, + vgrace): $(grep -c '^-[^-]' "$CACHE/oracle-$PROFILE.diff") of $host_lines lines differ"
+    cat "$CACHE/oracle-$NAME.diff"
+    log "transcript diff (- real driver, + vgrace): $(grep -c '^-[^-]' "$CACHE/oracle-$NAME.diff") of $host_lines lines differ"
     # Every differing line must be a known, explained class (scripts/oracle/known-differences.txt).
-    unexplained=$(grep -E '^[-+][^-+]' "$CACHE/oracle-$PROFILE.diff" | cut -c2- \
+    unexplained=$(grep -E '^[-+][^-+]' "$CACHE/oracle-$NAME.diff" | cut -c2- \
       | grep -Ev -f <(grep -v '^#' "$here/oracle/known-differences.txt") || true)
     if [ -n "$unexplained" ]; then
       log "differences not explained in DESIGN.md (scripts/oracle/known-differences.txt):"
@@ -152,12 +160,12 @@ if [ -n "$guest_vgrace" ] && [ $ok = 1 ]; then
 fi
 
 if [ $qemu_rc -eq 0 ] && [ $ok = 1 ]; then
-  echo "qemu-oracle ($PROFILE): 1 passed, 0 failed"
+  echo "qemu-oracle ($NAME): 1 passed, 0 failed"
   exit 0
 fi
 log "FAILED (qemu exit $qemu_rc); arguments, console and vgrace log follow"
 cat "$work/qemu-args.txt"
 cat "$console"
 cat "$work/vgrace.log"
-echo "qemu-oracle ($PROFILE): 0 passed, 1 failed"
+echo "qemu-oracle ($NAME): 0 passed, 1 failed"
 exit 1
