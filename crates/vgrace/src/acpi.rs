@@ -8,15 +8,11 @@
 //! companion, and the driver reads the properties through the companion
 //! (`nvgrace_gpu_fetch_memory_property`). The AML is built with rust-vmm's `acpi_tables`.
 
-use std::path::PathBuf;
-
 use acpi_tables::aml::{Name, Package, Path as AmlPath, Scope, Uuid};
 use acpi_tables::sdt::Sdt;
 use acpi_tables::Aml;
 use anyhow::{Context, Result};
-use clap::Args;
 
-use crate::cli::DeviceArgs;
 use crate::host_view::{gpu_scope, HostGpu};
 
 /// The device-properties UUID of `_DSD` (ACPI 6.x, "Device Properties UUID").
@@ -25,23 +21,8 @@ const DEVICE_PROPERTIES_UUID: &str = "daffd814-6eba-4d8c-8a91-bc9bbf4aa301";
 const OEM_ID: [u8; 6] = *b"VGRACE";
 const OEM_TABLE_ID: [u8; 8] = *b"GRACEGPU";
 
-/// `vgrace acpi`.
-#[derive(Debug, Args)]
-pub struct AcpiArgs {
-    /// A node: the TOML file `vgrace serve --config` takes (GPU i sits behind root port i, at
-    /// 00:(i+1).0), instead of the device flags (giving both is refused).
-    #[arg(long)]
-    pub config: Option<PathBuf>,
-    /// Where to write the SSDT (binary AML).
-    #[arg(short, long)]
-    pub output: PathBuf,
-    /// The device.
-    #[command(flatten)]
-    pub device: DeviceArgs,
-}
-
 /// Writes the SSDT for the GPUs the flags or the file describe.
-pub fn run(args: &AcpiArgs) -> Result<()> {
+pub fn run(args: &crate::cli::AcpiArgs) -> Result<()> {
     let gpus = crate::host_view::gpus(args.config.as_deref(), &args.device)?;
     let table = ssdt(&gpus);
     std::fs::write(&args.output, &table)

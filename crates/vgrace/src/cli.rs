@@ -38,7 +38,7 @@ pub enum Command {
     Trace(TraceArgs),
     /// Write the SSDT a Grace host's firmware has: per GPU, the `_DSD` memory properties the
     /// real nvgrace-gpu-vfio-pci reads (for an L1 guest on `serve --view host`).
-    Acpi(crate::acpi::AcpiArgs),
+    Acpi(AcpiArgs),
     /// Run a fixed sequence of VFIO operations against a vfio-user server or a device under
     /// kernel VFIO and print each with its result and errno, one canonical line each (to diff
     /// vgrace against the real nvgrace-gpu-vfio-pci).
@@ -190,7 +190,7 @@ pub struct ServeArgs {
     /// maps at the base address; see `vgrace qemu-args --view host`). With --config, use
     /// `view = "host"` in each `[[device]]`.
     #[arg(long, value_enum, default_value = "vfio", conflicts_with = "config")]
-    pub view: crate::host_view::View,
+    pub view: crate::view::View,
     /// The device.
     #[command(flatten)]
     pub device: DeviceArgs,
@@ -288,7 +288,7 @@ pub struct QemuArgsArgs {
     /// vfio (a guest that sees nvgrace-gpu-vfio-pci's device, the default) or host (an arm64
     /// L1 Grace host whose kernel runs the real driver on `serve --view host`).
     #[arg(long, value_enum, default_value = "vfio")]
-    pub view: crate::host_view::View,
+    pub view: crate::view::View,
     /// The device.
     #[command(flatten)]
     pub device: DeviceArgs,
@@ -420,6 +420,21 @@ fn parse_stall_timeout(s: &str) -> Result<Duration, String> {
         return Err("the stall timeout must be above zero".into());
     }
     Ok(d)
+}
+
+/// `vgrace acpi`.
+#[derive(Debug, Args)]
+pub struct AcpiArgs {
+    /// A node: the TOML file `vgrace serve --config` takes (GPU i sits behind root port i, at
+    /// 00:(i+1).0), instead of the device flags (giving both is refused).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Where to write the SSDT (binary AML).
+    #[arg(short, long)]
+    pub output: PathBuf,
+    /// The device.
+    #[command(flatten)]
+    pub device: DeviceArgs,
 }
 
 #[cfg(test)]

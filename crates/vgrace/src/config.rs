@@ -38,8 +38,8 @@ use serde::Deserialize;
 use vgrace_device::{Fault, GpuConfig, Profile};
 
 use crate::cli::DeviceArgs;
-use crate::host_view::View;
 use crate::units::{parse_duration, parse_u16, parse_u64};
+use crate::view::View;
 
 /// A number given either as a TOML integer or as a string (hex, or a size with suffix).
 #[derive(Debug, Clone, Deserialize)]
@@ -409,7 +409,7 @@ mod tests {
 
     #[test]
     fn view_host_is_read_per_device_and_defaults_to_vfio() {
-        use crate::host_view::View;
+        use crate::view::View;
         let e = parse("[[device]]\nsocket = \"/tmp/a.sock\"\nview = \"host\"\n[[device]]\nsocket = \"/tmp/b.sock\"\n").unwrap();
         assert_eq!((e[0].view, e[1].view), (View::Host, View::Vfio));
         assert!(parse("[[device]]\nsocket = \"/tmp/a.sock\"\nview = \"guest\"\n").is_err());

@@ -68,6 +68,16 @@ pub fn create_parent(path: &Path, what: &str) -> Result<()> {
     Ok(())
 }
 
+/// `path` made absolute against the current directory, as text for a command line.
+pub fn absolute(path: &std::path::Path) -> anyhow::Result<String> {
+    let p: std::path::PathBuf = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir()?.join(path)
+    };
+    Ok(p.to_string_lossy().into_owned())
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]

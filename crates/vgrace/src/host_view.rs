@@ -16,24 +16,13 @@
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use serde::Deserialize;
 use vgrace_device::backing::Memory;
 use vgrace_device::{Backing, GpuConfig, LinuxVersion, NvGraceGpu};
 
 use crate::cli::DeviceArgs;
 use crate::node::NODES_PER_GPU;
 
-/// Which function `vgrace serve` shows a client.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum View {
-    /// What nvgrace-gpu-vfio-pci gives a VMM: the memory as emulated BARs 2/4 (the default).
-    #[default]
-    Vfio,
-    /// The hardware as the host's PCI bus shows it: no memory BARs; the memory is host memory
-    /// at `nvidia,gpu-mem-base-pa` (for an L1 guest that runs the real driver).
-    Host,
-}
+pub use crate::view::View;
 
 /// Most root ports on bus 0 of a QEMU machine (slot 0 is the host bridge).
 const MAX_GPUS: u32 = 31;

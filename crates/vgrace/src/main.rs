@@ -26,6 +26,7 @@ mod trace_cmd;
 mod trace_setup;
 mod transcript;
 mod units;
+mod view;
 
 use std::io::Write;
 use std::path::PathBuf;

@@ -5,18 +5,18 @@
 
 use std::fmt::Write as _;
 use std::io::Write;
-use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use vgrace_device::Layout;
 
 use crate::cli::QemuArgsArgs;
+use crate::dirs::absolute;
 use crate::node::{node, Machine, Node, BAR0_SIZE, NODES_PER_GPU, VIRT_HIGHMEM_MMIO_DEFAULT};
-use crate::units::human;
+use crate::units::{human, qemu_size};
 
 /// Prints the arguments (or JSON).
 pub fn run(args: &QemuArgsArgs) -> Result<()> {
-    if args.view == crate::host_view::View::Host {
+    if args.view == crate::view::View::Host {
         return crate::qemu_host::run(args);
     }
     let gpus: Vec<(Layout, String)> = match &args.config {
@@ -44,25 +44,6 @@ pub fn run(args: &QemuArgsArgs) -> Result<()> {
         write!(out, "{}", text(&items))?;
     }
     Ok(())
-}
-
-pub fn absolute(path: &Path) -> Result<String> {
-    let p: PathBuf = if path.is_absolute() {
-        path.to_path_buf()
-    } else {
-        std::env::current_dir()?.join(path)
-    };
-    Ok(p.to_string_lossy().into_owned())
-}
-
-/// QEMU's size syntax for a byte count (exact: the largest unit that divides it).
-pub fn qemu_size(bytes: u64) -> String {
-    for (unit, shift) in [("T", 40), ("G", 30), ("M", 20), ("K", 10)] {
-        if bytes >= 1 << shift && bytes.is_multiple_of(1 << shift) {
-            return format!("{}{unit}", bytes >> shift);
-        }
-    }
-    bytes.to_string()
 }
 
 /// One piece of the output: a comment for people, or a group of argv tokens (one line of text).

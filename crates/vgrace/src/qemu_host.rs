@@ -21,7 +21,7 @@ use vgrace_device::Backing;
 
 use crate::cli::QemuArgsArgs;
 use crate::host_view::{gpu_scope, root_port_slot, HostGpu};
-use crate::qemu_args::qemu_size;
+use crate::units::qemu_size;
 
 /// Where `virt` puts RAM.
 pub const VIRT_RAM_BASE: u64 = 0x4000_0000;
@@ -55,12 +55,12 @@ pub fn run(args: &QemuArgsArgs) -> Result<()> {
     let entries: Vec<(String, vgrace_device::GpuConfig, String)> = match &args.config {
         Some(path) => crate::config::load(path)?
             .into_iter()
-            .map(|e| Ok((e.id, e.config, crate::qemu_args::absolute(&e.socket)?)))
+            .map(|e| Ok((e.id, e.config, crate::dirs::absolute(&e.socket)?)))
             .collect::<Result<_>>()?,
         None => vec![(
             "gpu0".to_string(),
             crate::device_config(&args.device)?,
-            crate::qemu_args::absolute(&args.socket)?,
+            crate::dirs::absolute(&args.socket)?,
         )],
     };
     let hosts = crate::host_view::gpus(args.config.as_deref(), &args.device)?;
@@ -117,7 +117,7 @@ fn l1_gpus(
         out.push(L1Gpu {
             id: id.clone(),
             socket: socket.clone(),
-            mem_path: crate::qemu_args::absolute(path)?,
+            mem_path: crate::dirs::absolute(path)?,
             mem_base: at,
             mem_size: cfg.mem_size,
             node: host.pxm_start,

@@ -94,7 +94,7 @@ fn device_flags(device: &DeviceArgs) -> String {
     if device.mem_size != defaults.mem_size {
         flags.push_str(&format!(
             " --mem-size {}",
-            crate::qemu_args::qemu_size(device.mem_size)
+            crate::units::qemu_size(device.mem_size)
         ));
     }
     if device.linux != defaults.linux {
@@ -103,7 +103,7 @@ fn device_flags(device: &DeviceArgs) -> String {
     if device.bar1_size != defaults.bar1_size {
         flags.push_str(&format!(
             " --bar1-size {}",
-            crate::qemu_args::qemu_size(device.bar1_size)
+            crate::units::qemu_size(device.bar1_size)
         ));
     }
     if device.no_mem_properties {

@@ -80,6 +80,16 @@ pub fn parse_socket_mode(s: &str) -> Result<u32, String> {
     Ok(mode)
 }
 
+/// QEMU's size syntax for a byte count (exact: the largest unit that divides it).
+pub fn qemu_size(bytes: u64) -> String {
+    for (unit, shift) in [("T", 40), ("G", 30), ("M", 20), ("K", 10)] {
+        if bytes >= 1 << shift && bytes.is_multiple_of(1 << shift) {
+            return format!("{}{unit}", bytes >> shift);
+        }
+    }
+    bytes.to_string()
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
