@@ -211,7 +211,7 @@ pub struct LayoutArgs {
     pub config: Option<PathBuf>,
     /// With --config: the machine the aperture is for (virt or q35; default: the host's).
     #[arg(long, requires = "config")]
-    pub machine: Option<crate::node::Machine>,
+    pub machine: Option<crate::guest::node::Machine>,
     /// The device.
     #[command(flatten)]
     pub device: DeviceArgs,
@@ -275,7 +275,7 @@ pub struct QemuArgsArgs {
     pub config: Option<PathBuf>,
     /// Machine type: virt (arm64, the Grace shape) or q35 (x86); default: the host's.
     #[arg(long)]
-    pub machine: Option<crate::node::Machine>,
+    pub machine: Option<crate::guest::node::Machine>,
     /// Guest RAM size for the shared memory backend, above zero: a byte count or a binary suffix
     /// K, M, G, T or KiB, MiB, GiB, TiB, any case (8G = 8GiB); 8GB is refused as ambiguous.
     /// Printed in QEMU's form (8G).

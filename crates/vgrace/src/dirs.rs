@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 use tracing::info;
 use vgrace_device::Backing;
 
-use crate::config::DeviceEntry;
+use crate::node_file::DeviceEntry;
 
 /// The mode of the directories we create: others may reach the socket inside (the socket's own
 /// mode, 0600, and `--allow-uid` decide who may connect).

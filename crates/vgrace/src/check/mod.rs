@@ -26,6 +26,7 @@ use crate::cli::CheckArgs;
 
 mod kernel;
 mod rules;
+mod shared_map;
 
 use rules::*;
 

@@ -156,7 +156,7 @@ pub(super) fn mmap_coherent(
         return Err("no sparse area".into());
     };
     let len = area.size.min(1 << 20);
-    let map = crate::mapping::Mapping::new(fd, info.fd_offset + area.offset, len)
+    let map = super::shared_map::Mapping::new(fd, info.fd_offset + area.offset, len)
         .map_err(|e| format!("mmap: {e:#}"))?;
     let offset = area.offset;
     let original = t.read(index, offset, 8).map_err(|e| e.to_string())?;
@@ -439,7 +439,7 @@ pub(super) fn bar1_mmap(t: &mut dyn Target, info: &RegionView) -> Result<String,
     let start = info.size - len;
     let offset = info.size.checked_sub(8).ok_or("BAR1 under 8 bytes")?;
     let at = usize::try_from(offset - start).map_err(|e| e.to_string())?;
-    let map = crate::mapping::Mapping::new(fd, info.fd_offset + start, len)
+    let map = super::shared_map::Mapping::new(fd, info.fd_offset + start, len)
         .map_err(|e| format!("mmap of [{start:#x}, {:#x}): {e:#}", info.size))?;
     let original = t
         .read(BAR1_REGION_INDEX, offset, 8)

@@ -12,7 +12,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use serde_json::{json, Value};
 
-use crate::control::protocol::{to_hex, MAX_BYTES, VERSION};
+use crate::serve::control::protocol::{to_hex, MAX_BYTES, VERSION};
 use crate::units::{parse_duration, parse_u64};
 
 /// `vgrace ctl`.
@@ -388,7 +388,7 @@ fn peek(
             "peek",
             json!({ "device": target.device, "region": region, "offset": offset + done, "count": n }),
         )?;
-        let bytes = crate::control::protocol::from_hex(v["data"].as_str().unwrap_or(""))
+        let bytes = crate::serve::control::protocol::from_hex(v["data"].as_str().unwrap_or(""))
             .map_err(|f| anyhow::anyhow!("{}", f.0))?;
         if json_out {
             writeln!(out, "{v}")?;
@@ -421,7 +421,7 @@ fn poke_bytes(
             }
             v.to_le_bytes()[..usize::from(width)].to_vec()
         }
-        (None, Some(h), _) => crate::control::protocol::from_hex(h.trim())
+        (None, Some(h), _) => crate::serve::control::protocol::from_hex(h.trim())
             .map_err(|f| anyhow::anyhow!("--hex: {}", f.0))?,
         (None, None, Some(p)) if p.as_os_str() == "-" => {
             let mut buf = Vec::new();

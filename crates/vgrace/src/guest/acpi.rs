@@ -13,7 +13,7 @@ use acpi_tables::sdt::Sdt;
 use acpi_tables::Aml;
 use anyhow::{Context, Result};
 
-use crate::host_view::{gpu_scope, HostGpu};
+use crate::guest::host_view::{gpu_scope, HostGpu};
 
 /// The device-properties UUID of `_DSD` (ACPI 6.x, "Device Properties UUID").
 const DEVICE_PROPERTIES_UUID: &str = "daffd814-6eba-4d8c-8a91-bc9bbf4aa301";
@@ -23,7 +23,7 @@ const OEM_TABLE_ID: [u8; 8] = *b"GRACEGPU";
 
 /// Writes the SSDT for the GPUs the flags or the file describe.
 pub fn run(args: &crate::cli::AcpiArgs) -> Result<()> {
-    let gpus = crate::host_view::gpus(args.config.as_deref(), &args.device)?;
+    let gpus = crate::guest::host_view::gpus(args.config.as_deref(), &args.device)?;
     let table = ssdt(&gpus);
     std::fs::write(&args.output, &table)
         .with_context(|| format!("cannot write {}", args.output.display()))?;

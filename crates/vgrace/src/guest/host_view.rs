@@ -20,7 +20,7 @@ use vgrace_device::backing::Memory;
 use vgrace_device::{Backing, GpuConfig, LinuxVersion, NvGraceGpu};
 
 use crate::cli::DeviceArgs;
-use crate::node::NODES_PER_GPU;
+use crate::guest::node::NODES_PER_GPU;
 
 pub use crate::view::View;
 
@@ -48,7 +48,7 @@ pub struct HostGpu {
 /// The GPUs that a configuration file or the device flags describe, in order.
 pub fn gpus(config: Option<&Path>, device: &DeviceArgs) -> Result<Vec<HostGpu>> {
     let entries: Vec<(String, GpuConfig)> = match config {
-        Some(path) => crate::config::load(path)?
+        Some(path) => crate::node_file::load(path)?
             .into_iter()
             .map(|e| (e.id, e.config))
             .collect(),
@@ -115,7 +115,7 @@ pub fn device(cfg: &GpuConfig) -> Result<(NvGraceGpu, Memory)> {
 
 /// The device `entry` asks for; a host view's memory is pushed to `keep`, to hold its lock
 /// while the device is served.
-pub fn build(entry: &crate::config::DeviceEntry, keep: &mut Vec<Memory>) -> Result<NvGraceGpu> {
+pub fn build(entry: &crate::node_file::DeviceEntry, keep: &mut Vec<Memory>) -> Result<NvGraceGpu> {
     match entry.view {
         View::Vfio => Ok(NvGraceGpu::new(&entry.config)?),
         View::Host => {

@@ -29,15 +29,17 @@ pub fn run(args: &LayoutArgs) -> Result<()> {
 
 /// `vgrace layout --config`: every GPU of the node, then the aperture the node needs.
 fn run_node(path: &std::path::Path, args: &LayoutArgs, out: &mut impl Write) -> Result<()> {
-    let entries = crate::config::load(path)?;
+    let entries = crate::node_file::load(path)?;
     let layouts: Vec<(Layout, String)> = entries
         .iter()
         .map(|e| Ok((e.config.layout()?, e.socket.display().to_string())))
         .collect::<Result<_>>()?;
     let refs: Vec<(&Layout, String)> = layouts.iter().map(|(l, s)| (l, s.clone())).collect();
     // Guest RAM only shifts q35's 64-bit hole; 8 GiB is qemu-args' default.
-    let machine = args.machine.unwrap_or_else(crate::node::Machine::host);
-    let node = crate::node::node(machine, &refs, 8 << 30);
+    let machine = args
+        .machine
+        .unwrap_or_else(crate::guest::node::Machine::host);
+    let node = crate::guest::node::node(machine, &refs, 8 << 30);
     if args.json {
         let gpus: Vec<&Layout> = layouts.iter().map(|(l, _)| l).collect();
         let value = serde_json::json!({ "gpus": gpus, "node": node });

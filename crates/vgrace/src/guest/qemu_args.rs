@@ -9,9 +9,9 @@ use std::io::Write;
 use anyhow::Result;
 use vgrace_device::Layout;
 
+use super::node::{node, Machine, Node, BAR0_SIZE, NODES_PER_GPU, VIRT_HIGHMEM_MMIO_DEFAULT};
 use crate::cli::QemuArgsArgs;
 use crate::dirs::absolute;
-use crate::node::{node, Machine, Node, BAR0_SIZE, NODES_PER_GPU, VIRT_HIGHMEM_MMIO_DEFAULT};
 use crate::units::{human, qemu_size};
 
 /// Prints the arguments (or JSON).
@@ -421,7 +421,7 @@ mod tests {
     /// prints: each block, without its abridgement, begins the real output.
     #[test]
     fn readme_qemu_args_examples_are_what_qemu_args_prints() {
-        let readme = include_str!("../../../README.md");
+        let readme = include_str!("../../../../README.md");
         let mut one = gpus(Machine::Q35, Profile::Gh100, 96 * GIB, 1);
         one.gpus[0].socket = "/run/gpu0.sock".into();
         let mut four = gpus(Machine::Virt, Profile::Gh100, 480 * GIB, 4);

@@ -20,7 +20,7 @@ use serde::Serialize;
 use vgrace_device::Backing;
 
 use crate::cli::QemuArgsArgs;
-use crate::host_view::{gpu_scope, root_port_slot, HostGpu};
+use crate::guest::host_view::{gpu_scope, root_port_slot, HostGpu};
 use crate::units::qemu_size;
 
 /// Where `virt` puts RAM.
@@ -49,11 +49,11 @@ pub struct L1Gpu {
 
 /// Prints the L1 machine's arguments (or JSON).
 pub fn run(args: &QemuArgsArgs) -> Result<()> {
-    if args.machine == Some(crate::node::Machine::Q35) {
+    if args.machine == Some(crate::guest::node::Machine::Q35) {
         bail!("--view host is an arm64 virt machine (a Grace host); q35 is not offered");
     }
     let entries: Vec<(String, vgrace_device::GpuConfig, String)> = match &args.config {
-        Some(path) => crate::config::load(path)?
+        Some(path) => crate::node_file::load(path)?
             .into_iter()
             .map(|e| Ok((e.id, e.config, crate::dirs::absolute(&e.socket)?)))
             .collect::<Result<_>>()?,
@@ -63,7 +63,7 @@ pub fn run(args: &QemuArgsArgs) -> Result<()> {
             crate::dirs::absolute(&args.socket)?,
         )],
     };
-    let hosts = crate::host_view::gpus(args.config.as_deref(), &args.device)?;
+    let hosts = crate::guest::host_view::gpus(args.config.as_deref(), &args.device)?;
     let gpus = l1_gpus(&entries, &hosts, args.guest_mem)?;
     let text = render(&gpus, args.guest_mem);
     let mut out = std::io::stdout().lock();

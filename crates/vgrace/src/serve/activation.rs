@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
-use crate::config::DeviceEntry;
+use crate::node_file::DeviceEntry;
 
 /// The first fd a service manager passes (`SD_LISTEN_FDS_START`).
 const FIRST_FD: RawFd = 3;
@@ -159,10 +159,10 @@ pub fn assign(mut fds: Vec<Inherited>, entries: &[DeviceEntry]) -> Result<Vec<In
             .file_name()
             .map(|n| n.to_string_lossy().into_owned());
         // The path first: it is unambiguous, while one socket unit gives all its fds one name.
-        let want = crate::ready::absolute(&e.socket);
-        let by_path = fds
-            .iter()
-            .position(|f| f.path.as_deref().map(crate::ready::absolute) == Some(want.clone()));
+        let want = crate::serve::announce::absolute(&e.socket);
+        let by_path = fds.iter().position(|f| {
+            f.path.as_deref().map(crate::serve::announce::absolute) == Some(want.clone())
+        });
         let by_name = || {
             fds.iter()
                 .position(|f| f.name == e.id || Some(&f.name) == file_name.as_ref())

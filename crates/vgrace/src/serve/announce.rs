@@ -8,7 +8,7 @@ use tracing::info;
 use vgrace_device::{GpuConfig, LinuxVersion};
 
 use crate::cli::{DeviceArgs, ServeArgs};
-use crate::config::DeviceEntry;
+use crate::node_file::DeviceEntry;
 
 /// `path` made absolute against the working directory (unchanged if that cannot be read).
 pub fn absolute(path: &Path) -> PathBuf {
@@ -83,7 +83,7 @@ fn next_steps(args: &ServeArgs, entries: &[DeviceEntry], passed: Option<&[i32]>)
 /// The device flags that make `qemu-args` describe the served device: the ones that shape its
 /// layout, where they differ from the defaults.
 fn device_flags(device: &DeviceArgs) -> String {
-    let defaults = crate::config::default_device_args();
+    let defaults = crate::node_file::default_device_args();
     let mut flags = String::new();
     if device.profile != defaults.profile {
         flags.push_str(&format!(" --profile {}", device.profile));

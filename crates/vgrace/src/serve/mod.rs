@@ -4,6 +4,11 @@
 //! session stuck inside a request, holding its device) or at a second signal the process
 //! removes its sockets, flushes file-backed memory to disk and exits without them.
 
+pub mod activation;
+pub mod announce;
+pub mod control;
+pub mod trace_setup;
+
 use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
@@ -21,11 +26,11 @@ use vfu::Device;
 use vgrace_device::backing::FileSync;
 use vgrace_device::{LinuxVersion, NvGraceGpu};
 
-use crate::activation::Activation;
 use crate::cli::ServeArgs;
-use crate::config::{self, DeviceEntry};
-use crate::control::{self, EventBus, Managed, Plane};
+use crate::node_file::{self, DeviceEntry};
 use crate::units::human;
+use activation::Activation;
+use control::{EventBus, Managed, Plane};
 
 /// Where one device listens.
 enum Endpoint {
@@ -132,10 +137,10 @@ fn give_up(f: &Finisher, why: &str) -> ! {
 
 /// Runs until a signal arrives or every server has stopped.
 pub fn run(args: ServeArgs, activation: Activation) -> Result<()> {
-    let mut file_access = config::SocketSettings::default();
+    let mut file_access = node_file::SocketSettings::default();
     let (entries, file_control) = match &args.config {
         Some(path) => {
-            let node = config::load_node(path)?;
+            let node = node_file::load_node(path)?;
             file_access = node.socket_access;
             (node.devices, node.control)
         }
@@ -152,7 +157,7 @@ pub fn run(args: ServeArgs, activation: Activation) -> Result<()> {
         ),
     };
     let control_path = args.control.clone().or(file_control);
-    let access = config::SocketSettings {
+    let access = node_file::SocketSettings {
         mode: args.socket_mode.or(file_access.mode),
         group: args.socket_group.clone().or(file_access.group),
     }
@@ -164,7 +169,7 @@ pub fn run(args: ServeArgs, activation: Activation) -> Result<()> {
             bail!("--fd and socket activation (LISTEN_FDS) both give sockets: use one");
         }
         let fds = activation.take_fds()?;
-        let assigned = crate::activation::assign(fds, &entries)?;
+        let assigned = crate::serve::activation::assign(fds, &entries)?;
         Some(
             assigned
                 .into_iter()
@@ -188,7 +193,7 @@ pub fn run(args: ServeArgs, activation: Activation) -> Result<()> {
     if let Some(path) = &control_path {
         crate::dirs::create_parent(path, "control socket")?;
     }
-    crate::trace_setup::check(&entries, control_path.as_deref(), own_paths)?;
+    crate::serve::trace_setup::check(&entries, control_path.as_deref(), own_paths)?;
     // Where clients reach the passed sockets, for the next-steps lines.
     let passed_fds: Option<Vec<i32>> = passed.as_ref().map(|p| {
         p.iter()
@@ -210,7 +215,7 @@ pub fn run(args: ServeArgs, activation: Activation) -> Result<()> {
     // The host view's memory files, locked while we serve (QEMU maps them).
     let mut host_memory = Vec::new();
     for entry in &entries {
-        let device = crate::host_view::build(entry, &mut host_memory)
+        let device = crate::guest::host_view::build(entry, &mut host_memory)
             .with_context(|| format!("cannot create the device for {}", entry.socket.display()))?;
         // From 6.14 the probe polls the readiness registers and refuses a device that never
         // reads ready; --serve-unready offers it anyway (for guest-side tests).
@@ -223,7 +228,7 @@ pub fn run(args: ServeArgs, activation: Activation) -> Result<()> {
                 )
             })?;
         }
-        let trace = crate::trace_setup::open(entry)?;
+        let trace = crate::serve::trace_setup::open(entry)?;
         devices.push((endpoint_of(entry), device, trace));
     }
 
@@ -410,7 +415,7 @@ pub fn run(args: ServeArgs, activation: Activation) -> Result<()> {
         )
     });
 
-    crate::ready::announce(&args, &entries, passed_fds.as_deref());
+    crate::serve::announce::announce(&args, &entries, passed_fds.as_deref());
     let mut failure = None;
     for worker in workers {
         let outcome = worker.join();
@@ -493,7 +498,7 @@ fn inherited_listener(fd: i32) -> Result<UnixListener> {
 
 fn describe(endpoint: &Endpoint) -> String {
     match endpoint {
-        Endpoint::Path(p) => crate::ready::absolute(p).display().to_string(),
+        Endpoint::Path(p) => crate::serve::announce::absolute(p).display().to_string(),
         Endpoint::Fd(fd) => format!("inherited fd {fd}"),
         Endpoint::Passed(fd, name) => format!("passed fd {fd} ({name})"),
     }

@@ -17,7 +17,7 @@ use vfu::server::Observer;
 use vfu::trace::{numbered, TraceLimits, TraceWriter};
 use vgrace_device::Backing;
 
-use crate::config::DeviceEntry;
+use crate::node_file::DeviceEntry;
 
 /// The trace observer for `entry`, when it asks for one; errors name the file.
 pub fn open(entry: &DeviceEntry) -> Result<Option<Arc<dyn Observer>>> {
@@ -92,7 +92,7 @@ pub fn check(entries: &[DeviceEntry], control: Option<&Path>, sockets: bool) -> 
     let mut names = Vec::new();
     for (i, e) in entries.iter().enumerate() {
         let Some(trace) = &e.trace else { continue };
-        crate::config::check_max_size(e.trace_max_size).with_context(|| e.id.clone())?;
+        crate::node_file::check_max_size(e.trace_max_size).with_context(|| e.id.clone())?;
         let keep = limits(e).keep;
         names.push((i, Spot::new(format!("the trace of {}", e.id), trace)));
         for k in 1..=keep {
@@ -129,7 +129,7 @@ mod tests {
     use super::*;
 
     fn entries(text: &str) -> Vec<DeviceEntry> {
-        crate::config::parse(text).unwrap()
+        crate::node_file::parse(text).unwrap()
     }
 
     #[test]
