@@ -333,39 +333,89 @@ fn unless_off(
     }
 }
 
-fn check_all(t: &mut dyn Target, ready_timeout: Duration, linux: LinuxVersion) -> Report {
-    let mut out = Vec::new();
-    let mut push = |rule: &str, result: Result<String, String>| {
-        out.push(Outcome::new(rule, result));
-    };
+/// The outcomes of the rules run so far, in order.
+#[derive(Default)]
+struct Outcomes(Vec<Outcome>);
 
-    push(
+impl Outcomes {
+    fn push(&mut self, rule: &str, result: Result<String, String>) {
+        self.0.push(Outcome::new(rule, result));
+    }
+}
+
+/// What the first rules learn that the later ones need.
+struct Basics {
+    /// Memory decode is off: BAR accesses are skipped.
+    decode_off: bool,
+    /// The readiness registers never read ready.
+    never_ready: bool,
+    /// A Blackwell device id.
+    blackwell: bool,
+}
+
+fn check_all(t: &mut dyn Target, ready_timeout: Duration, linux: LinuxVersion) -> Report {
+    let mut out = Outcomes::default();
+    let basics = basic_rules(t, ready_timeout, &mut out);
+    let regions = find_regions(t, &mut out);
+    if regions.memory.is_empty() {
+        out.push(
+            "core-only device: C2C link down or no memory properties (nvgrace_gpu_probe)",
+            core_only_layout(&regions, basics.blackwell),
+        );
+    } else {
+        let (rule, result) = layout(&regions, basics.blackwell, linux);
+        out.push(&rule, result);
+    }
+    for (index, info) in &regions.memory {
+        memory_region_rules(t, *index, info, basics.decode_off, &mut out);
+    }
+    if let Some(info) = &regions.bar1 {
+        bar1_rules(t, info, basics.decode_off, &mut out);
+    }
+    let first_access_eio = reset_rules(t, &regions, &basics, linux, &mut out);
+    Report {
+        outcomes: out.0,
+        fits: fitting_versions(&regions, basics.blackwell, first_access_eio),
+    }
+}
+
+/// Identity, memory decode, readiness and BAR0's size.
+fn basic_rules(t: &mut dyn Target, ready_timeout: Duration, out: &mut Outcomes) -> Basics {
+    out.push(
         "identity: vendor 0x10de, known device id (nvgrace_gpu_vfio_pci_table)",
         identity(t),
     );
-    push(
+    out.push(
         "identity: class 3D controller 0x0302 (vfio_config_init)",
         class_code(t),
     );
     let (decode, decode_off) = memory_decode(t);
-    push(
+    out.push(
         "config: memory decode on (while off, vfio_pci_bar_rw answers EIO)",
         decode,
     );
     let ready = unless_off(decode_off, || readiness(t, ready_timeout));
     let never_ready = ready.is_err();
-    push(
+    out.push(
         "bar0: readiness registers read 0xff (nvgrace_gpu_probe_check_device_ready, nvgrace_gpu_wait_device_ready_legacy)",
         ready,
     );
-    push(
+    out.push(
         "region 0: BAR0 is 16 MiB (vfio_pci_ioctl_get_region_info)",
         bar0_size(t),
     );
     let blackwell = config_read32(t, 0)
         .map(|id| BLACKWELL_DEVICE_IDS.contains(&((id >> 16) as u16)))
         .unwrap_or(false);
+    Basics {
+        decode_off,
+        never_ready,
+        blackwell,
+    }
+}
 
+/// Regions 2 and 4: the variant's memory regions, or Blackwell's real BAR1.
+fn find_regions(t: &mut dyn Target, out: &mut Outcomes) -> Regions {
     let mut regions = Regions::default();
     for index in [2u32, 4] {
         match t.region_info(index) {
@@ -376,110 +426,120 @@ fn check_all(t: &mut dyn Target, ready_timeout: Duration, linux: LinuxVersion) -
                 regions.bar1 = Some(info);
             }
             Ok(info) => regions.memory.push((index, info)),
-            Err(e) => push(
+            Err(e) => out.push(
                 &format!("region {index}: REGION_INFO answers (nvgrace_gpu_ioctl_get_region_info)"),
                 Err(format!("{e:#}")),
             ),
         }
     }
-    let core_only = regions.memory.is_empty();
-    if core_only {
-        push(
-            "core-only device: C2C link down or no memory properties (nvgrace_gpu_probe)",
-            core_only_layout(&regions, blackwell),
-        );
-    } else {
-        let (rule, result) = layout(&regions, blackwell, linux);
-        push(&rule, result);
-    }
+    regions
+}
 
-    for (index, info) in &regions.memory {
-        let bar = *index;
-        let memlength = info.sparse.first().map(|a| a.size).unwrap_or(0);
-        push(
-            &format!("region {index}: size is a power of two (nvgrace_gpu_ioctl_get_region_info)"),
-            pow2(info.size),
-        );
-        push(
-            &format!("region {index}: flags READ|WRITE|MMAP (nvgrace_gpu_ioctl_get_region_info)"),
-            flags(info.flags),
-        );
-        push(
-            &format!("region {index}: one sparse area [0, memlength) (nvgrace_gpu_ioctl_get_region_info)"),
-            sparse(info),
-        );
-        push(
-            &format!("region {index}: one fd with the region (nvgrace_gpu_mmap)"),
-            fd_present(info),
-        );
-        push(
-            &format!("region {index}: mmap of the fd is coherent (nvgrace_gpu_mmap)"),
-            unless_off(decode_off, || mmap_coherent(t, *index, info)),
-        );
-        push(
-            &format!("region {index}: memory reads back writes (nvgrace_gpu_read_mem, nvgrace_gpu_write_mem)"),
-            unless_off(decode_off, || memory_rw(t, *index, memlength)),
-        );
-        push(
-            &format!("region {index}: reads past memory are all ones (nvgrace_gpu_read_mem)"),
-            unless_off(decode_off, || {
-                past_memory_read(t, *index, memlength, info.size)
-            }),
-        );
-        push(
-            &format!("region {index}: writes past memory are dropped (nvgrace_gpu_write_mem)"),
-            unless_off(decode_off, || {
-                past_memory_write(t, *index, memlength, info.size)
-            }),
-        );
-        push(
-            &format!(
-                "region {index}: access clipped at BAR end (nvgrace_gpu_read, nvgrace_gpu_write)"
-            ),
-            unless_off(decode_off, || clipped(t, *index, info.size)),
-        );
-        push(
-            &format!(
-                "region {index}: offset at BAR end is EINVAL (nvgrace_gpu_read, nvgrace_gpu_write)"
-            ),
-            unless_off(decode_off, || at_end_einval(t, *index, info.size)),
-        );
-        push(
-            &format!("BAR{bar}: sizing probe returns the size mask (nvgrace_gpu_read_config_emu)"),
-            sizing_probe(t, bar, info.size),
-        );
-    }
-    if let Some(info) = &regions.bar1 {
-        let index = BAR1_REGION_INDEX;
-        push(
-            "region 2: the real BAR1: power-of-two size, READ|WRITE|MMAP, no sparse area (vfio_pci_ioctl_get_region_info)",
-            pow2(info.size).and_then(|_| flags(info.flags)),
-        );
-        push(
-            "region 2 (BAR1): the whole BAR maps through its fd (vfio_pci_core_mmap)",
-            unless_off(decode_off, || bar1_mmap(t, info)),
-        );
-        push(
-            "region 2 (BAR1): memory to its end, no all-ones tail (vfio_pci_bar_rw)",
-            unless_off(decode_off, || memory_rw(t, index, info.size)),
-        );
-        push(
-            "region 2 (BAR1): access clipped at BAR end (vfio_pci_bar_rw)",
-            unless_off(decode_off, || clipped(t, index, info.size)),
-        );
-        push(
-            "region 2 (BAR1): offset at BAR end is EINVAL (vfio_pci_bar_rw)",
-            unless_off(decode_off, || at_end_einval(t, index, info.size)),
-        );
-        push(
-            "BAR2 (BAR1): sizing probe at 0x18 returns the size mask (vfio_bar_fixup)",
-            sizing_probe(t, index, info.size),
-        );
-    }
+/// The rules of one memory region of the variant (its BAR is its index).
+fn memory_region_rules(
+    t: &mut dyn Target,
+    index: u32,
+    info: &RegionView,
+    decode_off: bool,
+    out: &mut Outcomes,
+) {
+    let bar = index;
+    let memlength = info.sparse.first().map(|a| a.size).unwrap_or(0);
+    out.push(
+        &format!("region {index}: size is a power of two (nvgrace_gpu_ioctl_get_region_info)"),
+        pow2(info.size),
+    );
+    out.push(
+        &format!("region {index}: flags READ|WRITE|MMAP (nvgrace_gpu_ioctl_get_region_info)"),
+        flags(info.flags),
+    );
+    out.push(
+        &format!(
+            "region {index}: one sparse area [0, memlength) (nvgrace_gpu_ioctl_get_region_info)"
+        ),
+        sparse(info),
+    );
+    out.push(
+        &format!("region {index}: one fd with the region (nvgrace_gpu_mmap)"),
+        fd_present(info),
+    );
+    out.push(
+        &format!("region {index}: mmap of the fd is coherent (nvgrace_gpu_mmap)"),
+        unless_off(decode_off, || mmap_coherent(t, index, info)),
+    );
+    out.push(
+        &format!("region {index}: memory reads back writes (nvgrace_gpu_read_mem, nvgrace_gpu_write_mem)"),
+        unless_off(decode_off, || memory_rw(t, index, memlength)),
+    );
+    out.push(
+        &format!("region {index}: reads past memory are all ones (nvgrace_gpu_read_mem)"),
+        unless_off(decode_off, || {
+            past_memory_read(t, index, memlength, info.size)
+        }),
+    );
+    out.push(
+        &format!("region {index}: writes past memory are dropped (nvgrace_gpu_write_mem)"),
+        unless_off(decode_off, || {
+            past_memory_write(t, index, memlength, info.size)
+        }),
+    );
+    out.push(
+        &format!("region {index}: access clipped at BAR end (nvgrace_gpu_read, nvgrace_gpu_write)"),
+        unless_off(decode_off, || clipped(t, index, info.size)),
+    );
+    out.push(
+        &format!(
+            "region {index}: offset at BAR end is EINVAL (nvgrace_gpu_read, nvgrace_gpu_write)"
+        ),
+        unless_off(decode_off, || at_end_einval(t, index, info.size)),
+    );
+    out.push(
+        &format!("BAR{bar}: sizing probe returns the size mask (nvgrace_gpu_read_config_emu)"),
+        sizing_probe(t, bar, info.size),
+    );
+}
 
+/// The rules of Blackwell's real BAR1 (region 2, a core BAR).
+fn bar1_rules(t: &mut dyn Target, info: &RegionView, decode_off: bool, out: &mut Outcomes) {
+    let index = BAR1_REGION_INDEX;
+    out.push(
+        "region 2: the real BAR1: power-of-two size, READ|WRITE|MMAP, no sparse area (vfio_pci_ioctl_get_region_info)",
+        pow2(info.size).and_then(|_| flags(info.flags)),
+    );
+    out.push(
+        "region 2 (BAR1): the whole BAR maps through its fd (vfio_pci_core_mmap)",
+        unless_off(decode_off, || bar1_mmap(t, info)),
+    );
+    out.push(
+        "region 2 (BAR1): memory to its end, no all-ones tail (vfio_pci_bar_rw)",
+        unless_off(decode_off, || memory_rw(t, index, info.size)),
+    );
+    out.push(
+        "region 2 (BAR1): access clipped at BAR end (vfio_pci_bar_rw)",
+        unless_off(decode_off, || clipped(t, index, info.size)),
+    );
+    out.push(
+        "region 2 (BAR1): offset at BAR end is EINVAL (vfio_pci_bar_rw)",
+        unless_off(decode_off, || at_end_einval(t, index, info.size)),
+    );
+    out.push(
+        "BAR2 (BAR1): sizing probe at 0x18 returns the size mask (vfio_bar_fixup)",
+        sizing_probe(t, index, info.size),
+    );
+}
+
+/// The reset rules; whether the first memory access after the reset answered EIO, when it
+/// was tried.
+fn reset_rules(
+    t: &mut dyn Target,
+    regions: &Regions,
+    basics: &Basics,
+    linux: LinuxVersion,
+    out: &mut Outcomes,
+) -> Option<bool> {
     let emulated: Vec<u32> = regions.memory.iter().map(|(index, _)| *index).collect();
     let core: Vec<u32> = regions.bar1.iter().map(|_| BAR1_REGION_INDEX).collect();
-    push(
+    out.push(
         "reset: emulated BARs read 0, core BARs keep their value (nvgrace_gpu_ioctl, vfio_pci_ioctl_reset)",
         reset_clears_bars(t, &emulated, &core),
     );
@@ -495,20 +555,15 @@ fn check_all(t: &mut dyn Target, ready_timeout: Duration, linux: LinuxVersion) -
             false,
         )
     };
-    let mut first_access_eio = None;
-    if never_ready && checked {
+    if basics.never_ready && checked {
         // With decode on, the access would wait for readiness as long as the server polls
         // (30 s upstream) and then fail ETIME: the readiness rule already failed.
-        push(rule, Ok(format!("{SKIPPED}the device did not read ready")));
-    } else {
-        let (result, eio) = reset_decode(t, probe, checked);
-        first_access_eio = eio;
-        push(rule, result);
+        out.push(rule, Ok(format!("{SKIPPED}the device did not read ready")));
+        return None;
     }
-    Report {
-        outcomes: out,
-        fits: fitting_versions(&regions, blackwell, first_access_eio),
-    }
+    let (result, eio) = reset_decode(t, probe, checked);
+    out.push(rule, result);
+    eio
 }
 
 /// The versions whose rules fit what the server did where versions differ: Blackwell's layout
