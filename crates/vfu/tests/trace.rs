@@ -65,7 +65,8 @@ fn read_request(id: u16) -> Request {
 fn traced_server_writes_each_message_and_event_as_a_json_line() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("trace.jsonl");
-    let trace = TraceWriter::open(&path, TraceLimits::default()).unwrap();
+    // The header names the program the caller gave, not a name of the library's.
+    let trace = TraceWriter::open(&path, "some-server", TraceLimits::default()).unwrap();
     let h = Harness::build(ServerConfig::default(), move |s| s.with_observer(trace));
     let mut c = h.client();
     c.region_read(REGS, 0x10, 4).unwrap();
@@ -74,7 +75,11 @@ fn traced_server_writes_each_message_and_event_as_a_json_line() {
     let lines = wait_for_line(&path, "disconnected");
 
     let header: line::Header = serde_json::from_str(&lines[0]).unwrap();
-    assert_eq!((header.trace.as_str(), header.v), ("vgrace", 1));
+    assert_eq!((header.trace.as_str(), header.v), ("some-server", 1));
+    assert!(matches!(
+        line::parse(&lines[0]),
+        Some(line::Record::Header(_))
+    ));
     assert!(header.start.ends_with('Z'), "{}", header.start);
     let me = std::process::id();
     let uid = nix::unistd::getuid().as_raw();
@@ -140,7 +145,7 @@ fn trace_rotates_at_the_limit_and_keeps_only_keep_files() {
         max_bytes: MIN_MAX_BYTES,
         keep: 2,
     };
-    let trace = TraceWriter::open(&path, limits).unwrap();
+    let trace = TraceWriter::open(&path, "vgrace", limits).unwrap();
     for id in 0..300 {
         trace.observe(&Event::Request(&read_request(id)));
     }
@@ -166,7 +171,8 @@ fn trace_rotates_at_the_limit_and_keeps_only_keep_files() {
 fn full_channel_drops_and_counts_instead_of_blocking() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("t.jsonl");
-    let trace = TraceWriter::open_with_capacity(&path, TraceLimits::default(), 1).unwrap();
+    let trace =
+        TraceWriter::open_with_capacity(&path, "vgrace", TraceLimits::default(), 1).unwrap();
     let total = 20_000u64;
     let start = Instant::now();
     for id in 0..total {
@@ -202,7 +208,7 @@ fn symlink_at_the_trace_path_is_refused() {
     std::fs::write(&target, "keep me\n").unwrap();
     let path = dir.path().join("trace.jsonl");
     std::os::unix::fs::symlink(&target, &path).unwrap();
-    let err = TraceWriter::open(&path, TraceLimits::default()).unwrap_err();
+    let err = TraceWriter::open(&path, "vgrace", TraceLimits::default()).unwrap_err();
     assert!(matches!(err, TraceError::Symlink(_)), "{err:?}");
     assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep me\n");
 }
@@ -211,10 +217,10 @@ fn symlink_at_the_trace_path_is_refused() {
 fn new_trace_file_is_private_and_an_existing_one_is_appended() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("trace.jsonl");
-    drop(TraceWriter::open(&path, TraceLimits::default()).unwrap());
+    drop(TraceWriter::open(&path, "vgrace", TraceLimits::default()).unwrap());
     let mode = std::fs::metadata(&path).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600);
-    let trace = TraceWriter::open(&path, TraceLimits::default()).unwrap();
+    let trace = TraceWriter::open(&path, "vgrace", TraceLimits::default()).unwrap();
     trace.observe(&Event::Request(&read_request(7)));
     drop(trace);
     let lines = lines_of(&path);
@@ -225,7 +231,7 @@ fn new_trace_file_is_private_and_an_existing_one_is_appended() {
 #[test]
 fn a_directory_at_the_trace_path_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let err = TraceWriter::open(dir.path(), TraceLimits::default()).unwrap_err();
+    let err = TraceWriter::open(dir.path(), "vgrace", TraceLimits::default()).unwrap_err();
     assert!(
         matches!(err, TraceError::NotAFile(_) | TraceError::Open { .. }),
         "{err:?}"
@@ -239,7 +245,7 @@ fn hard_link_at_the_trace_path_is_refused() {
     std::fs::write(&target, "keep me\n").unwrap();
     let path = dir.path().join("trace.jsonl");
     std::fs::hard_link(&target, &path).unwrap();
-    let err = TraceWriter::open(&path, TraceLimits::default()).unwrap_err();
+    let err = TraceWriter::open(&path, "vgrace", TraceLimits::default()).unwrap_err();
     assert!(
         matches!(err, TraceError::HardLink { links: 2, .. }),
         "{err:?}"
@@ -253,7 +259,7 @@ fn trace_limit_below_one_header_and_line_is_refused() {
     let path = dir.path().join("trace.jsonl");
     for max_bytes in [0, MIN_MAX_BYTES - 1] {
         let limits = TraceLimits { max_bytes, keep: 1 };
-        let err = TraceWriter::open(&path, limits).unwrap_err();
+        let err = TraceWriter::open(&path, "vgrace", limits).unwrap_err();
         assert!(
             matches!(err, TraceError::TooSmall(n) if n == max_bytes),
             "{err:?}"

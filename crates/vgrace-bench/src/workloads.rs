@@ -140,7 +140,11 @@ pub fn vgrace_roundtrip(iters: u64, p: Placement) -> Result<f64, BenchError> {
 pub fn vgrace_roundtrip_traced(iters: u64, p: Placement) -> Result<f64, BenchError> {
     let dir = tempfile::tempdir()?;
     place(p);
-    let trace = TraceWriter::open(&dir.path().join("bench.trace"), TraceLimits::default())?;
+    let trace = TraceWriter::open(
+        &dir.path().join("bench.trace"),
+        "vgrace-bench",
+        TraceLimits::default(),
+    )?;
     let rate = with_observed_vgrace(p, Some(trace.clone()), |c| read_rate(c, iters))?;
     // Dropped lines would make tracing look cheaper than it is: say so.
     if trace.dropped_total() > 0 {

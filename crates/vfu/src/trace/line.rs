@@ -13,7 +13,8 @@ pub const VERSION: u32 = 1;
 /// The first line of every trace file (each rotated file starts with one too).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Header {
-    /// Always `vgrace`: tells a trace from any other JSON lines file.
+    /// The serving program (`vgrace`), as the writer's caller named it: a header line with it
+    /// tells a trace from any other JSON lines file.
     pub trace: String,
     /// The format version ([`VERSION`]).
     pub v: u32,
@@ -151,7 +152,7 @@ pub fn parse(text: &str) -> Option<Record> {
         return Some(Record::Line(Box::new(line)));
     }
     match serde_json::from_str::<Header>(text) {
-        Ok(h) if h.trace == "vgrace" => Some(Record::Header(h)),
+        Ok(h) if !h.trace.is_empty() => Some(Record::Header(h)),
         _ => None,
     }
 }

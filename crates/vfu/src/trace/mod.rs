@@ -162,15 +162,16 @@ impl std::fmt::Debug for TraceWriter {
 
 impl TraceWriter {
     /// Starts a trace in `path` (appending to an existing regular file; a new one is created
-    /// 0600; a symlink is refused).
-    pub fn open(path: &Path, limits: TraceLimits) -> Result<Arc<Self>, TraceError> {
-        Self::open_with_capacity(path, limits, DEFAULT_CAPACITY)
+    /// 0600; a symlink is refused). `program` names the serving program in each header line.
+    pub fn open(path: &Path, program: &str, limits: TraceLimits) -> Result<Arc<Self>, TraceError> {
+        Self::open_with_capacity(path, program, limits, DEFAULT_CAPACITY)
     }
 
     /// [`open`](Self::open) with `capacity` entries between the device and the writer (at
     /// least 1): lines beyond it while the writer is busy are dropped and counted.
     pub fn open_with_capacity(
         path: &Path,
+        program: &str,
         limits: TraceLimits,
         capacity: usize,
     ) -> Result<Arc<Self>, TraceError> {
@@ -179,7 +180,7 @@ impl TraceWriter {
         }
         let start = Instant::now();
         let header = line::Header {
-            trace: "vgrace".into(),
+            trace: program.into(),
             v: line::VERSION,
             start: humantime::format_rfc3339_micros(SystemTime::now()).to_string(),
         };

@@ -12,7 +12,9 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use serde_json::{json, Value};
 
-use crate::serve::control::protocol::{to_hex, MAX_BYTES, VERSION};
+use crate::serve::control::protocol::{
+    from_hex, to_hex, At, Fault, FaultRequest, Request, MAX_BYTES,
+};
 use crate::units::{parse_duration, parse_u64};
 
 /// `vgrace ctl`.
@@ -73,7 +75,8 @@ pub enum Verb {
         /// link-down, hbm-lost, never-ready (from the next reset), ready-delay (next reset,
         /// --delay), poison (--region --offset, Linux 6.19+), delay-replies (--delay, optional
         /// --count), drop-client, refuse-next (--count, default 1); `all` with --clear.
-        kind: String,
+        #[arg(value_enum, hide_possible_values = true)]
+        kind: Fault,
         /// Clear the fault instead of applying it.
         #[arg(long)]
         clear: bool,
@@ -208,13 +211,9 @@ impl Control {
         })
     }
 
-    /// Sends one request (`op` plus `fields`) and returns the response, or its error message.
-    pub fn call(&mut self, op: &str, fields: Value) -> Result<Value> {
-        let mut request = json!({ "v": VERSION, "op": op });
-        if let (Value::Object(r), Value::Object(f)) = (&mut request, fields) {
-            r.extend(f.into_iter().filter(|(_, v)| !v.is_null()));
-        }
-        self.send(&request)?;
+    /// Sends one request and returns the response, or its error message.
+    pub fn call(&mut self, request: &Request) -> Result<Value> {
+        self.send(&request.to_line())?;
         let response = self.read()?;
         if response["ok"] != json!(true) {
             let message = response["error"]["message"]
@@ -227,8 +226,8 @@ impl Control {
 
     /// Sends one request line. A server that refused the connection (too many connections,
     /// uid not allowed) wrote why and hung up: its message is the error, not the EPIPE.
-    fn send(&mut self, request: &Value) -> Result<()> {
-        let mut line = request.to_string();
+    fn send(&mut self, line: &str) -> Result<()> {
+        let mut line = line.to_string();
         line.push('\n');
         let sent = self.stream.get_mut().write_all(line.as_bytes());
         if let Err(e) = sent {
@@ -253,42 +252,49 @@ impl Control {
     }
 }
 
-/// Runs `vgrace ctl`.
-pub fn run(args: &CtlArgs) -> Result<()> {
-    let mut c = Control::connect(&args.control)?;
-    let json_out = args.json;
-    // Flushed per response: `events --follow` and `stats --watch` feed pipes as they go.
-    let print = |v: &Value, human: &dyn Fn(&Value) -> String| -> Result<()> {
+/// Prints responses: the JSON line with `--json`, else the text a verb makes of it. Flushed per
+/// response: `events --follow` and `stats --watch` feed pipes as they go.
+struct Printer {
+    json: bool,
+}
+
+impl Printer {
+    fn print(&self, v: &Value, human: &dyn Fn(&Value) -> String) -> Result<()> {
         let mut out = crate::out::stdout();
-        if json_out {
+        if self.json {
             writeln!(out, "{v}")?;
         } else {
             write!(out, "{}", human(v))?;
         }
         out.flush()?;
         Ok(())
-    };
+    }
+
+    /// Text only (nothing with `--json`).
+    fn say(&self, text: &str) -> Result<()> {
+        if self.json {
+            return Ok(());
+        }
+        self.print(&Value::Null, &|_| text.to_string())
+    }
+}
+
+/// Runs `vgrace ctl`.
+pub fn run(args: &CtlArgs) -> Result<()> {
+    let mut c = Control::connect(&args.control)?;
+    let out = Printer { json: args.json };
     match &args.verb {
         Verb::Status(t) => {
-            let v = c.call("status", json!({ "device": t.device }))?;
-            print(&v, &show::status)?;
+            let v = c.call(&Request::Status {
+                device: t.device.clone(),
+            })?;
+            out.print(&v, &show::status)
         }
         Verb::Stats {
             target,
             watch,
             interval,
-        } => loop {
-            let v = c.call("stats", json!({ "device": target.device }))?;
-            if *watch && !json_out {
-                // Clear the screen and home the cursor, as watch(1) does.
-                print(&Value::Null, &|_| "\x1b[2J\x1b[H".to_string())?;
-            }
-            print(&v, &show::stats)?;
-            if !*watch {
-                break;
-            }
-            std::thread::sleep(*interval);
-        },
+        } => stats(&mut c, &out, target, *watch, *interval),
         Verb::Fault {
             target,
             kind,
@@ -299,71 +305,117 @@ pub fn run(args: &CtlArgs) -> Result<()> {
             region,
             offset,
         } => {
-            let ms = delay.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-            let v = c.call(
-                "fault",
-                json!({ "device": target.device, "fault": kind, "clear": clear, "quiet": quiet,
-                        "ms": ms, "count": count, "region": region, "offset": offset }),
-            )?;
-            print(&v, &show::faults)?;
+            let fault = FaultRequest {
+                fault: Some(kind.name().to_string()),
+                clear: *clear,
+                quiet: *quiet,
+                ms: delay.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+                count: *count,
+                region: *region,
+                offset: *offset,
+            };
+            let device = target.device.clone();
+            let v = c.call(&Request::Fault { device, fault })?;
+            out.print(&v, &show::faults)
         }
         Verb::Peek {
             target,
             at,
             count,
             raw,
-        } => peek(&mut c, target, at, *count, *raw, json_out)?,
+        } => peek(&mut c, target, at, *count, *raw, out.json),
         Verb::Poke {
             target,
-            at: Place { region, offset },
+            at,
             value,
             width,
             hex,
             file,
         } => {
             let data = poke_bytes(*value, *width, hex.as_deref(), file.as_deref())?;
-            let mut written = 0u64;
-            for (i, chunk) in data.chunks(MAX_BYTES as usize).enumerate() {
-                let at = offset
-                    .checked_add(i as u64 * MAX_BYTES)
-                    .context("offset overflows")?;
-                let v = c.call(
-                    "poke",
-                    json!({ "device": target.device, "region": region, "offset": at, "data": to_hex(chunk) }),
-                )?;
-                written += v["written"].as_u64().unwrap_or(0);
-                if json_out {
-                    print(&v, &|_| String::new())?;
-                }
-            }
-            if !json_out {
-                print(&Value::Null, &|_| {
-                    format!("wrote {written} bytes at region {region} offset {offset:#x}\n")
-                })?;
-            }
+            poke(&mut c, &out, target, at, &data)
         }
         Verb::Reset(t) => {
-            let v = c.call("reset", json!({ "device": t.device }))?;
-            print(&v, &|_| "reset\n".to_string())?;
+            let v = c.call(&Request::Reset {
+                device: t.device.clone(),
+            })?;
+            out.print(&v, &|_| "reset\n".to_string())
         }
-        Verb::Events { target, follow } => {
-            let v = c.call(
-                "events",
-                json!({ "device": target.device, "follow": follow }),
-            )?;
-            if !*follow {
-                for e in v["events"].as_array().into_iter().flatten() {
-                    print(e, &show::event)?;
-                }
-                return Ok(());
-            }
-            loop {
-                let line = c.read()?;
-                print(&line["event"], &show::event)?;
-            }
+        Verb::Events { target, follow } => events(&mut c, &out, target, *follow),
+    }
+}
+
+/// `ctl stats`, once or (`--watch`) every `interval` until interrupted.
+fn stats(
+    c: &mut Control,
+    out: &Printer,
+    target: &Target,
+    watch: bool,
+    interval: Duration,
+) -> Result<()> {
+    loop {
+        let v = c.call(&Request::Stats {
+            device: target.device.clone(),
+        })?;
+        if watch {
+            // Clear the screen and home the cursor, as watch(1) does.
+            out.say("\x1b[2J\x1b[H")?;
+        }
+        out.print(&v, &show::stats)?;
+        if !watch {
+            return Ok(());
+        }
+        std::thread::sleep(interval);
+    }
+}
+
+/// `ctl poke`: the bytes in requests of at most [`MAX_BYTES`].
+fn poke(
+    c: &mut Control,
+    out: &Printer,
+    target: &Target,
+    &Place { region, offset }: &Place,
+    data: &[u8],
+) -> Result<()> {
+    let mut written = 0u64;
+    for (i, chunk) in data.chunks(MAX_BYTES as usize).enumerate() {
+        let at = offset
+            .checked_add(i as u64 * MAX_BYTES)
+            .context("offset overflows")?;
+        let v = c.call(&Request::Poke {
+            device: target.device.clone(),
+            at: At {
+                region: Some(region),
+                offset: Some(at),
+            },
+            data: Some(to_hex(chunk)),
+        })?;
+        written += v["written"].as_u64().unwrap_or(0);
+        if out.json {
+            out.print(&v, &|_| String::new())?;
         }
     }
-    Ok(())
+    out.say(&format!(
+        "wrote {written} bytes at region {region} offset {offset:#x}\n"
+    ))
+}
+
+/// `ctl events`: the recent ones, or (`--follow`) each new one until the server goes.
+fn events(c: &mut Control, out: &Printer, target: &Target, follow: bool) -> Result<()> {
+    let v = c.call(&Request::Events {
+        device: target.device.clone(),
+        follow,
+    })?;
+    if !follow {
+        for e in v["events"].as_array().into_iter().flatten() {
+            out.print(e, &show::event)?;
+        }
+        return Ok(());
+    }
+    loop {
+        let line = c.read()?;
+        out.print(&line["event"], &show::event)?;
+    }
 }
 
 fn peek(
@@ -384,12 +436,16 @@ fn peek(
     let mut done = 0u64;
     while done < count {
         let n = (count - done).min(MAX_BYTES);
-        let v = c.call(
-            "peek",
-            json!({ "device": target.device, "region": region, "offset": offset + done, "count": n }),
-        )?;
-        let bytes = crate::serve::control::protocol::from_hex(v["data"].as_str().unwrap_or(""))
-            .map_err(|f| anyhow::anyhow!("{}", f.0))?;
+        let v = c.call(&Request::Peek {
+            device: target.device.clone(),
+            at: At {
+                region: Some(region),
+                offset: Some(offset + done),
+            },
+            count: Some(n),
+        })?;
+        let bytes =
+            from_hex(v["data"].as_str().unwrap_or("")).map_err(|f| anyhow::anyhow!("{}", f.0))?;
         if json_out {
             writeln!(out, "{v}")?;
         } else if raw {
@@ -421,8 +477,7 @@ fn poke_bytes(
             }
             v.to_le_bytes()[..usize::from(width)].to_vec()
         }
-        (None, Some(h), _) => crate::serve::control::protocol::from_hex(h.trim())
-            .map_err(|f| anyhow::anyhow!("--hex: {}", f.0))?,
+        (None, Some(h), _) => from_hex(h.trim()).map_err(|f| anyhow::anyhow!("--hex: {}", f.0))?,
         (None, None, Some(p)) if p.as_os_str() == "-" => {
             let mut buf = Vec::new();
             std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf)?;

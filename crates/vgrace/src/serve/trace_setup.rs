@@ -24,7 +24,7 @@ pub fn open(entry: &DeviceEntry) -> Result<Option<Arc<dyn Observer>>> {
     let Some(path) = &entry.trace else {
         return Ok(None);
     };
-    let writer = TraceWriter::open(path, limits(entry))
+    let writer = TraceWriter::open(path, "vgrace", limits(entry))
         .with_context(|| format!("cannot trace {}", entry.socket.display()))?;
     tracing::info!("tracing {} to {}", entry.socket.display(), path.display());
     Ok(Some(writer))

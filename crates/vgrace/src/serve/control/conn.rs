@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use tracing::{debug, warn};
 use vfu::server::Shutdown;
 
-use super::protocol::{self, MAX_LINE};
+use super::protocol::{self, Request, MAX_LINE};
 use super::{verbs, Plane};
 
 /// How often a blocked read or an idle follower looks at the shutdown flag.
@@ -75,15 +75,13 @@ pub fn serve(stream: UnixStream, plane: &Plane, shutdown: &Shutdown) {
         let (id, request) = protocol::parse(&line);
         let response = match request {
             Err(f) => protocol::error(id, &f.0),
-            Ok(r) if r.op == "events" && r.follow => {
+            Ok(Request::Events {
+                device,
+                follow: true,
+            }) => {
                 // A follow of an unknown device is an error like any other: the connection
                 // stays usable.
-                match r
-                    .device
-                    .as_deref()
-                    .map(|d| verbs::find(plane, d))
-                    .transpose()
-                {
+                match device.as_deref().map(|d| verbs::find(plane, d)).transpose() {
                     Ok(device) => {
                         let device = device.map(|m| m.id.clone());
                         follow(&stream, plane, shutdown, id, device.as_deref());

@@ -18,7 +18,6 @@ use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use serde_json::json;
 use tracing::{info, warn};
 use vfu::server::observe::{Event, Observer};
 use vfu::server::{Controls, Shutdown};
@@ -26,7 +25,7 @@ use vfu::wire::cmd;
 use vgrace_device::nvgrace::live::LiveFaults;
 use vgrace_device::NvGraceGpu;
 
-pub use events::EventBus;
+pub use events::{EventBus, EventKind};
 pub use stats::Stats;
 
 /// One served device, as the control plane sees it.
@@ -105,41 +104,37 @@ impl Observer for DeviceObserver {
                 if let Some(errno) = r.errno {
                     self.events.publish(
                         &self.id,
-                        "error-reply",
-                        json!({
-                            "cmd": cmd::name(r.request.cmd),
-                            "msg_id": r.request.msg_id,
-                            "errno": format!("{errno:?}"),
-                        }),
+                        EventKind::ErrorReply {
+                            cmd: cmd::name(r.request.cmd),
+                            msg_id: r.request.msg_id,
+                            errno: format!("{errno:?}"),
+                        },
                     );
                 } else if r.request.cmd == cmd::DEVICE_RESET {
                     self.events
-                        .publish(&self.id, "reset", json!({ "by": "client" }));
+                        .publish(&self.id, EventKind::Reset { by: "client" });
                 }
             }
             Event::Connected(p) => {
                 self.stats.client();
+                let (pid, uid) = (p.pid, p.uid);
                 self.events
-                    .publish(&self.id, "connected", json!({ "pid": p.pid, "uid": p.uid }));
+                    .publish(&self.id, EventKind::Connected { pid, uid });
             }
             Event::Disconnected(p, end) => {
-                let how = match end {
+                let end = match end {
                     Ok(e) => e.name().to_string(),
                     Err(e) => format!("error: {}", vfu::error::chain(*e)),
                 };
-                self.events.publish(
-                    &self.id,
-                    "disconnected",
-                    json!({ "pid": p.pid, "uid": p.uid, "end": how }),
-                );
+                let (pid, uid) = (p.pid, p.uid);
+                self.events
+                    .publish(&self.id, EventKind::Disconnected { pid, uid, end });
             }
             Event::Refused(p, why) => {
                 self.stats.refused();
-                self.events.publish(
-                    &self.id,
-                    "refused",
-                    json!({ "pid": p.pid, "uid": p.uid, "why": why.name() }),
-                );
+                let (pid, uid, why) = (p.pid, p.uid, why.name());
+                self.events
+                    .publish(&self.id, EventKind::Refused { pid, uid, why });
             }
         }
         if let Some(next) = &self.next {

@@ -25,13 +25,13 @@
 //! | `reset` | | |
 //! | `events` | `follow` | `events` (the last 256); with `follow`, `{"ok":true}` then one `{"v":1,"event":{...}}` line per event until the client closes |
 //!
-//! Faults: `link-down`, `hbm-lost`, `never-ready` (from the next reset), `ready-delay` (`ms`,
+//! Faults ([`Fault`], which `vgrace ctl fault` takes too): `link-down`, `hbm-lost`, `never-ready` (from the next reset), `ready-delay` (`ms`,
 //! the next reset), `poison` (`region`, `offset`; Linux 6.19+), `delay-replies` (`ms`,
 //! optional `count`), `drop-client`, `refuse-next` (optional `count`, default 1), and with
 //! `clear` also `all`. A failed request answers `{"ok":false,"error":{"message":...}}` and the
 //! connection stays usable.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 /// The protocol version this server speaks.
@@ -41,48 +41,247 @@ pub const MAX_LINE: usize = 4 << 20;
 /// Most bytes one peek or poke moves (`vgrace ctl` splits larger ones).
 pub const MAX_BYTES: u64 = 1 << 20;
 
-/// One request, as written.
+/// One request line as the wire has it: the fields of every op. Parsing through it first keeps
+/// the replies to bad lines what they are (an unknown field, a wrong type, a missing `v`) and
+/// lets a field of another op pass, as it always has; [`Request`] then takes the op's own.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Request {
-    /// Protocol version; must be [`VERSION`].
-    pub v: u64,
+#[allow(dead_code)] // read only to check the line
+struct Wire {
+    v: u64,
     /// Echoed in the response ([`parse`] takes it out first, so even a bad request echoes it).
     #[serde(rename = "id", default)]
     _id: Option<serde::de::IgnoredAny>,
-    /// What to do.
-    pub op: String,
-    /// Which device.
+    op: String,
     #[serde(default)]
-    pub device: Option<String>,
-    /// `fault`: which fault.
+    device: Option<String>,
     #[serde(default)]
-    pub fault: Option<String>,
-    /// `fault`: clear it instead of applying it.
+    fault: Option<String>,
     #[serde(default)]
-    pub clear: bool,
-    /// `fault link-down`: leave the client's error interrupt quiet (by default the link going
-    /// down is reported as the fatal PCIe error it is; QEMU stops the guest on it).
+    clear: bool,
     #[serde(default)]
-    pub quiet: bool,
-    /// `fault`: milliseconds.
+    quiet: bool,
     #[serde(default)]
-    pub ms: Option<u64>,
-    /// `fault`: how many times; `peek`: how many bytes.
+    ms: Option<u64>,
     #[serde(default)]
-    pub count: Option<u64>,
-    /// `peek`/`poke`/`fault poison`: VFIO region index.
+    count: Option<u64>,
     #[serde(default)]
+    region: Option<u32>,
+    #[serde(default)]
+    offset: Option<u64>,
+    #[serde(default)]
+    data: Option<String>,
+    #[serde(default)]
+    follow: bool,
+}
+
+/// One request: the op (`"op"` on the wire) and its fields. A field the server reports missing
+/// by name (`peek needs "count"`) is an `Option` here, so the reply can say which.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "lowercase")]
+pub enum Request {
+    /// The devices, their readiness, faults and client.
+    Status {
+        /// Which device (all when absent).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        device: Option<String>,
+    },
+    /// Per-command counters.
+    Stats {
+        /// Which device (all when absent).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        device: Option<String>,
+    },
+    /// Apply or clear a fault.
+    Fault {
+        /// Which device (may be left out when the process serves one).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        device: Option<String>,
+        /// The fault and its settings.
+        #[serde(flatten)]
+        fault: FaultRequest,
+    },
+    /// Read from a region.
+    Peek {
+        /// Which device (may be left out when the process serves one).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        device: Option<String>,
+        /// Where.
+        #[serde(flatten)]
+        at: At,
+        /// How many bytes (1 to [`MAX_BYTES`]).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        count: Option<u64>,
+    },
+    /// Write to a region.
+    Poke {
+        /// Which device (may be left out when the process serves one).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        device: Option<String>,
+        /// Where.
+        #[serde(flatten)]
+        at: At,
+        /// The bytes, as hex (1 to [`MAX_BYTES`]).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        data: Option<String>,
+    },
+    /// Reset the device, as `VFIO_DEVICE_RESET` does.
+    Reset {
+        /// Which device (may be left out when the process serves one).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        device: Option<String>,
+    },
+    /// The recent events, or (`follow`) a stream of new ones.
+    Events {
+        /// Which device (all when absent).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        device: Option<String>,
+        /// Keep streaming.
+        #[serde(default, skip_serializing_if = "is_false")]
+        follow: bool,
+    },
+}
+
+/// The ops, for the reply to an unknown one.
+pub const OPS: &str = "status, stats, fault, peek, poke, reset, events";
+
+impl Request {
+    /// The device the request names, if it names one.
+    pub fn device(&self) -> Option<&str> {
+        match self {
+            Request::Status { device }
+            | Request::Stats { device }
+            | Request::Fault { device, .. }
+            | Request::Peek { device, .. }
+            | Request::Poke { device, .. }
+            | Request::Reset { device }
+            | Request::Events { device, .. } => device.as_deref(),
+        }
+    }
+
+    /// The request as one line, without its newline.
+    pub fn to_line(&self) -> String {
+        #[derive(Serialize)]
+        struct Line<'a> {
+            v: u64,
+            #[serde(flatten)]
+            request: &'a Request,
+        }
+        serde_json::to_string(&Line {
+            v: VERSION,
+            request: self,
+        })
+        .unwrap_or_default()
+    }
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// Where a peek or poke acts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct At {
+    /// The VFIO region index.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub region: Option<u32>,
-    /// `peek`/`poke`/`fault poison`: offset in the region.
-    #[serde(default)]
+    /// The offset in the region.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub offset: Option<u64>,
-    /// `poke`: the bytes, as hex.
-    #[serde(default)]
-    pub data: Option<String>,
-    /// `events`: keep streaming.
-    #[serde(default)]
-    pub follow: bool,
+}
+
+/// The fields of a `fault` request.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FaultRequest {
+    /// Which fault, by name ([`Fault`]; kept as written so an unknown one is named back).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fault: Option<String>,
+    /// Clear it instead of applying it.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub clear: bool,
+    /// `link-down`: leave the client's error interrupt quiet (by default the link going down is
+    /// reported as the fatal PCIe error it is; QEMU stops the guest on it).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub quiet: bool,
+    /// `ready-delay`, `delay-replies`: milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ms: Option<u64>,
+    /// `delay-replies`, `refuse-next`: how many times.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<u64>,
+    /// `poison`: the region.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<u32>,
+    /// `poison`: the offset in the region.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
+}
+
+/// The faults the control plane injects: the `fault` field of a request, `vgrace ctl fault`'s
+/// argument, and the list in the docs above.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Fault {
+    /// The C2C link goes down: memory reads all ones, the error interrupt fires.
+    LinkDown,
+    /// The device memory is lost: memory reads all ones.
+    HbmLost,
+    /// The device never reads ready, from the next reset.
+    NeverReady,
+    /// The next reset takes `ms` to read ready.
+    ReadyDelay,
+    /// A poisoned page at `region`, `offset` (Linux 6.19+).
+    Poison,
+    /// Replies wait `ms` (optionally only the next `count`).
+    DelayReplies,
+    /// The attached client is disconnected.
+    DropClient,
+    /// The next `count` connections (default 1) are refused.
+    RefuseNext,
+    /// Every fault (with `clear` only).
+    All,
+}
+
+impl Fault {
+    /// Its name on the wire and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Fault::LinkDown => "link-down",
+            Fault::HbmLost => "hbm-lost",
+            Fault::NeverReady => "never-ready",
+            Fault::ReadyDelay => "ready-delay",
+            Fault::Poison => "poison",
+            Fault::DelayReplies => "delay-replies",
+            Fault::DropClient => "drop-client",
+            Fault::RefuseNext => "refuse-next",
+            Fault::All => "all",
+        }
+    }
+
+    /// The fault named `name`, or the reply that lists them.
+    pub fn parse(name: &str) -> Result<Self, Failure> {
+        <Fault as clap::ValueEnum>::value_variants()
+            .iter()
+            .copied()
+            .find(|f| f.name() == name)
+            .ok_or_else(|| Failure(format!("unknown fault {name:?}: {}", Fault::list())))
+    }
+
+    /// Every fault's name, for messages: `link-down, ..., refuse-next (and all, with clear)`.
+    pub fn list() -> String {
+        let names: Vec<&str> = <Fault as clap::ValueEnum>::value_variants()
+            .iter()
+            .filter(|f| **f != Fault::All)
+            .map(|f| f.name())
+            .collect();
+        format!("{} (and all, with clear)", names.join(", "))
+    }
+}
+
+impl std::fmt::Display for Fault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 /// A request that failed: the message for the error object.
@@ -107,12 +306,16 @@ pub fn parse(line: &[u8]) -> (Option<Value>, Result<Request, Failure>) {
     if let Err(e) = serde_json::from_slice::<UniqueKeys>(line) {
         return (id, Err(Failure(format!("bad request: {e}"))));
     }
-    let request = match serde_json::from_value::<Request>(value) {
-        Ok(r) if r.v != VERSION => Err(Failure(format!(
+    let request = match serde_json::from_value::<Wire>(value.clone()) {
+        Ok(w) if w.v != VERSION => Err(Failure(format!(
             "protocol version {} is not spoken here (version {VERSION} is)",
-            r.v
+            w.v
         ))),
-        Ok(r) => Ok(r),
+        Ok(w) if !OPS.split(", ").any(|op| op == w.op) => {
+            Err(Failure(format!("unknown op {:?}: {OPS}", w.op)))
+        }
+        Ok(_) => serde_json::from_value::<Request>(value)
+            .map_err(|e| Failure(format!("bad request: {e}"))),
         Err(e) => Err(Failure(format!("bad request: {e}"))),
     };
     (id, request)
@@ -265,7 +468,7 @@ mod tests {
 
         #[test]
         fn any_json_object_parses_or_is_refused(
-            op in "[a-z]{0,8}",
+            op in "(peek|[a-z]{0,8})",
             device in proptest::option::of("[a-z0-9]{0,6}"),
             offset in proptest::prelude::any::<u64>(),
             count in proptest::prelude::any::<u64>(),
@@ -273,9 +476,14 @@ mod tests {
         ) {
             let line = json!({"v": 1, "op": op, "device": device, "offset": offset, "count": count, "region": region}).to_string();
             let (_, r) = parse(line.as_bytes());
-            let r = r.unwrap();
-            proptest::prop_assert_eq!(r.offset, Some(offset));
-            proptest::prop_assert_eq!(r.count, Some(count));
+            match r {
+                Ok(Request::Peek { at, count: c, .. }) => {
+                    proptest::prop_assert_eq!(at, At { region: Some(region), offset: Some(offset) });
+                    proptest::prop_assert_eq!(c, Some(count));
+                }
+                Ok(r) => proptest::prop_assert!(OPS.contains(&op) && op != "peek", "{r:?}"),
+                Err(f) => proptest::prop_assert!(f.0.starts_with("unknown op"), "{}", f.0),
+            }
         }
 
         #[test]

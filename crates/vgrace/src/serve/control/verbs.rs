@@ -9,24 +9,25 @@ use vfu::Device;
 use vgrace_device::{LinuxVersion, NvGraceGpu};
 
 use super::events::rfc3339;
-use super::protocol::{self, from_hex, to_hex, Failure, Request, MAX_BYTES};
+use super::events::EventKind;
+use super::protocol::{
+    self, from_hex, to_hex, At, Failure, Fault, FaultRequest, Request, MAX_BYTES,
+};
 use super::{Managed, Plane};
-
-const OPS: &str = "status, stats, fault, peek, poke, reset, events";
-const FAULTS: &str =
-    "link-down, hbm-lost, never-ready, ready-delay, poison, delay-replies, drop-client, refuse-next (and all, with clear)";
 
 /// Answers one request (every op but a following `events`).
 pub fn handle(plane: &Plane, id: Option<Value>, r: &Request) -> Value {
-    let result = match r.op.as_str() {
-        "status" => status(plane, r),
-        "stats" => stats(plane, r),
-        "fault" => one(plane, r).and_then(|m| fault(m, r)),
-        "peek" => one(plane, r).and_then(|m| peek(m, r)),
-        "poke" => one(plane, r).and_then(|m| poke(m, r)),
-        "reset" => one(plane, r).and_then(reset),
-        "events" => events(plane, r),
-        op => Err(Failure(format!("unknown op {op:?}: {OPS}"))),
+    let device = r.device();
+    let result = match r {
+        Request::Status { .. } => status(plane, device),
+        Request::Stats { .. } => stats(plane, device),
+        Request::Fault { fault: f, .. } => one(plane, device).and_then(|m| fault(m, f)),
+        Request::Peek { at, count, .. } => one(plane, device).and_then(|m| peek(m, *at, *count)),
+        Request::Poke { at, data, .. } => {
+            one(plane, device).and_then(|m| poke(m, *at, data.as_deref()))
+        }
+        Request::Reset { .. } => one(plane, device).and_then(reset),
+        Request::Events { .. } => events(plane, device),
     };
     match result {
         Ok(body) => protocol::ok(id, body),
@@ -58,8 +59,8 @@ fn ids(plane: &Plane) -> String {
 }
 
 /// The one device a request is about.
-fn one<'a>(plane: &'a Plane, r: &Request) -> Result<&'a Managed, Failure> {
-    match (&r.device, plane.devices.as_slice()) {
+fn one<'a>(plane: &'a Plane, device: Option<&str>) -> Result<&'a Managed, Failure> {
+    match (device, plane.devices.as_slice()) {
         (Some(name), _) => find(plane, name),
         (None, [only]) => Ok(only),
         (None, _) => Err(Failure(format!(
@@ -70,15 +71,15 @@ fn one<'a>(plane: &'a Plane, r: &Request) -> Result<&'a Managed, Failure> {
 }
 
 /// The devices a request is about: the named one, or all.
-fn some<'a>(plane: &'a Plane, r: &Request) -> Result<Vec<&'a Managed>, Failure> {
-    match &r.device {
+fn some<'a>(plane: &'a Plane, device: Option<&str>) -> Result<Vec<&'a Managed>, Failure> {
+    match device {
         Some(name) => Ok(vec![find(plane, name)?]),
         None => Ok(plane.devices.iter().collect()),
     }
 }
 
-fn status(plane: &Plane, r: &Request) -> Result<Value, Failure> {
-    let devices: Vec<Value> = some(plane, r)?
+fn status(plane: &Plane, device: Option<&str>) -> Result<Value, Failure> {
+    let devices: Vec<Value> = some(plane, device)?
         .into_iter()
         .map(|m| {
             let (layout, readiness) = match m.lock_device() {
@@ -121,8 +122,8 @@ fn status(plane: &Plane, r: &Request) -> Result<Value, Failure> {
 }
 
 /// The recent events, of the named device only when the request names one.
-fn events(plane: &Plane, r: &Request) -> Result<Value, Failure> {
-    let only = r.device.as_deref().map(|d| find(plane, d)).transpose()?;
+fn events(plane: &Plane, device: Option<&str>) -> Result<Value, Failure> {
+    let only = device.map(|d| find(plane, d)).transpose()?;
     let events: Vec<Value> = plane
         .events
         .recent()
@@ -132,8 +133,8 @@ fn events(plane: &Plane, r: &Request) -> Result<Value, Failure> {
     Ok(json!({ "events": events }))
 }
 
-fn stats(plane: &Plane, r: &Request) -> Result<Value, Failure> {
-    let devices: Vec<Value> = some(plane, r)?
+fn stats(plane: &Plane, device: Option<&str>) -> Result<Value, Failure> {
+    let devices: Vec<Value> = some(plane, device)?
         .into_iter()
         .map(|m| {
             let mut v = m.stats.to_json();
@@ -169,7 +170,7 @@ fn need<T: Copy>(v: Option<T>, what: &str, fault: &str) -> Result<T, Failure> {
 const MAX_DELAY_MS: u64 = 24 * 3600 * 1000;
 
 /// `ms` as a delay, refused past [`MAX_DELAY_MS`].
-fn delay(r: &Request, fault: &str) -> Result<Duration, Failure> {
+fn delay(r: &FaultRequest, fault: &str) -> Result<Duration, Failure> {
     let ms = need(r.ms, "ms", fault)?;
     if ms > MAX_DELAY_MS {
         return Err(Failure(format!("ms {ms}: at most {MAX_DELAY_MS} (a day)")));
@@ -177,15 +178,38 @@ fn delay(r: &Request, fault: &str) -> Result<Duration, Failure> {
     Ok(Duration::from_millis(ms))
 }
 
-fn fault(m: &Managed, r: &Request) -> Result<Value, Failure> {
+fn fault(m: &Managed, r: &FaultRequest) -> Result<Value, Failure> {
     let name = r
         .fault
         .as_deref()
-        .ok_or_else(|| Failure(format!("fault needs \"fault\": one of {FAULTS}")))?;
+        .ok_or_else(|| Failure(format!("fault needs \"fault\": one of {}", Fault::list())))?;
+    let kind = Fault::parse(name)?;
     let on = !r.clear;
+    let extra = apply(m, kind, on, r)?;
+    m.events.publish(
+        &m.id,
+        EventKind::Fault {
+            fault: kind,
+            action: if on { "applied" } else { "cleared" },
+            ms: r.ms,
+            count: r.count,
+            region: r.region,
+            offset: r.offset,
+        },
+    );
+    let mut body = json!({ "faults": faults(m) });
+    if let (Value::Object(b), Value::Object(e)) = (&mut body, extra) {
+        b.extend(e);
+    }
+    Ok(body)
+}
+
+/// Applies (`on`) or clears fault `kind`; what the reply adds to the faults in force.
+fn apply(m: &Managed, kind: Fault, on: bool, r: &FaultRequest) -> Result<Value, Failure> {
+    let name = kind.name();
     let mut extra = json!({});
-    match name {
-        "link-down" => {
+    match kind {
+        Fault::LinkDown => {
             m.live.set_link_down(on);
             if on && !r.quiet {
                 // The link going down is a fatal PCIe error: the kernel signals the client's
@@ -195,11 +219,11 @@ fn fault(m: &Managed, r: &Request) -> Result<Value, Failure> {
                 extra = json!({ "error_interrupt": signalled });
             }
         }
-        "hbm-lost" => m.live.set_hbm_lost(on),
-        "never-ready" => m.live.set_never_ready(on),
-        "ready-delay" if on => m.live.set_next_reset_delay(Some(delay(r, name)?)),
-        "ready-delay" => m.live.set_next_reset_delay(None),
-        "poison" if on => {
+        Fault::HbmLost => m.live.set_hbm_lost(on),
+        Fault::NeverReady => m.live.set_never_ready(on),
+        Fault::ReadyDelay if on => m.live.set_next_reset_delay(Some(delay(r, name)?)),
+        Fault::ReadyDelay => m.live.set_next_reset_delay(None),
+        Fault::Poison if on => {
             let (region, offset) = (
                 need(r.region, "region", name)?,
                 need(r.offset, "offset", name)?,
@@ -207,15 +231,15 @@ fn fault(m: &Managed, r: &Request) -> Result<Value, Failure> {
             check_poison(m, region, offset)?;
             m.live.poison(region, offset)?;
         }
-        "poison" => {
+        Fault::Poison => {
             let at = r.region.zip(r.offset);
             extra = json!({ "healed": m.live.unpoison(at) });
         }
-        "delay-replies" if on => m.controls.delay_replies(delay(r, name)?, r.count),
-        "delay-replies" => {
+        Fault::DelayReplies if on => m.controls.delay_replies(delay(r, name)?, r.count),
+        Fault::DelayReplies => {
             m.controls.clear_delay();
         }
-        "drop-client" if on => {
+        Fault::DropClient if on => {
             let peer = m
                 .controls
                 .drop_client()
@@ -223,34 +247,23 @@ fn fault(m: &Managed, r: &Request) -> Result<Value, Failure> {
             m.stats.dropped();
             extra = json!({ "dropped": { "pid": peer.pid, "uid": peer.uid } });
         }
-        "refuse-next" => {
+        Fault::RefuseNext => {
             let n = if on { r.count.unwrap_or(1) } else { 0 };
             m.controls.refuse_next(u32::try_from(n).unwrap_or(u32::MAX));
         }
-        "all" if !on => {
+        Fault::All if !on => {
             m.live.clear_all();
             m.controls.clear_delay();
             m.controls.refuse_next(0);
         }
-        "drop-client" | "all" => {
+        Fault::DropClient | Fault::All => {
             return Err(Failure(format!(
                 "fault {name} cannot be {}",
                 if on { "applied" } else { "cleared" }
             )))
         }
-        other => return Err(Failure(format!("unknown fault {other:?}: {FAULTS}"))),
     }
-    let action = if on { "applied" } else { "cleared" };
-    m.events.publish(
-        &m.id,
-        "fault",
-        json!({ "fault": name, "action": action, "ms": r.ms, "count": r.count, "region": r.region, "offset": r.offset }),
-    );
-    let mut body = json!({ "faults": faults(m) });
-    if let (Value::Object(b), Value::Object(e)) = (&mut body, extra) {
-        b.extend(e);
-    }
-    Ok(body)
+    Ok(extra)
 }
 
 /// Poison lands only in device memory, and only where the driver handles it (6.19+).
@@ -287,7 +300,7 @@ fn access_failed(region: u32, offset: u64, e: vfu::Errno) -> Failure {
     ))
 }
 
-fn region_and_offset(r: &Request) -> Result<(u32, u64), Failure> {
+fn region_and_offset(r: At) -> Result<(u32, u64), Failure> {
     let region = r.region.ok_or_else(|| {
         Failure("needs \"region\" (a VFIO region index: 0-5 BARs, 7 config)".into())
     })?;
@@ -302,11 +315,9 @@ fn region_and_offset(r: &Request) -> Result<(u32, u64), Failure> {
     ))
 }
 
-fn peek(m: &Managed, r: &Request) -> Result<Value, Failure> {
-    let (region, offset) = region_and_offset(r)?;
-    let count = r
-        .count
-        .ok_or_else(|| Failure("peek needs \"count\"".into()))?;
+fn peek(m: &Managed, at: At, count: Option<u64>) -> Result<Value, Failure> {
+    let (region, offset) = region_and_offset(at)?;
+    let count = count.ok_or_else(|| Failure("peek needs \"count\"".into()))?;
     if count == 0 || count > MAX_BYTES {
         return Err(Failure(format!(
             "count {count}: 1 to {MAX_BYTES} bytes per request"
@@ -320,13 +331,9 @@ fn peek(m: &Managed, r: &Request) -> Result<Value, Failure> {
     Ok(json!({ "data": to_hex(&buf), "count": n }))
 }
 
-fn poke(m: &Managed, r: &Request) -> Result<Value, Failure> {
-    let (region, offset) = region_and_offset(r)?;
-    let data = from_hex(
-        r.data
-            .as_deref()
-            .ok_or_else(|| Failure("poke needs \"data\" (hex)".into()))?,
-    )?;
+fn poke(m: &Managed, at: At, data: Option<&str>) -> Result<Value, Failure> {
+    let (region, offset) = region_and_offset(at)?;
+    let data = from_hex(data.ok_or_else(|| Failure("poke needs \"data\" (hex)".into()))?)?;
     if data.is_empty() || data.len() as u64 > MAX_BYTES {
         return Err(Failure(format!(
             "{} bytes: 1 to {MAX_BYTES} bytes per request",
@@ -345,6 +352,6 @@ fn reset(m: &Managed) -> Result<Value, Failure> {
         .reset()
         .map_err(|e| Failure(format!("reset failed: {e}")))?;
     m.stats.reset();
-    m.events.publish(&m.id, "reset", json!({ "by": "control" }));
+    m.events.publish(&m.id, EventKind::Reset { by: "control" });
     Ok(json!({}))
 }
