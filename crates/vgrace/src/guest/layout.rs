@@ -78,6 +78,21 @@ fn run_node(path: &std::path::Path, args: &LayoutArgs, out: &mut impl Write) -> 
 
 /// Renders the table of regions and the diagram of the memory split.
 pub fn render(layout: &Layout) -> String {
+    let mut out = summary(layout);
+    if layout.regions.is_empty() {
+        return out;
+    }
+    out.push('\n');
+    out.push_str(&region_table(layout));
+    out.push('\n');
+    out.push_str(&memory_diagram(layout));
+    out.push('\n');
+    out.push_str(&bar_diagram(layout));
+    out
+}
+
+/// The device in a sentence, then what sets it apart: core-only, BAR1, CXL, poisoned pages.
+fn summary(layout: &Layout) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -129,10 +144,12 @@ pub fn render(layout: &Layout) -> String {
             p.region, p.offset
         );
     }
-    if layout.regions.is_empty() {
-        return out;
-    }
-    let _ = writeln!(out);
+    out
+}
+
+/// One line per region: BARs, sizes, the sparse area, the mapping, where its memory is.
+fn region_table(layout: &Layout) -> String {
+    let mut out = String::new();
     let _ = writeln!(
         out,
         "{:<6} {:<4} {:<7} {:>16} {:>16} {:<30} {:<14} {:>14} {:>18}",
@@ -165,7 +182,12 @@ pub fn render(layout: &Layout) -> String {
             format!("{:#x}", r.base_pa),
         );
     }
-    let _ = writeln!(out);
+    out
+}
+
+/// The device memory as one bar, regions in host physical order.
+fn memory_diagram(layout: &Layout) -> String {
+    let mut out = String::new();
     let _ = writeln!(out, "Device memory (one fd, host physical order):");
     let mut bar = String::new();
     let mut legend = String::new();
@@ -191,7 +213,12 @@ pub fn render(layout: &Layout) -> String {
     bar.push('|');
     let _ = writeln!(out, "  {bar}");
     out.push_str(&legend);
-    let _ = writeln!(out);
+    out
+}
+
+/// Each BAR as the guest sees it: memory, then the all-ones tail.
+fn bar_diagram(layout: &Layout) -> String {
+    let mut out = String::new();
     let _ = writeln!(
         out,
         "BARs as the guest sees them (# = memory, . = tail that reads 0xFF, writes dropped):"

@@ -127,48 +127,9 @@ pub fn transcript(t: &mut Target) -> Vec<String> {
         t,
         lines: Vec::new(),
     };
-    let info = tape.t.device_info();
-    let (regions, irqs) = info.map(|(_, r, i)| (r, i)).unwrap_or((9, 5));
-    let line = format!(
-        "device_info -> {}",
-        show(info, |(f, r, i)| format!(
-            "flags={f:#x} regions={r} irqs={i}"
-        ))
-    );
-    tape.note(line);
-
-    let mut infos = Vec::new();
-    for index in 0..=regions {
-        let r = tape.t.region_info(index);
-        infos.push(r.as_ref().ok().cloned());
-        let line = format!(
-            "region_info {index} -> {}",
-            show(r, |r| format!(
-                "flags={:#x} size={:#x} sparse={}",
-                r.flags,
-                r.size,
-                match &r.sparse {
-                    None => "none".to_string(),
-                    Some(a) => a
-                        .iter()
-                        .map(|(o, s)| format!("{o:#x}+{s:#x}"))
-                        .collect::<Vec<_>>()
-                        .join(","),
-                }
-            ))
-        );
-        tape.note(line);
-    }
-    let mut irq_counts = Vec::new();
-    for index in 0..=irqs {
-        let r = tape.t.irq_info(index);
-        irq_counts.push(r.as_ref().map(|(_, c)| *c).unwrap_or(0));
-        let line = format!(
-            "irq_info {index} -> {}",
-            show(r, |(f, c)| format!("flags={f:#x} count={c}"))
-        );
-        tape.note(line);
-    }
+    let (regions, irqs) = device_info(&mut tape).unwrap_or((9, 5));
+    let infos = region_infos(&mut tape, regions);
+    let irq_counts = irq_infos(&mut tape, irqs);
 
     config_dwords(&mut tape);
     for (offset, len) in [
@@ -208,7 +169,14 @@ pub fn transcript(t: &mut Target) -> Vec<String> {
     let r = tape.t.reopen();
     tape.note(format!("reopen -> {}", show(r, |()| "ok".into())));
     after_reset(&mut tape, mem);
+    device_info(&mut tape);
+    tape.lines
+}
+
+/// DEVICE_GET_INFO, recorded; the highest region and IRQ indexes to ask about.
+fn device_info(tape: &mut Tape<'_>) -> Option<(u32, u32)> {
     let info = tape.t.device_info();
+    let found = info.as_ref().ok().map(|(_, r, i)| (*r, *i));
     let line = format!(
         "device_info -> {}",
         show(info, |(f, r, i)| format!(
@@ -216,7 +184,49 @@ pub fn transcript(t: &mut Target) -> Vec<String> {
         ))
     );
     tape.note(line);
-    tape.lines
+    found
+}
+
+/// REGION_INFO of regions 0 to `last`, recorded; each one's answer, if it had one.
+fn region_infos(tape: &mut Tape<'_>, last: u32) -> Vec<Option<Region>> {
+    let mut infos = Vec::new();
+    for index in 0..=last {
+        let r = tape.t.region_info(index);
+        infos.push(r.as_ref().ok().cloned());
+        let line = format!(
+            "region_info {index} -> {}",
+            show(r, |r| format!(
+                "flags={:#x} size={:#x} sparse={}",
+                r.flags,
+                r.size,
+                match &r.sparse {
+                    None => "none".to_string(),
+                    Some(a) => a
+                        .iter()
+                        .map(|(o, s)| format!("{o:#x}+{s:#x}"))
+                        .collect::<Vec<_>>()
+                        .join(","),
+                }
+            ))
+        );
+        tape.note(line);
+    }
+    infos
+}
+
+/// IRQ_INFO of IRQ indexes 0 to `last`, recorded; each one's count (0 on error).
+fn irq_infos(tape: &mut Tape<'_>, last: u32) -> Vec<u32> {
+    let mut counts = Vec::new();
+    for index in 0..=last {
+        let r = tape.t.irq_info(index);
+        counts.push(r.as_ref().map(|(_, c)| *c).unwrap_or(0));
+        let line = format!(
+            "irq_info {index} -> {}",
+            show(r, |(f, c)| format!("flags={f:#x} count={c}"))
+        );
+        tape.note(line);
+    }
+    counts
 }
 
 /// Every config dword; runs of three or more equal values fold into one line.
