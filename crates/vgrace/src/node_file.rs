@@ -268,25 +268,48 @@ impl DeviceTable {
     }
 
     fn into_config(self) -> Result<GpuConfig> {
-        let defaults = default_device_args();
-        let num = |v: &NumOrString, f: fn(&str) -> Result<u64, String>| -> Result<u64> {
-            match v {
-                NumOrString::Num(n) => Ok(*n),
-                NumOrString::Str(s) => f(s).map_err(|e| anyhow::anyhow!(e)),
-            }
+        let d = default_device_args();
+        let args = DeviceArgs {
+            profile: self.profile.unwrap_or(d.profile),
+            device_id: self.device_id()?,
+            mem_size: size(&self.mem_size, "mem_size")?.unwrap_or(d.mem_size),
+            mem_base: match &self.mem_base {
+                Some(v) => num(v, parse_u64).context("mem_base")?,
+                None => d.mem_base,
+            },
+            backing: self.backing.clone().unwrap_or(d.backing),
+            ready_delay: duration(&self.ready_delay, "ready_delay", Duration::ZERO)?,
+            fault: self.fault,
+            linux: match &self.linux {
+                Some(v) => v
+                    .parse()
+                    .map_err(|e: vgrace_device::DeviceError| anyhow::anyhow!("linux: {e}"))?,
+                None => d.linux,
+            },
+            no_mem_properties: !self.mem_properties.unwrap_or(true),
+            bar1_size: size(&self.bar1_size, "bar1_size")?.unwrap_or(d.bar1_size),
+            reset_ready_delay: duration(
+                &self.reset_ready_delay,
+                "reset_ready_delay",
+                d.reset_ready_delay,
+            )?,
+            ready_timeout: duration(&self.ready_timeout, "ready_timeout", d.ready_timeout)?,
+            poison: self.poison()?,
+            cxl: self.cxl.unwrap_or(false),
+            cxl_valid_delay: duration(&self.cxl_valid_delay, "cxl_valid_delay", d.cxl_valid_delay)?,
+            cxl_active_delay: duration(
+                &self.cxl_active_delay,
+                "cxl_active_delay",
+                d.cxl_active_delay,
+            )?,
+            cxl_timeout_code: self.cxl_timeout_code.unwrap_or(d.cxl_timeout_code),
         };
-        let mem_size = match &self.mem_size {
-            Some(v) => num(v, |s| {
-                vgrace_device::parse_size(s).map_err(|e| e.to_string())
-            })
-            .context("mem_size")?,
-            None => defaults.mem_size,
-        };
-        let mem_base = match &self.mem_base {
-            Some(v) => num(v, parse_u64).context("mem_base")?,
-            None => defaults.mem_base,
-        };
-        let device_id = match &self.device_id {
+        crate::device_config(&args)
+    }
+
+    /// `device_id`: 16 bits, as a number or a string (hex).
+    fn device_id(&self) -> Result<Option<u16>> {
+        Ok(match &self.device_id {
             Some(NumOrString::Num(n)) => Some(
                 u16::try_from(*n)
                     .map_err(|_| anyhow::anyhow!("device_id: {n} does not fit in 16 bits"))?,
@@ -295,69 +318,46 @@ impl DeviceTable {
                 Some(parse_u16(s).map_err(|e| anyhow::anyhow!("device_id: {e}"))?)
             }
             None => None,
-        };
-        let ready_delay = match &self.ready_delay {
-            Some(s) => parse_duration(s).map_err(|e| anyhow::anyhow!("ready_delay: {e}"))?,
-            None => Duration::ZERO,
-        };
-        let duration = |v: &Option<String>, name: &str, default: Duration| -> Result<Duration> {
-            match v {
-                Some(s) => parse_duration(s).map_err(|e| anyhow::anyhow!("{name}: {e}")),
-                None => Ok(default),
-            }
-        };
-        let linux = match &self.linux {
-            Some(v) => v
-                .parse()
-                .map_err(|e: vgrace_device::DeviceError| anyhow::anyhow!("linux: {e}"))?,
-            None => defaults.linux,
-        };
-        let bar1_size = match &self.bar1_size {
-            Some(v) => num(v, |s| {
+        })
+    }
+
+    /// `poison`: each REGION:OFFSET.
+    fn poison(&self) -> Result<Vec<vgrace_device::Poison>> {
+        self.poison
+            .iter()
+            .map(|p| {
+                p.parse()
+                    .map_err(|e: vgrace_device::DeviceError| anyhow::anyhow!("poison: {e}"))
+            })
+            .collect()
+    }
+}
+
+/// A number as written: an integer as is, a string through `f`.
+fn num(v: &NumOrString, f: fn(&str) -> Result<u64, String>) -> Result<u64> {
+    match v {
+        NumOrString::Num(n) => Ok(*n),
+        NumOrString::Str(s) => f(s).map_err(|e| anyhow::anyhow!(e)),
+    }
+}
+
+/// A size key (`mem_size`, `bar1_size`), if given: bytes or a size with a binary suffix.
+fn size(v: &Option<NumOrString>, name: &str) -> Result<Option<u64>> {
+    v.as_ref()
+        .map(|v| {
+            num(v, |s| {
                 vgrace_device::parse_size(s).map_err(|e| e.to_string())
             })
-            .context("bar1_size")?,
-            None => defaults.bar1_size,
-        };
-        let args = DeviceArgs {
-            profile: self.profile.unwrap_or(defaults.profile),
-            device_id,
-            mem_size,
-            mem_base,
-            backing: self.backing.unwrap_or(defaults.backing),
-            ready_delay,
-            fault: self.fault,
-            linux,
-            no_mem_properties: !self.mem_properties.unwrap_or(true),
-            bar1_size,
-            reset_ready_delay: duration(
-                &self.reset_ready_delay,
-                "reset_ready_delay",
-                defaults.reset_ready_delay,
-            )?,
-            ready_timeout: duration(&self.ready_timeout, "ready_timeout", defaults.ready_timeout)?,
-            poison: self
-                .poison
-                .iter()
-                .map(|p| {
-                    p.parse()
-                        .map_err(|e: vgrace_device::DeviceError| anyhow::anyhow!("poison: {e}"))
-                })
-                .collect::<Result<_>>()?,
-            cxl: self.cxl.unwrap_or(false),
-            cxl_valid_delay: duration(
-                &self.cxl_valid_delay,
-                "cxl_valid_delay",
-                defaults.cxl_valid_delay,
-            )?,
-            cxl_active_delay: duration(
-                &self.cxl_active_delay,
-                "cxl_active_delay",
-                defaults.cxl_active_delay,
-            )?,
-            cxl_timeout_code: self.cxl_timeout_code.unwrap_or(defaults.cxl_timeout_code),
-        };
-        crate::device_config(&args)
+            .context(name.to_string())
+        })
+        .transpose()
+}
+
+/// A duration key (`2s`, `250ms`), or `default` when absent.
+fn duration(v: &Option<String>, name: &str, default: Duration) -> Result<Duration> {
+    match v {
+        Some(s) => parse_duration(s).map_err(|e| anyhow::anyhow!("{name}: {e}")),
+        None => Ok(default),
     }
 }
 
