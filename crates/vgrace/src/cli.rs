@@ -7,8 +7,8 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::out::EXIT_CODES;
-use crate::units::{parse_duration, parse_socket_mode, parse_u16, parse_u64};
-use vgrace_device::{Fault, LinuxVersion, Poison, Profile};
+use crate::units::{parse_duration, parse_socket_mode, parse_u16, parse_u64, qemu_size};
+use vgrace_device::{Backing, Cxl, Fault, GpuConfig, LinuxVersion, Poison, Profile};
 
 /// vgrace: a software NVIDIA Grace GPU (nvgrace-gpu-vfio-pci) served over vfio-user.
 #[derive(Debug, Parser)]
@@ -65,13 +65,15 @@ pub enum GenerateArgs {
     },
 }
 
-/// The device, as the firmware properties and profile describe it.
+/// The device, as the firmware properties and profile describe it: each flag overrides
+/// [`GpuConfig::default`] (see `crate::device_config`); the defaults the help shows come from
+/// there too.
 #[derive(Debug, Clone, Args)]
 pub struct DeviceArgs {
     /// Device profile: gh100 (resmem at BAR2 + usemem at BAR4), gb200 (all memory at BAR4),
     /// seed (the original patch: all memory at BAR2).
-    #[arg(long, default_value = "gh100")]
-    pub profile: Profile,
+    #[arg(long, default_value = shown(|c| c.profile.to_string()))]
+    pub profile: Option<Profile>,
     /// PCI device id from the upstream table, of the profile's generation: gh100 0x2342,
     /// 0x2345, 0x2348; gb200 0x2941, 0x31c2 (GB300); seed 0x2342, 0x2343. Default: the
     /// profile's first.
@@ -79,57 +81,81 @@ pub struct DeviceArgs {
     pub device_id: Option<u16>,
     /// Device memory size (`nvidia,gpu-mem-size`): a byte count or a binary suffix K, M, G, T
     /// or KiB, MiB, GiB, TiB, any case (96G = 96GiB = 96 x 2^30); 96GB is refused as ambiguous.
-    #[arg(long, default_value = "96G", value_parser = parse_size_arg)]
-    pub mem_size: u64,
+    #[arg(long, default_value = shown(|c| qemu_size(c.mem_size)), value_parser = parse_size_arg)]
+    pub mem_size: Option<u64>,
     /// Host physical base of device memory (`nvidia,gpu-mem-base-pa`), e.g. 0x400000000000.
-    #[arg(long, default_value = "0x400000000000", value_parser = parse_u64)]
-    pub mem_base: u64,
+    #[arg(long, default_value = shown(|c| format!("{:#x}", c.mem_base)), value_parser = parse_u64)]
+    pub mem_base: Option<u64>,
     /// Memory backing: `memfd` (sparse, default), `hugetlbfs`, or a file path (persistent).
-    #[arg(long, default_value = "memfd")]
-    pub backing: String,
+    #[arg(long, default_value = shown(|c| backing_word(&c.backing)))]
+    pub backing: Option<String>,
     /// Time until the BAR0 readiness registers (C2C link, HBM training) read ready, e.g. 2s.
-    #[arg(long, default_value = "0s", value_parser = parse_duration)]
-    pub ready_delay: Duration,
+    #[arg(long, default_value = shown(|c| duration_word(c.ready_delay)), value_parser = parse_duration)]
+    pub ready_delay: Option<Duration>,
     /// Inject a fault: never-ready (HBM never trains) or link-down (C2C link never up).
     #[arg(long)]
     pub fault: Option<Fault>,
     /// Behave as nvgrace-gpu-vfio-pci of this Linux version: 6.9, 6.14, 6.19 or 7.2.
-    #[arg(long, default_value = "7.2")]
-    pub linux: LinuxVersion,
+    #[arg(long, default_value = shown(|c| c.linux.to_string()))]
+    pub linux: Option<LinuxVersion>,
     /// The firmware has no nvidia,gpu-mem-* properties: like --mem-size 0 (C2C link down), the
     /// device is served as a plain vfio-pci function without memory regions.
     #[arg(long)]
     pub no_mem_properties: bool,
     /// Size of Blackwell's real BAR1 (region 2 from 6.14), a power of two (our choice of default:
     /// no public source gives the GB200 value). Sizes as for --mem-size.
-    #[arg(long, default_value = "128G", value_parser = parse_size_arg)]
-    pub bar1_size: u64,
+    #[arg(long, default_value = shown(|c| qemu_size(c.bar1_size)), value_parser = parse_size_arg)]
+    pub bar1_size: Option<u64>,
     /// Time until the readiness registers read ready again after a reset (6.19+: the first
     /// memory access after a reset waits for it).
-    #[arg(long, default_value = "0s", value_parser = parse_duration)]
-    pub reset_ready_delay: Duration,
+    #[arg(long, default_value = shown(|c| duration_word(c.reset_ready_delay)), value_parser = parse_duration)]
+    pub reset_ready_delay: Option<Duration>,
     /// How long readiness is polled (1 s steps) at start and after a reset before ETIME
     /// (upstream: 30 s).
-    #[arg(long, default_value = "30s", value_parser = parse_duration)]
-    pub ready_timeout: Duration,
+    #[arg(long, default_value = shown(|c| duration_word(c.ready_timeout)), value_parser = parse_duration)]
+    pub ready_timeout: Option<Duration>,
     /// Give the part a CXL Device DVSEC (Blackwell-Next, gb200 only): Linux 7.2 reads readiness
     /// from its Range 1 Size Low register instead of the BAR0 pair.
     #[arg(long)]
     pub cxl: bool,
     /// With --cxl: time until "memory info valid" (the 7.2 driver waits 1 s for it).
-    #[arg(long, default_value = "0s", value_parser = parse_duration, requires = "cxl")]
-    pub cxl_valid_delay: Duration,
+    #[arg(long, default_value = shown_cxl(|c| duration_word(c.valid_delay)), value_parser = parse_duration, requires = "cxl")]
+    pub cxl_valid_delay: Option<Duration>,
     /// With --cxl: time until "memory active".
-    #[arg(long, default_value = "0s", value_parser = parse_duration, requires = "cxl")]
-    pub cxl_active_delay: Duration,
+    #[arg(long, default_value = shown_cxl(|c| duration_word(c.active_delay)), value_parser = parse_duration, requires = "cxl")]
+    pub cxl_active_delay: Option<Duration>,
     /// With --cxl: Memory_Active_Timeout code (0-7): the driver waits 1 s x 4^code for
     /// "memory active", capped at 256 s.
-    #[arg(long, default_value = "0", requires = "cxl")]
-    pub cxl_timeout_code: u8,
+    #[arg(long, default_value = shown_cxl(|c| c.timeout_code.to_string()), requires = "cxl")]
+    pub cxl_timeout_code: Option<u8>,
     /// Poison a 4 KiB page of device memory (uncorrectable ECC error, Linux 6.19+):
     /// REGION:OFFSET, e.g. 4:0x1000; repeatable. Reads that touch it answer EFAULT.
     #[arg(long)]
     pub poison: Vec<Poison>,
+}
+
+/// A device flag's default as its help shows it, from [`GpuConfig::default`].
+fn shown(f: fn(&GpuConfig) -> String) -> String {
+    f(&GpuConfig::default())
+}
+
+/// A CXL flag's default as its help shows it, from [`Cxl::default`].
+fn shown_cxl(f: fn(&Cxl) -> String) -> String {
+    f(&Cxl::default())
+}
+
+/// A duration as `--ready-delay` takes it (`0s`, `30s`).
+fn duration_word(d: Duration) -> String {
+    humantime::format_duration(d).to_string()
+}
+
+/// A backing as `--backing` takes it.
+fn backing_word(b: &Backing) -> String {
+    match b {
+        Backing::Memfd => "memfd".into(),
+        Backing::Hugetlbfs => "hugetlbfs".into(),
+        Backing::File(p) => p.display().to_string(),
+    }
 }
 
 /// `vgrace serve`.

@@ -29,7 +29,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Result;
-use vgrace_device::{Backing, GpuConfig};
+use vgrace_device::{Backing, Cxl, GpuConfig};
 
 use cli::{Cli, Command, DeviceArgs};
 
@@ -162,32 +162,44 @@ fn one_line(rendered: &str, verb: Option<&str>) -> String {
     }
 }
 
-/// Turns the device flags into the device model's configuration.
+/// The device model's configuration: the defaults ([`GpuConfig::default`], the one set of them)
+/// with the device flags given over them.
 pub fn device_config(args: &DeviceArgs) -> Result<GpuConfig> {
-    let backing = match args.backing.as_str() {
+    let mut c = GpuConfig::default();
+    c.profile = args.profile.unwrap_or(c.profile);
+    c.device_id = args.device_id.or(c.device_id);
+    c.mem_size = args.mem_size.unwrap_or(c.mem_size);
+    c.mem_base = args.mem_base.unwrap_or(c.mem_base);
+    if let Some(b) = &args.backing {
+        c.backing = backing(b)?;
+    }
+    c.ready_delay = args.ready_delay.unwrap_or(c.ready_delay);
+    c.fault = args.fault.or(c.fault);
+    c.linux = args.linux.unwrap_or(c.linux);
+    c.mem_properties &= !args.no_mem_properties;
+    c.bar1_size = args.bar1_size.unwrap_or(c.bar1_size);
+    c.reset_ready_delay = args.reset_ready_delay.unwrap_or(c.reset_ready_delay);
+    c.ready_timeout = args.ready_timeout.unwrap_or(c.ready_timeout);
+    if !args.poison.is_empty() {
+        c.poison = args.poison.clone();
+    }
+    if args.cxl {
+        let d = Cxl::default();
+        c.cxl = Some(Cxl {
+            valid_delay: args.cxl_valid_delay.unwrap_or(d.valid_delay),
+            active_delay: args.cxl_active_delay.unwrap_or(d.active_delay),
+            timeout_code: args.cxl_timeout_code.unwrap_or(d.timeout_code),
+        });
+    }
+    Ok(c)
+}
+
+/// A backing as `--backing` (or a file's `backing`) names it.
+pub fn backing(name: &str) -> Result<Backing> {
+    Ok(match name {
         "memfd" => Backing::Memfd,
         "hugetlbfs" => Backing::Hugetlbfs,
         "" => anyhow::bail!("--backing needs memfd, hugetlbfs or a file path"),
         path => Backing::File(PathBuf::from(path)),
-    };
-    Ok(GpuConfig {
-        profile: args.profile,
-        device_id: args.device_id,
-        mem_size: args.mem_size,
-        mem_base: args.mem_base,
-        backing,
-        ready_delay: args.ready_delay,
-        fault: args.fault,
-        linux: args.linux,
-        mem_properties: !args.no_mem_properties,
-        bar1_size: args.bar1_size,
-        reset_ready_delay: args.reset_ready_delay,
-        ready_timeout: args.ready_timeout,
-        poison: args.poison.clone(),
-        cxl: args.cxl.then_some(vgrace_device::Cxl {
-            valid_delay: args.cxl_valid_delay,
-            active_delay: args.cxl_active_delay,
-            timeout_code: args.cxl_timeout_code,
-        }),
     })
 }

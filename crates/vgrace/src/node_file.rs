@@ -35,9 +35,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
-use vgrace_device::{Fault, GpuConfig, Profile};
+use vgrace_device::{Cxl, Fault, GpuConfig, Profile};
 
-use crate::cli::DeviceArgs;
 use crate::units::{parse_duration, parse_u16, parse_u64};
 use crate::view::View;
 
@@ -267,44 +266,43 @@ impl DeviceTable {
         Ok((self.trace.clone(), max))
     }
 
+    /// The device: [`GpuConfig::default`] with the table's keys over it.
     fn into_config(self) -> Result<GpuConfig> {
-        let d = default_device_args();
-        let args = DeviceArgs {
-            profile: self.profile.unwrap_or(d.profile),
-            device_id: self.device_id()?,
-            mem_size: size(&self.mem_size, "mem_size")?.unwrap_or(d.mem_size),
-            mem_base: match &self.mem_base {
-                Some(v) => num(v, parse_u64).context("mem_base")?,
-                None => d.mem_base,
-            },
-            backing: self.backing.clone().unwrap_or(d.backing),
-            ready_delay: duration(&self.ready_delay, "ready_delay", Duration::ZERO)?,
-            fault: self.fault,
-            linux: match &self.linux {
-                Some(v) => v
-                    .parse()
-                    .map_err(|e: vgrace_device::DeviceError| anyhow::anyhow!("linux: {e}"))?,
-                None => d.linux,
-            },
-            no_mem_properties: !self.mem_properties.unwrap_or(true),
-            bar1_size: size(&self.bar1_size, "bar1_size")?.unwrap_or(d.bar1_size),
-            reset_ready_delay: duration(
-                &self.reset_ready_delay,
-                "reset_ready_delay",
-                d.reset_ready_delay,
-            )?,
-            ready_timeout: duration(&self.ready_timeout, "ready_timeout", d.ready_timeout)?,
-            poison: self.poison()?,
-            cxl: self.cxl.unwrap_or(false),
-            cxl_valid_delay: duration(&self.cxl_valid_delay, "cxl_valid_delay", d.cxl_valid_delay)?,
-            cxl_active_delay: duration(
-                &self.cxl_active_delay,
-                "cxl_active_delay",
-                d.cxl_active_delay,
-            )?,
-            cxl_timeout_code: self.cxl_timeout_code.unwrap_or(d.cxl_timeout_code),
+        let mut c = GpuConfig::default();
+        c.profile = self.profile.unwrap_or(c.profile);
+        c.mem_size = size(&self.mem_size, "mem_size")?.unwrap_or(c.mem_size);
+        if let Some(v) = &self.mem_base {
+            c.mem_base = num(v, parse_u64).context("mem_base")?;
+        }
+        c.device_id = self.device_id()?;
+        c.ready_delay = duration(&self.ready_delay, "ready_delay", c.ready_delay)?;
+        c.fault = self.fault;
+        if let Some(v) = &self.linux {
+            c.linux = v
+                .parse()
+                .map_err(|e: vgrace_device::DeviceError| anyhow::anyhow!("linux: {e}"))?;
+        }
+        c.mem_properties = self.mem_properties.unwrap_or(c.mem_properties);
+        c.bar1_size = size(&self.bar1_size, "bar1_size")?.unwrap_or(c.bar1_size);
+        c.reset_ready_delay = duration(
+            &self.reset_ready_delay,
+            "reset_ready_delay",
+            c.reset_ready_delay,
+        )?;
+        c.ready_timeout = duration(&self.ready_timeout, "ready_timeout", c.ready_timeout)?;
+        c.poison = self.poison()?;
+        // Checked even without `cxl`, as they always were.
+        let d = Cxl::default();
+        let cxl = Cxl {
+            valid_delay: duration(&self.cxl_valid_delay, "cxl_valid_delay", d.valid_delay)?,
+            active_delay: duration(&self.cxl_active_delay, "cxl_active_delay", d.active_delay)?,
+            timeout_code: self.cxl_timeout_code.unwrap_or(d.timeout_code),
         };
-        crate::device_config(&args)
+        c.cxl = self.cxl.unwrap_or(false).then_some(cxl);
+        if let Some(b) = &self.backing {
+            c.backing = crate::backing(b)?;
+        }
+        Ok(c)
     }
 
     /// `device_id`: 16 bits, as a number or a string (hex).
@@ -361,21 +359,6 @@ fn duration(v: &Option<String>, name: &str, default: Duration) -> Result<Duratio
     }
 }
 
-/// The device flags' defaults, so the file and the command line agree on them.
-pub fn default_device_args() -> DeviceArgs {
-    use clap::Parser;
-    #[derive(Parser)]
-    struct Defaults {
-        #[command(flatten)]
-        device: DeviceArgs,
-    }
-    // Parsing no arguments cannot fail: every device flag has a default or is optional.
-    match Defaults::try_parse_from(["vgrace"]) {
-        Ok(d) => d.device,
-        Err(_) => unreachable!("device flags without defaults"),
-    }
-}
-
 /// Refuses a trace size limit that cannot hold the header and a line (0 included).
 pub fn check_max_size(max: u64) -> Result<()> {
     if max < vfu::trace::MIN_MAX_BYTES {
@@ -399,6 +382,30 @@ mod tests {
         assert_eq!(entries.len(), 2);
         assert_eq!(entries[1].config.mem_size, 4 << 30);
         assert_eq!(entries[0].config.mem_size, 96 << 30);
+    }
+
+    /// One set of defaults: a `[[device]]` table with only its socket, the device flags left
+    /// out, and `GpuConfig::default()` describe the same device.
+    #[test]
+    fn a_bare_table_and_no_flags_give_the_default_device() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Flags {
+            #[command(flatten)]
+            device: crate::cli::DeviceArgs,
+        }
+        let from_file = parse("[[device]]\nsocket = \"/tmp/a.sock\"\n").unwrap();
+        let from_flags = crate::device_config(&Flags::try_parse_from(["vgrace"]).unwrap().device);
+        let default = format!("{:?}", GpuConfig::default());
+        assert_eq!(format!("{:?}", from_file[0].config), default);
+        assert_eq!(format!("{:?}", from_flags.unwrap()), default);
+        // And a flag given overrides just its own field.
+        let flags = Flags::try_parse_from(["vgrace", "--mem-size", "4G"]).unwrap();
+        let c = crate::device_config(&flags.device).unwrap();
+        assert_eq!(
+            (c.mem_size, c.mem_base),
+            (4 << 30, GpuConfig::default().mem_base)
+        );
     }
 
     #[test]

@@ -69,7 +69,8 @@ impl fmt::Display for LinuxVersion {
 /// The CXL Device DVSEC of a Blackwell-Next part (read for readiness by Linux 7.2): its Range 1
 /// Size Low register says "memory info valid" after `valid_delay` and "memory active" after
 /// `active_delay` (both counted from start or reset), and carries the active timeout code.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+/// The default (`Cxl::default()`) is valid and active at once, timeout code 0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
 pub struct Cxl {
     /// Time until bit 0 (memory info valid) is set.
     pub valid_delay: Duration,

@@ -232,15 +232,21 @@ impl Layout {
     }
 }
 
-impl GpuConfig {
-    /// A device of `mem_size` bytes at host PA 0 on sparse memfd memory, ready at once and
-    /// without faults: the usual starting point for tools and tests.
-    pub fn memfd(profile: Profile, mem_size: u64) -> Self {
+/// Device memory size when none is given: a GH100's 96 GiB.
+pub const DEFAULT_MEM_SIZE: u64 = 96 << 30;
+/// Host physical base of device memory when none is given.
+pub const DEFAULT_MEM_BASE: u64 = 0x4000_0000_0000;
+
+impl Default for GpuConfig {
+    /// The one set of defaults (of `vgrace`'s device flags and of a `[[device]]` table): a GH100
+    /// with [`DEFAULT_MEM_SIZE`] of sparse memfd memory at [`DEFAULT_MEM_BASE`], behaving as the
+    /// newest Linux, ready at once, without faults.
+    fn default() -> Self {
         Self {
-            profile,
+            profile: Profile::Gh100,
             device_id: None,
-            mem_size,
-            mem_base: 0,
+            mem_size: DEFAULT_MEM_SIZE,
+            mem_base: DEFAULT_MEM_BASE,
             backing: Backing::Memfd,
             ready_delay: Duration::ZERO,
             fault: None,
@@ -251,6 +257,19 @@ impl GpuConfig {
             ready_timeout: READY_TIMEOUT,
             poison: Vec::new(),
             cxl: None,
+        }
+    }
+}
+
+impl GpuConfig {
+    /// A device of `mem_size` bytes at host PA 0 on sparse memfd memory, ready at once and
+    /// without faults: the usual starting point for tools and tests.
+    pub fn memfd(profile: Profile, mem_size: u64) -> Self {
+        Self {
+            profile,
+            mem_size,
+            mem_base: 0,
+            ..Self::default()
         }
     }
 

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use tracing::info;
 use vgrace_device::{GpuConfig, LinuxVersion};
 
-use crate::cli::{DeviceArgs, ServeArgs};
+use crate::cli::ServeArgs;
 use crate::node_file::DeviceEntry;
 
 /// `path` made absolute against the working directory (unchanged if that cannot be read).
@@ -56,7 +56,10 @@ fn next_steps(args: &ServeArgs, entries: &[DeviceEntry], passed: Option<&[i32]>)
             };
             lines.push(format!(
                 "attach with: vgrace qemu-args --socket {socket}{}",
-                device_flags(&args.device)
+                entries
+                    .first()
+                    .map(|e| device_flags(&e.config))
+                    .unwrap_or_default()
             ));
         }
     }
@@ -82,8 +85,8 @@ fn next_steps(args: &ServeArgs, entries: &[DeviceEntry], passed: Option<&[i32]>)
 
 /// The device flags that make `qemu-args` describe the served device: the ones that shape its
 /// layout, where they differ from the defaults.
-fn device_flags(device: &DeviceArgs) -> String {
-    let defaults = crate::node_file::default_device_args();
+fn device_flags(device: &GpuConfig) -> String {
+    let defaults = GpuConfig::default();
     let mut flags = String::new();
     if device.profile != defaults.profile {
         flags.push_str(&format!(" --profile {}", device.profile));
@@ -106,7 +109,7 @@ fn device_flags(device: &DeviceArgs) -> String {
             crate::units::qemu_size(device.bar1_size)
         ));
     }
-    if device.no_mem_properties {
+    if !device.mem_properties {
         flags.push_str(" --no-mem-properties");
     }
     flags
