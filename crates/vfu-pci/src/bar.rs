@@ -6,7 +6,7 @@
 
 use vfu::device::ROM_REGION_INDEX;
 
-use crate::error::DeviceError;
+use crate::error::PciError;
 
 /// BAR flag: 64-bit memory BAR.
 pub const BAR_MEM_64: u64 = 0x4;
@@ -86,10 +86,10 @@ pub struct BarTable {
 impl BarTable {
     /// A table holding `descs`. Refuses an odd or out-of-range index, a size that is not a
     /// power of two, and two descriptors for the same BAR.
-    pub fn new(descs: &[BarDesc]) -> Result<Self, DeviceError> {
+    pub fn new(descs: &[BarDesc]) -> Result<Self, PciError> {
         let mut pairs = [None; PAIRS];
         for d in descs {
-            let bad = || DeviceError::BadBar {
+            let bad = || PciError::BadBar {
                 index: d.index,
                 size: d.size,
             };
@@ -184,10 +184,7 @@ mod tests {
                 BarDesc::mem64(2, 8192, true),
             ],
         ] {
-            assert!(matches!(
-                BarTable::new(&bad),
-                Err(DeviceError::BadBar { .. })
-            ));
+            assert!(matches!(BarTable::new(&bad), Err(PciError::BadBar { .. })));
         }
     }
 

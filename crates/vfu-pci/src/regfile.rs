@@ -4,29 +4,31 @@
 //! offers the pages that hold no computed register as sparse-mmap areas, as the kernel offers a
 //! BAR's pages outside its MSI-X table (`vfio_pci_ioctl_get_region_info`). The core clips
 //! accesses at the BAR end and keeps an MSI-X table and a variant's read-only registers out of it
-//! (see `pci::core`); variants put device-specific registers on top (`nvgrace::readiness`).
+//! (see [`crate::core`]); variants put device-specific registers on top (vgrace's readiness
+//! registers).
 
 use std::os::fd::BorrowedFd;
 
 use nix::fcntl::{fallocate, FallocateFlags};
 use tracing::warn;
 
-use crate::backing::Memory;
-use crate::config::Backing;
-use crate::error::DeviceError;
+use crate::error::MemfdError;
+use crate::memfd::SealedMemfd;
 
 /// A register file of a fixed size on a sparse memfd.
 #[derive(Debug)]
 pub struct RegFile {
-    memory: Memory,
+    memory: SealedMemfd,
     size: u64,
 }
 
 impl RegFile {
     /// An all-zero register file of `size` bytes (nothing is allocated until written).
-    pub fn new(size: u64) -> Result<Self, DeviceError> {
+    pub fn new(size: u64) -> Result<Self, MemfdError> {
         Ok(Self {
-            memory: Memory::new(&Backing::Memfd, size)?,
+            // A BAR size is a power of two: a whole page at least, so a client's mapping of a
+            // small BAR cannot run past the end of the file.
+            memory: SealedMemfd::new("vfu-pci-bar0", size.max(4096), false)?,
             size,
         })
     }

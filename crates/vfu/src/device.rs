@@ -110,7 +110,9 @@ pub trait AccessWait: Send {
 /// errno. Counts are already checked against the negotiated `max_data_xfer_size`, and `index` is
 /// below `device_info().num_regions`. Range checks are the device's job, in the kernel's order:
 /// an offset at or past the region's size is EINVAL whatever the count (so `offset + count` may
-/// wrap and must not be computed unchecked), then the count may be clipped at the end.
+/// wrap and must not be computed unchecked), then the count may be clipped at the end
+/// ([`crate::clip`]). A device built as a [`crate::Variant`] of a core gets this trait from the
+/// blanket implementation, which checks the variant's regions for it.
 pub trait Device: Send {
     /// DEVICE_GET_INFO.
     fn device_info(&self) -> DeviceInfo;

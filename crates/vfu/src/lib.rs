@@ -31,9 +31,11 @@ pub mod server;
 mod sync;
 pub mod trace;
 pub mod transport;
+mod variant;
 pub mod wire;
 
 pub use device::{AccessWait, Device, DeviceInfo, IrqInfo, RegionInfo, SetIrqs, SparseArea};
 pub use errno::Errno;
 pub use error::Error;
 pub use transport::FileSpan;
+pub use variant::{clip, Variant};

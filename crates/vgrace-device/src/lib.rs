@@ -12,7 +12,6 @@ pub mod backing;
 pub mod config;
 pub mod error;
 pub mod nvgrace;
-pub mod pci;
 
 pub use config::{
     parse_size, Backing, CoreOnly, Cxl, Fault, GpuConfig, Layout, LinuxVersion, MemKind,
@@ -20,4 +19,3 @@ pub use config::{
 };
 pub use error::DeviceError;
 pub use nvgrace::NvGraceGpu;
-pub use pci::PciCore;
