@@ -16,9 +16,12 @@
 //! # }
 //! ```
 //!
-//! `crates/vgrace-device/examples/doorbell.rs` is a whole second device (a register file with a
-//! doorbell that raises INTx, and a memory BAR) on this crate and the PCI core, in about 90
-//! lines of code; `crates/vgrace-device/tests/example_doorbell.rs` serves it to the client.
+//! A device that extends another (a PCI variant over the `vfu-pci` core) implements [`Variant`]
+//! instead: one blanket implementation of [`Device`] forwards what the variant does not take over
+//! to its core and range-checks the variant's own regions. `crates/vfu-pci/examples/doorbell.rs`
+//! is a whole second device (a register file with a doorbell that raises INTx, and a memory BAR)
+//! on this crate and `vfu-pci` alone, in about 90 lines of code;
+//! `crates/vfu-pci/tests/example_doorbell.rs` serves it to the client.
 
 pub mod client;
 pub mod device;

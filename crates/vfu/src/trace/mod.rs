@@ -28,7 +28,7 @@
 //! `pid`, `uid`, `end` (`Closed`, `Desync`, `Shutdown`, `Stalled`, `Dropped`, `Error` with
 //! `error`) or `why` (`busy`, `queue-full`, `not-allowed`, `control`). `note`: `dropped`, the
 //! lines lost because the writer fell behind or could not write (a full file system: the trace
-//! pauses, retries every [`RETRY`], and resumes with this note when space returns). [`line`]
+//! pauses, retries every [`RETRY`], and resumes with this note when space returns). [`line`](mod@line)
 //! holds the types, for readers.
 //!
 //! # Cost
