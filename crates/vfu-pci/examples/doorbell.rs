@@ -7,7 +7,7 @@
 use vfu::device::INTX_IRQ_INDEX;
 use vfu::server::{bind_socket, Server, ServerConfig, Shutdown};
 use vfu::{Errno, Variant};
-use vfu_pci::bar::BarDesc;
+use vfu_pci::BarDesc;
 use vfu_pci::{Header, PciCore, PciDescription, PciError};
 
 /// Writing any value here raises INTx.

@@ -9,9 +9,9 @@ use vfu::device::ROM_REGION_INDEX;
 use crate::error::PciError;
 
 /// BAR flag: 64-bit memory BAR.
-pub const BAR_MEM_64: u64 = 0x4;
+pub(crate) const BAR_MEM_64: u64 = 0x4;
 /// BAR flag: prefetchable.
-pub const BAR_PREFETCH: u64 = 0x8;
+pub(crate) const BAR_PREFETCH: u64 = 0x8;
 
 /// 64-bit BAR pairs in a type 0 header: BAR0/1, BAR2/3, BAR4/5.
 const PAIRS: usize = 3;
@@ -24,7 +24,7 @@ pub struct BarDesc {
     pub index: u32,
     /// Size in bytes, a power of two: the sizing probe and REGION_INFO both report it.
     pub size: u64,
-    /// Low flag bits of the register ([`BAR_MEM_64`], [`BAR_PREFETCH`]).
+    /// Low flag bits of the register (64-bit 0x4, prefetchable 0x8).
     pub flags: u64,
 }
 

@@ -3,7 +3,7 @@
 //! [`PciCore`] answers every region and IRQ index of a function built from a
 //! [`PciDescription`]: config space tables (guest-writable bits as `vfio_pci_config.c`'s
 //! permission tables), emulated BAR registers with the sizing probe, BAR0 as a register file on a
-//! [`memfd::SealedMemfd`] the client may map, INTx/MSI/MSI-X/error/request interrupts, and the
+//! [`SealedMemfd`] the client may map, INTx/MSI/MSI-X/error/request interrupts, and the
 //! open/close/function-reset lifecycle. A device on it implements [`vfu::Variant`] with
 //! `Core = PciCore`: the regions it owns and a few hooks; vfu's blanket implementation of
 //! [`vfu::Device`] range-checks the owned regions and forwards everything else to the core.
@@ -14,15 +14,18 @@
 
 #![forbid(unsafe_code)]
 
-pub mod bar;
-pub mod config_space;
-pub mod core;
-pub mod description;
-pub mod error;
-pub mod intrs;
-pub mod memfd;
-pub mod regfile;
+mod bar;
+mod config_space;
+mod core;
+mod description;
+mod error;
+mod intrs;
+mod memfd;
+mod regfile;
 
-pub use self::core::PciCore;
+pub use self::bar::BarDesc;
+pub use self::config_space::EXT_CAP_DVSEC;
+pub use self::core::{PciCore, COMMAND_MEMORY};
 pub use self::description::{Capability, ExtCapability, Header, PciDescription};
-pub use self::error::PciError;
+pub use self::error::{MemfdError, OutOfRange, PciError};
+pub use self::memfd::SealedMemfd;

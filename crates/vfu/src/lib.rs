@@ -22,14 +22,18 @@
 //! is a whole second device (a register file with a doorbell that raises INTx, and a memory BAR)
 //! on this crate and `vfu-pci` alone, in about 90 lines of code;
 //! `crates/vfu-pci/tests/example_doorbell.rs` serves it to the client.
+//!
+//! Every exported item has one path: the device seam ([`Device`], [`Variant`] and the types
+//! they take), [`Errno`] and [`Error`] at the root; the rest in its module.
 
 pub mod client;
 pub mod device;
 pub mod dma;
-pub mod errno;
-pub mod error;
+mod errno;
+mod error;
 pub mod irq;
-pub mod listen;
+mod listen;
+mod seam;
 pub mod server;
 mod sync;
 pub mod trace;
@@ -37,8 +41,9 @@ pub mod transport;
 mod variant;
 pub mod wire;
 
-pub use device::{AccessWait, Device, DeviceInfo, IrqInfo, RegionInfo, SetIrqs, SparseArea};
 pub use errno::Errno;
-pub use error::Error;
-pub use transport::FileSpan;
+pub use error::{error_chain, Error};
+pub use seam::{
+    AccessWait, Device, DeviceInfo, FileSpan, IrqInfo, RegionInfo, SetIrqs, SparseArea,
+};
 pub use variant::{clip, Variant};

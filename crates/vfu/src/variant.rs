@@ -11,10 +11,10 @@
 //! region (as libvfio-user checks an access against what `vfu_setup_region` was given), before
 //! the variant's handler runs; the core checks its own regions with the same [`clip`].
 
-use crate::device::{AccessWait, Device, DeviceInfo, IrqInfo, RegionInfo, SetIrqs};
 use crate::dma::DmaHandle;
 use crate::errno::Errno;
-use crate::transport::FileSpan;
+use crate::seam::FileSpan;
+use crate::seam::{AccessWait, Device, DeviceInfo, IrqInfo, RegionInfo, SetIrqs};
 
 /// Bytes of an access of `len` at `offset` that a region of `size` serves, in the kernel's
 /// order: EINVAL when the access starts at or past the end (whatever `len`, so `offset + len`

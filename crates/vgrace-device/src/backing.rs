@@ -25,8 +25,8 @@ use std::time::Instant;
 
 use nix::fcntl::{Flock, FlockArg};
 use tracing::warn;
-use vfu_pci::error::MemfdError;
-use vfu_pci::memfd::SealedMemfd;
+use vfu_pci::MemfdError;
+use vfu_pci::SealedMemfd;
 
 use crate::config::Backing;
 use crate::error::DeviceError;
@@ -407,7 +407,7 @@ impl Drop for Memory {
     }
 }
 
-fn out_of_range(e: vfu_pci::error::OutOfRange) -> AccessError {
+fn out_of_range(e: vfu_pci::OutOfRange) -> AccessError {
     AccessError::OutOfRange {
         offset: e.offset,
         len: e.len,

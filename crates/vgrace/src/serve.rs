@@ -15,8 +15,10 @@ use anyhow::{bail, Context, Result};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use tracing::{error, info, warn};
-use vfu::listen::BoundPath;
-use vfu::server::{bind_socket_with, Controls, Server, ServerConfig, Shutdown, SocketAccess};
+use vfu::server::{
+    bind_socket_with, BoundPath, Controls, Server, ServerConfig, Shutdown, SocketAccess,
+    SUN_PATH_MAX,
+};
 use vfu::Device;
 use vgrace_device::backing::FileSync;
 use vgrace_device::{LinuxVersion, NvGraceGpu};
@@ -443,15 +445,15 @@ pub fn run(args: ServeArgs, activation: Activation) -> Result<()> {
 }
 
 /// Refuses a socket path longer than `sun_path` holds: it could be bound (see
-/// `vfu::listen`) but no client could ever connect to it.
+/// `vfu::server::bind_socket`) but no client could ever connect to it.
 fn check_socket_path(path: &std::path::Path, what: &str) -> Result<()> {
     let len = path.as_os_str().len();
-    if len > vfu::listen::SUN_PATH_MAX {
+    if len > SUN_PATH_MAX {
         bail!(
             "the {what} path {} is {len} bytes, longer than the {} a unix socket address holds: \
              no client could connect to it; use a shorter path",
             path.display(),
-            vfu::listen::SUN_PATH_MAX
+            SUN_PATH_MAX
         );
     }
     Ok(())

@@ -11,7 +11,7 @@ use vfu::{Errno, FileSpan, RegionInfo, SparseArea};
 
 use crate::backing::Memory;
 use crate::config::{Layout, MemRegionLayout};
-use vfu_pci::bar::BarDesc;
+use vfu_pci::BarDesc;
 
 /// The emulated BAR register of a memory region: 64-bit, prefetchable, the BAR size.
 pub(crate) fn bar(r: &MemRegionLayout) -> BarDesc {

@@ -18,8 +18,8 @@ use std::sync::Arc;
 
 use vfu::device::{BAR0_REGION_INDEX, CONFIG_REGION_INDEX};
 use vfu::{clip, AccessWait, Errno, FileSpan, RegionInfo, Variant};
-use vfu_pci::bar::BarDesc;
-use vfu_pci::core::COMMAND_MEMORY;
+use vfu_pci::BarDesc;
+use vfu_pci::COMMAND_MEMORY;
 use vfu_pci::{Capability, Header, PciCore, PciDescription};
 
 use self::bar1::{Bar1, BAR1_REGION_INDEX};

@@ -125,7 +125,7 @@ impl Observer for DeviceObserver {
             Event::Disconnected(p, end) => {
                 let how = match end {
                     Ok(e) => e.name().to_string(),
-                    Err(e) => format!("error: {}", vfu::error::chain(*e)),
+                    Err(e) => format!("error: {}", vfu::error_chain(*e)),
                 };
                 self.events.publish(
                     &self.id,
