@@ -9,6 +9,7 @@
 //! Helpers panic on failures that mean the test environment is broken (a panic is a test
 //! failure); what a benchmark must report as an error is returned as one.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+#![forbid(unsafe_code)]
 
 pub mod mapping;
 pub mod msg;

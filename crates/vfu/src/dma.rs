@@ -21,7 +21,7 @@ use crate::wire::{
 /// and mapped bytes per region with a mapping (sealed fds; other fds are reached with
 /// pread/pwrite and cost no address space).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DmaLimits {
+pub(crate) struct DmaLimits {
     /// Most regions, with or without an fd (the `max_dma_maps` capability).
     pub max_regions: u32,
     /// Most distinct files (so fds) held open.
@@ -33,22 +33,22 @@ pub struct DmaLimits {
 }
 
 /// Default [`DmaLimits::max_files`]: a VMM maps guest RAM from a few memory backends.
-pub const MAX_DMA_FILES: usize = 64;
+pub(crate) const MAX_DMA_FILES: usize = 64;
 /// Default [`DmaLimits::max_mappings`]: QEMU maps one region per RAM section (a virtio-mem
 /// device adds one per plugged block).
-pub const MAX_DMA_MAPPINGS: usize = 4096;
+pub(crate) const MAX_DMA_MAPPINGS: usize = 4096;
 /// Default [`DmaLimits::max_mapped_bytes`]: 4 TiB of guest RAM.
-pub const MAX_DMA_MAPPED_BYTES: u64 = 4 << 40;
+pub(crate) const MAX_DMA_MAPPED_BYTES: u64 = 4 << 40;
 /// All clients of the process together map at most this much (half of x86-64's 128 TiB of
 /// user address space), whatever each one's limit.
-pub const PROCESS_MAPPED_BYTES: u64 = 64 << 40;
+pub(crate) const PROCESS_MAPPED_BYTES: u64 = 64 << 40;
 /// All clients of the process together hold at most this share of the soft fd limit
 /// (RLIMIT_NOFILE) in DMA files; the rest stays for sockets, control connections and files.
 const PROCESS_FILE_SHARE: u64 = 4;
 
 impl DmaLimits {
     /// The default bounds with at most `max_regions` regions.
-    pub fn new(max_regions: u32) -> Self {
+    pub(crate) fn new(max_regions: u32) -> Self {
         Self {
             max_regions,
             max_files: MAX_DMA_FILES,
@@ -146,7 +146,7 @@ enum Access {
 
 /// One DMA region.
 #[derive(Debug)]
-pub struct DmaRegion {
+pub(crate) struct DmaRegion {
     /// DMA address.
     pub address: u64,
     /// Size.
@@ -160,8 +160,8 @@ pub struct DmaRegion {
 
 /// The server end of a twin socket: where DMA_READ/DMA_WRITE go for regions without an fd.
 #[derive(Debug)]
-pub struct DmaChannel {
-    t: crate::transport::UnixTransport,
+pub(crate) struct DmaChannel {
+    t: crate::transport::SocketTransport,
     next_id: u16,
     max_xfer: u32,
     /// A send or reply failed or timed out: the stream may be out of step, so every later
@@ -176,12 +176,12 @@ pub const CHANNEL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(
 impl DmaChannel {
     /// A channel over the server end of the twin socket; transfers are split at `max_xfer`,
     /// and each waits at most [`CHANNEL_TIMEOUT`] for the client.
-    pub fn new(stream: std::os::unix::net::UnixStream, max_xfer: u32) -> Self {
+    pub(crate) fn new(stream: std::os::unix::net::UnixStream, max_xfer: u32) -> Self {
         let bounded = stream
             .set_read_timeout(Some(CHANNEL_TIMEOUT))
             .and_then(|()| stream.set_write_timeout(Some(CHANNEL_TIMEOUT)));
         Self {
-            t: crate::transport::UnixTransport::new(stream),
+            t: crate::transport::SocketTransport::new(stream),
             next_id: 0,
             max_xfer: max_xfer.max(1),
             // Without a bound the channel is never used: a client could stall it for good.
@@ -281,7 +281,7 @@ pub struct DmaHandle(std::sync::Arc<HandleInner>);
 
 impl DmaHandle {
     /// Wraps a table.
-    pub fn new(table: DmaTable) -> Self {
+    pub(crate) fn new(table: DmaTable) -> Self {
         Self(std::sync::Arc::new(HandleInner {
             table: std::sync::Mutex::new(table),
             channel: std::sync::Mutex::new(None),
@@ -289,12 +289,12 @@ impl DmaHandle {
     }
 
     /// Runs `f` on the table.
-    pub fn with<T>(&self, f: impl FnOnce(&mut DmaTable) -> T) -> T {
+    pub(crate) fn with<T>(&self, f: impl FnOnce(&mut DmaTable) -> T) -> T {
         f(&mut relock(&self.0.table))
     }
 
     /// Sets (or clears) the twin-socket channel for regions without an fd.
-    pub fn set_channel(&self, channel: Option<DmaChannel>) {
+    pub(crate) fn set_channel(&self, channel: Option<DmaChannel>) {
         *relock(&self.0.channel) = channel;
     }
 
@@ -327,7 +327,7 @@ impl DmaHandle {
 
 /// The DMA regions of one client.
 #[derive(Debug)]
-pub struct DmaTable {
+pub(crate) struct DmaTable {
     regions: BTreeMap<u64, DmaRegion>,
     limits: DmaLimits,
     files: HashMap<FileKey, HeldFile>,
@@ -337,12 +337,12 @@ pub struct DmaTable {
 
 impl DmaTable {
     /// An empty table holding at most `max` regions, with the default bounds otherwise.
-    pub fn new(max: u32) -> Self {
+    pub(crate) fn new(max: u32) -> Self {
         Self::with_limits(DmaLimits::new(max))
     }
 
     /// An empty table with `limits`.
-    pub fn with_limits(limits: DmaLimits) -> Self {
+    pub(crate) fn with_limits(limits: DmaLimits) -> Self {
         Self {
             regions: BTreeMap::new(),
             limits,
@@ -352,18 +352,15 @@ impl DmaTable {
         }
     }
 
-    /// Number of regions.
-    pub fn len(&self) -> usize {
-        self.regions.len()
-    }
-
     /// True when empty.
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    fn is_empty(&self) -> bool {
         self.regions.is_empty()
     }
 
     /// Distinct files (so fds) held open for the regions.
-    pub fn files(&self) -> usize {
+    #[cfg(test)]
+    fn files(&self) -> usize {
         self.files.len()
     }
 
@@ -371,7 +368,7 @@ impl DmaTable {
     /// EEXIST; a full table, or a map past the fd, mapping or mapped-bytes bound (the client's
     /// or the process's), ENOSPC; an fd offset at or past 2^63 (or one the size carries past
     /// it) EINVAL, as no file reaches there; an fd that cannot be mapped returns mmap's errno.
-    pub fn add(&mut self, map: &DmaMap, fd: Option<OwnedFd>) -> Result<(), Errno> {
+    pub(crate) fn add(&mut self, map: &DmaMap, fd: Option<OwnedFd>) -> Result<(), Errno> {
         let end = map.address.checked_add(map.size).ok_or(Errno::EOVERFLOW)?;
         if self.regions.len() >= self.limits.max_regions as usize {
             return Err(Errno::ENOSPC);
@@ -484,7 +481,7 @@ impl DmaTable {
     }
 
     /// Removes exactly the region `[address, address+size)`; anything else is ENOENT.
-    pub fn remove(&mut self, address: u64, size: u64) -> Result<(), Errno> {
+    pub(crate) fn remove(&mut self, address: u64, size: u64) -> Result<(), Errno> {
         match self.regions.get(&address) {
             Some(r) if r.size == size => {
                 if let Some(r) = self.regions.remove(&address) {
@@ -497,7 +494,7 @@ impl DmaTable {
     }
 
     /// Drops every region (client went away).
-    pub fn clear(&mut self) {
+    pub(crate) fn clear(&mut self) {
         self.regions.clear();
         self.files.clear();
         self.mappings = 0;
@@ -525,7 +522,7 @@ impl DmaTable {
     }
 
     /// Reads guest memory at `address` into `buf`; the range must lie in one region with an fd.
-    pub fn read(&self, address: u64, buf: &mut [u8]) -> Result<(), Errno> {
+    pub(crate) fn read(&self, address: u64, buf: &mut [u8]) -> Result<(), Errno> {
         match self.locate(address, buf.len(), DMA_FLAG_READ)? {
             (Access::Mapped { region: m, .. }, off) => {
                 volatile(m, off, buf.len())?.copy_to(buf);
@@ -538,7 +535,7 @@ impl DmaTable {
     }
 
     /// Writes `data` to guest memory at `address`; the range must lie in one region with an fd.
-    pub fn write(&self, address: u64, data: &[u8]) -> Result<(), Errno> {
+    pub(crate) fn write(&self, address: u64, data: &[u8]) -> Result<(), Errno> {
         match self.locate(address, data.len(), DMA_FLAG_WRITE)? {
             (Access::Mapped { region: m, .. }, off) => {
                 volatile(m, off, data.len())?.copy_from(data);

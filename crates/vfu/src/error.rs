@@ -54,7 +54,7 @@ impl Error {
 }
 
 /// An error with its causes, "outer: inner: ...", for log lines and event streams.
-pub fn chain(e: &dyn std::error::Error) -> String {
+pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
     let mut cause = e.source();
     while let Some(c) = cause {

@@ -16,24 +16,34 @@
 //! # }
 //! ```
 //!
-//! `crates/vgrace-device/examples/doorbell.rs` is a whole second device (a register file with a
-//! doorbell that raises INTx, and a memory BAR) on this crate and the PCI core, in about 90
-//! lines of code; `crates/vgrace-device/tests/example_doorbell.rs` serves it to the client.
+//! A device that extends another (a PCI variant over the `vfu-pci` core) implements [`Variant`]
+//! instead: one blanket implementation of [`Device`] forwards what the variant does not take over
+//! to its core and range-checks the variant's own regions. `crates/vfu-pci/examples/doorbell.rs`
+//! is a whole second device (a register file with a doorbell that raises INTx, and a memory BAR)
+//! on this crate and `vfu-pci` alone, in about 90 lines of code;
+//! `crates/vfu-pci/tests/example_doorbell.rs` serves it to the client.
+//!
+//! Every exported item has one path: the device seam ([`Device`], [`Variant`] and the types
+//! they take), [`Errno`] and [`Error`] at the root; the rest in its module.
 
 pub mod client;
 pub mod device;
 pub mod dma;
-pub mod errno;
-pub mod error;
+mod errno;
+mod error;
 pub mod irq;
-pub mod listen;
+mod listen;
+mod seam;
 pub mod server;
 mod sync;
 pub mod trace;
 pub mod transport;
+mod variant;
 pub mod wire;
 
-pub use device::{AccessWait, Device, DeviceInfo, IrqInfo, RegionInfo, SetIrqs, SparseArea};
 pub use errno::Errno;
-pub use error::Error;
-pub use transport::FileSpan;
+pub use error::{error_chain, Error};
+pub use seam::{
+    AccessWait, Device, DeviceInfo, FileSpan, IrqInfo, RegionInfo, SetIrqs, SparseArea,
+};
+pub use variant::{clip, Variant};

@@ -1,5 +1,6 @@
 //! Criterion benches of the hot paths: wire decode, config access, region access.
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
+#![forbid(unsafe_code)]
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use vfu::wire::{self, cmd, Header, RegionAccess};

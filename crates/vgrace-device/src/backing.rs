@@ -2,10 +2,8 @@
 //! way to reach it, chosen so that **nothing any process does to the fd can make the server take
 //! SIGBUS**:
 //!
-//! - memfd and hugetlbfs memfd are sealed against shrinking and growing before any client sees
-//!   them, so `ftruncate` fails for every holder of the fd and the server's mapping (a
-//!   [`vm_memory::MmapRegion`], read and written with volatile copies because the guest writes
-//!   the same pages concurrently) always stays backed.
+//! - memfd and hugetlbfs memfd are a [`SealedMemfd`] of the PCI core: sealed against shrinking
+//!   and growing before any client sees them, and mapped by the server.
 //! - A regular file cannot be sealed: a client holding the fd, or any process that may write the
 //!   file, can truncate it. The server therefore never maps it; it reaches the file with
 //!   `pread`/`pwrite` (and `sendfile` for bulk reads), which report a short file or a full
@@ -25,10 +23,10 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
-use memfd::{FileSeal, MemfdOptions};
 use nix::fcntl::{Flock, FlockArg};
 use tracing::warn;
-use vm_memory::{FileOffset, MmapRegion, VolatileMemory};
+use vfu_pci::MemfdError;
+use vfu_pci::SealedMemfd;
 
 use crate::config::Backing;
 use crate::error::DeviceError;
@@ -85,9 +83,10 @@ impl AccessError {
 #[derive(Debug)]
 enum Access {
     /// A shared mapping of a sealed memfd: it can never lose its pages.
-    Mapped(MmapRegion<()>),
+    Mapped(SealedMemfd),
     /// pread/pwrite on a file that others may truncate; `_lock` holds the exclusive flock.
     FileIo {
+        file: File,
         _lock: Flock<File>,
         /// Set once a shrink has been logged: a client that truncates in a loop costs one line.
         shrink_logged: AtomicBool,
@@ -103,7 +102,6 @@ enum Access {
 /// Device memory and the fd clients map.
 #[derive(Debug)]
 pub struct Memory {
-    file: File,
     len: u64,
     access: Access,
 }
@@ -113,10 +111,10 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> DeviceError {
     move |source| DeviceError::Backing { what, source }
 }
 
-fn memfd_err(what: &str) -> impl FnOnce(memfd::Error) -> DeviceError + '_ {
-    move |e| DeviceError::Backing {
-        what: what.into(),
-        source: std::io::Error::other(e),
+fn memfd_err(e: MemfdError) -> DeviceError {
+    DeviceError::Backing {
+        what: e.what.into(),
+        source: e.source,
     }
 }
 
@@ -129,67 +127,27 @@ impl Memory {
             .checked_next_multiple_of(PAGE)
             .ok_or(DeviceError::Overflow { base: 0, size })?;
         match backing {
-            Backing::Memfd => Self::sealed_memfd(paged, None),
+            Backing::Memfd => Self::sealed_memfd(paged, false),
             Backing::Hugetlbfs => {
                 let len = size
                     .checked_next_multiple_of(HUGE_PAGE)
                     .ok_or(DeviceError::Overflow { base: 0, size })?;
-                Self::sealed_memfd(len, Some(memfd::HugetlbSize::Huge2MB))
+                Self::sealed_memfd(len, true)
             }
             Backing::File(path) => Self::file(path, size, paged),
         }
     }
 
-    fn sealed_memfd(len: u64, huge: Option<memfd::HugetlbSize>) -> Result<Self, DeviceError> {
-        let what = if huge.is_some() {
-            "a hugetlbfs memfd"
+    fn sealed_memfd(len: u64, huge: bool) -> Result<Self, DeviceError> {
+        let name = if huge {
+            "vgrace-gpu-mem-huge"
         } else {
-            "a memfd"
+            "vgrace-gpu-mem"
         };
-        let m = MemfdOptions::default()
-            .close_on_exec(true)
-            .allow_sealing(true)
-            .hugetlb(huge)
-            .create(if huge.is_some() {
-                "vgrace-gpu-mem-huge"
-            } else {
-                "vgrace-gpu-mem"
-            })
-            .map_err(memfd_err(what))?;
-        m.as_file().set_len(len).map_err(io(if huge.is_some() {
-            "the hugetlbfs memfd size (are huge pages reserved?)"
-        } else {
-            "the memfd size"
-        }))?;
-        // Sealed before any client can hold the fd: from here on nobody can change its size.
-        m.add_seals(&[FileSeal::SealShrink, FileSeal::SealGrow, FileSeal::SealSeal])
-            .map_err(memfd_err("the memfd seals"))?;
-        let file = m.into_file();
-        // NORESERVE keeps a huge sparse memfd from reserving swap. Huge pages must be reserved
-        // up front instead: without the reservation a fault would SIGBUS the server when no huge
-        // page is left; with it, a shortage is a clean error here.
-        let flags = if huge.is_some() {
-            libc_flags::SHARED
-        } else {
-            libc_flags::SHARED | libc_flags::NORESERVE
-        };
-        let map_len =
-            usize::try_from(len).map_err(|_| DeviceError::Overflow { base: 0, size: len })?;
-        let mapping_fd = file.try_clone().map_err(io("the memfd"))?;
-        let region = MmapRegion::build(
-            Some(FileOffset::new(mapping_fd, 0)),
-            map_len,
-            libc_flags::PROT_RW,
-            flags,
-        )
-        .map_err(|e| DeviceError::Backing {
-            what: "the memory mapping (hugetlbfs: are enough huge pages reserved?)".into(),
-            source: std::io::Error::other(e),
-        })?;
+        let memfd = SealedMemfd::new(name, len, huge).map_err(memfd_err)?;
         Ok(Self {
-            file,
             len,
-            access: Access::Mapped(region),
+            access: Access::Mapped(memfd),
         })
     }
 
@@ -243,9 +201,9 @@ impl Memory {
             );
         }
         Ok(Self {
-            file,
             len: paged,
             access: Access::FileIo {
+                file,
                 _lock: lock,
                 shrink_logged: AtomicBool::new(false),
                 failing: AtomicBool::new(false),
@@ -257,16 +215,23 @@ impl Memory {
 
     /// The fd clients map.
     pub fn fd(&self) -> BorrowedFd<'_> {
-        self.file.as_fd()
+        self.handle().as_fd()
+    }
+
+    /// The file clients map.
+    fn handle(&self) -> &File {
+        match &self.access {
+            Access::Mapped(memfd) => memfd.file(),
+            Access::FileIo { file, .. } => file,
+        }
     }
 
     /// For a file backing, a second handle on the file, to set it right and flush it to disk
     /// at exit without the device (whose lock a stuck session may hold); `None` for a memfd,
     /// which has no disk.
     pub fn file_for_sync(&self) -> Result<Option<FileSync>, DeviceError> {
-        match self.access {
-            Access::FileIo { .. } => self
-                .file
+        match &self.access {
+            Access::FileIo { file, .. } => file
                 .try_clone()
                 .map(|file| {
                     Some(FileSync {
@@ -304,7 +269,7 @@ impl Memory {
         let Access::FileIo { shrink_logged, .. } = &self.access else {
             return Ok(false);
         };
-        let file_len = self.file.metadata().map_err(AccessError::Io)?.len();
+        let file_len = self.handle().metadata().map_err(AccessError::Io)?.len();
         if file_len >= self.len {
             return Ok(false);
         }
@@ -317,7 +282,7 @@ impl Memory {
                  line)"
             );
         }
-        self.file.set_len(self.len).map_err(AccessError::Io)?;
+        self.handle().set_len(self.len).map_err(AccessError::Io)?;
         Ok(true)
     }
 
@@ -349,16 +314,16 @@ impl Memory {
 
     /// pread of the whole of `buf`; a short read is a shrunk file, grown back before one retry.
     fn read_file(&self, offset: u64, buf: &mut [u8]) -> Result<(), AccessError> {
-        match self.file.read_exact_at(buf, offset) {
+        match self.handle().read_exact_at(buf, offset) {
             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
                 self.restore()?;
-                self.file
+                self.handle()
                     .read_exact_at(buf, offset)
                     .map_err(|e| match e.kind() {
                         // Shrunk again between the repair and the read.
                         std::io::ErrorKind::UnexpectedEof => AccessError::FileTooShort {
                             offset,
-                            file_len: self.file.metadata().map_or(0, |m| m.len()),
+                            file_len: self.handle().metadata().map_or(0, |m| m.len()),
                         },
                         _ => AccessError::Io(e),
                     })
@@ -371,10 +336,7 @@ impl Memory {
     pub fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), AccessError> {
         self.check(offset, buf.len())?;
         match &self.access {
-            Access::Mapped(region) => {
-                mapped(region, offset, buf.len())?.copy_to(buf);
-                Ok(())
-            }
+            Access::Mapped(memfd) => memfd.read(offset, buf).map_err(out_of_range),
             Access::FileIo { .. } => self.read_file(offset, buf),
         }
     }
@@ -383,14 +345,11 @@ impl Memory {
     pub fn write(&self, offset: u64, data: &[u8]) -> Result<(), AccessError> {
         self.check(offset, data.len())?;
         match &self.access {
-            Access::Mapped(region) => {
-                mapped(region, offset, data.len())?.copy_from(data);
-                Ok(())
-            }
+            Access::Mapped(memfd) => memfd.write(offset, data).map_err(out_of_range),
             Access::FileIo { failing, .. } => {
                 // A write into a shrunk file succeeds (and grows it only to its own end): the
                 // size is looked at now and then, not per write.
-                match self.file.write_all_at(data, offset) {
+                match self.handle().write_all_at(data, offset) {
                     Ok(()) => {
                         failing.store(false, Ordering::Relaxed);
                         self.restore_now_and_then();
@@ -415,7 +374,7 @@ impl Memory {
     pub fn span(&self, offset: u64, len: usize) -> Result<(BorrowedFd<'_>, u64), AccessError> {
         self.check(offset, len)?;
         self.restore()?;
-        Ok((self.file.as_fd(), offset))
+        Ok((self.fd(), offset))
     }
 }
 
@@ -448,21 +407,9 @@ impl Drop for Memory {
     }
 }
 
-/// The volatile view of `len` bytes at `offset` of the mapping (vm-memory checks the bounds).
-fn mapped(
-    region: &MmapRegion<()>,
-    offset: u64,
-    len: usize,
-) -> Result<vm_memory::VolatileSlice<'_, ()>, AccessError> {
-    usize::try_from(offset)
-        .ok()
-        .and_then(|at| region.get_slice(at, len).ok())
-        .ok_or(AccessError::OutOfRange { offset, len })
-}
-
-/// The mmap constants vm-memory takes as plain integers.
-mod libc_flags {
-    pub const SHARED: i32 = nix::libc::MAP_SHARED;
-    pub const NORESERVE: i32 = nix::libc::MAP_NORESERVE;
-    pub const PROT_RW: i32 = nix::libc::PROT_READ | nix::libc::PROT_WRITE;
+fn out_of_range(e: vfu_pci::OutOfRange) -> AccessError {
+    AccessError::OutOfRange {
+        offset: e.offset,
+        len: e.len,
+    }
 }

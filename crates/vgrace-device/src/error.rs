@@ -109,14 +109,9 @@ pub enum DeviceError {
         /// The device memory size it would need to have.
         expected: u64,
     },
-    /// A device description declares a BAR the core cannot emulate.
-    #[error("BAR at region {index} of {size:#x} bytes cannot be emulated (64-bit BARs sit at region 0, 2 or 4, once each, with a power-of-two size)")]
-    BadBar {
-        /// The VFIO region index it was declared at.
-        index: u32,
-        /// The declared size in bytes.
-        size: u64,
-    },
+    /// The PCI core could not be built from the device's description.
+    #[error(transparent)]
+    Pci(#[from] vfu_pci::PciError),
     /// Another process (or another device of this one) holds the backing file's lock.
     #[error("backing file {0} is in use by another vgrace server (it holds the file's lock)")]
     BackingInUse(String),

@@ -11,10 +11,10 @@ mod twin;
 
 use twin::Twin;
 
-use crate::device::{IrqInfo, SparseArea};
 use crate::errno::Errno;
 use crate::error::Error;
-use crate::transport::{Transport, UnixTransport};
+use crate::seam::{IrqInfo, SparseArea};
+use crate::transport::{SocketTransport, Transport};
 use crate::wire::{
     self, cmd, Caps, DeviceInfoMsg, DmaAccess, DmaMap, DmaUnmap, Feature, Header, MigData,
     RegionAccess, Version, FLAG_NO_REPLY, FLAG_TYPE_COMMAND, HEADER_SIZE, REGION_INFO_SIZE,
@@ -46,7 +46,7 @@ pub struct RawReply {
 /// A connected client.
 #[derive(Debug)]
 pub struct Client {
-    t: UnixTransport,
+    t: SocketTransport,
     next_id: u16,
     caps: Caps,
     /// Twin socket, when negotiated: the server's DMA_READ/DMA_WRITE requests arrive there
@@ -81,7 +81,7 @@ impl Client {
     /// A client that has not sent VERSION yet (for tests of the handshake).
     pub fn unnegotiated(stream: UnixStream) -> Self {
         Self {
-            t: UnixTransport::new(stream),
+            t: SocketTransport::new(stream),
             next_id: 0,
             caps: Caps::default(),
             twin: None,

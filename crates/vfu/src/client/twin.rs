@@ -10,20 +10,20 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use crate::errno::Errno;
 use crate::error::Error;
-use crate::transport::{Transport, TransportError, UnixTransport};
+use crate::transport::{SocketTransport, Transport, TransportError};
 use crate::wire::{self, cmd, Decode, DmaAccess, DmaWriteReply, Encode};
 
 /// The twin socket and the memory it serves, by DMA address.
 #[derive(Debug)]
 pub(super) struct Twin {
-    t: UnixTransport,
+    t: SocketTransport,
     memory: BTreeMap<u64, Vec<u8>>,
 }
 
 impl Twin {
     pub(super) fn new(stream: UnixStream) -> Self {
         Self {
-            t: UnixTransport::new(stream),
+            t: SocketTransport::new(stream),
             memory: BTreeMap::new(),
         }
     }
@@ -42,7 +42,7 @@ impl Twin {
     /// False when the server closed the twin socket.
     pub(super) fn serve_until_readable(
         &mut self,
-        main: &UnixTransport,
+        main: &SocketTransport,
         max_xfer: u32,
     ) -> Result<bool, Error> {
         loop {

@@ -67,7 +67,7 @@ pub(crate) struct Seat {
 }
 
 impl Seat {
-    pub fn new() -> Result<Self, Error> {
+    pub(crate) fn new() -> Result<Self, Error> {
         Ok(Self {
             holder: Mutex::new(None),
             freed: EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)?,
@@ -90,7 +90,7 @@ impl Seat {
     }
 
     /// The session thread is done with its client.
-    pub fn release(&self) {
+    pub(crate) fn release(&self) {
         *self.lock() = None;
         let _ = self.freed.write(1);
     }
@@ -216,7 +216,7 @@ pub(crate) struct Acceptor<'a> {
 }
 
 impl<'a> Acceptor<'a> {
-    pub fn new(
+    pub(crate) fn new(
         listener: &'a UnixListener,
         shutdown: &'a Shutdown,
         allow_uids: Option<&'a [u32]>,
@@ -241,7 +241,7 @@ impl<'a> Acceptor<'a> {
 
     /// Runs until shutdown (Ok), until accepting fails for good, or until the session thread is
     /// gone.
-    pub fn run(mut self) -> Result<(), Error> {
+    pub(crate) fn run(mut self) -> Result<(), Error> {
         loop {
             if self.shutdown.is_triggered() {
                 return Ok(());

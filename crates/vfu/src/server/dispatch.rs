@@ -14,8 +14,8 @@ use vfio_bindings::bindings::vfio::{
 
 use super::session::{Reply, Session};
 use super::{VERSION_MAJOR, VERSION_MINOR};
-use crate::device::{Device, SetIrqs};
 use crate::errno::Errno;
+use crate::seam::{Device, SetIrqs};
 use crate::transport::{Frame, Transport};
 use crate::wire::{
     self, Caps, Command, DeviceInfoMsg, DmaMap, DmaUnmap, MigData, MultiWrite, RegionAccess,

@@ -14,25 +14,25 @@ use std::time::Duration;
 
 use tracing::{info, warn};
 
-use crate::device::Device;
 use crate::dma::DmaTable;
 use crate::error::Error;
+use crate::seam::Device;
 use crate::sync::relock;
-use crate::transport::{Transport, UnixTransport};
+use crate::transport::{SocketTransport, Transport};
 use crate::wire;
 use accept::{Acceptor, Seat};
 use session::Session;
 
-pub use crate::listen::{bind_socket, bind_socket_with, SocketAccess};
+pub use crate::listen::{bind_socket, bind_socket_with, BoundPath, SocketAccess, SUN_PATH_MAX};
 pub use accept::Peer;
 pub use controls::{Attached, Controls, ReplyDelay};
-pub use observe::{Event, Observer};
+use observe::{Event, Observer};
 pub use shutdown::Shutdown;
 
 /// The protocol version we speak.
-pub const VERSION_MAJOR: u16 = 0;
+pub(crate) const VERSION_MAJOR: u16 = 0;
 /// Our highest minor version.
-pub const VERSION_MINOR: u16 = 2;
+pub(crate) const VERSION_MINOR: u16 = 2;
 
 /// Server limits.
 #[derive(Debug, Clone)]
@@ -51,7 +51,7 @@ pub struct ServerConfig {
 }
 
 /// Default [`ServerConfig::stall_timeout`]: real clients send whole messages at once.
-pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Default for ServerConfig {
     fn default() -> Self {
@@ -205,7 +205,7 @@ impl<D: Device> Server<D> {
         self.controls.attach(peer, conn);
         self.observe(&Event::Connected(peer));
         let drops = self.controls.drops();
-        let mut transport = UnixTransport::new(stream);
+        let mut transport = SocketTransport::new(stream);
         transport.set_stall_timeout(Some(self.config.stall_timeout));
         let mut end = self.run_session(transport, Some(shutdown.clone()));
         self.controls.detach();
@@ -216,7 +216,7 @@ impl<D: Device> Server<D> {
         }
         match &end {
             Ok(how) => info!(%peer, ?how, "client disconnected"),
-            Err(e) => warn!(%peer, "session ended: {}", crate::error::chain(e)),
+            Err(e) => warn!(%peer, "session ended: {}", crate::error::error_chain(e)),
         }
         self.observe(&Event::Disconnected(peer, end.as_ref().copied()));
     }

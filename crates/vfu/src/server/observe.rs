@@ -89,7 +89,7 @@ pub struct Fields {
 
 impl Fields {
     /// The fields of a message, decoded with the session's transfer limit.
-    pub fn of(header: &Header, payload: &[u8], max_xfer: u32) -> Self {
+    pub(crate) fn of(header: &Header, payload: &[u8], max_xfer: u32) -> Self {
         match wire::decode_command(header, payload, max_xfer) {
             Ok(c) => Self::of_command(&c),
             Err(_) => Self::default(),

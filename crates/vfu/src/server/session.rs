@@ -10,12 +10,12 @@ use tracing::{debug, warn};
 
 use super::observe::{Event, Fields, Observer, ReplySent, Request};
 use super::{Controls, ServerConfig, SessionEnd, Shutdown};
-use crate::device::Device;
 use crate::dma::{DmaHandle, DmaTable};
 use crate::errno::Errno;
 use crate::error::Error;
+use crate::seam::Device;
+use crate::seam::FileSpan;
 use crate::sync::relock;
-use crate::transport::FileSpan;
 use crate::transport::{Frame, Transport, TransportError};
 use crate::wire::{self, cmd, Caps, Command, Header, RegionAccess};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};

@@ -108,7 +108,7 @@ pub struct Line {
 
 impl Line {
     /// A line with only the time and direction set.
-    pub fn new(t: f64, dir: Dir) -> Self {
+    pub(crate) fn new(t: f64, dir: Dir) -> Self {
         Self {
             t,
             dir,

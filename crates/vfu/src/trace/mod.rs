@@ -28,8 +28,8 @@
 //! `pid`, `uid`, `end` (`Closed`, `Desync`, `Shutdown`, `Stalled`, `Dropped`, `Error` with
 //! `error`) or `why` (`busy`, `queue-full`, `not-allowed`, `control`). `note`: `dropped`, the
 //! lines lost because the writer fell behind or could not write (a full file system: the trace
-//! pauses, retries every [`RETRY`], and resumes with this note when space returns). [`line`]
-//! holds the types, for readers.
+//! pauses, retries every second, and resumes with this note when space returns).
+//! [`line`](mod@line) holds the types, for readers.
 //!
 //! # Cost
 //!
@@ -64,9 +64,9 @@ pub const DEFAULT_MAX_BYTES: u64 = 64 << 20;
 /// rotate at nearly every line and keep next to nothing.
 pub const MIN_MAX_BYTES: u64 = 4 << 10;
 /// How often a trace that cannot write (a full file system) tries again.
-pub const RETRY: Duration = Duration::from_secs(1);
+pub(crate) const RETRY: Duration = Duration::from_secs(1);
 /// Default channel capacity between the session thread and the writer.
-pub const DEFAULT_CAPACITY: usize = 4096;
+pub(crate) const DEFAULT_CAPACITY: usize = 4096;
 /// How long the writer gathers lines before writing them: bounds its wake-ups to a few hundred
 /// per second however busy the device is, and how stale a followed trace can be.
 const BATCH: Duration = Duration::from_millis(5);
@@ -235,7 +235,7 @@ impl Observer for TraceWriter {
             Event::Connected(p) => Entry::Connected(now, *p),
             Event::Refused(p, why) => Entry::Refused(now, *p, why.name()),
             Event::Disconnected(p, end) => {
-                Entry::Disconnected(now, *p, end.map_err(|e| crate::error::chain(e)))
+                Entry::Disconnected(now, *p, end.map_err(|e| crate::error::error_chain(e)))
             }
         };
         self.send(entry);

@@ -24,13 +24,16 @@ struct Shared {
 /// socket (fds arrive with the first read of the chunk that carried them, and a read stops after
 /// that chunk), no file descriptors of its own.
 #[derive(Debug)]
-pub struct MemStream {
+pub(crate) struct MemStream {
     rx: std::sync::Arc<Shared>,
     tx: std::sync::Arc<Shared>,
 }
 
 /// The in-memory transport.
-pub type MemTransport = Buffered<MemStream>;
+#[derive(Debug)]
+pub struct MemTransport(Buffered<MemStream>);
+
+super::forward_transport!(MemTransport);
 
 impl MemTransport {
     /// A connected in-memory pair.
@@ -38,22 +41,22 @@ impl MemTransport {
         let a = std::sync::Arc::new(Shared::default());
         let b = std::sync::Arc::new(Shared::default());
         (
-            Buffered::over(MemStream {
+            Self(Buffered::over(MemStream {
                 rx: a.clone(),
                 tx: b.clone(),
-            }),
-            Buffered::over(MemStream { rx: b, tx: a }),
+            })),
+            Self(Buffered::over(MemStream { rx: b, tx: a })),
         )
     }
 
     /// Writes raw bytes (not necessarily a message) to the peer, for hostile-input tests.
     pub fn write_raw(&self, bytes: &[u8]) -> Result<(), TransportError> {
-        self.io.write(&[IoSlice::new(bytes)], &[])
+        self.0.io.write(&[IoSlice::new(bytes)], &[])
     }
 
     /// Ends this side's writing: the peer reads end of stream once it has drained the rest.
     pub fn close_write(&self) {
-        self.io.close();
+        self.0.io.close();
     }
 }
 

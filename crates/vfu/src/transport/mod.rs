@@ -1,23 +1,26 @@
 //! Moving whole messages (bytes + fds) over a stream.
 //!
 //! [`Transport`] is what sessions and the client talk to; [`UnixTransport`] is the AF_UNIX
-//! implementation. Receiving is buffered: one `recvmsg` may bring several pipelined messages, so
-//! a request costs one syscall to read and one `sendmsg` to answer, as a plain ping-pong would.
+//! implementation (and `MemTransport`, feature `testing`, an in-memory one). Receiving is
+//! buffered: one `recvmsg` may bring several pipelined messages, so a request costs one syscall
+//! to read and one `sendmsg` to answer, as a plain ping-pong would.
 //!
 //! File descriptors: Linux stops a stream read right after the segment that carried fds, so the
 //! fds of one `recvmsg` belong to the message containing the last byte that call read. We record
 //! that stream position with the fds and hand them to that message.
 //!
-//! Framing lives here ([`Buffered`] over any [`Stream`]); the AF_UNIX socket and its system calls
-//! in `unix.rs`; an in-memory stream for tests and fuzzing in `mem.rs` (feature `testing`).
+//! Framing lives here (`Buffered` over any `Stream`, both crate-private); the AF_UNIX socket and
+//! its system calls in `unix.rs`; an in-memory stream for tests and fuzzing in `mem.rs` (feature
+//! `testing`).
 
 #[cfg(any(test, feature = "testing"))]
 mod mem;
 mod unix;
 
 #[cfg(any(test, feature = "testing"))]
-pub use mem::{MemStream, MemTransport};
-pub use unix::{SocketStream, UnixTransport};
+pub use mem::MemTransport;
+pub(crate) use unix::SocketTransport;
+pub use unix::UnixTransport;
 
 use std::collections::VecDeque;
 use std::io::IoSlice;
@@ -27,27 +30,12 @@ use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 
+use crate::seam::FileSpan;
 use crate::wire::{Decode, Header, HEADER_SIZE};
-
-/// The data of a REGION_READ as a span of a file, so the server can send it to the socket with
-/// `sendfile` instead of copying it through a buffer: `len` bytes of `fd` from `offset`, then
-/// `ones` bytes of 0xff (the part of the access past what the file holds, read as all ones as
-/// PCI reads of nothing are).
-#[derive(Debug, Clone, Copy)]
-pub struct FileSpan<'a> {
-    /// The file holding the bytes.
-    pub fd: BorrowedFd<'a>,
-    /// Where they start in the file.
-    pub offset: u64,
-    /// How many bytes come from the file.
-    pub len: usize,
-    /// How many 0xff bytes follow.
-    pub ones: usize,
-}
 
 /// Most fds one message may carry (more close the connection). Enforced as fds arrive, so a
 /// message that never completes cannot make us hold more than this many of the peer's fds.
-pub const MAX_FDS_PER_MESSAGE: usize = 32;
+pub(crate) const MAX_FDS_PER_MESSAGE: usize = 32;
 const INITIAL_BUFFER: usize = 64 * 1024;
 const DRAIN_CHUNK: usize = 64 * 1024;
 
@@ -123,7 +111,7 @@ pub trait Transport: Send {
 }
 
 /// A byte stream that carries fds: what [`Buffered`] frames messages on.
-pub trait Stream: Send {
+pub(crate) trait Stream: Send {
     /// Reads available bytes into `buf` (blocking until at least one, or end of stream = 0),
     /// with the fds that came with them when `with_fds` is set.
     fn read(
@@ -167,7 +155,7 @@ fn read_span(span: &FileSpan<'_>, out: &mut [u8]) -> Result<(), TransportError> 
 /// Message framing over any [`Stream`]: a reusable receive buffer that may hold several
 /// pipelined messages, and fd attribution by stream position.
 #[derive(Debug)]
-pub struct Buffered<S> {
+pub(crate) struct Buffered<S> {
     io: S,
     buf: Vec<u8>,
     /// Unconsumed bytes are `buf[start..end]`.
@@ -191,12 +179,12 @@ pub struct Buffered<S> {
 
 impl<S: Stream> Buffered<S> {
     /// Bytes received but not yet returned as messages.
-    pub fn buffered(&self) -> usize {
+    pub(crate) fn buffered(&self) -> usize {
         self.end - self.start
     }
 
     /// Frames messages over `io`.
-    pub fn over(io: S) -> Self {
+    pub(crate) fn over(io: S) -> Self {
         Self {
             io,
             buf: vec![0; INITIAL_BUFFER],
@@ -214,13 +202,13 @@ impl<S: Stream> Buffered<S> {
     /// Drops the peer (with [`TransportError::Stalled`]) when a message stays incomplete for
     /// longer than `timeout` after its first bytes arrived. Waiting between messages is never
     /// limited. `None` (the default) waits forever.
-    pub fn set_stall_timeout(&mut self, timeout: Option<Duration>) {
+    pub(crate) fn set_stall_timeout(&mut self, timeout: Option<Duration>) {
         self.stall_timeout = timeout;
     }
 
     /// Whether reads take fds (recvmsg) or not (recv, a little cheaper). A client waiting for
     /// a reply that never carries fds (REGION_READ) turns it off for that wait.
-    pub fn set_accept_fds(&mut self, on: bool) {
+    pub(crate) fn set_accept_fds(&mut self, on: bool) {
         self.accept_fds = on;
     }
 
@@ -229,7 +217,7 @@ impl<S: Stream> Buffered<S> {
     /// the header and the data length, or `None` for the length when the message does not have
     /// that shape (shorter than `prefix`, or more data than `out` holds); it is consumed either
     /// way. fds that come with it are closed.
-    pub fn recv_into(
+    pub(crate) fn recv_into(
         &mut self,
         max_size: usize,
         prefix: &mut [u8],
@@ -431,6 +419,41 @@ fn iovecs<'a>(
     Ok(parts.len() + 1)
 }
 
+/// Implements [`Transport`] for a newtype over a [`Buffered`] by forwarding to it: the public
+/// transports keep the framing machinery private.
+macro_rules! forward_transport {
+    ($t:ty) => {
+        impl $crate::transport::Transport for $t {
+            fn send(
+                &self,
+                header: &$crate::wire::Header,
+                parts: &[&[u8]],
+                fds: &[std::os::fd::BorrowedFd<'_>],
+            ) -> Result<(), $crate::transport::TransportError> {
+                self.0.send(header, parts, fds)
+            }
+            fn send_span(
+                &self,
+                header: &$crate::wire::Header,
+                parts: &[&[u8]],
+                span: &$crate::FileSpan<'_>,
+            ) -> Result<(), $crate::transport::TransportError> {
+                self.0.send_span(header, parts, span)
+            }
+            fn recv(
+                &mut self,
+                max_size: usize,
+            ) -> Result<$crate::transport::Frame, $crate::transport::TransportError> {
+                self.0.recv(max_size)
+            }
+            fn payload(&self, frame: &$crate::transport::Frame) -> &[u8] {
+                self.0.payload(frame)
+            }
+        }
+    };
+}
+use forward_transport;
+
 impl<S: Stream> Transport for Buffered<S> {
     fn send(
         &self,
@@ -497,7 +520,7 @@ mod tests {
 
     #[test]
     fn pipelined_messages_arrive_in_order() {
-        let (a, mut b) = UnixTransport::pair().unwrap();
+        let (a, mut b) = SocketTransport::pair().unwrap();
         for id in 0..10u16 {
             a.send(&hdr(id, 4), &[&[id as u8; 4]], &[]).unwrap();
         }
@@ -510,7 +533,7 @@ mod tests {
 
     #[test]
     fn fds_go_to_the_message_that_carried_them() {
-        let (a, mut b) = UnixTransport::pair().unwrap();
+        let (a, mut b) = SocketTransport::pair().unwrap();
         let file = tempfile::tempfile().unwrap();
         a.send(&hdr(1, 0), &[], &[]).unwrap();
         a.send(&hdr(2, 0), &[], &[file.as_fd()]).unwrap();
@@ -521,7 +544,7 @@ mod tests {
 
     #[test]
     fn oversized_message_is_drained_and_stream_stays_in_sync() {
-        let (a, mut b) = UnixTransport::pair().unwrap();
+        let (a, mut b) = SocketTransport::pair().unwrap();
         let t = std::thread::spawn(move || {
             a.send(&hdr(1, 200_000), &[&vec![7u8; 200_000]], &[])
                 .unwrap();
@@ -560,7 +583,7 @@ mod tests {
 
     #[test]
     fn closed_peer_is_reported() {
-        let (a, mut b) = UnixTransport::pair().unwrap();
+        let (a, mut b) = SocketTransport::pair().unwrap();
         drop(a);
         assert!(matches!(b.recv(4096), Err(TransportError::Closed)));
     }

@@ -10,8 +10,8 @@ use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{getsockopt, sendmsg, sockopt, ControlMessage, MsgFlags};
 
-use super::FileSpan;
 use super::{Buffered, Stream, TransportError, MAX_FDS_PER_MESSAGE};
+use crate::seam::FileSpan;
 
 /// The kernel's limit of fds in one SCM_RIGHTS message (SCM_MAX_FD): our control buffer holds
 /// that many, so the kernel never truncates the fds it hands us.
@@ -21,7 +21,7 @@ const SMALL_SEND: usize = 512;
 
 /// An AF_UNIX stream socket as a [`Stream`].
 #[derive(Debug)]
-pub struct SocketStream {
+pub(crate) struct SocketStream {
     stream: UnixStream,
     /// Reused control-message buffer for `recvmsg` (u64 elements keep it cmsghdr-aligned),
     /// large enough for SCM_MAX_FD fds.
@@ -121,12 +121,26 @@ impl Stream for SocketStream {
     }
 }
 
-/// The AF_UNIX transport.
-pub type UnixTransport = Buffered<SocketStream>;
+/// The AF_UNIX transport, as the server and the client use it.
+pub(crate) type SocketTransport = Buffered<SocketStream>;
+
+/// A vfio-user message stream over a connected AF_UNIX socket (for
+/// [`crate::server::Server::serve_connection`]).
+#[derive(Debug)]
+pub struct UnixTransport(SocketTransport);
 
 impl UnixTransport {
     /// Wraps a connected stream.
     pub fn new(stream: UnixStream) -> Self {
+        Self(SocketTransport::new(stream))
+    }
+}
+
+super::forward_transport!(UnixTransport);
+
+impl SocketTransport {
+    /// Wraps a connected stream.
+    pub(crate) fn new(stream: UnixStream) -> Self {
         // SAFETY: CMSG_SPACE only computes a length.
         let space = unsafe { libc::CMSG_SPACE((SCM_MAX_FD * std::mem::size_of::<RawFd>()) as u32) };
         Buffered::over(SocketStream {
@@ -136,12 +150,13 @@ impl UnixTransport {
     }
 
     /// The underlying socket.
-    pub fn stream(&self) -> &UnixStream {
+    pub(crate) fn stream(&self) -> &UnixStream {
         &self.io.stream
     }
 
     /// A connected pair, for tests.
-    pub fn pair() -> std::io::Result<(Self, Self)> {
+    #[cfg(test)]
+    pub(crate) fn pair() -> std::io::Result<(Self, Self)> {
         let (a, b) = UnixStream::pair()?;
         Ok((Self::new(a), Self::new(b)))
     }

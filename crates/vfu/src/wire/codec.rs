@@ -70,19 +70,19 @@ impl WireError {
 
 /// A bounds-checked little cursor over a payload (host byte order, as the spec says).
 #[derive(Debug)]
-pub struct Reader<'a> {
+pub(crate) struct Reader<'a> {
     buf: &'a [u8],
     pos: usize,
 }
 
 impl<'a> Reader<'a> {
     /// Starts at the beginning of `buf`.
-    pub fn new(buf: &'a [u8]) -> Self {
+    pub(crate) fn new(buf: &'a [u8]) -> Self {
         Self { buf, pos: 0 }
     }
 
     /// Takes the next `n` bytes.
-    pub fn bytes(&mut self, n: usize) -> Result<&'a [u8], WireError> {
+    pub(crate) fn bytes(&mut self, n: usize) -> Result<&'a [u8], WireError> {
         let end = self.pos.checked_add(n).ok_or(WireError::Short {
             needed: usize::MAX,
             have: self.buf.len(),
@@ -103,35 +103,35 @@ impl<'a> Reader<'a> {
     }
 
     /// Next u16.
-    pub fn u16(&mut self) -> Result<u16, WireError> {
+    pub(crate) fn u16(&mut self) -> Result<u16, WireError> {
         Ok(u16::from_ne_bytes(self.array()?))
     }
 
     /// Next u32.
-    pub fn u32(&mut self) -> Result<u32, WireError> {
+    pub(crate) fn u32(&mut self) -> Result<u32, WireError> {
         Ok(u32::from_ne_bytes(self.array()?))
     }
 
     /// Next u64.
-    pub fn u64(&mut self) -> Result<u64, WireError> {
+    pub(crate) fn u64(&mut self) -> Result<u64, WireError> {
         Ok(u64::from_ne_bytes(self.array()?))
     }
 
     /// The rest of the buffer.
-    pub fn rest(&mut self) -> &'a [u8] {
+    pub(crate) fn rest(&mut self) -> &'a [u8] {
         let out = self.buf.get(self.pos..).unwrap_or(&[]);
         self.pos = self.buf.len();
         out
     }
 
     /// Bytes not yet read.
-    pub fn remaining(&self) -> usize {
+    pub(crate) fn remaining(&self) -> usize {
         self.buf.len().saturating_sub(self.pos)
     }
 }
 
 /// Appends host-order integers to a buffer.
-pub trait Put {
+pub(crate) trait Put {
     /// Appends a u16.
     fn put_u16(&mut self, v: u16);
     /// Appends a u32.
@@ -245,7 +245,7 @@ macro_rules! layout {
 pub(crate) use layout;
 
 /// E2BIG-style refusal of a count above the negotiated `max_data_xfer_size`.
-pub fn check_count(count: u64, max: u32) -> Result<(), WireError> {
+pub(crate) fn check_count(count: u64, max: u32) -> Result<(), WireError> {
     if count > u64::from(max) {
         return Err(WireError::TooLarge { count, max });
     }

@@ -79,7 +79,7 @@ fields!(DmaUnmap {
 
 /// DMA_READ/DMA_WRITE fixed part (requests, and DMA_READ's reply before its data).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DmaAccess {
+pub(crate) struct DmaAccess {
     /// Client DMA address.
     pub address: u64,
     /// Bytes to transfer (checked against `max_data_xfer_size` by whoever serves it).
@@ -103,7 +103,7 @@ fn check_access(a: &DmaAccess) -> Result<(), WireError> {
 /// protocol's table for this reply gives `count` 4 bytes, unlike DMA_READ's reply and both
 /// requests, which carry 8: the layout is the specification's, not a slip of ours).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DmaWriteReply {
+pub(crate) struct DmaWriteReply {
     /// Client DMA address written.
     pub address: u64,
     /// Bytes written.
@@ -112,7 +112,7 @@ pub struct DmaWriteReply {
 
 impl DmaWriteReply {
     /// Payload size.
-    pub const SIZE: usize = 12;
+    pub(crate) const SIZE: usize = 12;
 }
 
 impl Layout for DmaWriteReply {

@@ -33,7 +33,7 @@ fn check_feature(f: &Feature) -> Result<(), WireError> {
 impl Feature {
     /// The reply to this request with the device's `data`: `argsz` says the whole size, and the
     /// data is included only when the client's `argsz` leaves room for it (as VFIO's ioctl).
-    pub fn encode_reply(&self, data: &[u8]) -> Vec<u8> {
+    pub(crate) fn encode_reply(&self, data: &[u8]) -> Vec<u8> {
         let total = 8 + data.len();
         let fits = self.argsz as usize >= total;
         let reply = Self {
@@ -61,7 +61,7 @@ fields!(MigData {
 impl MigData {
     /// The fixed part for a message carrying `len` bytes (MIG_DATA_WRITE request, MIG_DATA_READ
     /// reply), or asking for `len` (MIG_DATA_READ request): `argsz` covers the whole payload.
-    pub fn for_len(len: usize) -> Self {
+    pub(crate) fn for_len(len: usize) -> Self {
         let size = u32::try_from(len).unwrap_or(u32::MAX);
         Self {
             argsz: size.saturating_add(8),

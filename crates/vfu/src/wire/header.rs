@@ -40,12 +40,12 @@ impl Header {
     }
 
     /// The message type (command or reply).
-    pub fn msg_type(&self) -> u32 {
+    pub(crate) fn msg_type(&self) -> u32 {
         self.flags & FLAG_TYPE_MASK
     }
 
     /// True when the sender asked for no reply.
-    pub fn no_reply(&self) -> bool {
+    pub(crate) fn no_reply(&self) -> bool {
         self.flags & FLAG_NO_REPLY != 0
     }
 
@@ -55,7 +55,7 @@ impl Header {
     }
 
     /// The reply header for a command with `payload_len` bytes of reply payload.
-    pub fn reply(&self, payload_len: usize) -> Self {
+    pub(crate) fn reply(&self, payload_len: usize) -> Self {
         Self {
             msg_id: self.msg_id,
             cmd: self.cmd,
@@ -66,7 +66,7 @@ impl Header {
     }
 
     /// The error reply header for this command.
-    pub fn error_reply(&self, errno: Errno) -> Self {
+    pub(crate) fn error_reply(&self, errno: Errno) -> Self {
         Self {
             msg_id: self.msg_id,
             cmd: self.cmd,

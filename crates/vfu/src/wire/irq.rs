@@ -5,9 +5,9 @@ use vfio_bindings::bindings::vfio::{vfio_irq_info, vfio_irq_set};
 use super::codec::fields;
 
 /// Size of `vfio_irq_info`.
-pub const IRQ_INFO_SIZE: usize = 16;
+pub(crate) const IRQ_INFO_SIZE: usize = 16;
 /// Size of the fixed part of `vfio_irq_set`.
-pub const IRQ_SET_SIZE: usize = 20;
+pub(crate) const IRQ_SET_SIZE: usize = 20;
 
 fields!(vfio_irq_info {
     argsz: u32,

@@ -11,7 +11,7 @@
 //! layout follows one convention: [`Encode`] (`encode_into` / `encode`) and [`Decode`]
 //! (`decode(payload)`), a fixed part followed by data decoding as the pair `(fixed, data)`.
 //! Limits that depend on the session (`max_data_xfer_size`) are checked by [`decode_command`]
-//! and [`check_count`], not by the layouts. Two hot-path layouts, [`Header`] and
+//! and `check_count`, not by the layouts. Two hot-path layouts, [`Header`] and
 //! [`RegionAccess`], also have `to_bytes() -> [u8; N]` so a round trip allocates nothing.
 
 use vfio_bindings::bindings::vfio::{vfio_irq_info, vfio_irq_set, vfio_region_info};
@@ -24,41 +24,42 @@ mod irq;
 mod region;
 mod version;
 
-pub use codec::{check_count, Decode, Encode, WireError};
+pub(crate) use codec::check_count;
+pub use codec::{Decode, Encode, WireError};
 pub use dma::*;
 pub use feature::*;
 pub use header::*;
-pub use irq::*;
+pub(crate) use irq::*;
 pub use region::*;
 pub use version::*;
 
 /// Size of the message header.
 pub const HEADER_SIZE: usize = 16;
 /// Default `max_data_xfer_size` (1 MiB) from the spec.
-pub const DEFAULT_MAX_DATA_XFER_SIZE: u32 = 1 << 20;
+pub(crate) const DEFAULT_MAX_DATA_XFER_SIZE: u32 = 1 << 20;
 /// Default `max_msg_fds` from the spec.
-pub const DEFAULT_MAX_MSG_FDS: u32 = 1;
+pub(crate) const DEFAULT_MAX_MSG_FDS: u32 = 1;
 /// Default `max_dma_maps` from the spec.
-pub const DEFAULT_MAX_DMA_MAPS: u32 = 65535;
+pub(crate) const DEFAULT_MAX_DMA_MAPS: u32 = 65535;
 /// Largest fixed part of any message payload, added to `max_data_xfer_size` to bound messages.
-pub const MAX_FIXED_PAYLOAD: u32 = 4096;
+pub(crate) const MAX_FIXED_PAYLOAD: u32 = 4096;
 
 /// The largest message either side accepts once `max_data_xfer_size` is known: a header, the
 /// data, and the fixed part of the largest command around it.
-pub fn max_message_size(max_data_xfer_size: u32) -> usize {
+pub(crate) fn max_message_size(max_data_xfer_size: u32) -> usize {
     HEADER_SIZE + max_data_xfer_size as usize + MAX_FIXED_PAYLOAD as usize
 }
 
 /// Message type bits of `flags`.
-pub const FLAG_TYPE_MASK: u32 = 0xf;
+pub(crate) const FLAG_TYPE_MASK: u32 = 0xf;
 /// Type value of a command.
-pub const FLAG_TYPE_COMMAND: u32 = 0;
+pub(crate) const FLAG_TYPE_COMMAND: u32 = 0;
 /// Type value of a reply.
 pub const FLAG_TYPE_REPLY: u32 = 1;
 /// The sender wants no reply.
 pub const FLAG_NO_REPLY: u32 = 1 << 4;
 /// The reply reports an error in `error`.
-pub const FLAG_ERROR: u32 = 1 << 5;
+pub(crate) const FLAG_ERROR: u32 = 1 << 5;
 
 /// Command ids.
 #[allow(missing_docs)]

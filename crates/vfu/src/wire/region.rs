@@ -33,7 +33,7 @@ fields!(DeviceInfoMsg {
 });
 
 /// Size of `vfio_region_info` on the wire.
-pub const REGION_INFO_SIZE: usize = 32;
+pub(crate) const REGION_INFO_SIZE: usize = 32;
 
 fields!(vfio_region_info {
     argsz: u32,
@@ -52,7 +52,7 @@ pub struct SparseAreas(pub Vec<vfio_region_sparse_mmap_area>);
 
 impl SparseAreas {
     /// Size of the capability with `n` areas.
-    pub fn encoded_len(n: usize) -> Option<usize> {
+    pub(crate) fn encoded_len(n: usize) -> Option<usize> {
         n.checked_mul(16)?.checked_add(16)
     }
 }

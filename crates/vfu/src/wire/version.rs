@@ -114,7 +114,7 @@ impl Version {
     }
 
     /// JSON text describing `caps`.
-    pub fn caps_json(caps: &Caps) -> String {
+    pub(crate) fn caps_json(caps: &Caps) -> String {
         let doc = VersionJson {
             capabilities: Some(CapsJson {
                 max_msg_fds: Some(caps.max_msg_fds),

@@ -1,5 +1,6 @@
 //! Runs the benchmark workloads, interleaving subjects and baselines, and prints a table plus
 //! one `ratio NAME VALUE` line per goal.
+#![forbid(unsafe_code)]
 
 use std::path::PathBuf;
 

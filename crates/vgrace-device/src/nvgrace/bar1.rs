@@ -1,7 +1,8 @@
 //! Blackwell's real BAR1 (the GPUDirect RDMA aperture), shown at region 2 since 6.14 when the
 //! DVSEC says there is no resmem. Upstream the core serves it as an ordinary BAR of the physical
 //! device; here the memory behind it is a sparse memfd of its own: READ|WRITE|MMAP over the whole
-//! size (no sparse areas, no all-ones tail), EINVAL at or past the end, clipped before it.
+//! size (no sparse areas, no all-ones tail). vfu's `Variant` checks each access against the
+//! BAR's size first (EINVAL at or past the end, clipped before it).
 
 use vfio_bindings::bindings::vfio::{
     VFIO_REGION_INFO_FLAG_MMAP, VFIO_REGION_INFO_FLAG_READ, VFIO_REGION_INFO_FLAG_WRITE,
@@ -11,7 +12,6 @@ use vfu::{Errno, FileSpan, RegionInfo};
 use crate::backing::Memory;
 use crate::config::Backing;
 use crate::error::DeviceError;
-use crate::pci::core::clip;
 
 /// VFIO region index of BAR1 (the second 64-bit BAR's registers at config 0x18).
 pub const BAR1_REGION_INDEX: u32 = 2;
@@ -32,6 +32,11 @@ impl Bar1 {
         })
     }
 
+    /// The BAR size.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
     /// REGION_INFO: the whole BAR, mappable through the memfd.
     pub fn info(&self) -> RegionInfo<'_> {
         RegionInfo {
@@ -45,27 +50,18 @@ impl Bar1 {
         }
     }
 
-    /// REGION_READ.
-    pub fn read(&self, offset: u64, buf: &mut [u8]) -> Result<usize, Errno> {
-        let n = clip(self.size, offset, buf.len())?;
-        self.memory
-            .read(offset, &mut buf[..n])
-            .map_err(|e| e.errno())?;
-        Ok(n)
+    /// REGION_READ of `buf.len()` bytes at `offset`, both checked against the BAR.
+    pub fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), Errno> {
+        self.memory.read(offset, buf).map_err(|e| e.errno())
     }
 
-    /// REGION_WRITE.
-    pub fn write(&self, offset: u64, data: &[u8]) -> Result<usize, Errno> {
-        let n = clip(self.size, offset, data.len())?;
-        self.memory
-            .write(offset, &data[..n])
-            .map_err(|e| e.errno())?;
-        Ok(n)
+    /// REGION_WRITE, checked as for reads.
+    pub fn write(&self, offset: u64, data: &[u8]) -> Result<(), Errno> {
+        self.memory.write(offset, data).map_err(|e| e.errno())
     }
 
-    /// A large read as a span of the memfd.
-    pub fn span(&self, offset: u64, count: usize) -> Result<FileSpan<'_>, Errno> {
-        let n = clip(self.size, offset, count)?;
+    /// A read of `n` bytes, checked as for reads, as a span of the memfd.
+    pub fn span(&self, offset: u64, n: usize) -> Result<FileSpan<'_>, Errno> {
         let (fd, at) = self.memory.span(offset, n).map_err(|e| e.errno())?;
         Ok(FileSpan {
             fd,

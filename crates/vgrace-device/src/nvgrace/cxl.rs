@@ -7,8 +7,8 @@
 use std::time::{Duration, Instant};
 
 use crate::config::{Cxl, Fault};
-use crate::pci::config_space::EXT_CAP_DVSEC;
-use crate::pci::ExtCapability;
+use vfu_pci::ExtCapability;
+use vfu_pci::EXT_CAP_DVSEC;
 
 /// Config offset of the CXL DVSEC (after the NVIDIA DVSEC at 0x100).
 pub const CXL_DVSEC_OFFSET: u16 = 0x140;

@@ -2,8 +2,8 @@
 //! bitmap, and upstream reads the bit saying resmem may be mapped cacheable (the GH100 MIG bug
 //! that forced the write-combine carve-out is fixed).
 
-use crate::pci::config_space::EXT_CAP_DVSEC;
-use crate::pci::ExtCapability;
+use vfu_pci::ExtCapability;
+use vfu_pci::EXT_CAP_DVSEC;
 
 /// Config space offset of the DVSEC on gb200 (the first extended capability).
 pub const DVSEC_OFFSET: u16 = 0x100;

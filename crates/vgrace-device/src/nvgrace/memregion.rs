@@ -11,8 +11,7 @@ use vfu::{Errno, FileSpan, RegionInfo, SparseArea};
 
 use crate::backing::Memory;
 use crate::config::{Layout, MemRegionLayout};
-use crate::pci::bar::BarDesc;
-use crate::pci::core::clip;
+use vfu_pci::BarDesc;
 
 /// The emulated BAR register of a memory region: 64-bit, prefetchable, the BAR size.
 pub(crate) fn bar(r: &MemRegionLayout) -> BarDesc {
@@ -71,12 +70,10 @@ impl<'a> MemRegion<'a> {
         self.layout.bar_size
     }
 
-    /// REGION_READ: memory, then all ones up to the BAR end; EINVAL at or past it.
-    pub(crate) fn read(&self, offset: u64, buf: &mut [u8]) -> Result<usize, Errno> {
-        let r = &self.layout;
-        let n = clip(r.bar_size, offset, buf.len())?;
-        let buf = &mut buf[..n];
-        let in_mem = mem_part(r.memlength, offset, n);
+    /// REGION_READ of `buf.len()` bytes at `offset`, both already checked against the BAR
+    /// (vfu's `Variant`): memory, then all ones up to the BAR end.
+    pub(crate) fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), Errno> {
+        let in_mem = mem_part(self.layout.memlength, offset, buf.len());
         if in_mem > 0 {
             self.memory
                 .read(self.base + offset, &mut buf[..in_mem])
@@ -84,28 +81,25 @@ impl<'a> MemRegion<'a> {
         }
         // Past the real memory the BAR reads as all ones, as the hardware does.
         buf[in_mem..].fill(0xff);
-        Ok(n)
+        Ok(())
     }
 
-    /// REGION_WRITE: into memory, dropped past it; EINVAL at or past the BAR end.
-    pub(crate) fn write(&self, offset: u64, data: &[u8]) -> Result<usize, Errno> {
-        let r = &self.layout;
-        let n = clip(r.bar_size, offset, data.len())?;
-        let in_mem = mem_part(r.memlength, offset, n);
+    /// REGION_WRITE, checked as for reads: into memory, dropped past it.
+    pub(crate) fn write(&self, offset: u64, data: &[u8]) -> Result<(), Errno> {
+        let in_mem = mem_part(self.layout.memlength, offset, data.len());
         if in_mem > 0 {
             self.memory
                 .write(self.base + offset, &data[..in_mem])
                 .map_err(|e| e.errno())?;
         }
         // Writes past the real memory are dropped silently (an errno would crash the guest).
-        Ok(n)
+        Ok(())
     }
 
-    /// A read as a span of the backing fd plus its all-ones tail.
-    pub(crate) fn span(&self, offset: u64, count: usize) -> Result<FileSpan<'a>, Errno> {
-        let r = &self.layout;
-        let n = clip(r.bar_size, offset, count)?;
-        let in_mem = mem_part(r.memlength, offset, n);
+    /// A read of `n` bytes, checked as for reads, as a span of the backing fd plus its
+    /// all-ones tail.
+    pub(crate) fn span(&self, offset: u64, n: usize) -> Result<FileSpan<'a>, Errno> {
+        let in_mem = mem_part(self.layout.memlength, offset, n);
         let (fd, at) = self
             .memory
             .span(self.base + offset, in_mem)

@@ -2,7 +2,9 @@
 //! prefetchable BARs sized to the next power of two, one sparse-mmap area over the real memory,
 //! all ones past it (`memregion`); the readiness registers over BAR0 ([`readiness`]); on
 //! gb200 the NVIDIA DVSEC ([`dvsec`]). Every other region, the IRQs and config space are the
-//! [`PciCore`]'s, built from this variant's [`PciDescription`].
+//! [`PciCore`]'s, built from this variant's [`PciDescription`]: the GPU is a [`vfu::Variant`]
+//! of the core, served by vfu's blanket `Device` implementation, which range-checks the regions
+//! the GPU owns and forwards the rest.
 
 mod memregion;
 
@@ -15,7 +17,10 @@ pub mod readiness;
 use std::sync::Arc;
 
 use vfu::device::{BAR0_REGION_INDEX, CONFIG_REGION_INDEX};
-use vfu::{Device, DeviceInfo, Errno, FileSpan, IrqInfo, RegionInfo, SetIrqs};
+use vfu::{clip, AccessWait, Errno, FileSpan, RegionInfo, Variant};
+use vfu_pci::BarDesc;
+use vfu_pci::COMMAND_MEMORY;
+use vfu_pci::{Capability, Header, PciCore, PciDescription};
 
 use self::bar1::{Bar1, BAR1_REGION_INDEX};
 use self::cxl::CxlReadiness;
@@ -25,9 +30,6 @@ use self::readiness::Readiness;
 use crate::backing::Memory;
 use crate::config::{Backing, GpuConfig, Layout, LinuxVersion, Profile, READY_POLL};
 use crate::error::DeviceError;
-use crate::pci::bar::BarDesc;
-use crate::pci::core::COMMAND_MEMORY;
-use crate::pci::{Capability, Header, PciCore, PciDescription};
 
 /// PCI vendor id of NVIDIA.
 pub const NVIDIA_VENDOR_ID: u16 = 0x10de;
@@ -150,9 +152,13 @@ impl NvGraceGpu {
         memregion(&self.layout, memory, base, index)
     }
 
-    /// BAR1, when `index` is its region.
-    fn bar1(&self, index: u32) -> Option<&Bar1> {
-        self.bar1.as_ref().filter(|_| index == BAR1_REGION_INDEX)
+    /// The region the GPU answers at `index` (a memory region or Blackwell's BAR1), if any.
+    fn owned(&self, index: u32) -> Option<Owned<'_>> {
+        if let Some(m) = self.memregion(index) {
+            return Some(Owned::Mem(m));
+        }
+        let bar1 = self.bar1.as_ref().filter(|_| index == BAR1_REGION_INDEX)?;
+        Some(Owned::Bar1(bar1))
     }
 
     /// 6.19+: the first memory access after a reset finds memory decode off (EIO) or waits for
@@ -208,11 +214,10 @@ impl NvGraceGpu {
         offset: u64,
         buf: &mut [u8],
     ) -> Result<usize, Errno> {
-        if let Some(m) = self.memregion(index) {
-            return m.read(offset, buf);
-        }
-        if let Some(b) = self.bar1(index) {
-            return b.read(offset, buf);
+        if let Some(region) = self.owned(index) {
+            let n = clip(region.size(), offset, buf.len())?;
+            region.read(offset, &mut buf[..n])?;
+            return Ok(n);
         }
         let n = self.core.backdoor_read(index, offset, buf)?;
         self.overlay(index, offset, &mut buf[..n]);
@@ -222,11 +227,10 @@ impl NvGraceGpu {
     /// Writes region `index` as a debugger would (`vgrace ctl poke`); see
     /// [`NvGraceGpu::backdoor_read`]. Config space keeps its write masks.
     pub fn backdoor_write(&mut self, index: u32, offset: u64, data: &[u8]) -> Result<usize, Errno> {
-        if let Some(m) = self.memregion(index) {
-            return m.write(offset, data);
-        }
-        if let Some(b) = self.bar1(index) {
-            return b.write(offset, data);
+        if let Some(region) = self.owned(index) {
+            let n = clip(region.size(), offset, data.len())?;
+            region.write(offset, &data[..n])?;
+            return Ok(n);
         }
         self.core.backdoor_write(index, offset, data)
     }
@@ -289,23 +293,100 @@ fn description(layout: &Layout) -> PciDescription {
     }
 }
 
-impl Device for NvGraceGpu {
-    fn device_info(&self) -> DeviceInfo {
-        self.core.device_info()
+/// A region the GPU answers itself.
+enum Owned<'a> {
+    /// Device memory (`nvgrace_gpu_memregion`).
+    Mem(MemRegion<'a>),
+    /// Blackwell's real BAR1.
+    Bar1(&'a Bar1),
+}
+
+impl Owned<'_> {
+    /// The BAR size (the one the core declares for the region).
+    fn size(&self) -> u64 {
+        match self {
+            Owned::Mem(m) => m.bar_size(),
+            Owned::Bar1(b) => b.size(),
+        }
     }
 
-    fn access_wait(
+    fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), Errno> {
+        match self {
+            Owned::Mem(m) => m.read(offset, buf),
+            Owned::Bar1(b) => b.read(offset, buf),
+        }
+    }
+
+    fn write(&self, offset: u64, data: &[u8]) -> Result<(), Errno> {
+        match self {
+            Owned::Mem(m) => m.write(offset, data),
+            Owned::Bar1(b) => b.write(offset, data),
+        }
+    }
+}
+
+/// The GPU's own regions (memory, BAR1) with their rules; everything else is the core's, with
+/// the GPU's registers computed over it and its reset work after the core's.
+impl Variant for NvGraceGpu {
+    type Core = PciCore;
+
+    fn core(&self) -> &PciCore {
+        &self.core
+    }
+
+    fn core_mut(&mut self) -> &mut PciCore {
+        &mut self.core
+    }
+
+    fn owns(&self, index: u32) -> bool {
+        self.owned(index).is_some()
+    }
+
+    fn owned_info(&self, index: u32) -> Option<RegionInfo<'_>> {
+        match self.owned(index)? {
+            Owned::Mem(m) => Some(m.info()),
+            Owned::Bar1(b) => Some(b.info()),
+        }
+    }
+
+    fn owned_read(&mut self, index: u32, offset: u64, buf: &mut [u8]) -> Result<(), Errno> {
+        self.check_owned_access(index, offset, buf.len(), false)?;
+        self.owned(index).ok_or(Errno::EINVAL)?.read(offset, buf)
+    }
+
+    fn owned_read_span(
+        &mut self,
+        index: u32,
+        offset: u64,
+        count: usize,
+    ) -> Result<Option<FileSpan<'_>>, Errno> {
+        self.check_owned_access(index, offset, count, false)?;
+        match self.owned(index) {
+            Some(Owned::Mem(m)) => m.span(offset, count).map(Some),
+            Some(Owned::Bar1(b)) => b.span(offset, count).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn owned_write(&mut self, index: u32, offset: u64, data: &[u8]) -> Result<(), Errno> {
+        self.check_owned_access(index, offset, data.len(), true)?;
+        self.owned(index).ok_or(Errno::EINVAL)?.write(offset, data)
+    }
+
+    fn owned_access_wait(
         &mut self,
         index: u32,
         offset: u64,
         write: bool,
-    ) -> Option<Box<dyn vfu::AccessWait>> {
+    ) -> Option<Box<dyn AccessWait>> {
         // 7.2 waits for CXL readiness before it takes its memory lock; the check under the
         // lock (`check_ready_after_reset`) then finds the device ready at once. The access
-        // decides as the check does: reads anywhere in the BAR, writes only below memlength,
-        // and an offset past the BAR is EINVAL without a wait.
-        let region = self.memregion(index)?;
-        let reaches = offset < region.bar_size() && (!write || offset < region.memlength());
+        // decides as the check does: reads anywhere in the BAR, writes only below memlength
+        // (vfu has made an offset past the BAR EINVAL, without a wait).
+        let Some(Owned::Mem(region)) = self.owned(index) else {
+            return None;
+        };
+        let reaches = !write || offset < region.memlength();
         if !self.reset_done || self.layout.linux < LinuxVersion::V7_2 || !reaches {
             return None;
         }
@@ -313,114 +394,40 @@ impl Device for NvGraceGpu {
         Some(Box::new(cxl))
     }
 
-    fn region_info(&self, index: u32) -> Result<RegionInfo<'_>, Errno> {
-        if let Some(m) = self.memregion(index) {
-            return Ok(m.info());
-        }
-        match self.bar1(index) {
-            Some(b) => Ok(b.info()),
-            None => self.core.region_info(index),
-        }
+    fn after_core_read(&mut self, index: u32, offset: u64, buf: &mut [u8]) {
+        self.overlay(index, offset, buf);
     }
 
-    fn region_read(&mut self, index: u32, offset: u64, buf: &mut [u8]) -> Result<usize, Errno> {
-        if self.memregion(index).is_some() {
-            // Reads check after a reset wherever they land, the all-ones tail included.
-            self.check_after_reset_if_bar_hit(index, offset)?;
-            self.check_poison(index, offset, buf.len())?;
-            if let Some(m) = self.memregion(index) {
-                return m.read(offset, buf);
-            }
+    fn after_core_write(&mut self, index: u32, _: u64, _: usize) -> Result<(), Errno> {
+        // A guest FLR written to Device Control runs the GPU's part of the reset too.
+        if index == CONFIG_REGION_INDEX && self.core.take_function_reset() {
+            self.reset_done();
         }
-        if let Some(b) = self.bar1(index) {
-            self.core.check_bar_access(index, offset)?;
-            return b.read(offset, buf);
-        }
-        let n = self.core.region_read(index, offset, buf)?;
-        self.overlay(index, offset, &mut buf[..n]);
-        Ok(n)
+        Ok(())
     }
 
-    fn region_read_span(
-        &mut self,
-        index: u32,
-        offset: u64,
-        count: usize,
-    ) -> Result<Option<FileSpan<'_>>, Errno> {
-        if self.memregion(index).is_some() {
-            self.check_after_reset_if_bar_hit(index, offset)?;
-            self.check_poison(index, offset, count)?;
-            return match self.memregion(index) {
-                Some(m) => m.span(offset, count).map(Some),
-                None => Ok(None),
-            };
-        }
-        if self.bar1(index).is_some() {
-            self.core.check_bar_access(index, offset)?;
-            return match self.bar1(index) {
-                Some(b) => b.span(offset, count).map(Some),
-                None => Ok(None),
-            };
-        }
-        self.core.region_read_span(index, offset, count)
-    }
-
-    fn region_write(&mut self, index: u32, offset: u64, data: &[u8]) -> Result<usize, Errno> {
-        if let Some(memlength) = self.memregion(index).map(|m| m.memlength()) {
-            // Writes check only when they reach memory (a write wholly in the tail skips it).
-            if offset < memlength {
-                self.check_after_reset_if_bar_hit(index, offset)?;
-            }
-            if let Some(m) = self.memregion(index) {
-                return m.write(offset, data);
-            }
-        }
-        if let Some(b) = self.bar1(index) {
-            self.core.check_bar_access(index, offset)?;
-            return b.write(offset, data);
-        }
-        match index {
-            CONFIG_REGION_INDEX => self.config_write(offset, data),
-            _ => self.core.region_write(index, offset, data),
-        }
-    }
-
-    fn irq_info(&self, index: u32) -> Result<IrqInfo, Errno> {
-        self.core.irq_info(index)
-    }
-
-    fn set_irqs(&mut self, req: SetIrqs) -> Result<(), Errno> {
-        self.core.set_irqs(req)
-    }
-
-    fn reset(&mut self) -> Result<(), Errno> {
+    fn after_reset(&mut self) -> Result<(), Errno> {
         // VFIO_DEVICE_RESET: `nvgrace_gpu_ioctl` zeroes the emulated BARs
-        // (`nvgrace_gpu_init_fake_bar_emu_regs`), then the core resets the function and leaves
-        // the rest of the virtual config (COMMAND, BAR0, Blackwell's real BAR1) as it was.
-        // Memory contents survive, as on the hardware.
+        // (`nvgrace_gpu_init_fake_bar_emu_regs`); the core has reset the function and left the
+        // rest of the virtual config (COMMAND, BAR0, Blackwell's real BAR1) as it was. Memory
+        // contents survive, as on the hardware.
         for region in &self.layout.regions {
             self.core.clear_bar(region.region_index);
         }
-        self.core.reset()?;
         self.reset_done();
         Ok(())
     }
 
-    fn request_release(&mut self) -> bool {
-        self.core.request_release()
-    }
-
-    fn client_attached(&mut self) {
-        // `nvgrace_gpu_open_device`: `vfio_pci_core_enable` (enable, function reset, config
-        // rebuilt with memory decode on and the emulated BARs at 0), and the reset's
+    fn after_client_attached(&mut self) {
+        // `nvgrace_gpu_open_device`: the core's `vfio_pci_core_enable` (enable, function reset,
+        // config rebuilt with memory decode on and the emulated BARs at 0), then the reset's
         // `reset_done`.
-        self.core.open();
         self.reset_done();
     }
 
-    fn client_detached(&mut self) {
-        // `vfio_pci_core_disable`: interrupts off and the close-time function reset.
-        self.core.close();
+    fn after_client_detached(&mut self) {
+        // The core's `vfio_pci_core_disable` (interrupts off, the close-time function reset),
+        // then the reset's `reset_done`.
         self.reset_done();
     }
 }
@@ -471,16 +478,6 @@ impl NvGraceGpu {
         self.reset_done = self.layout.linux >= LinuxVersion::V6_19;
     }
 
-    /// A config write through the core; a guest FLR it started runs the variant's part of
-    /// the reset too.
-    fn config_write(&mut self, offset: u64, data: &[u8]) -> Result<usize, Errno> {
-        let n = self.core.region_write(CONFIG_REGION_INDEX, offset, data)?;
-        if self.core.take_function_reset() {
-            self.reset_done();
-        }
-        Ok(n)
-    }
-
     /// 6.19+: a read that touches a poisoned page fails as upstream's does: the copy out of
     /// device memory faults (`copy_to_user` in `nvgrace_gpu_map_and_read`, `-EFAULT`). Writes
     /// are not checked (a store does not consume poison).
@@ -496,13 +493,29 @@ impl NvGraceGpu {
         Ok(())
     }
 
-    /// The reset check for an access at `offset` of memory region `index`: upstream checks
-    /// only after the offset passed the BAR-size test (an offset past the BAR is EINVAL first).
-    fn check_after_reset_if_bar_hit(&mut self, index: u32, offset: u64) -> Result<(), Errno> {
-        let bar_size = self.memregion(index).map_or(0, |m| m.bar_size());
-        if offset >= bar_size {
-            return Err(Errno::EINVAL);
+    /// What a client's access to an owned region checks before it touches memory (vfu has
+    /// already checked the offset against the BAR and clipped `len`): BAR1 is a core BAR,
+    /// EIO while memory decode is off or the function is in D3hot (`vfio_pci_bar_rw`); device
+    /// memory checks readiness after a reset (6.19+) for reads anywhere in the BAR and writes
+    /// that reach memory, then poison for reads.
+    fn check_owned_access(
+        &mut self,
+        index: u32,
+        offset: u64,
+        len: usize,
+        write: bool,
+    ) -> Result<(), Errno> {
+        let memlength = match self.owned(index) {
+            Some(Owned::Mem(m)) => m.memlength(),
+            Some(Owned::Bar1(_)) if !self.core.memory_enabled() => return Err(Errno::EIO),
+            _ => return Ok(()),
+        };
+        if !write || offset < memlength {
+            self.check_ready_after_reset()?;
         }
-        self.check_ready_after_reset()
+        if !write {
+            self.check_poison(index, offset, len)?;
+        }
+        Ok(())
     }
 }

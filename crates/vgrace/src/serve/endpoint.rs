@@ -6,7 +6,7 @@ use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use vfu::listen::BoundPath;
+use vfu::server::BoundPath;
 use vfu::server::{bind_socket_with, SocketAccess};
 
 /// Where one device listens.
@@ -20,15 +20,15 @@ pub enum Endpoint {
 }
 
 /// Refuses a socket path longer than `sun_path` holds: it could be bound (see
-/// `vfu::listen`) but no client could ever connect to it.
+/// `vfu::server::bind_socket`) but no client could ever connect to it.
 pub fn check_socket_path(path: &std::path::Path, what: &str) -> Result<()> {
     let len = path.as_os_str().len();
-    if len > vfu::listen::SUN_PATH_MAX {
+    if len > vfu::server::SUN_PATH_MAX {
         bail!(
             "the {what} path {} is {len} bytes, longer than the {} a unix socket address holds: \
              no client could connect to it; use a shorter path",
             path.display(),
-            vfu::listen::SUN_PATH_MAX
+            vfu::server::SUN_PATH_MAX
         );
     }
     Ok(())

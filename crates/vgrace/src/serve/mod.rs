@@ -23,7 +23,8 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use tracing::{error, info, warn};
-use vfu::server::{Observer, Server, ServerConfig, Shutdown, SocketAccess};
+use vfu::server::observe::Observer;
+use vfu::server::{Server, ServerConfig, Shutdown, SocketAccess};
 use vgrace_device::backing::Memory;
 use vgrace_device::{LinuxVersion, NvGraceGpu};
 

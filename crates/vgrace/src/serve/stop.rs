@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use tracing::{error, info, warn};
-use vfu::listen::BoundPath;
+use vfu::server::BoundPath;
 use vfu::server::{Controls, Shutdown};
 use vfu::Device;
 use vgrace_device::backing::FileSync;

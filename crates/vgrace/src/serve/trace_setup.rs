@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
-use vfu::server::Observer;
+use vfu::server::observe::Observer;
 use vfu::trace::{numbered, TraceLimits, TraceWriter};
 use vgrace_device::Backing;
 

@@ -124,7 +124,7 @@ impl Observer for DeviceObserver {
             Event::Disconnected(p, end) => {
                 let end = match end {
                     Ok(e) => e.name().to_string(),
-                    Err(e) => format!("error: {}", vfu::error::chain(*e)),
+                    Err(e) => format!("error: {}", vfu::error_chain(*e)),
                 };
                 let (pid, uid) = (p.pid, p.uid);
                 self.events

@@ -28,7 +28,7 @@ enum Mode {
 
 /// The interrupt state of one function while a client has it open.
 #[derive(Debug, Default)]
-pub struct Interrupts {
+pub(crate) struct Interrupts {
     mode: Mode,
     /// INTx: its trigger eventfd, masked (by the client or automasked), and asserted while
     /// masked (delivered on unmask, as the level stays up).
@@ -47,12 +47,12 @@ pub struct Interrupts {
 impl Interrupts {
     /// Everything off and every eventfd dropped (close: `vfio_pci_core_disable` turns the
     /// interrupt type off, `vfio_pci_core_close_device` drops the error and request eventfds).
-    pub fn clear(&mut self) {
+    pub(crate) fn clear(&mut self) {
         *self = Self::default();
     }
 
     /// DEVICE_SET_IRQS after the generic checks, by index and action.
-    pub fn set(&mut self, req: SetIrqs) -> Result<(), Errno> {
+    pub(crate) fn set(&mut self, req: SetIrqs) -> Result<(), Errno> {
         let action = req.flags & VFIO_IRQ_SET_ACTION_TYPE_MASK;
         match (req.index, action) {
             (INTX_IRQ_INDEX, VFIO_IRQ_SET_ACTION_MASK) => self.intx_mask(req),
@@ -69,7 +69,7 @@ impl Interrupts {
     /// The function raises interrupt `vector` of `index`. INTx is automasked when it fires
     /// (`vfio_intx_handler`) and remembered while masked. Returns whether an eventfd was
     /// signalled.
-    pub fn raise(&mut self, index: u32, vector: u32) -> bool {
+    pub(crate) fn raise(&mut self, index: u32, vector: u32) -> bool {
         match (index, self.mode) {
             (INTX_IRQ_INDEX, Mode::Intx) => {
                 if self.intx_masked {
@@ -96,7 +96,8 @@ impl Interrupts {
 
     /// Whether the client has wired the request interrupt (so asking it to let go of the
     /// device can be answered).
-    pub fn has_request(&self) -> bool {
+    #[cfg(test)]
+    fn has_request(&self) -> bool {
         self.req.is_some()
     }
 

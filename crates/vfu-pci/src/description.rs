@@ -9,7 +9,7 @@ use vfu::device::{
 
 use super::bar::{BarDesc, BarTable};
 use super::config_space::{ConfigSpace, CAP_EXP, CAP_MSIX, CAP_PM};
-use crate::error::DeviceError;
+use crate::error::PciError;
 
 /// Status register bit: the capability list at 0x34 is valid.
 const STATUS_CAP_LIST: u16 = 0x0010;
@@ -141,7 +141,7 @@ impl PciDescription {
     }
 
     /// Config space as described, sealed as its reset state.
-    pub fn config_space(&self) -> Result<ConfigSpace, DeviceError> {
+    pub fn config_space(&self) -> Result<ConfigSpace, PciError> {
         let mut c = ConfigSpace::new();
         let h = &self.header;
         c.set_u16(0x00, h.vendor_id);
@@ -286,7 +286,7 @@ mod tests {
         d.bars.push(BarDesc::mem64(3, 4096, false));
         assert!(matches!(
             d.config_space(),
-            Err(DeviceError::BadBar { index: 3, .. })
+            Err(PciError::BadBar { index: 3, .. })
         ));
     }
 }

@@ -1,14 +1,14 @@
 //! A second device on vfu and the PCI core, in well under 100 lines: a 4 KiB register file at
 //! BAR0 whose doorbell register (offset 0) raises INTx, and 64 KiB of memory at BAR2.
 //!
-//! `cargo run -p vgrace-device --example doorbell -- /tmp/doorbell.sock` serves it until
+//! `cargo run -p vfu-pci --example doorbell -- /tmp/doorbell.sock` serves it until
 //! Ctrl-C; any vfio-user client (QEMU's `vfio-user-pci`, `vgrace`'s client) can attach.
 
 use vfu::device::INTX_IRQ_INDEX;
 use vfu::server::{bind_socket, Server, ServerConfig, Shutdown};
-use vfu::Errno;
-use vgrace_device::pci::bar::BarDesc;
-use vgrace_device::pci::{Header, PciCore, PciDescription, PciVariant, Variant};
+use vfu::{Errno, Variant};
+use vfu_pci::BarDesc;
+use vfu_pci::{Header, PciCore, PciDescription, PciError};
 
 /// Writing any value here raises INTx.
 pub const DOORBELL: u64 = 0;
@@ -22,7 +22,7 @@ pub struct Doorbell {
 }
 
 /// A fresh device (vendor 0x1b36, a QEMU test id; class "other system peripheral").
-pub fn doorbell() -> Result<Doorbell, vgrace_device::DeviceError> {
+pub fn doorbell() -> Result<Doorbell, PciError> {
     let desc = PciDescription {
         header: Header {
             vendor_id: 0x1b36,
@@ -48,7 +48,8 @@ pub fn doorbell() -> Result<Doorbell, vgrace_device::DeviceError> {
 
 /// The core answers everything but BAR2 (and runs the lifecycle, the interrupts and the range
 /// checks); the doorbell hooks the core's BAR0 writes.
-impl PciVariant for Doorbell {
+impl Variant for Doorbell {
+    type Core = PciCore;
     fn core(&self) -> &PciCore {
         &self.core
     }
@@ -58,7 +59,7 @@ impl PciVariant for Doorbell {
     fn owns(&self, index: u32) -> bool {
         index == 2
     }
-    // `Variant` has checked the offset and clipped the access to the 64 KiB BAR.
+    // vfu has checked the offset and clipped the access to the 64 KiB BAR.
     fn owned_read(&mut self, _: u32, offset: u64, buf: &mut [u8]) -> Result<(), Errno> {
         let at = usize::try_from(offset).map_err(|_| Errno::EINVAL)?;
         buf.copy_from_slice(self.ram.get(at..at + buf.len()).ok_or(Errno::EINVAL)?);
@@ -84,6 +85,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .nth(1)
         .unwrap_or_else(|| "doorbell.sock".into());
     let (listener, _ours) = bind_socket(path.as_ref())?;
-    let mut server = Server::new(Variant(doorbell()?), ServerConfig::default());
+    let mut server = Server::new(doorbell()?, ServerConfig::default());
     Ok(server.serve(listener, &Shutdown::new()?)?)
 }

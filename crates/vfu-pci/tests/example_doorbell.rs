@@ -51,7 +51,7 @@ fn serve() -> Served {
     let stop = shutdown.clone();
     let device = doorbell::doorbell().unwrap();
     let thread = std::thread::spawn(move || {
-        Server::new(vgrace_device::pci::Variant(device), ServerConfig::default())
+        Server::new(device, ServerConfig::default())
             .serve(listener, &stop)
             .unwrap();
     });

@@ -6,12 +6,12 @@
 
 use vfu::device::ROM_REGION_INDEX;
 
-use crate::error::DeviceError;
+use crate::error::PciError;
 
 /// BAR flag: 64-bit memory BAR.
-pub const BAR_MEM_64: u64 = 0x4;
+pub(crate) const BAR_MEM_64: u64 = 0x4;
 /// BAR flag: prefetchable.
-pub const BAR_PREFETCH: u64 = 0x8;
+pub(crate) const BAR_PREFETCH: u64 = 0x8;
 
 /// 64-bit BAR pairs in a type 0 header: BAR0/1, BAR2/3, BAR4/5.
 const PAIRS: usize = 3;
@@ -24,7 +24,7 @@ pub struct BarDesc {
     pub index: u32,
     /// Size in bytes, a power of two: the sizing probe and REGION_INFO both report it.
     pub size: u64,
-    /// Low flag bits of the register ([`BAR_MEM_64`], [`BAR_PREFETCH`]).
+    /// Low flag bits of the register (64-bit 0x4, prefetchable 0x8).
     pub flags: u64,
 }
 
@@ -86,10 +86,10 @@ pub struct BarTable {
 impl BarTable {
     /// A table holding `descs`. Refuses an odd or out-of-range index, a size that is not a
     /// power of two, and two descriptors for the same BAR.
-    pub fn new(descs: &[BarDesc]) -> Result<Self, DeviceError> {
+    pub fn new(descs: &[BarDesc]) -> Result<Self, PciError> {
         let mut pairs = [None; PAIRS];
         for d in descs {
-            let bad = || DeviceError::BadBar {
+            let bad = || PciError::BadBar {
                 index: d.index,
                 size: d.size,
             };
@@ -184,10 +184,7 @@ mod tests {
                 BarDesc::mem64(2, 8192, true),
             ],
         ] {
-            assert!(matches!(
-                BarTable::new(&bad),
-                Err(DeviceError::BadBar { .. })
-            ));
+            assert!(matches!(BarTable::new(&bad), Err(PciError::BadBar { .. })));
         }
     }
 

@@ -4,46 +4,48 @@
 //! offers the pages that hold no computed register as sparse-mmap areas, as the kernel offers a
 //! BAR's pages outside its MSI-X table (`vfio_pci_ioctl_get_region_info`). The core clips
 //! accesses at the BAR end and keeps an MSI-X table and a variant's read-only registers out of it
-//! (see `pci::core`); variants put device-specific registers on top (`nvgrace::readiness`).
+//! (see [`crate::core`]); variants put device-specific registers on top (vgrace's readiness
+//! registers).
 
 use std::os::fd::BorrowedFd;
 
 use nix::fcntl::{fallocate, FallocateFlags};
 use tracing::warn;
 
-use crate::backing::Memory;
-use crate::config::Backing;
-use crate::error::DeviceError;
+use crate::error::MemfdError;
+use crate::memfd::SealedMemfd;
 
 /// A register file of a fixed size on a sparse memfd.
 #[derive(Debug)]
-pub struct RegFile {
-    memory: Memory,
+pub(crate) struct RegFile {
+    memory: SealedMemfd,
     size: u64,
 }
 
 impl RegFile {
     /// An all-zero register file of `size` bytes (nothing is allocated until written).
-    pub fn new(size: u64) -> Result<Self, DeviceError> {
+    pub(crate) fn new(size: u64) -> Result<Self, MemfdError> {
         Ok(Self {
-            memory: Memory::new(&Backing::Memfd, size)?,
+            // A BAR size is a power of two: a whole page at least, so a client's mapping of a
+            // small BAR cannot run past the end of the file.
+            memory: SealedMemfd::new("vfu-pci-bar0", size.max(4096), false)?,
             size,
         })
     }
 
     /// Its size in bytes (the BAR size).
-    pub fn size(&self) -> u64 {
+    pub(crate) fn size(&self) -> u64 {
         self.size
     }
 
     /// The memfd a client maps.
-    pub fn fd(&self) -> BorrowedFd<'_> {
+    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
         self.memory.fd()
     }
 
     /// Back to all zero (device reset): the pages are given back (a hole punched over the
     /// whole file), which a client's mapping sees at once.
-    pub fn reset(&mut self) {
+    pub(crate) fn reset(&mut self) {
         let Ok(len) = i64::try_from(self.size) else {
             return;
         };
@@ -63,14 +65,14 @@ impl RegFile {
 
     /// Reads `buf.len()` bytes at `offset`; `None` for an access that does not fit entirely
     /// below the size.
-    pub fn read(&self, offset: u64, buf: &mut [u8]) -> Option<usize> {
+    pub(crate) fn read(&self, offset: u64, buf: &mut [u8]) -> Option<usize> {
         self.check(offset, buf.len())?;
         self.memory.read(offset, buf).ok()?;
         Some(buf.len())
     }
 
     /// Writes `data` at `offset`; `None` as for [`RegFile::read`].
-    pub fn write(&mut self, offset: u64, data: &[u8]) -> Option<usize> {
+    pub(crate) fn write(&mut self, offset: u64, data: &[u8]) -> Option<usize> {
         self.check(offset, data.len())?;
         self.memory.write(offset, data).ok()?;
         Some(data.len())

@@ -5,18 +5,18 @@
 use super::bar::BarTable;
 
 /// Config space size (PCI Express extended space).
-pub const CONFIG_SIZE: usize = 4096;
+pub(crate) const CONFIG_SIZE: usize = 4096;
 /// First BAR register.
-pub const BAR_BASE: usize = 0x10;
+pub(crate) const BAR_BASE: usize = 0x10;
 /// Expansion ROM BAR register.
-pub const ROM_BAR: usize = 0x30;
+pub(crate) const ROM_BAR: usize = 0x30;
 
 /// Power management capability id.
-pub const CAP_PM: u8 = 0x01;
+pub(crate) const CAP_PM: u8 = 0x01;
 /// MSI-X capability id.
-pub const CAP_MSIX: u8 = 0x11;
+pub(crate) const CAP_MSIX: u8 = 0x11;
 /// PCI Express capability id.
-pub const CAP_EXP: u8 = 0x10;
+pub(crate) const CAP_EXP: u8 = 0x10;
 /// Designated vendor-specific extended capability id.
 pub const EXT_CAP_DVSEC: u16 = 0x23;
 

@@ -1,6 +1,7 @@
 //! The PCI core, our `vfio-pci-core`: one object that answers every VFIO region and IRQ index
-//! of a PCI function built from a [`PciDescription`]. A variant driver keeps a `PciCore`,
-//! answers the regions it owns and passes everything else here.
+//! of a PCI function built from a [`PciDescription`]. A variant (a [`vfu::Variant`] with
+//! `Core = PciCore`) keeps a `PciCore`, answers the regions it owns and leaves everything else
+//! here.
 //!
 //! What the core serves:
 //! - config space (region 7): the described header and capabilities, BAR registers with the
@@ -30,18 +31,18 @@ use vfu::device::{
     BAR0_REGION_INDEX, CONFIG_REGION_INDEX, ERR_IRQ_INDEX, INTX_IRQ_INDEX, PCI_NUM_IRQS,
     PCI_NUM_REGIONS, REQ_IRQ_INDEX, VGA_REGION_INDEX,
 };
-use vfu::{Device, DeviceInfo, Errno, IrqInfo, RegionInfo, SetIrqs, SparseArea};
+use vfu::{clip, Device, DeviceInfo, Errno, IrqInfo, RegionInfo, SetIrqs, SparseArea};
 
 use super::config_space::{ConfigSpace, CONFIG_SIZE};
 use super::description::{Capability, PciDescription, DEVCTL_INITIATE_FLR, EXP_DEVCTL, PM_PMCSR};
 use super::intrs::Interrupts;
 use super::regfile::RegFile;
-use crate::error::DeviceError;
+use crate::error::PciError;
 
 /// Offset of the COMMAND register.
 const COMMAND: usize = 0x04;
 /// COMMAND bit 1: memory space decode.
-pub(crate) const COMMAND_MEMORY: u16 = 1 << 1;
+pub const COMMAND_MEMORY: u16 = 1 << 1;
 /// COMMAND bit 2: bus master.
 const COMMAND_MASTER: u16 = 1 << 2;
 /// COMMAND bit 10: INTx disable.
@@ -85,7 +86,7 @@ pub struct PciCore {
 
 impl PciCore {
     /// Builds the function `desc` describes; fails if a BAR cannot be emulated.
-    pub fn new(desc: &PciDescription) -> Result<Self, DeviceError> {
+    pub fn new(desc: &PciDescription) -> Result<Self, PciError> {
         let config = desc.config_space()?;
         let bar0 = config
             .bars()
@@ -199,12 +200,6 @@ impl PciCore {
             return Err(Errno::EIO);
         }
         Ok(n)
-    }
-
-    /// The gate of a BAR that a variant serves itself (Blackwell's BAR1): EINVAL at or past its
-    /// end, EIO while memory space is disabled.
-    pub fn check_bar_access(&self, index: u32, offset: u64) -> Result<(), Errno> {
-        self.bar_access(index, offset, 1, true).map(|_| ())
     }
 
     /// Reads BAR `index` (any BAR the description declared).
@@ -432,17 +427,6 @@ fn fill_overlap(buf: &mut [u8], offset: u64, range: &Range<u64>, value: u8) {
     }
 }
 
-/// Bytes of an access of `len` at `offset` that a region of `size` serves, in the kernel's
-/// order: EINVAL when the access starts at or past the end (whatever `len`, so `offset + len`
-/// is never computed), else `len` clipped at the end.
-pub(crate) fn clip(size: u64, offset: u64, len: usize) -> Result<usize, Errno> {
-    if offset >= size {
-        return Err(Errno::EINVAL);
-    }
-    let room = size - offset;
-    Ok(usize::try_from(room).map_or(len, |r| r.min(len)))
-}
-
 impl Device for PciCore {
     fn device_info(&self) -> DeviceInfo {
         DeviceInfo {
@@ -551,8 +535,8 @@ mod tests {
     use vfu::device::ROM_REGION_INDEX;
 
     use super::*;
-    use crate::pci::bar::BarDesc;
-    use crate::pci::description::{Capability, Header};
+    use crate::bar::BarDesc;
+    use crate::description::{Capability, Header};
 
     /// A made-up network function with a 64 KiB BAR0 and a 1 MiB BAR2, no variant at all,
     /// opened as a client finds it.
@@ -699,13 +683,5 @@ mod tests {
         // No PCI Express capability: no error interrupt index at all.
         assert_eq!(d.irq_info(ERR_IRQ_INDEX), Err(Errno::EINVAL));
         assert!(d.irq_info(PCI_NUM_IRQS).is_err());
-    }
-
-    #[test]
-    fn clip_is_einval_at_the_end_whatever_the_count_then_clips() {
-        assert_eq!(clip(16, 16, 0), Err(Errno::EINVAL));
-        assert_eq!(clip(16, u64::MAX, usize::MAX), Err(Errno::EINVAL));
-        assert_eq!(clip(16, 12, usize::MAX), Ok(4));
-        assert_eq!(clip(u64::MAX, 0, 8), Ok(8));
     }
 }
