@@ -14,6 +14,7 @@ mod generate;
 mod host_view;
 mod kvfio;
 mod layout;
+mod libvirt;
 mod logging;
 mod mapping;
 mod node;
