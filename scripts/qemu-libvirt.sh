@@ -93,25 +93,10 @@ b = dict((x[0], x[1]) for x in g["bars"])
 print(b.get(2, 0), b.get(4, 0), g["numa_nodes"][1] - g["numa_nodes"][0] + 1)
 ')
 
-# The group libvirt runs QEMU with (Debian: libvirt-qemu), by number: the host has no such group.
-qemu_gid=$(chroot "$ROOT" id -g libvirt-qemu)
-RUST_LOG=${RUST_LOG:-info} "$VGRACE" serve --config "$work/node-host.toml" \
-  --socket-group "$qemu_gid" --socket-mode 0660 >"$work/vgrace.log" 2>&1 &
-vg_pid=$!
-for _ in $(seq 100); do
-  n=0; for i in $(seq 0 $((GPUS - 1))); do [ -S "$work/gpu$i.sock" ] && n=$((n + 1)); done
-  [ $n = "$GPUS" ] && break; sleep 0.1
-done
-[ $n = "$GPUS" ] || { log "vgrace serve did not start"; cat "$work/vgrace.log"; exit 1; }
-
 ok=1
 host_check() { # name ok detail
   if [ "$2" = 1 ]; then echo "VGRACE-HOST $1 PASS $3"; else echo "VGRACE-HOST $1 FAIL $3"; ok=0; fi
 }
-modes=$(stat -c '%g %a' "$work"/gpu*.sock | sort -u | tr '\n' ' ')
-[ "$modes" = "$qemu_gid 660 " ] && m=1 || m=0
-host_check socket-group-and-mode $m "sockets: gid and mode ${modes% } (libvirt-qemu is gid $qemu_gid in the chroot)"
-
 append="console=ttyS0 panic=-1 quiet vgrace.case=node vgrace.gpus=$GPUS vgrace.bar2=$BAR2 vgrace.bar4=$BAR4 vgrace.gis=$GIS"
 "$VGRACE" qemu-args --config "$work/node-guest.toml" --machine q35 --guest-mem 2G --format libvirt \
   --name "$NAME" --domain-type qemu --vcpus 2 --kernel "$inside/vmlinuz" --initrd "$inside/initrd.gz" \
@@ -137,6 +122,35 @@ if [ -x "$ROOT/usr/bin/virt-xml-validate" ]; then
 fi
 vsh define "$inside/domain.xml" >/dev/null && m=1 || m=0
 host_check virsh-define $m "domain $NAME"
+
+# Serves the node with the extra serve flags given, until every socket is there.
+serve() {
+  rm -f "$work"/gpu*.sock
+  RUST_LOG=${RUST_LOG:-info} "$VGRACE" serve --config "$work/node-host.toml" "$@" >>"$work/vgrace.log" 2>&1 &
+  vg_pid=$!
+  local n i
+  for _ in $(seq 100); do
+    n=0; for i in $(seq 0 $((GPUS - 1))); do [ -S "$work/gpu$i.sock" ] && n=$((n + 1)); done
+    [ $n = "$GPUS" ] && return 0; sleep 0.1
+  done
+  log "vgrace serve did not start"; cat "$work/vgrace.log"; exit 1
+}
+
+# Without a socket group the sockets are 0600, root's: libvirt's QEMU user cannot connect.
+serve
+err=$(vsh start "$NAME" 2>&1) && m=0 || m=1
+echo "$err" | grep -q 'Permission denied' || m=0
+vsh destroy "$NAME" >/dev/null 2>&1 || true
+host_check no-socket-group-no-start $m "virsh start refused: $(echo "$err" | grep -o "Failed to connect to '[^']*': Permission denied" | head -1)"
+stop_pid "$vg_pid" 50
+
+# The group libvirt runs QEMU with (Debian: libvirt-qemu), by number: the host has no such group.
+qemu_gid=$(chroot "$ROOT" id -g libvirt-qemu)
+serve --socket-group "$qemu_gid" --socket-mode 0660
+modes=$(stat -c '%g %a' "$work"/gpu*.sock | sort -u | tr '\n' ' ')
+[ "$modes" = "$qemu_gid 660 " ] && m=1 || m=0
+host_check socket-group-and-mode $m "sockets: gid and mode ${modes% } (libvirt-qemu is gid $qemu_gid in the chroot)"
+
 log "virsh start $NAME (TCG; the guest powers off after its checks)"
 t0=$(date +%s)
 if vsh start "$NAME" >/dev/null; then

@@ -22,8 +22,6 @@ use crate::units::human;
 
 /// libvirt's QEMU namespace (`<qemu:commandline>`, `<qemu:override>`).
 pub const QEMU_NS: &str = "http://libvirt.org/schemas/domain/qemu/1.0";
-/// UEFI for arm64 `virt` (Debian's qemu-efi-aarch64), as the text format's `-bios`.
-const VIRT_FIRMWARE: &str = "/usr/share/qemu-efi-aarch64/QEMU_EFI.fd";
 /// One root port per bus-0 slot from 1: q35 has its LPC/SATA/SMBus functions at 0x1f.
 pub const MAX_GPUS: usize = 30;
 
@@ -158,19 +156,17 @@ fn os(out: &mut String, n: &Node, d: &Domain) -> Result<()> {
         Machine::Q35 => "x86_64",
         Machine::Virt => "aarch64",
     };
-    out.push_str("  <os>\n");
+    if n.machine == Machine::Virt {
+        comment(out, "  ", "UEFI without secure boot (an unsigned kernel boots), which libvirt picks from the firmware the distribution describes (Debian: qemu-efi-aarch64): ACPI, and so the SRAT, needs it on arm64; a kernel still boots directly through fw_cfg.");
+        out.push_str("  <os firmware='efi'>\n    <firmware>\n      <feature enabled='no' name='secure-boot'/>\n    </firmware>\n");
+    } else {
+        out.push_str("  <os>\n");
+    }
     let _ = writeln!(
         out,
         "    <type arch='{arch}' machine='{}'>hvm</type>",
         n.machine.name()
     );
-    if n.machine == Machine::Virt {
-        comment(out, "    ", "UEFI (ACPI, and so the SRAT, needs it on arm64); the kernel still boots directly through fw_cfg.");
-        let _ = writeln!(
-            out,
-            "    <loader readonly='yes' type='rom'>{VIRT_FIRMWARE}</loader>"
-        );
-    }
     match &d.kernel {
         Some(kernel) => {
             let _ = writeln!(out, "    <kernel>{}</kernel>", escape(kernel)?);

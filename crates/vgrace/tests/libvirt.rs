@@ -315,8 +315,5 @@ fn libvirt_domain_for_a_link_down_gpu_has_one_cell_and_no_initiators() {
     assert!(elements(&doc, "override").is_empty());
     // No kernel given: a disk boot, and the UEFI firmware virt needs for ACPI.
     assert_eq!(elements(&doc, "boot")[0].attribute("dev"), Some("hd"));
-    assert!(elements(&doc, "loader")[0]
-        .text()
-        .unwrap()
-        .ends_with("QEMU_EFI.fd"));
+    assert_eq!(elements(&doc, "os")[0].attribute("firmware"), Some("efi"));
 }
