@@ -317,3 +317,32 @@ fn libvirt_domain_for_a_link_down_gpu_has_one_cell_and_no_initiators() {
     assert_eq!(elements(&doc, "boot")[0].attribute("dev"), Some("hd"));
     assert_eq!(elements(&doc, "os")[0].attribute("firmware"), Some("efi"));
 }
+
+/// docs/libvirt.md's example is exactly what its command prints.
+#[test]
+fn docs_libvirt_example_is_what_qemu_args_prints() {
+    let doc = include_str!("../../../docs/libvirt.md");
+    let start = doc
+        .find("```xml\n")
+        .expect("docs/libvirt.md has an xml block")
+        + "```xml\n".len();
+    let block = &doc[start..];
+    let block = &block[..block.find("```").unwrap()];
+    let xml = domain_xml(&[
+        "--socket",
+        "/run/vgrace/gpu0.sock",
+        "--mem-size",
+        "96G",
+        "--machine",
+        "q35",
+        "--name",
+        "gpu-vm",
+        "--kernel",
+        "/var/lib/libvirt/boot/vmlinuz",
+        "--initrd",
+        "/var/lib/libvirt/boot/initrd.img",
+        "--cmdline",
+        "console=ttyS0 root=/dev/vda1",
+    ]);
+    assert_eq!(block, xml, "docs/libvirt.md's example is stale");
+}
