@@ -28,7 +28,8 @@ pub enum Command {
     Layout(LayoutArgs),
     /// Connect to a vfio-user server that claims to be an nvgrace device and check the ABI rules.
     Check(CheckArgs),
-    /// Print the QEMU command-line pieces that attach this device to a guest.
+    /// Print the QEMU command-line pieces that attach this device to a guest (or a libvirt
+    /// domain XML, --format libvirt).
     QemuArgs(QemuArgsArgs),
     /// Drive a running server through its control socket: status, stats, faults, peek/poke,
     /// reset, events.
@@ -294,12 +295,13 @@ pub struct QemuArgsArgs {
     /// docs/libvirt.md).
     #[arg(long, value_enum, default_value = "text")]
     pub format: QemuArgsFormat,
-    /// The domain's settings (with --format libvirt).
-    #[command(flatten)]
-    pub libvirt: LibvirtArgs,
     /// The device.
     #[command(flatten)]
     pub device: DeviceArgs,
+    /// The domain's settings (with --format libvirt; last, as their help heading holds for
+    /// what follows).
+    #[command(flatten)]
+    pub libvirt: LibvirtArgs,
 }
 
 /// What `qemu-args` prints.
