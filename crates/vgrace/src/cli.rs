@@ -28,7 +28,8 @@ pub enum Command {
     Layout(LayoutArgs),
     /// Connect to a vfio-user server that claims to be an nvgrace device and check the ABI rules.
     Check(CheckArgs),
-    /// Print the QEMU command-line pieces that attach this device to a guest.
+    /// Print the QEMU command-line pieces that attach this device to a guest (or a libvirt
+    /// domain XML, --format libvirt).
     QemuArgs(QemuArgsArgs),
     /// Drive a running server through its control socket: status, stats, faults, peek/poke,
     /// reset, events.
@@ -315,9 +316,64 @@ pub struct QemuArgsArgs {
     /// L1 Grace host whose kernel runs the real driver on `serve --view host`).
     #[arg(long, value_enum, default_value = "vfio")]
     pub view: crate::view::View,
+    /// text (QEMU arguments, a comment before each group) or libvirt (a domain XML for `virsh
+    /// define`: native elements where libvirt has them, `<qemu:commandline>` for the rest;
+    /// docs/libvirt.md).
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: QemuArgsFormat,
     /// The device.
     #[command(flatten)]
     pub device: DeviceArgs,
+    /// The domain's settings (with --format libvirt; last, as their help heading holds for
+    /// what follows).
+    #[command(flatten)]
+    pub libvirt: LibvirtArgs,
+}
+
+/// What `qemu-args` prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum QemuArgsFormat {
+    /// QEMU arguments, a one-line comment before each group.
+    Text,
+    /// A libvirt domain XML.
+    Libvirt,
+}
+
+/// `qemu-args --format libvirt`: what a domain needs beyond the GPUs. Refused with the text
+/// format, which has no place for them.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Domain (--format libvirt)")]
+pub struct LibvirtArgs {
+    /// The domain's name [default: vgrace].
+    #[arg(long)]
+    pub name: Option<String>,
+    /// kvm, or qemu (TCG, no /dev/kvm needed) [default: kvm].
+    #[arg(long, value_enum)]
+    pub domain_type: Option<DomainType>,
+    /// Virtual CPUs, all in NUMA node 0 [default: 2].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub vcpus: Option<u32>,
+    /// Boot this kernel directly (`<os><kernel>`); else add a boot disk to `<devices>`.
+    #[arg(long, value_name = "PATH")]
+    pub kernel: Option<PathBuf>,
+    /// Its initramfs.
+    #[arg(long, value_name = "PATH", requires = "kernel")]
+    pub initrd: Option<PathBuf>,
+    /// Its command line.
+    #[arg(long, value_name = "ARGS", requires = "kernel")]
+    pub cmdline: Option<String>,
+    /// The serial console goes to this file (else to a pty, `virsh console`).
+    #[arg(long, value_name = "PATH")]
+    pub serial_log: Option<PathBuf>,
+}
+
+/// libvirt's domain type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DomainType {
+    /// Hardware virtualization (/dev/kvm).
+    Kvm,
+    /// QEMU's TCG emulation.
+    Qemu,
 }
 
 /// Device flags that change neither a layout nor the QEMU arguments: readiness timing, faults,

@@ -18,11 +18,6 @@ mod transcript;
 mod units;
 mod view;
 
-// guest/qemu_args.rs names these by their old paths; kept so that file's body stays as it is
-// while another branch edits it (drop them when that file's paths are updated).
-use guest::qemu_host;
-use node_file as config;
-
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -5,6 +5,7 @@
 pub mod acpi;
 pub mod host_view;
 pub mod layout;
+pub mod libvirt;
 pub mod node;
 pub mod qemu_args;
 pub mod qemu_host;

@@ -6,21 +6,33 @@
 use std::fmt::Write as _;
 use std::io::Write;
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use vgrace_device::Layout;
 
 use super::node::{node, Machine, Node, BAR0_SIZE, NODES_PER_GPU, VIRT_HIGHMEM_MMIO_DEFAULT};
-use crate::cli::QemuArgsArgs;
+use crate::cli::{QemuArgsArgs, QemuArgsFormat};
 use crate::dirs::absolute;
 use crate::units::{human, qemu_size};
 
 /// Prints the arguments (or JSON).
 pub fn run(args: &QemuArgsArgs) -> Result<()> {
+    let libvirt = args.format == QemuArgsFormat::Libvirt;
+    if let Some(flag) = super::libvirt::given(&args.libvirt).filter(|_| !libvirt) {
+        bail!("{flag} is for a libvirt domain: give --format libvirt too");
+    }
+    if libvirt && args.json {
+        bail!("--json is the text format's arguments as JSON; --format libvirt prints XML");
+    }
     if args.view == crate::view::View::Host {
-        return crate::qemu_host::run(args);
+        if libvirt {
+            bail!(
+                "--format libvirt is for the vfio view (the L1 host of --view host is text only)"
+            );
+        }
+        return super::qemu_host::run(args);
     }
     let gpus: Vec<(Layout, String)> = match &args.config {
-        Some(path) => crate::config::load(path)?
+        Some(path) => crate::node_file::load(path)?
             .into_iter()
             .map(|e| Ok((e.config.layout()?, absolute(&e.socket)?)))
             .collect::<Result<_>>()?,
@@ -35,8 +47,13 @@ pub fn run(args: &QemuArgsArgs) -> Result<()> {
         &refs,
         args.guest_mem,
     );
-    let items = items(&n);
     let mut out = crate::out::stdout();
+    if libvirt {
+        let domain = super::libvirt::Domain::from_args(&args.libvirt)?;
+        write!(out, "{}", super::libvirt::xml(&n, &domain)?)?;
+        return Ok(());
+    }
+    let items = items(&n);
     if args.json {
         let value = serde_json::json!({ "node": n, "args": argv(&items) });
         writeln!(out, "{}", serde_json::to_string_pretty(&value)?)?;
