@@ -175,15 +175,17 @@ fn qemu_args_guest_mem_is_validated_and_printed_for_qemu() {
     }
 }
 
-/// Papercut 4: a refused --device-id lists exactly the chosen profile's ids, and README and
-/// `--help` list the same ids per profile as the device model's table.
+/// A refused --device-id lists exactly the chosen profile's ids, and the docs (the command
+/// reference and the config reference) and `--help` list the same ids per profile as the device
+/// model's table.
 #[test]
-fn device_id_error_lists_the_profiles_ids_as_readme_and_help_do() {
+fn device_id_error_lists_the_profiles_ids_as_the_docs_and_help_do() {
     use vgrace_device::Profile;
     let squash = |t: &str| t.split_whitespace().collect::<Vec<_>>().join(" ");
     let help = vgrace(&["serve", "--help"]);
     let help = squash(&String::from_utf8_lossy(&help.stdout));
-    let readme = squash(include_str!("../../../README.md"));
+    let commands = squash(include_str!("../../../docs/commands.md"));
+    let config = squash(include_str!("../../../docs/config.md"));
     let all = [0x2342u16, 0x2343, 0x2345, 0x2348, 0x2941, 0x31c2];
     for profile in [Profile::Gh100, Profile::Gb200, Profile::Seed] {
         let ids: Vec<String> = profile
@@ -193,7 +195,11 @@ fn device_id_error_lists_the_profiles_ids_as_readme_and_help_do() {
             .collect();
         let listed = format!("{profile} {}", ids.join(", "));
         assert!(help.contains(&listed), "--help lacks `{listed}`: {help}");
-        assert!(readme.contains(&listed), "README lacks `{listed}`");
+        assert!(
+            commands.contains(&listed),
+            "docs/commands.md lacks `{listed}`"
+        );
+        assert!(config.contains(&listed), "docs/config.md lacks `{listed}`");
         let name = profile.to_string();
         for asked in ["0x1234", "0x2343", "0x2941"] {
             let out = vgrace(&["layout", "--profile", &name, "--device-id", asked]);
@@ -263,17 +269,17 @@ fn config_with_a_device_flag_is_refused_naming_the_flag() {
     assert!(out.status.success(), "{}", stderr_of(&out));
 }
 
-/// Papercut 8: README says what the guest scripts need before anyone runs them, and what it says
-/// about the mirror is what the scripts do.
+/// The docs say what the guest scripts need before anyone runs them, and what they say about the
+/// mirror is what the scripts do.
 #[test]
-fn readme_says_the_guest_scripts_need_root_apt_and_a_mirror() {
-    let readme = include_str!("../../../README.md");
+fn docs_say_the_guest_scripts_need_root_apt_and_a_mirror() {
+    let ci = include_str!("../../../docs/ci.md");
     let lib = include_str!("../../../scripts/qemu-setup-lib.sh");
-    let needs = readme
+    let needs = ci
         .find("need **root**, **apt** and a **Debian mirror**")
-        .expect("README names the requirements");
-    assert!(readme[..needs].contains("`scripts/qemu-e2e.sh`"));
-    let said = &readme[needs..];
+        .expect("docs/ci.md names the requirements");
+    assert!(ci[..needs].contains("`scripts/qemu-e2e.sh`"));
+    let said = &ci[needs..];
     assert!(said.contains("VGRACE_DEBIAN_MIRROR"));
     assert!(said.contains("/etc/apt/sources.list"));
     assert!(lib.contains("VGRACE_DEBIAN_MIRROR") && lib.contains("/etc/apt/sources.list"));
