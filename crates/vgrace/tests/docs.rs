@@ -421,8 +421,20 @@ fn documented_keys(reference: &str, heading: &str) -> BTreeSet<String> {
         .collect()
 }
 
+/// Fails naming the keys `listed` (in docs/config.md's `what`) lacks or has beyond `taken`.
+fn same_keys(listed: &BTreeSet<String>, taken: &BTreeSet<String>, what: &str) {
+    let missing: Vec<&String> = taken.difference(listed).collect();
+    let unknown: Vec<&String> = listed.difference(taken).collect();
+    assert!(
+        missing.is_empty() && unknown.is_empty(),
+        "docs/config.md, {what}: keys the file takes but it does not list: {missing:?}; \
+         keys it lists that the file refuses: {unknown:?}"
+    );
+}
+
 /// docs/config.md lists every key of the config file's tables and no other; its complete
-/// example uses each of them (the docs test serves that example, so every key there parses).
+/// example uses each of them (the docs test reads that example with `vgrace layout`), and
+/// dist/node.example.toml reads.
 #[test]
 fn config_reference_lists_exactly_the_keys_the_file_takes() {
     let reference = std::fs::read_to_string(repo().join("docs/config.md")).unwrap();
@@ -433,15 +445,15 @@ fn config_reference_lists_exactly_the_keys_the_file_takes() {
         top.contains("device") && dev.contains("socket"),
         "{top:?} {dev:?}"
     );
-    assert_eq!(
-        documented_keys(&reference, "## Top level"),
-        top,
-        "top-level keys"
+    same_keys(
+        &documented_keys(&reference, "## Top level"),
+        &top,
+        "its top-level table",
     );
-    assert_eq!(
-        documented_keys(&reference, "## [[device]]"),
-        dev,
-        "[[device]] keys"
+    same_keys(
+        &documented_keys(&reference, "## [[device]]"),
+        &dev,
+        "its [[device]] table",
     );
     let example = reference
         .split_once("```toml\n")
@@ -450,14 +462,22 @@ fn config_reference_lists_exactly_the_keys_the_file_takes() {
         .0;
     let example: toml::Table = toml::from_str(example).unwrap();
     let used: BTreeSet<String> = example.keys().cloned().collect();
-    assert_eq!(used, top, "the example's top-level keys");
+    same_keys(&used, &top, "its example's top level");
     let used: BTreeSet<String> = example["device"]
         .as_array()
         .unwrap()
         .iter()
         .flat_map(|d| d.as_table().unwrap().keys().cloned())
         .collect();
-    assert_eq!(used, dev, "the example's [[device]] keys");
+    same_keys(&used, &dev, "its example's [[device]] tables");
+    // The example the Debian package installs reads too.
+    let dist = repo().join("dist/node.example.toml");
+    let out = common::vgrace(&["layout", "--config", dist.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// The marker grammar itself: an unmarked block is refused, elisions match one or more lines.
