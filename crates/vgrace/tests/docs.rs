@@ -498,3 +498,28 @@ fn docs_markers_refuse_unmarked_blocks_and_match_elisions() {
     assert!(!shows(&["a", "...", "d"], &["a", "b", "c", "d"], false));
     assert!(!shows(&["a", "b"], &["a", "b", "c"], false));
 }
+
+/// README's contract: its first code block is the two commands a newcomer needs, the main job on
+/// the embedded default and the whole test suite, and CI runs that same test command.
+#[test]
+fn readme_opens_with_the_serve_and_test_commands_ci_runs() {
+    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    let first = readme
+        .split_once("```sh\n")
+        .and_then(|(_, rest)| rest.split_once("\n```"))
+        .expect("README has a sh block")
+        .0;
+    let commands: Vec<&str> = first
+        .lines()
+        .map(|l| l.split('#').next().unwrap().trim())
+        .collect();
+    assert_eq!(
+        commands,
+        ["cargo run --release -- serve", "cargo test --workspace"]
+    );
+    let ci = std::fs::read_to_string(repo().join(".ci/run")).unwrap();
+    assert!(
+        ci.lines().any(|l| l.trim() == "cargo test --workspace"),
+        ".ci/run does not run README's test command"
+    );
+}
