@@ -450,7 +450,7 @@ mod tests {
         assert!(parse("").is_err());
     }
 
-    /// Papercut 5: the file takes the command line's size rule (binary suffixes in any case,
+    /// The file takes the command line's size rule (binary suffixes in any case,
     /// `GB` refused) for both sizes.
     #[test]
     fn file_sizes_follow_the_command_line_rule() {

@@ -17,6 +17,24 @@ fn stderr_of(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// `vgrace ARGS` must exit with `code` and say why in exactly one line on stderr; returns it.
+fn refused(args: &[&str], code: i32) -> String {
+    let out = vgrace(args);
+    let err = stderr_of(&out);
+    let cmd = args.join(" ");
+    assert_eq!(out.status.code(), Some(code), "vgrace {cmd}: {err}");
+    assert_eq!(err.lines().count(), 1, "vgrace {cmd}: {err}");
+    err
+}
+
+/// `vgrace ARGS` must succeed; returns its stdout.
+fn succeeds(args: &[&str]) -> String {
+    let out = vgrace(args);
+    let cmd = args.join(" ");
+    assert!(out.status.success(), "vgrace {cmd}: {}", stderr_of(&out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// `vgrace serve --socket SOCKET --mem-size 3543348019 EXTRA...` (killed if a test fails before
 /// stopping it), once it answers on the socket (a stale socket file may exist before it binds).
 fn start(socket: &Path, extra: &[&str]) -> ServeChild {
@@ -41,24 +59,14 @@ fn serve_args<'a>(socket: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
 
 #[test]
 fn unknown_flag_is_one_line_and_exit_2() {
-    let out = vgrace(&["serve", "--no-such-flag"]);
-    assert_eq!(out.status.code(), Some(2));
-    assert_eq!(
-        stderr_of(&out).trim().lines().count(),
-        1,
-        "{}",
-        stderr_of(&out)
-    );
+    refused(&["serve", "--no-such-flag"], 2);
 }
 
-/// Papercut 1: clap's message keeps the missing argument's name and the usage line, on one line
-/// with exit code 2 (it used to stop at "not provided:").
+/// clap's message keeps the missing argument's name and the usage line, on one line with exit
+/// code 2 (it used to stop at "not provided:").
 #[test]
 fn missing_required_argument_is_named_with_the_usage() {
-    let out = vgrace(&["check"]);
-    assert_eq!(out.status.code(), Some(2));
-    let err = stderr_of(&out);
-    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    let err = refused(&["check"], 2);
     assert!(
         err.contains("the following required arguments were not provided: --socket <SOCKET>"),
         "{err}"
@@ -67,10 +75,7 @@ fn missing_required_argument_is_named_with_the_usage() {
         err.contains("usage: vgrace check --socket <SOCKET>"),
         "{err}"
     );
-    let out = vgrace(&["layout", "--profile", "foo"]);
-    assert_eq!(out.status.code(), Some(2));
-    let err = stderr_of(&out);
-    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    let err = refused(&["layout", "--profile", "foo"], 2);
     assert!(err.contains("invalid value 'foo' for '--profile"), "{err}");
     assert!(err.contains("expected gh100, gb200 or seed"), "{err}");
     let out = vgrace(&["serve", "--mem-sze", "4G"]);
@@ -81,7 +86,7 @@ fn missing_required_argument_is_named_with_the_usage() {
     );
 }
 
-/// Papercut 2: bare `vgrace` is a usage error as clap has it (help on stderr, exit 2);
+/// Bare `vgrace` is a usage error as clap has it (help on stderr, exit 2);
 /// `vgrace --help` is help on stdout with exit 0.
 #[test]
 fn bare_vgrace_is_a_usage_error_and_help_is_not() {
@@ -105,12 +110,11 @@ fn bare_vgrace_is_a_usage_error_and_help_is_not() {
 
 #[test]
 fn bad_size_is_refused_clearly() {
-    let out = vgrace(&["layout", "--mem-size", "12Q"]);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(stderr_of(&out).contains("12Q"), "{}", stderr_of(&out));
+    let err = refused(&["layout", "--mem-size", "12Q"], 2);
+    assert!(err.contains("12Q"), "{err}");
 }
 
-/// Papercut 5: size suffixes are binary in any case; `GB` and friends are refused with the
+/// Size suffixes are binary in any case; `GB` and friends are refused with the
 /// binary spelling to use, on the command line as in the TOML file.
 #[test]
 fn size_suffixes_are_binary_and_gb_is_refused() {
@@ -119,16 +123,12 @@ fn size_suffixes_are_binary_and_gb_is_refused() {
         ("96GiB", 96 << 30),
         ("98304m", 96 << 30),
     ] {
-        let out = vgrace(&["layout", "--json", "--mem-size", size]);
-        assert!(out.status.success(), "{size}: {}", stderr_of(&out));
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let out = succeeds(&["layout", "--json", "--mem-size", size]);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
         assert_eq!(v["mem_size"], bytes, "{size}");
     }
     for flag in ["--mem-size", "--bar1-size"] {
-        let out = vgrace(&["layout", flag, "96GB"]);
-        assert_eq!(out.status.code(), Some(2));
-        let err = stderr_of(&out);
-        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        let err = refused(&["layout", flag, "96GB"], 2);
         assert!(err.contains("write 96G or 96GiB"), "{err}");
         assert!(err.contains("byte count"), "{err}");
     }
@@ -139,19 +139,16 @@ fn size_suffixes_are_binary_and_gb_is_refused() {
         "[[device]]\nsocket = \"/tmp/gb.sock\"\nmem_size = \"96GB\"\n",
     )
     .unwrap();
-    let out = vgrace(&["layout", "--config", cfg.to_str().unwrap()]);
-    assert!(!out.status.success());
-    let err = stderr_of(&out);
+    let err = refused(&["layout", "--config", cfg.to_str().unwrap()], 1);
     assert!(
         err.contains("mem_size") && err.contains("write 96G or 96GiB"),
         "{err}"
     );
-    let help = vgrace(&["serve", "--help"]);
-    let help = String::from_utf8_lossy(&help.stdout);
+    let help = succeeds(&["serve", "--help"]);
     assert!(help.contains("KiB, MiB, GiB, TiB"), "{help}");
 }
 
-/// Papercut 3: --guest-mem is a size QEMU takes, printed in QEMU's form; garbage, `GB` and 0 are
+/// --guest-mem is a size QEMU takes, printed in QEMU's form; garbage, `GB` and 0 are
 /// refused with one line.
 #[test]
 fn qemu_args_guest_mem_is_validated_and_printed_for_qemu() {
@@ -160,30 +157,27 @@ fn qemu_args_guest_mem_is_validated_and_printed_for_qemu() {
         ("1536m", "size=1536M,"),
         ("1t", "size=1T,"),
     ] {
-        let out = vgrace(&["qemu-args", "--guest-mem", given, "--machine", "q35"]);
-        assert!(out.status.success(), "{given}: {}", stderr_of(&out));
-        let text = String::from_utf8_lossy(&out.stdout);
+        let text = succeeds(&["qemu-args", "--guest-mem", given, "--machine", "q35"]);
         assert!(text.contains(printed), "{given}: {text}");
     }
     for bad in ["8X", "8GB", "0", "lots", "8G8"] {
         let out = vgrace(&["qemu-args", "--guest-mem", bad]);
-        assert_eq!(out.status.code(), Some(2), "{bad}");
         assert!(out.stdout.is_empty(), "{bad}");
-        let err = stderr_of(&out);
-        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        let err = refused(&["qemu-args", "--guest-mem", bad], 2);
         assert!(err.contains("--guest-mem"), "{err}");
     }
 }
 
-/// Papercut 4: a refused --device-id lists exactly the chosen profile's ids, and README and
-/// `--help` list the same ids per profile as the device model's table.
+/// A refused --device-id lists exactly the chosen profile's ids, and the docs (the command
+/// reference and the config reference) and `--help` list the same ids per profile as the device
+/// model's table.
 #[test]
-fn device_id_error_lists_the_profiles_ids_as_readme_and_help_do() {
+fn device_id_error_lists_the_profiles_ids_as_the_docs_and_help_do() {
     use vgrace_device::Profile;
     let squash = |t: &str| t.split_whitespace().collect::<Vec<_>>().join(" ");
-    let help = vgrace(&["serve", "--help"]);
-    let help = squash(&String::from_utf8_lossy(&help.stdout));
-    let readme = squash(include_str!("../../../README.md"));
+    let help = squash(&succeeds(&["serve", "--help"]));
+    let commands = squash(include_str!("../../../docs/commands.md"));
+    let config = squash(include_str!("../../../docs/config.md"));
     let all = [0x2342u16, 0x2343, 0x2345, 0x2348, 0x2941, 0x31c2];
     for profile in [Profile::Gh100, Profile::Gb200, Profile::Seed] {
         let ids: Vec<String> = profile
@@ -193,18 +187,20 @@ fn device_id_error_lists_the_profiles_ids_as_readme_and_help_do() {
             .collect();
         let listed = format!("{profile} {}", ids.join(", "));
         assert!(help.contains(&listed), "--help lacks `{listed}`: {help}");
-        assert!(readme.contains(&listed), "README lacks `{listed}`");
+        assert!(
+            commands.contains(&listed),
+            "docs/commands.md lacks `{listed}`"
+        );
+        assert!(config.contains(&listed), "docs/config.md lacks `{listed}`");
         let name = profile.to_string();
         for asked in ["0x1234", "0x2343", "0x2941"] {
-            let out = vgrace(&["layout", "--profile", &name, "--device-id", asked]);
+            let args = ["layout", "--profile", &name, "--device-id", asked];
             let id = u16::from_str_radix(&asked[2..], 16).unwrap();
             if profile.device_ids().contains(&id) {
-                assert!(out.status.success(), "{name} {asked}: {}", stderr_of(&out));
+                succeeds(&args);
                 continue;
             }
-            assert!(!out.status.success(), "{name} {asked}");
-            let err = stderr_of(&out);
-            assert_eq!(err.trim().lines().count(), 1, "{err}");
+            let err = refused(&args, 1);
             assert!(err.contains(&ids.join(", ")), "{name} {asked}: {err}");
             for other in all.iter().filter(|i| !profile.device_ids().contains(i)) {
                 let other = format!("{other:#06x}");
@@ -217,8 +213,8 @@ fn device_id_error_lists_the_profiles_ids_as_readme_and_help_do() {
     }
 }
 
-/// Papercut 7: with --config the file describes the devices; a device flag given too used to be
-/// ignored silently and is now refused with one line naming it (serve, layout and qemu-args).
+/// With --config the file describes the devices; a device flag given too is refused with one
+/// line naming it (serve, layout and qemu-args), not ignored.
 #[test]
 fn config_with_a_device_flag_is_refused_naming_the_flag() {
     let dir = tempfile::tempdir().unwrap();
@@ -242,38 +238,29 @@ fn config_with_a_device_flag_is_refused_naming_the_flag() {
     ] {
         let mut args = vec![verb, "--config", cfg, flag];
         args.extend(value);
-        let out = vgrace(&args);
-        assert_eq!(out.status.code(), Some(2), "{verb} {flag}");
-        let err = stderr_of(&out);
-        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        let err = refused(&args, 2);
         assert!(
             err.contains(&format!("{flag} cannot be used with --config")),
             "{err}"
         );
         assert!(!socket.exists());
     }
-    let out = vgrace(&["serve", "--config", cfg, "--socket", "other.sock"]);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(
-        stderr_of(&out).contains("'--socket <SOCKET>'"),
-        "{}",
-        stderr_of(&out)
-    );
-    let out = vgrace(&["layout", "--config", cfg, "--json"]);
-    assert!(out.status.success(), "{}", stderr_of(&out));
+    let err = refused(&["serve", "--config", cfg, "--socket", "other.sock"], 2);
+    assert!(err.contains("'--socket <SOCKET>'"), "{err}");
+    succeeds(&["layout", "--config", cfg, "--json"]);
 }
 
-/// Papercut 8: README says what the guest scripts need before anyone runs them, and what it says
-/// about the mirror is what the scripts do.
+/// The docs say what the guest scripts need before anyone runs them, and what they say about the
+/// mirror is what the scripts do.
 #[test]
-fn readme_says_the_guest_scripts_need_root_apt_and_a_mirror() {
-    let readme = include_str!("../../../README.md");
+fn docs_say_the_guest_scripts_need_root_apt_and_a_mirror() {
+    let ci = include_str!("../../../docs/ci.md");
     let lib = include_str!("../../../scripts/qemu-setup-lib.sh");
-    let needs = readme
+    let needs = ci
         .find("need **root**, **apt** and a **Debian mirror**")
-        .expect("README names the requirements");
-    assert!(readme[..needs].contains("`scripts/qemu-e2e.sh`"));
-    let said = &readme[needs..];
+        .expect("docs/ci.md names the requirements");
+    assert!(ci[..needs].contains("`scripts/qemu-e2e.sh`"));
+    let said = &ci[needs..];
     assert!(said.contains("VGRACE_DEBIAN_MIRROR"));
     assert!(said.contains("/etc/apt/sources.list"));
     assert!(lib.contains("VGRACE_DEBIAN_MIRROR") && lib.contains("/etc/apt/sources.list"));
@@ -282,13 +269,8 @@ fn readme_says_the_guest_scripts_need_root_apt_and_a_mirror() {
 
 #[test]
 fn zero_stall_timeout_is_refused_clearly() {
-    let out = vgrace(&["serve", "--stall-timeout", "0s"]);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(
-        stderr_of(&out).contains("stall timeout must be above zero"),
-        "{}",
-        stderr_of(&out)
-    );
+    let err = refused(&["serve", "--stall-timeout", "0s"], 2);
+    assert!(err.contains("stall timeout must be above zero"), "{err}");
 }
 
 /// Every duration flag and config key: 2^64-1 s panicked (an `Instant` overflow) before.
@@ -301,23 +283,12 @@ fn huge_durations_are_one_line_errors_not_panics() {
         "--reset-ready-delay",
         "--stall-timeout",
     ] {
-        let out = vgrace(&["serve", flag, HUGE]);
-        let err = stderr_of(&out);
-        assert_eq!(out.status.code(), Some(2), "{flag}: {err}");
-        assert_eq!(err.trim().lines().count(), 1, "{flag}: {err}");
+        let err = refused(&["serve", flag, HUGE], 2);
         assert!(err.contains("longer than a day"), "{flag}: {err}");
     }
-    let out = vgrace(&[
-        "serve",
-        "--cxl",
-        "--profile",
-        "gb200",
-        "--cxl-active-delay",
-        HUGE,
-    ]);
-    assert_eq!(out.status.code(), Some(2), "{}", stderr_of(&out));
-    let out = vgrace(&["check", "--socket", "x.sock", "--ready-timeout", HUGE]);
-    assert_eq!(out.status.code(), Some(2), "{}", stderr_of(&out));
+    let cxl = ["--cxl", "--profile", "gb200", "--cxl-active-delay", HUGE];
+    refused(&[&["serve"][..], &cxl].concat(), 2);
+    refused(&["check", "--socket", "x.sock", "--ready-timeout", HUGE], 2);
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("node.toml");
     std::fs::write(
@@ -325,10 +296,7 @@ fn huge_durations_are_one_line_errors_not_panics() {
         format!("[[device]]\nsocket = \"gpu.sock\"\nready_timeout = \"{HUGE}\"\n"),
     )
     .unwrap();
-    let out = vgrace(&["serve", "--config", config.to_str().unwrap()]);
-    let err = stderr_of(&out);
-    assert_eq!(out.status.code(), Some(1), "{err}");
-    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    let err = refused(&["serve", "--config", config.to_str().unwrap()], 1);
     assert!(err.contains("longer than a day"), "{err}");
 }
 
@@ -351,10 +319,7 @@ fn socket_and_control_paths_too_long_to_connect_to_are_refused_at_start() {
             long.to_str().unwrap(),
         ],
     ] {
-        let out = vgrace(&args);
-        let err = stderr_of(&out);
-        assert_eq!(out.status.code(), Some(1), "{err}");
-        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        let err = refused(&args, 1);
         assert!(err.contains("no client could connect to it"), "{err}");
         assert!(!deep.exists() && !short.exists(), "{err}");
     }
@@ -364,9 +329,7 @@ fn socket_and_control_paths_too_long_to_connect_to_are_refused_at_start() {
 /// versions: the probe falls back to the core ops).
 #[test]
 fn zero_size_is_served_as_a_core_device() {
-    let out = vgrace(&["layout", "--mem-size", "0", "--profile", "gb200"]);
-    assert!(out.status.success(), "{}", stderr_of(&out));
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = succeeds(&["layout", "--mem-size", "0", "--profile", "gb200"]);
     assert!(text.contains("no memory regions"), "{text}");
     assert!(text.contains("C2C link is down"), "{text}");
     assert!(text.contains("real BAR1"), "{text}");
@@ -402,20 +365,13 @@ fn never_ready_device_is_not_served_from_6_14() {
 #[test]
 fn every_verb_has_help() {
     for verb in ["serve", "layout", "check", "qemu-args"] {
-        let out = vgrace(&[verb, "--help"]);
-        assert!(out.status.success(), "{verb} --help failed");
-        assert!(
-            String::from_utf8_lossy(&out.stdout).contains("Usage"),
-            "{verb}"
-        );
+        assert!(succeeds(&[verb, "--help"]).contains("Usage"), "{verb}");
     }
 }
 
 #[test]
 fn layout_json_reports_gh100_96g_split() {
-    let out = vgrace(&["layout", "--json"]);
-    assert!(out.status.success(), "{}", stderr_of(&out));
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&succeeds(&["layout", "--json"])).unwrap();
     let regions = v["regions"].as_array().unwrap();
     let bar4 = regions.iter().find(|r| r["bar"] == 4).unwrap();
     let bar2 = regions.iter().find(|r| r["bar"] == 2).unwrap();
@@ -427,10 +383,7 @@ fn layout_json_reports_gh100_96g_split() {
 
 #[test]
 fn unreadable_config_is_one_line() {
-    let out = vgrace(&["serve", "--config", "/nonexistent/vgrace.toml"]);
-    assert!(!out.status.success());
-    let err = stderr_of(&out);
-    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    let err = refused(&["serve", "--config", "/nonexistent/vgrace.toml"], 1);
     assert!(err.contains("/nonexistent/vgrace.toml"), "{err}");
 }
 
@@ -439,10 +392,7 @@ fn broken_config_is_one_line() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.toml");
     std::fs::write(&path, "[[device]]\nsocket = 3\n").unwrap();
-    let out = vgrace(&["serve", "--config", path.to_str().unwrap()]);
-    assert!(!out.status.success());
-    let err = stderr_of(&out);
-    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    refused(&["serve", "--config", path.to_str().unwrap()], 1);
 }
 
 /// A socket whose directory cannot be made (a regular file is in the way, which stops root too)
@@ -452,21 +402,13 @@ fn socket_whose_directory_cannot_be_made_is_one_line() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("file"), b"").unwrap();
     let socket = dir.path().join("file/run/gpu.sock");
-    let out = vgrace(&[
-        "serve",
-        "--socket",
-        socket.to_str().unwrap(),
-        "--mem-size",
-        "4G",
-    ]);
-    assert!(!out.status.success());
-    let err = stderr_of(&out);
-    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    let socket_arg = socket.to_str().unwrap();
+    let err = refused(&["serve", "--socket", socket_arg, "--mem-size", "4G"], 1);
     assert!(err.contains("cannot create directory"), "{err}");
     assert!(err.contains(socket.to_str().unwrap()), "{err}");
 }
 
-/// Papercut 6: README's TOML example on a fresh machine: the missing parents of the sockets and
+/// A config file on a fresh machine (as README's example is): the missing parents of the sockets and
 /// of a backing file are made (0755, one log line each) instead of failing.
 #[test]
 fn serve_creates_missing_socket_and_backing_directories() {
@@ -529,7 +471,7 @@ fn run_logged_command(log: &str, prefix: &str) -> Output {
     vgrace(&words[1..])
 }
 
-/// Papercut 9: started with a relative socket, serve names its absolute path and says how to
+/// Started with a relative socket, serve names its absolute path and says how to
 /// attach and check, with the flags that describe the device served; both commands work.
 #[test]
 fn serve_ready_line_shows_absolute_path_and_next_steps() {
@@ -627,19 +569,15 @@ fn live_socket_is_not_clobbered() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("gpu.sock");
     let _first = start(&socket, &[]);
-    let out = vgrace(&[
-        "serve",
-        "--socket",
-        socket.to_str().unwrap(),
-        "--mem-size",
-        "4G",
-    ]);
-    assert!(!out.status.success());
-    assert_eq!(
-        stderr_of(&out).trim().lines().count(),
+    refused(
+        &[
+            "serve",
+            "--socket",
+            socket.to_str().unwrap(),
+            "--mem-size",
+            "4G",
+        ],
         1,
-        "{}",
-        stderr_of(&out)
     );
     assert!(socket.exists());
 }
@@ -744,10 +682,7 @@ fn serve_on_an_inherited_listening_fd() {
 
 #[test]
 fn fd_that_is_not_open_is_one_line() {
-    let out = vgrace(&["serve", "--fd", "987", "--mem-size", "4G"]);
-    assert!(!out.status.success());
-    let err = stderr_of(&out);
-    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    let err = refused(&["serve", "--fd", "987", "--mem-size", "4G"], 1);
     assert!(err.contains("--fd 987"), "{err}");
 }
 
@@ -1061,17 +996,16 @@ fn check_json_is_one_document_with_rules_summary_cites_and_the_servers_version()
 fn check_exit_codes_and_versions_are_documented_and_kept() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("nobody.sock");
-    let out = vgrace(&["check", "--socket", socket.to_str().unwrap(), "--json"]);
-    assert_eq!(out.status.code(), Some(1));
+    let args = ["check", "--socket", socket.to_str().unwrap(), "--json"];
+    let out = vgrace(&args);
     assert!(
         out.stdout.is_empty(),
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
-    assert_eq!(stderr_of(&out).lines().count(), 1, "{}", stderr_of(&out));
+    refused(&args, 1);
 
-    let out = vgrace(&["check", "--help"]);
-    let help = String::from_utf8_lossy(&out.stdout);
+    let help = succeeds(&["check", "--help"]);
     for said in [
         "0  every rule passed",
         "1  a rule failed, or the check could not run",
@@ -1082,13 +1016,8 @@ fn check_exit_codes_and_versions_are_documented_and_kept() {
     ] {
         assert!(help.contains(said), "{said:?} not in:\n{help}");
     }
-    let out = vgrace(&["check", "--socket", "x", "--linux", "6.10"]);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(
-        stderr_of(&out).contains("expected 6.9, 6.14, 6.19 or 7.2"),
-        "{}",
-        stderr_of(&out)
-    );
+    let err = refused(&["check", "--socket", "x", "--linux", "6.10"], 2);
+    assert!(err.contains("expected 6.9, 6.14, 6.19 or 7.2"), "{err}");
 }
 
 fn four_gpu_node(dir: &Path) -> std::path::PathBuf {
@@ -1110,16 +1039,9 @@ fn four_gpu_node(dir: &Path) -> std::path::PathBuf {
 fn qemu_args_for_a_node_of_four_480g_gpus() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = four_gpu_node(dir.path());
-    let out = vgrace(&[
-        "qemu-args",
-        "--config",
-        cfg.to_str().unwrap(),
-        "--machine",
-        "virt",
-        "--json",
-    ]);
-    assert!(out.status.success(), "{}", stderr_of(&out));
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let cfg = cfg.to_str().unwrap();
+    let out = succeeds(&["qemu-args", "--config", cfg, "--machine", "virt", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["node"]["aperture"], 4u64 << 40);
     assert_eq!(v["node"]["gpus"].as_array().unwrap().len(), 4);
     let args: Vec<String> = v["args"]
@@ -1143,24 +1065,10 @@ fn qemu_args_for_a_node_of_four_480g_gpus() {
         .collect();
     assert_eq!(nodes.len(), 33);
     assert!(args.windows(2).any(|w| w[0] == "-m" && w[1] == "8G"));
-    let q35 = vgrace(&[
-        "qemu-args",
-        "--config",
-        cfg.to_str().unwrap(),
-        "--machine",
-        "q35",
-    ]);
-    let text = String::from_utf8_lossy(&q35.stdout);
+    let text = succeeds(&["qemu-args", "--config", cfg, "--machine", "q35"]);
     assert!(text.contains("pci-hole64-size=4T"), "{text}");
     assert!(text.contains("phys-bits=44"), "{text}");
-    let layout = vgrace(&[
-        "layout",
-        "--config",
-        cfg.to_str().unwrap(),
-        "--machine",
-        "virt",
-    ]);
-    let text = String::from_utf8_lossy(&layout.stdout);
+    let text = succeeds(&["layout", "--config", cfg, "--machine", "virt"]);
     assert!(text.contains("need 4 TiB"), "{text}");
 }
 

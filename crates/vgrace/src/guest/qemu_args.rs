@@ -434,33 +434,6 @@ mod tests {
         }
     }
 
-    /// README's `qemu-args` examples (abridged by trailing `# ...` lines) are what the code
-    /// prints: each block, without its abridgement, begins the real output.
-    #[test]
-    fn readme_qemu_args_examples_are_what_qemu_args_prints() {
-        let readme = include_str!("../../../../README.md");
-        let mut one = gpus(Machine::Q35, Profile::Gh100, 96 * GIB, 1);
-        one.gpus[0].socket = "/run/gpu0.sock".into();
-        let mut four = gpus(Machine::Virt, Profile::Gh100, 480 * GIB, 4);
-        for (i, g) in four.gpus.iter_mut().enumerate() {
-            g.socket = format!("/tmp/node/gpu{i}.sock");
-        }
-        for (first, n) in [("# 1 Grace GPU(s)", one), ("# 4 Grace GPU(s)", four)] {
-            let start = readme
-                .find(&format!("```text\n{first}"))
-                .unwrap_or_else(|| panic!("README has no example starting {first:?}"));
-            let block = &readme[start + "```text\n".len()..];
-            let block: Vec<&str> = block
-                .lines()
-                .take_while(|l| !l.starts_with("```"))
-                .filter(|l| !l.starts_with("# ..."))
-                .collect();
-            let printed = text(&items(&n));
-            let printed: Vec<&str> = printed.lines().take(block.len()).collect();
-            assert_eq!(block, printed, "README's example {first:?} is stale");
-        }
-    }
-
     fn four() -> Node {
         let l: Vec<Layout> = (0..4)
             .map(|_| {
