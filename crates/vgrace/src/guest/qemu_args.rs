@@ -9,7 +9,7 @@ use std::io::Write;
 use anyhow::{bail, Result};
 use vgrace_device::Layout;
 
-use super::node::{node, Machine, Node, BAR0_SIZE, NODES_PER_GPU, VIRT_HIGHMEM_MMIO_DEFAULT};
+use super::node::{node, Gpu, Machine, Node, BAR0_SIZE, NODES_PER_GPU, VIRT_HIGHMEM_MMIO_DEFAULT};
 use crate::cli::{QemuArgsArgs, QemuArgsFormat};
 use crate::dirs::absolute;
 use crate::units::{human, qemu_size};
@@ -112,13 +112,36 @@ fn shell_quote(word: &str) -> String {
 
 /// The arguments for `n`, a comment before each group.
 pub fn items(n: &Node) -> Vec<Item> {
-    let mut out = Vec::new();
-    let comment = |out: &mut Vec<Item>, s: String| out.push(Item::Comment(s));
-    let args = |a: &[&str]| Item::Args(a.iter().map(|s| (*s).to_string()).collect());
-    let count = n.gpus.len();
-    comment(
-        &mut out,
-        if n.aperture == 0 {
+    let mut out = Items(Vec::new());
+    out.header(n);
+    match n.machine {
+        Machine::Virt => out.virt(n),
+        Machine::Q35 => out.q35(n),
+    }
+    out.ram(n);
+    for (i, g) in n.gpus.iter().enumerate() {
+        out.gpu(i, g);
+    }
+    out.0
+}
+
+/// The list `items` builds, one group of the command line per method.
+struct Items(Vec<Item>);
+
+impl Items {
+    fn comment(&mut self, s: impl Into<String>) {
+        self.0.push(Item::Comment(s.into()));
+    }
+
+    fn args(&mut self, a: &[&str]) {
+        self.0
+            .push(Item::Args(a.iter().map(|s| (*s).to_string()).collect()));
+    }
+
+    /// What is served and how much aperture it takes.
+    fn header(&mut self, n: &Node) {
+        let count = n.gpus.len();
+        self.comment(if n.aperture == 0 {
             format!("{count} Grace GPU(s) served by `vgrace serve`; no 64-bit BARs (no device memory): the machine's default MMIO aperture will do.")
         } else {
             format!(
@@ -126,73 +149,81 @@ pub fn items(n: &Node) -> Vec<Item> {
                 human(n.aperture_needed),
                 human(n.aperture)
             )
-        },
-    );
-    comment(
-        &mut out,
-        "vfio-user-pci needs QEMU >= 10.1 and only accepts the JSON form.".into(),
-    );
-    match n.machine {
-        Machine::Virt => {
-            let mut machine = "virt,gic-version=max".to_string();
-            if n.aperture == 0 {
-                comment(&mut out, "arm64 virt: ACPI (SRAT) needs UEFI, else the guest boots from a device tree with one node.".into());
-            } else {
-                comment(&mut out, format!(
-                    "arm64 virt: highmem-mmio-size is the aperture (a power of two, at least QEMU's {} default); ACPI (SRAT) needs UEFI, else the guest boots from a device tree with one node.",
-                    human(VIRT_HIGHMEM_MMIO_DEFAULT)
-                ));
-                let _ = write!(machine, ",highmem-mmio-size={}", qemu_size(n.aperture));
-            }
-            out.push(args(&["-machine", &machine]));
-            comment(&mut out, "The CPU must reach the aperture: -cpu max does, 40-bit CPUs (cortex-a53) drop it silently.".into());
-            out.push(args(&["-cpu", "max"]));
-            comment(&mut out, "UEFI firmware (Debian's qemu-efi-aarch64); -kernel/-initrd still work through fw_cfg.".into());
-            out.push(args(&["-bios", "/usr/share/qemu-efi-aarch64/QEMU_EFI.fd"]));
-        }
-        Machine::Q35 => {
-            let bits = n.phys_bits.unwrap_or(44);
-            let cpu = format!("max,phys-bits={bits}");
-            if n.aperture == 0 {
-                comment(&mut out, format!("x86 q35 with QEMU's default 64-bit hole; phys-bits {bits} reach above RAM."));
-                out.push(args(&["-machine", "q35"]));
-            } else {
-                // Under SeaBIOS pci-hole64-size alone does not bound the BARs (QEMU 11.1): the
-                // firmware puts them at the top of the phys-bits address space and QEMU's _CRS
-                // grows the hole over what it programmed; a 64 GiB hole with phys-bits 44 still
-                // fits four 480 GiB GPUs. phys-bits is the bound, and the hole makes QEMU refuse
-                // one too small.
-                comment(&mut out, format!(
-                    "x86 q35: phys-bits {bits} give the aperture room above RAM (the firmware puts 64-bit BARs at the top); with pci-hole64-size QEMU refuses fewer bits than the aperture needs."
-                ));
-                let hole = format!("q35-pcihost.pci-hole64-size={}", qemu_size(n.aperture));
-                out.push(args(&["-machine", "q35", "-global", &hole]));
-            }
-            out.push(args(&["-cpu", &cpu]));
-        }
+        });
+        self.comment("vfio-user-pci needs QEMU >= 10.1 and only accepts the JSON form.");
     }
-    let ram = qemu_size(n.guest_mem);
-    comment(&mut out, "Guest RAM must be shareable: the server maps it through DMA_MAP fds. It is node 0's memdev (QEMU refuses -machine memory-backend with -numa memdev), and -m is its size (the memdevs must add up to -m).".into());
-    out.push(args(&["-m", &ram]));
-    out.push(args(&[
-        "-object",
-        &format!("memory-backend-memfd,id=ram0,size={ram},share=on"),
-    ]));
-    if n.numa_nodes > 1 {
-        comment(&mut out, format!(
-            "NUMA: node 0 holds CPUs and RAM; each GPU with memory gets {NODES_PER_GPU} memory-less nodes (nvidia,gpu-mem-pxm-start/-count), {} in all: the guest kernel needs CONFIG_NODES_SHIFT >= {} (Debian arm64 kernels have 4, amd64 10).",
-            n.numa_nodes, n.nodes_shift_needed
-        ));
-    } else {
-        comment(
-            &mut out,
-            "NUMA: node 0 holds CPUs and RAM; no GPU has memory, so none has NUMA nodes.".into(),
+
+    /// arm64 `virt`: the aperture is highmem-mmio-size, ACPI needs UEFI.
+    fn virt(&mut self, n: &Node) {
+        let mut machine = "virt,gic-version=max".to_string();
+        if n.aperture == 0 {
+            self.comment("arm64 virt: ACPI (SRAT) needs UEFI, else the guest boots from a device tree with one node.");
+        } else {
+            self.comment(format!(
+                "arm64 virt: highmem-mmio-size is the aperture (a power of two, at least QEMU's {} default); ACPI (SRAT) needs UEFI, else the guest boots from a device tree with one node.",
+                human(VIRT_HIGHMEM_MMIO_DEFAULT)
+            ));
+            let _ = write!(machine, ",highmem-mmio-size={}", qemu_size(n.aperture));
+        }
+        self.args(&["-machine", &machine]);
+        self.comment("The CPU must reach the aperture: -cpu max does, 40-bit CPUs (cortex-a53) drop it silently.");
+        self.args(&["-cpu", "max"]);
+        self.comment(
+            "UEFI firmware (Debian's qemu-efi-aarch64); -kernel/-initrd still work through fw_cfg.",
         );
+        self.args(&["-bios", "/usr/share/qemu-efi-aarch64/QEMU_EFI.fd"]);
     }
-    // Not also `-machine memory-backend=ram0`: QEMU refuses it next to `-numa memdev` ("'-machine
-    // memory-backend' and '-numa memdev' properties are mutually exclusive").
-    out.push(args(&["-numa", "node,nodeid=0,memdev=ram0"]));
-    for (i, g) in n.gpus.iter().enumerate() {
+
+    /// x86 `q35`: phys-bits bound where the firmware puts the BARs.
+    fn q35(&mut self, n: &Node) {
+        let bits = n.phys_bits.unwrap_or(44);
+        let cpu = format!("max,phys-bits={bits}");
+        if n.aperture == 0 {
+            self.comment(format!(
+                "x86 q35 with QEMU's default 64-bit hole; phys-bits {bits} reach above RAM."
+            ));
+            self.args(&["-machine", "q35"]);
+        } else {
+            // Under SeaBIOS pci-hole64-size alone does not bound the BARs (QEMU 11.1): the
+            // firmware puts them at the top of the phys-bits address space and QEMU's _CRS
+            // grows the hole over what it programmed; a 64 GiB hole with phys-bits 44 still
+            // fits four 480 GiB GPUs. phys-bits is the bound, and the hole makes QEMU refuse
+            // one too small.
+            self.comment(format!(
+                "x86 q35: phys-bits {bits} give the aperture room above RAM (the firmware puts 64-bit BARs at the top); with pci-hole64-size QEMU refuses fewer bits than the aperture needs."
+            ));
+            let hole = format!("q35-pcihost.pci-hole64-size={}", qemu_size(n.aperture));
+            self.args(&["-machine", "q35", "-global", &hole]);
+        }
+        self.args(&["-cpu", &cpu]);
+    }
+
+    /// Shared guest RAM as NUMA node 0.
+    fn ram(&mut self, n: &Node) {
+        let ram = qemu_size(n.guest_mem);
+        self.comment("Guest RAM must be shareable: the server maps it through DMA_MAP fds. It is node 0's memdev (QEMU refuses -machine memory-backend with -numa memdev), and -m is its size (the memdevs must add up to -m).");
+        self.args(&["-m", &ram]);
+        self.args(&[
+            "-object",
+            &format!("memory-backend-memfd,id=ram0,size={ram},share=on"),
+        ]);
+        if n.numa_nodes > 1 {
+            self.comment(format!(
+                "NUMA: node 0 holds CPUs and RAM; each GPU with memory gets {NODES_PER_GPU} memory-less nodes (nvidia,gpu-mem-pxm-start/-count), {} in all: the guest kernel needs CONFIG_NODES_SHIFT >= {} (Debian arm64 kernels have 4, amd64 10).",
+                n.numa_nodes, n.nodes_shift_needed
+            ));
+        } else {
+            self.comment(
+                "NUMA: node 0 holds CPUs and RAM; no GPU has memory, so none has NUMA nodes.",
+            );
+        }
+        // Not also `-machine memory-backend=ram0`: QEMU refuses it next to `-numa memdev` ("'-machine
+        // memory-backend' and '-numa memdev' properties are mutually exclusive").
+        self.args(&["-numa", "node,nodeid=0,memdev=ram0"]);
+    }
+
+    /// GPU `i`: its root port, the vfio-user-pci device, its NUMA nodes and initiators.
+    fn gpu(&mut self, i: usize, g: &Gpu) {
         let bars: Vec<String> = std::iter::once(format!("BAR0 {}", human(BAR0_SIZE)))
             .chain(
                 g.bars
@@ -208,18 +239,18 @@ pub fn items(n: &Node) -> Vec<Item> {
             qemu_size(BAR0_SIZE * 2)
         );
         if g.pref64_window == 0 {
-            comment(&mut out, format!(
+            self.comment(format!(
                 "{} ({}: {}) alone behind root port {} at 00.0; no 64-bit BARs, so no prefetchable window.",
                 g.id, g.device, bars.join(", "), g.root_port
             ));
         } else {
-            comment(&mut out, format!(
+            self.comment(format!(
                 "{} ({}: {}) alone behind root port {} at 00.0, where the guest driver looks for its SRAT entries; window {}.",
                 g.id, g.device, bars.join(", "), g.root_port, human(g.pref64_window)
             ));
             let _ = write!(port, ",pref64-reserve={}", qemu_size(g.pref64_window));
         }
-        out.push(args(&["-device", &port]));
+        self.args(&["-device", &port]);
         let device = serde_json::json!({
             "driver": "vfio-user-pci",
             "id": g.id,
@@ -227,29 +258,25 @@ pub fn items(n: &Node) -> Vec<Item> {
             "addr": "0.0",
             "socket": { "path": g.socket, "type": "unix" },
         });
-        out.push(args(&["-device", &device.to_string()]));
+        self.args(&["-device", &device.to_string()]);
         let Some((first, last)) = g.numa_nodes else {
-            continue;
+            return;
         };
-        comment(
-            &mut out,
-            format!(
+        self.comment(format!(
             "Nodes {first}-{last} for {}'s memory, each tied to it by an acpi-generic-initiator.",
             g.id
-        ),
-        );
+        ));
         for node in first..=last {
-            out.push(args(&["-numa", &format!("node,nodeid={node}")]));
-            out.push(args(&[
+            self.args(&["-numa", &format!("node,nodeid={node}")]);
+            self.args(&[
                 "-object",
                 &format!(
                     "acpi-generic-initiator,id=gi{node},pci-dev={},node={node}",
                     g.id
                 ),
-            ]));
+            ]);
         }
     }
-    out
 }
 
 #[cfg(test)]
