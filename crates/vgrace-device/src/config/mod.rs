@@ -310,47 +310,14 @@ impl GpuConfig {
     pub fn layout(&self) -> Result<Layout, DeviceError> {
         let size = self.mem_size;
         let base = self.mem_base;
-        let device_id = self.device_id.unwrap_or(self.profile.default_device_id());
-        if !self.profile.device_ids().contains(&device_id) {
-            // The error lists only the ids this profile takes: the others would be refused too.
-            let profile = self.profile.to_string();
-            let ids = self
-                .profile
-                .device_ids()
-                .iter()
-                .map(|i| format!("{i:#06x}"))
-                .collect::<Vec<_>>()
-                .join(", ");
-            return Err(if KNOWN_DEVICE_IDS.contains(&device_id) {
-                DeviceError::DeviceIdNotOfProfile {
-                    id: device_id,
-                    profile,
-                    ids,
-                }
-            } else {
-                DeviceError::UnknownDeviceId {
-                    id: device_id,
-                    profile,
-                    ids,
-                }
-            });
-        }
+        let device_id = self.checked_device_id()?;
         if self.cxl.is_some_and(|c| c.timeout_code > 7) {
             return Err(DeviceError::BadCxlTimeoutCode);
         }
         if self.cxl.is_some() && self.profile != Profile::Gb200 {
             return Err(DeviceError::CxlNeedsGb200);
         }
-        let bar1 = (self.profile == Profile::Gb200)
-            .then_some(self.bar1_size)
-            .map(|s| {
-                if s.is_power_of_two() && s >= 4096 {
-                    Ok(s)
-                } else {
-                    Err(DeviceError::BadBar1Size(s))
-                }
-            })
-            .transpose()?;
+        let bar1 = self.checked_bar1()?;
         let core_only = if !self.mem_properties {
             Some(CoreOnly::NoMemProperties)
         } else if size == 0 {
@@ -374,6 +341,71 @@ impl GpuConfig {
         }
         base.checked_add(size)
             .ok_or(DeviceError::Overflow { base, size })?;
+        let split = self.has_mig_hw_bug();
+        let regions = self.mem_regions(split)?;
+        Ok(Layout {
+            profile: self.profile,
+            device_id,
+            mem_size: size,
+            mem_base: base,
+            linux: self.linux,
+            core_only: None,
+            // With resmem at region 2, the variant hides BAR1 there.
+            bar1_size: bar1.filter(|_| !split),
+            poisoned: self.checked_poison(&regions)?,
+            cxl: self.cxl,
+            regions,
+        })
+    }
+
+    /// The device id asked for (or the profile's), refused unless the profile takes it.
+    fn checked_device_id(&self) -> Result<u16, DeviceError> {
+        let device_id = self.device_id.unwrap_or(self.profile.default_device_id());
+        if self.profile.device_ids().contains(&device_id) {
+            return Ok(device_id);
+        }
+        // The error lists only the ids this profile takes: the others would be refused too.
+        let profile = self.profile.to_string();
+        let ids = self
+            .profile
+            .device_ids()
+            .iter()
+            .map(|i| format!("{i:#06x}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        Err(if KNOWN_DEVICE_IDS.contains(&device_id) {
+            DeviceError::DeviceIdNotOfProfile {
+                id: device_id,
+                profile,
+                ids,
+            }
+        } else {
+            DeviceError::UnknownDeviceId {
+                id: device_id,
+                profile,
+                ids,
+            }
+        })
+    }
+
+    /// Blackwell's BAR1 size (none on other profiles): a power of two of at least 4 KiB.
+    fn checked_bar1(&self) -> Result<Option<u64>, DeviceError> {
+        (self.profile == Profile::Gb200)
+            .then_some(self.bar1_size)
+            .map(|s| {
+                if s.is_power_of_two() && s >= 4096 {
+                    Ok(s)
+                } else {
+                    Err(DeviceError::BadBar1Size(s))
+                }
+            })
+            .transpose()
+    }
+
+    /// The memory regions: usemem alone, or resmem at region 2 and usemem at 4 when `split`
+    /// (the MIG hardware bug).
+    fn mem_regions(&self, split: bool) -> Result<Vec<MemRegionLayout>, DeviceError> {
+        let (size, base) = (self.mem_size, self.mem_base);
         let region = |index: u32,
                       kind: MemKind,
                       memlength: u64,
@@ -393,8 +425,7 @@ impl GpuConfig {
                 base_pa: base + fd_offset,
             })
         };
-        let split = self.has_mig_hw_bug();
-        let regions = match (self.profile, split) {
+        Ok(match (self.profile, split) {
             (Profile::Seed, _) => vec![region(2, MemKind::Usemem, size, 0)?],
             (_, true) => {
                 let rest = size
@@ -410,19 +441,6 @@ impl GpuConfig {
                 ]
             }
             (_, false) => vec![region(4, MemKind::Usemem, size, 0)?],
-        };
-        Ok(Layout {
-            profile: self.profile,
-            device_id,
-            mem_size: size,
-            mem_base: base,
-            linux: self.linux,
-            core_only: None,
-            // With resmem at region 2, the variant hides BAR1 there.
-            bar1_size: bar1.filter(|_| !split),
-            poisoned: self.checked_poison(&regions)?,
-            cxl: self.cxl,
-            regions,
         })
     }
 }
