@@ -1170,3 +1170,23 @@ fn layout_and_qemu_args_help_list_only_the_flags_that_change_their_output() {
         assert!(help.contains(flag), "serve --help misses {flag}");
     }
 }
+
+/// `layout --config` heads each GPU with the id the file gives it (what `vgrace ctl` names), and
+/// says which QEMU id stands for it when the two differ.
+#[test]
+fn layout_of_a_node_names_each_gpu_by_its_file_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("node.toml");
+    std::fs::write(
+        &cfg,
+        "[[device]]\nid = \"hopper\"\nsocket = \"/tmp/vgrace-ids/a.sock\"\nmem_size = \"2G\"\n\n\
+         [[device]]\nsocket = \"/tmp/vgrace-ids/b.sock\"\nmem_size = \"2G\"\n",
+    )
+    .unwrap();
+    let text = succeeds(&["layout", "--config", cfg.to_str().unwrap()]);
+    assert!(
+        text.contains("== hopper (QEMU id gpu0) on /tmp/vgrace-ids/a.sock"),
+        "{text}"
+    );
+    assert!(text.contains("== gpu1 on /tmp/vgrace-ids/b.sock"), "{text}");
+}

@@ -34,6 +34,7 @@ fn run_node(path: &std::path::Path, args: &LayoutArgs, out: &mut impl Write) -> 
         .iter()
         .map(|e| Ok((e.config.layout()?, e.socket.display().to_string())))
         .collect::<Result<_>>()?;
+    let ids: Vec<&str> = entries.iter().map(|e| e.id.as_str()).collect();
     let refs: Vec<(&Layout, String)> = layouts.iter().map(|(l, s)| (l, s.clone())).collect();
     // Guest RAM only shifts q35's 64-bit hole; 8 GiB is qemu-args' default.
     let machine = args
@@ -46,11 +47,16 @@ fn run_node(path: &std::path::Path, args: &LayoutArgs, out: &mut impl Write) -> 
         writeln!(out, "{}", serde_json::to_string_pretty(&value)?)?;
         return Ok(());
     }
-    for ((layout, socket), gpu) in layouts.iter().zip(&node.gpus) {
+    for (((layout, socket), gpu), id) in layouts.iter().zip(&node.gpus).zip(ids) {
+        // The file's id is what `vgrace ctl` names; QEMU's device id is the node's own.
+        let name = if id == gpu.id {
+            id.to_string()
+        } else {
+            format!("{id} (QEMU id {})", gpu.id)
+        };
         writeln!(
             out,
-            "== {} on {socket}: behind root port {}, window {}, {}",
-            gpu.id,
+            "== {name} on {socket}: behind root port {}, window {}, {}",
             gpu.root_port,
             human(gpu.pref64_window),
             gpu.numa_nodes.map_or_else(
