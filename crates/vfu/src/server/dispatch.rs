@@ -136,10 +136,9 @@ impl Session {
         if theirs.twin_socket.is_some() {
             match UnixStream::pair() {
                 Ok((ours, theirs_end)) => {
-                    self.dma.set_channel(Some(crate::dma::DmaChannel::new(
-                        ours,
-                        caps.max_data_xfer_size,
-                    )));
+                    let channel =
+                        super::dma_channel::DmaChannel::new(ours, caps.max_data_xfer_size);
+                    self.dma.set_channel(Some(Box::new(channel)));
                     caps.twin_socket = Some(0);
                     client_end = Some(OwnedFd::from(theirs_end));
                 }

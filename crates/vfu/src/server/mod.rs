@@ -4,6 +4,7 @@
 mod accept;
 mod controls;
 mod dispatch;
+mod dma_channel;
 pub mod observe;
 mod session;
 mod shutdown;
