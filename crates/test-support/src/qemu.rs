@@ -551,6 +551,14 @@ impl Checks {
         (on.iter().filter(|c| c.pass).count(), on.len())
     }
 
+    /// The guest's verdict as it printed it (`PASS 15/15`), or `no verdict`.
+    pub fn verdict(&self) -> String {
+        match &self.guest_result {
+            Some((pass, counts)) => format!("{} {counts}", if *pass { "PASS" } else { "FAIL" }),
+            None => "no verdict".into(),
+        }
+    }
+
     /// `guest 15/15, host 7/7`.
     pub fn summary(&self) -> String {
         let (gp, gn) = self.count(Side::Guest);
