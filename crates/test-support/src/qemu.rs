@@ -566,11 +566,19 @@ impl Checks {
         format!("guest {gp}/{gn}, host {hp}/{hn}")
     }
 
+    /// True when the guest printed `VGRACE-RESULT PASS`.
+    pub fn guest_passed(&self) -> bool {
+        matches!(self.guest_result, Some((true, _)))
+    }
+
+    /// True when at least one check ran and none failed.
+    pub fn none_failed(&self) -> bool {
+        !self.all.is_empty() && self.failed().is_empty()
+    }
+
     /// True when the guest said PASS, at least one check ran and none failed.
     pub fn all_passed(&self) -> bool {
-        matches!(self.guest_result, Some((true, _)))
-            && !self.all.is_empty()
-            && self.failed().is_empty()
+        self.guest_passed() && self.none_failed()
     }
 }
 

@@ -629,7 +629,7 @@ fn guest_sees_the_device_and_the_host_sees_the_guest() {
     finish(
         &format!("qemu-e2e {}", case.profile),
         &checks,
-        status.is_ok(),
+        status.is_ok() && checks.guest_passed(),
         &text,
         &server.log(),
     );

@@ -108,6 +108,13 @@ impl QemuGpu {
     }
 }
 
+/// A `qemu-args` option value that belongs to a GPU's NUMA nodes: its generic initiators and
+/// their memory-less nodes (node 0 holds the CPUs and the RAM).
+pub fn gpu_numa_arg(value: &str) -> bool {
+    value.starts_with("acpi-generic-initiator")
+        || (value.starts_with("node,nodeid=") && !value.starts_with("node,nodeid=0,"))
+}
+
 /// `vgrace check --json`: the rules and the summary.
 #[derive(Debug, Deserialize)]
 pub struct CheckReport {
@@ -177,12 +184,12 @@ pub fn serve(args: &[String], sockets: &[&Path]) -> ServeChild {
 }
 
 /// The end of a run: prints every check and `<name>: guest p/n, host p/n`, and on failure the
-/// console, QEMU's stderr and vgrace's log; panics unless `ok` and every check passed.
+/// console and vgrace's log; panics unless `ok`, a check ran and none failed.
 pub fn finish(name: &str, checks: &Checks, ok: bool, console: &str, serve_log: &str) {
     for c in &checks.all {
         println!("{c}");
     }
-    let passed = ok && checks.all_passed();
+    let passed = ok && checks.none_failed();
     println!(
         "{name}: {} ({})",
         checks.summary(),
