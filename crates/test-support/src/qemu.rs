@@ -230,9 +230,21 @@ impl RunDir {
         init: &str,
         files: &[&str],
     ) -> Result<(String, String), QemuError> {
+        self.make_guest_with(chroot, &[], init, files)
+    }
+
+    /// [`RunDir::make_guest`] with qemu-guest.sh's options first (`--bin FILE`, `--acpi AML`).
+    pub fn make_guest_with(
+        &self,
+        chroot: &Chroot,
+        options: &[&std::ffi::OsStr],
+        init: &str,
+        files: &[&str],
+    ) -> Result<(String, String), QemuError> {
         let guest = scripts_dir().join("guest");
         let status = Command::new("bash")
             .arg(scripts_dir().join("qemu-guest.sh"))
+            .args(options)
             .arg(chroot.busybox())
             .arg(self.host(""))
             .arg(guest.join(init))
@@ -385,11 +397,33 @@ impl Drop for Vm {
     }
 }
 
-/// A file's text, `\r` removed (a serial console ends lines with `\r\n`), empty if unreadable.
+/// A file's text as lines a parser can trust: `\r` removed (a serial console ends lines with
+/// `\r\n`) and terminal control sequences too (UEFI clears the screen with `ESC [ 2 J` and friends
+/// right before the guest's first line); empty if unreadable.
 fn read_lossy(path: &Path) -> String {
-    std::fs::read(path)
-        .map(|b| String::from_utf8_lossy(&b).replace('\r', ""))
-        .unwrap_or_default()
+    let text = std::fs::read(path)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
+    strip_control(&text)
+}
+
+/// `text` without `\r` and without CSI sequences (`ESC [`, parameter bytes, one final byte in
+/// `@`..=`~`); a lone ESC goes too.
+fn strip_control(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\r' => {}
+            '\x1b' => {
+                if chars.next_if_eq(&'[').is_some() {
+                    while chars.next().is_some_and(|p| !('@'..='~').contains(&p)) {}
+                }
+            }
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// A guest's serial console log, as QEMU writes it.
@@ -566,9 +600,17 @@ impl Checks {
         format!("guest {gp}/{gn}, host {hp}/{hn}")
     }
 
-    /// True when the guest printed `VGRACE-RESULT PASS`.
+    /// True when the guest printed `VGRACE-RESULT PASS p/n` and `n` is the number of its checks
+    /// parsed here (a check line the parser missed is a failure, not a smaller count).
     pub fn guest_passed(&self) -> bool {
-        matches!(self.guest_result, Some((true, _)))
+        let Some((true, counts)) = &self.guest_result else {
+            return false;
+        };
+        let total = counts
+            .split('/')
+            .nth(1)
+            .and_then(|n| n.parse::<usize>().ok());
+        total == Some(self.count(Side::Guest).1)
     }
 
     /// True when at least one check ran and none failed.
@@ -847,6 +889,14 @@ mod tests {
             !Checks::parse("VGRACE-RESULT PASS 0/0\n").all_passed(),
             "no checks"
         );
+    }
+
+    #[test]
+    fn console_text_loses_carriage_returns_and_terminal_escapes() {
+        let raw = "\x1b[2J\x1b[001;001H\x1b[=3hVGRACE-CHECK a PASS x\r\nnext\x1b\r\n";
+        assert_eq!(strip_control(raw), "VGRACE-CHECK a PASS x\nnext\n");
+        let checks = Checks::parse(&strip_control(raw));
+        assert_eq!(checks.all.len(), 1);
     }
 
     #[test]

@@ -634,3 +634,33 @@ fn guest_sees_the_device_and_the_host_sees_the_guest() {
         &server.log(),
     );
 }
+
+#[test]
+fn realize_sequence_needs_version_first_then_info_region_info_and_config_reads() {
+    let line = |dir: &str, cmd: &str, region: Option<u32>| TraceLine {
+        dir: dir.into(),
+        cmd: Some(cmd.into()),
+        event: None,
+        region,
+        offset: None,
+        us: None,
+    };
+    let good = vec![
+        line("in", "VERSION", None),
+        line("out", "VERSION", None),
+        line("in", "DEVICE_GET_INFO", None),
+        line("in", "DEVICE_GET_REGION_INFO", Some(0)),
+        line("in", "DEVICE_GET_REGION_INFO", Some(1)),
+        line("in", "REGION_READ", Some(7)),
+    ];
+    let (ok, detail) = realize_sequence(&good);
+    assert!(ok, "{detail}");
+    assert_eq!(
+        detail,
+        "first messages: VERSION, DEVICE_GET_INFO, DEVICE_GET_REGION_INFO x2, REGION_READ region=7, ..."
+    );
+    let mut late_info = good;
+    late_info.swap(2, 5);
+    assert!(!realize_sequence(&late_info).0);
+    assert!(!realize_sequence(&[line("in", "DEVICE_GET_INFO", None)]).0);
+}

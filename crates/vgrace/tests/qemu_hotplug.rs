@@ -297,3 +297,53 @@ fn hot_add_works_and_hot_unplug_is_the_known_qemu_abort() {
     let verdict_ok = checks.guest_result.is_none() || checks.guest_passed();
     finish("qemu-hotplug", &checks, verdict_ok, &text, &server.log());
 }
+
+#[test]
+fn the_device_leaves_qemu_args_for_device_add_and_its_root_port_stays_empty() {
+    let qemu: QemuArgs = vgrace_json(&[
+        "qemu-args",
+        "--socket",
+        "/tmp/g.sock",
+        "--mem-size",
+        MEM_SIZE,
+        "--machine",
+        "q35",
+        "--guest-mem",
+        GUEST_MEM,
+        "--json",
+    ])
+    .unwrap();
+    let (boot, dev) = split_args(&qemu).unwrap();
+    assert_eq!(
+        (dev["driver"].as_str(), dev["id"].as_str()),
+        (Some("vfio-user-pci"), Some("gpu0"))
+    );
+    assert_eq!(dev["socket"]["path"], "/tmp/g.sock");
+    assert!(
+        boot.iter().any(|a| a.starts_with("pcie-root-port,")),
+        "{boot:?}"
+    );
+    assert!(
+        !boot
+            .iter()
+            .any(|a| a.contains("vfio-user-pci") || a.contains("generic-initiator")),
+        "{boot:?}"
+    );
+    assert!(
+        boot.iter().any(|a| a == "node,nodeid=0,memdev=ram0"),
+        "{boot:?}"
+    );
+    assert!(
+        !boot.iter().any(|a| a.starts_with("node,nodeid=1")),
+        "{boot:?}"
+    );
+    let mut two = qemu;
+    let device = two
+        .args
+        .iter()
+        .position(|a| a.contains("vfio-user-pci"))
+        .unwrap();
+    two.args
+        .extend(["-device".to_string(), two.args[device].clone()]);
+    assert!(split_args(&two).is_err(), "two devices");
+}

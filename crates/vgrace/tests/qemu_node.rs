@@ -432,3 +432,47 @@ fn node_arm64_virt_four_gpus_boot() {
         &server.log(),
     );
 }
+
+#[test]
+fn gpu_arguments_are_dropped_and_the_aperture_replaced() {
+    let args: Vec<String> = [
+        "-machine",
+        "q35",
+        "-global",
+        "q35-pcihost.pci-hole64-size=4T",
+        "-cpu",
+        "max,phys-bits=46",
+        "-numa",
+        "node,nodeid=0,memdev=ram0",
+        "-device",
+        "pcie-root-port,id=rp0,bus=pcie.0",
+        "-device",
+        r#"{"driver":"vfio-user-pci","id":"gpu0"}"#,
+        "-numa",
+        "node,nodeid=1",
+        "-object",
+        "acpi-generic-initiator,id=gi1,pci-dev=gpu0,node=1",
+        "-numa",
+        "node,nodeid=12",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    assert_eq!(
+        without_gpus(&args),
+        [
+            "-machine",
+            "q35",
+            "-global",
+            "q35-pcihost.pci-hole64-size=4T",
+            "-cpu",
+            "max,phys-bits=46",
+            "-numa",
+            "node,nodeid=0,memdev=ram0"
+        ]
+    );
+    let small = small_aperture(&args);
+    assert_eq!(small[3], "q35-pcihost.pci-hole64-size=64G");
+    assert_eq!(small[5], "max,phys-bits=42");
+    assert_eq!(small[7..], args[7..]);
+}
