@@ -431,7 +431,7 @@ fn reply_delay_checks(checks: &mut Checks, console: &str, socket: &Path) {
         "QEMU called vgrace's late reply unexpected",
     );
     // vgrace outlives the broken session: a new client is served (identity and BAR0 rules pass).
-    let (ok, detail) = match CheckReport::run(socket) {
+    let (ok, detail) = match CheckReport::run_when_free(socket, Duration::from_secs(10)) {
         Ok(r) => (
             r.serves_a_new_client(),
             format!(
@@ -614,7 +614,7 @@ fn guest_sees_the_device_and_the_host_sees_the_guest() {
     // `vfio_pci_pre_reset`, then a reset). The next client gets a freshly opened device
     // (`vfio_pci_core_enable`), so the conformance client passes against the same server without
     // a restart. (It writes memory, so it runs after the backing file check.)
-    let (ok, detail) = match CheckReport::run(&socket) {
+    let (ok, detail) = match CheckReport::run_when_free(&socket, Duration::from_secs(10)) {
         Ok(r) if r.failures().is_empty() && r.summary.passed > 0 => (
             true,
             format!(

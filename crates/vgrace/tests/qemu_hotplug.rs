@@ -257,7 +257,7 @@ fn hot_add_works_and_hot_unplug_is_the_known_qemu_abort() {
     );
 
     // vgrace outlives its client in every case.
-    let report = CheckReport::run(&host_socket);
+    let report = CheckReport::run_when_free(&host_socket, Duration::from_secs(10));
     let serving = server.alive() && report.as_ref().is_ok_and(CheckReport::serves_a_new_client);
     let detail = report.map_or_else(
         |e| e,

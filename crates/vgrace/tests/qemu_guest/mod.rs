@@ -155,6 +155,21 @@ impl CheckReport {
         })
     }
 
+    /// [`CheckReport::run`] once the server has let its last client go: it answers a second
+    /// client EBUSY while it still holds the first (QEMU that just died), so that is retried for
+    /// up to `limit`.
+    pub fn run_when_free(socket: &Path, limit: Duration) -> Result<Self, String> {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            match Self::run(socket) {
+                Err(e) if e.contains("EBUSY") && std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                r => return r,
+            }
+        }
+    }
+
     /// The rules that failed, `name: detail`.
     pub fn failures(&self) -> Vec<String> {
         self.rules
