@@ -270,6 +270,33 @@ impl Drop for RunDir {
     }
 }
 
+/// The arguments every guest boot of the tests has: no default devices, no display, the serial
+/// console on stdout, `accel` (TCG here), 2 CPUs, the direct kernel boot, no reboot (a guest that
+/// powers off or panics ends QEMU). The machine comes after them.
+pub fn boot_args(accel: &str, kernel: &str, initrd: &str, append: &str) -> Vec<String> {
+    [
+        "-nodefaults",
+        "-display",
+        "none",
+        "-serial",
+        "stdio",
+        "-accel",
+        accel,
+        "-smp",
+        "2",
+        "-kernel",
+        kernel,
+        "-initrd",
+        initrd,
+        "-append",
+        append,
+        "-no-reboot",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
 /// Polls `poll` every 100 ms until it gives a value, an error, or `limit` passes (then
 /// [`QemuError::Timeout`] naming `what`).
 pub fn wait_for<T>(

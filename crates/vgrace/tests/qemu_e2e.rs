@@ -40,7 +40,7 @@ use qemu_guest::{
     env_is_1, env_or, finish, seconds, serve, vgrace, vgrace_json, CheckReport, Layout,
 };
 use serde::Deserialize;
-use test_support::qemu::{Arch, Checks, Chroot, Console, RunDir, Vm, VmOutput};
+use test_support::qemu::{boot_args, Arch, Checks, Chroot, Console, RunDir, Vm, VmOutput};
 
 /// BAR0 is 16 MiB on every profile (`vgrace layout` does not print it).
 const BAR0_SIZE: u64 = 16 << 20;
@@ -122,10 +122,14 @@ impl Case {
             self.profile, l.device_id
         );
         a += &match self.profile.as_str() {
-            "gh100" => format!(" vgrace.bar2={bar2} vgrace.bar4={bar4} vgrace.mem2={mem2} vgrace.mem4={mem4}"),
+            "gh100" => format!(
+                " vgrace.bar2={bar2} vgrace.bar4={bar4} vgrace.mem2={mem2} vgrace.mem4={mem4}"
+            ),
             // BAR2 is BAR1: ordinary memory over the whole BAR (memory = size, no tail).
             "gb200" => format!(
-                " vgrace.bar0={BAR0_SIZE} vgrace.bar1={bar1} vgrace.bar2={bar1} vgrace.bar4={bar4} vgrace.mem2={bar1} vgrace.mem4={mem4} vgrace.b1val={B1_VAL:#x}"
+                "vgrace.bar0={BAR0_SIZE} vgrace.bar1={bar1} vgrace.bar2={bar1} \
+                    vgrace.bar4={bar4} vgrace.mem2={bar1} vgrace.mem4={mem4} \
+                    vgrace.b1val={B1_VAL:#x}"
             ),
             _ => format!(" vgrace.bar0={BAR0_SIZE} vgrace.bar2=0 vgrace.bar4=0"),
         };
@@ -137,7 +141,8 @@ impl Case {
         }
         if self.live {
             a += &format!(
-                " vgrace.live=1 vgrace.mbox={MBOX_OFF:#x} vgrace.pokeval={POKE_VAL:#x} vgrace.wait={} vgrace.delay={}",
+                "vgrace.live=1 vgrace.mbox={MBOX_OFF:#x} vgrace.pokeval={POKE_VAL:#x} \
+                    vgrace.wait={} vgrace.delay={}",
                 self.wait.as_secs(),
                 u8::from(self.reply_delay)
             );
@@ -268,7 +273,10 @@ impl Live<'_> {
         checks.host(
             "guest-bar0-read-is-one-region-read",
             reads1.checked_sub(reads0) == Some(1),
-            format!("REGION_READ count {reads0} -> {reads1} across the guest's BAR0 read and its BAR4 mailbox polls (the BAR0 readiness page: REGION_READ, BAR4: mmap)"),
+            format!(
+                "REGION_READ count {reads0} -> {reads1} across the guest's BAR0 read and its \
+                BAR4 mailbox polls (the BAR0 readiness page: REGION_READ, BAR4: mmap)"
+            ),
         );
         self.act(&["fault", "link-down", "--clear"])?;
         self.go(0x11ec_0002)?;
@@ -506,35 +514,20 @@ fn guest_sees_the_device_and_the_host_sees_the_guest() {
         r#"{{"driver":"vfio-user-pci","socket":{{"path":"{}","type":"unix"}}}}"#,
         dir.inside("gpu.sock")
     );
-    let mut args: Vec<String> = [
-        "-nodefaults",
-        "-display",
-        "none",
-        "-serial",
-        "stdio",
-        "-accel",
-        "tcg,thread=multi",
-        "-smp",
-        "2",
-        "-m",
-        "512",
-        "-object",
-        "memory-backend-memfd,id=mem,size=512M,share=on",
-        "-machine",
-        "q35,memory-backend=mem",
-        "-kernel",
-        &kernel,
-        "-initrd",
-        &initrd,
-        "-append",
-        &case.append(&layout),
-        "-no-reboot",
-        "-device",
-        &device_json,
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let mut args = boot_args("tcg,thread=multi", &kernel, &initrd, &case.append(&layout));
+    args.extend(
+        [
+            "-m",
+            "512",
+            "-object",
+            "memory-backend-memfd,id=mem,size=512M,share=on",
+            "-machine",
+            "q35,memory-backend=mem",
+            "-device",
+            &device_json,
+        ]
+        .map(String::from),
+    );
     args.extend(
         std::env::var("VGRACE_E2E_QEMU_ARGS")
             .unwrap_or_default()
@@ -587,6 +580,16 @@ fn guest_sees_the_device_and_the_host_sees_the_guest() {
         started.elapsed().as_secs_f64()
     );
     let text = console.text();
+    // What else the guest and QEMU said (the checks come at the end).
+    let said = |l: &&str| {
+        !l.starts_with("VGRACE-CHECK")
+            && (l.starts_with("VGRACE-")
+                || l.starts_with("qemu-system")
+                || ["vfio", "error", "Kernel panic"]
+                    .iter()
+                    .any(|w| l.contains(w)))
+    };
+    text.lines().filter(said).for_each(|l| println!("{l}"));
     let guest = Checks::parse(&text);
     checks.extend(guest);
     if case.reply_delay {

@@ -34,7 +34,9 @@ use qemu_guest::{
     env_is_1, finish, gpu_numa_arg, serve, vgrace_json, CheckReport, Layout, QemuArgs,
 };
 use serde_json::{json, Value};
-use test_support::qemu::{Arch, Checks, Chroot, QemuError, Qmp, QmpEmpty, RunDir, Vm, VmOutput};
+use test_support::qemu::{
+    self, Arch, Checks, Chroot, QemuError, Qmp, QmpEmpty, RunDir, Vm, VmOutput,
+};
 
 const MEM_SIZE: &str = "2660M";
 const GUEST_MEM: &str = "512M";
@@ -204,32 +206,18 @@ fn hot_add_works_and_hot_unplug_is_the_known_qemu_abort() {
     );
 
     let append = format!(
-        "console=ttyS0 panic=-1 quiet vgrace.case=hotplug vgrace.devid={:#x} vgrace.bar4={bar4} vgrace.gwoff={:#x} vgrace.gwval={:#x} vgrace.msix={} vgrace.wait={}",
-        layout.device_id, GW.0, GW.1, u8::from(msix), WAIT.as_secs()
+        "console=ttyS0 panic=-1 quiet vgrace.case=hotplug vgrace.devid={:#x} \
+            vgrace.bar4={bar4} vgrace.gwoff={:#x} vgrace.gwval={:#x} vgrace.msix={} \
+            vgrace.wait={}",
+        layout.device_id,
+        GW.0,
+        GW.1,
+        u8::from(msix),
+        WAIT.as_secs()
     );
-    let mut args: Vec<String> = [
-        "-nodefaults",
-        "-display",
-        "none",
-        "-serial",
-        "stdio",
-        "-accel",
-        "tcg,thread=multi",
-        "-smp",
-        "2",
-        "-kernel",
-        &kernel,
-        "-initrd",
-        &initrd,
-        "-append",
-        &append,
-        "-no-reboot",
-        "-qmp",
-        &format!("unix:{},server=on,wait=off", dir.inside("qmp.sock")),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let mut args = qemu::boot_args("tcg,thread=multi", &kernel, &initrd, &append);
+    let qmp = format!("unix:{},server=on,wait=off", dir.inside("qmp.sock"));
+    args.extend(["-qmp".to_string(), qmp]);
     args.extend(boot_args);
     if native {
         // Native PCIe hot-plug: the root ports' slots, not ACPI, announce and eject the device.
@@ -238,7 +226,10 @@ fn hot_add_works_and_hot_unplug_is_the_known_qemu_abort() {
             "ICH9-LPC.acpi-pci-hotplug-with-bridge-support=off".into(),
         ]);
     }
-    eprintln!("[qemu-hotplug] booting the guest (TCG) with the root port empty; MSI-X enabled by the guest: {msix}, native hot-plug: {native}");
+    eprintln!(
+        "[qemu-hotplug] booting the guest (TCG) with the root port empty; MSI-X enabled by \
+        the guest: {msix}, native hot-plug: {native}"
+    );
     let output = VmOutput {
         console: dir.host("console.log"),
         stderr: Some(dir.host("qemu.err")),
@@ -284,13 +275,32 @@ fn hot_add_works_and_hot_unplug_is_the_known_qemu_abort() {
     match outcome {
         Ok(Unplug::Closed) if stderr.contains(ASSERTION) => {
             println!("VGRACE-KNOWN-ISSUE qemu-hot-unplug-abort STILL PRESENT (QEMU {version})");
-            checks.host("hot-unplug-known-abort", true, format!("QEMU {version} aborted on device_del: {ASSERTION}"));
+            checks.host(
+                "hot-unplug-known-abort",
+                true,
+                format!("QEMU {version} aborted on device_del: {ASSERTION}"),
+            );
         }
         Ok(Unplug::Deleted) if clean => {
-            println!("VGRACE-KNOWN-ISSUE qemu-hot-unplug-abort FIXED in QEMU {version}: remove it from README's Known issues (and set VGRACE_HOTPLUG_FIXED_OK=1 for this step in .ci/run)");
-            checks.host("hot-unplug-clean", env_is_1("VGRACE_HOTPLUG_FIXED_OK", false), "the known issue is fixed: see above");
+            println!(
+                "VGRACE-KNOWN-ISSUE qemu-hot-unplug-abort FIXED in QEMU {version}: remove it \
+                from README's Known issues (and set VGRACE_HOTPLUG_FIXED_OK=1 for this step in \
+                .ci/run)"
+            );
+            checks.host(
+                "hot-unplug-clean",
+                env_is_1("VGRACE_HOTPLUG_FIXED_OK", false),
+                "the known issue is fixed: see above",
+            );
         }
-        Ok(o) => checks.host("hot-unplug", false, format!("ended neither in the known abort nor cleanly (device_del: {o:?}, QEMU exit {status:?})")),
+        Ok(o) => checks.host(
+            "hot-unplug",
+            false,
+            format!(
+                "ended neither in the known abort nor cleanly (device_del: {o:?}, QEMU exit \
+            {status:?})"
+            ),
+        ),
         Err(e) => checks.host("hot-plug-steps", false, e),
     }
     // The guest prints no verdict when QEMU aborts under it; one it prints must be PASS.

@@ -29,7 +29,7 @@ use qemu_guest::{
     env_is_1, env_or, finish, gpu_numa_arg, seconds, serve, vgrace_json, QemuArgs, BIN,
 };
 use test_support::procfs::status_kib;
-use test_support::qemu::{Arch, Checks, Chroot, RunDir, Vm, VmOutput};
+use test_support::qemu::{boot_args, Arch, Checks, Chroot, RunDir, Vm, VmOutput};
 use test_support::ServeChild;
 
 /// The negative boot: a 64 GiB 64-bit hole in a 42-bit (4 TiB) physical address space.
@@ -151,31 +151,6 @@ fn boot(
     (ok, Checks::parse(&text), wall, text)
 }
 
-/// The generic boot arguments: everything but the machine, which comes from `qemu-args`.
-fn generic(kernel: &str, initrd: &str, accel: &str, append: &str) -> Vec<String> {
-    [
-        "-nodefaults",
-        "-display",
-        "none",
-        "-serial",
-        "stdio",
-        "-accel",
-        accel,
-        "-smp",
-        "2",
-        "-kernel",
-        kernel,
-        "-initrd",
-        initrd,
-        "-append",
-        append,
-        "-no-reboot",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
-}
-
 /// `args` without the GPUs: no root ports, vfio-user devices, generic initiators or their nodes.
 fn without_gpus(args: &[String]) -> Vec<String> {
     let mut out = Vec::new();
@@ -262,7 +237,11 @@ fn node_q35_four_gpus_boot_and_a_small_aperture_fails() {
         &env_or("VGRACE_NODE_GUEST_MEM", "2G"),
     );
     let (bar2, bar4, gis) = node.shape();
-    eprintln!("[qemu-node] qemu-args: {} arguments; each GPU: BAR2 {bar2}, BAR4 {bar4}, {gis} generic initiators", node.qemu.args.len());
+    eprintln!(
+        "[qemu-node] qemu-args: {} arguments; each GPU: BAR2 {bar2}, BAR4 {bar4}, {gis} \
+        generic initiators",
+        node.qemu.args.len()
+    );
     let (kernel, initrd) = node.dir.make_guest(&chroot, "init", &["node"]).unwrap();
     let (serve_ms, rss_start) = serve_start_figures(&node);
     for s in &node.sockets {
@@ -270,19 +249,18 @@ fn node_q35_four_gpus_boot_and_a_small_aperture_fails() {
     }
     let server = node.serve();
 
-    let append = format!("console=ttyS0 panic=-1 quiet vgrace.case=node vgrace.bar2={bar2} vgrace.bar4={bar4} vgrace.gis={gis}");
-    let with = generic(
+    let append = format!(
+        "console=ttyS0 panic=-1 quiet vgrace.case=node vgrace.bar2={bar2} \
+        vgrace.bar4={bar4} vgrace.gis={gis}"
+    );
+    let tcg = "tcg,thread=multi";
+    let with = boot_args(
+        tcg,
         &kernel,
         &initrd,
-        "tcg,thread=multi",
         &format!("{append} vgrace.gpus={gpus}"),
     );
-    let without = generic(
-        &kernel,
-        &initrd,
-        "tcg,thread=multi",
-        &format!("{append} vgrace.gpus=0"),
-    );
+    let without = boot_args(tcg, &kernel, &initrd, &format!("{append} vgrace.gpus=0"));
     let base_args = without_gpus(&node.qemu.args);
     let limit = Duration::from_secs(120);
     eprintln!("[qemu-node] booting the node guest (TCG, {gpus} GPUs)");
@@ -304,7 +282,10 @@ fn node_q35_four_gpus_boot_and_a_small_aperture_fails() {
     // On q35 pci-hole64-size alone does not bound the BARs: SeaBIOS places them at the top of the
     // phys-bits address space and QEMU's _CRS grows the hole to cover them. So the small
     // aperture is a 64 GiB hole in a 42-bit (4 TiB) address space.
-    eprintln!("[qemu-node] booting the node guest with a {SMALL_APERTURE} aperture, phys-bits {SMALL_PHYS_BITS} (must fail)");
+    eprintln!(
+        "[qemu-node] booting the node guest with a {SMALL_APERTURE} aperture, phys-bits \
+        {SMALL_PHYS_BITS} (must fail)"
+    );
     let (_, small, _, _) = boot(
         &chroot,
         &node.dir,
@@ -367,10 +348,21 @@ fn node_q35_four_gpus_boot_and_a_small_aperture_fails() {
         median(&bases, "VGRACE-UPTIME"),
     );
     println!(
-        "qemu-node: guest boot, median of {runs} (TCG): kernel start to /init {} s with {gpus} GPUs, {} s without: {}; to the result line {} s vs {} s: {} (goal <= 1.15x); QEMU wall (first boots) {node_wall} ms vs {base_wall} ms",
-        fig(ni), fig(bi), ratio(ni, bi), fig(nu), fig(bu), ratio(nu, bu)
+        "qemu-node: guest boot, median of {runs} (TCG): kernel start to /init {} s with \
+            {gpus} GPUs, {} s without: {}; to the result line {} s vs {} s: {} (goal <= \
+            1.15x); QEMU wall (first boots) {node_wall} ms vs {base_wall} ms",
+        fig(ni),
+        fig(bi),
+        ratio(ni, bi),
+        fig(nu),
+        fig(bu),
+        ratio(nu, bu)
     );
-    println!("qemu-node: vgrace serve --config ({gpus} x {mem}): all sockets accept {serve_ms:.1} ms after the spawn (median of 5; goal <= 50 ms); VmRSS {rss_start} KiB then, {rss_after} KiB after serving the node guest (goal <= 16384 KiB)");
+    println!(
+        "qemu-node: vgrace serve --config ({gpus} x {mem}): all sockets accept \
+        {serve_ms:.1} ms after the spawn (median of 5; goal <= 50 ms); VmRSS {rss_start} \
+        KiB then, {rss_after} KiB after serving the node guest (goal <= 16384 KiB)"
+    );
     finish(
         "qemu-node q35",
         &checks,
@@ -402,14 +394,18 @@ fn node_arm64_virt_four_gpus_boot() {
         .to_string();
     let (kernel, initrd) = node.dir.make_guest(&chroot, "init-node", &[]).unwrap();
     let server = node.serve();
-    let append = format!("console=ttyAMA0 panic=-1 vgrace.gpus={} vgrace.pergpu={per_gpu} vgrace.devid=0x{devid} vgrace.bar2={bar2} vgrace.bar4={bar4}", node.gpus);
+    let append = format!(
+        "console=ttyAMA0 panic=-1 vgrace.gpus={} vgrace.pergpu={per_gpu} \
+        vgrace.devid=0x{devid} vgrace.bar2={bar2} vgrace.bar4={bar4}",
+        node.gpus
+    );
     eprintln!(
         "[qemu-node-arm64] booting the arm64 virt guest (TCG): {} x 480G GPUs, {} NUMA nodes",
         node.gpus,
         node.gpus as u32 * per_gpu + 1
     );
     let started = Instant::now();
-    let generic = generic(&kernel, &initrd, "tcg", &append);
+    let generic = boot_args("tcg", &kernel, &initrd, &append);
     let (ok, checks, _, text) = boot(
         &chroot,
         &node.dir,

@@ -28,7 +28,7 @@ use std::time::Instant;
 
 use qemu_guest::{env_or, finish, seconds, serve, vgrace, vgrace_json};
 use serde::Deserialize;
-use test_support::qemu::{scripts_dir, Arch, Checks, Chroot, RunDir, Vm, VmOutput};
+use test_support::qemu::{boot_args, scripts_dir, Arch, Checks, Chroot, RunDir, Vm, VmOutput};
 
 /// `vgrace qemu-args --view host --json`: one shell-quoted option group per arg.
 #[derive(Debug, Deserialize)]
@@ -237,7 +237,10 @@ fn transcript_checks(
                 .filter(|l| l.starts_with('-') && !l.starts_with("---"))
                 .count();
             let detail = if bad.is_empty() {
-                format!("{differ} of {h} lines differ (- real driver, + vgrace), every one a known class (DESIGN.md, The real driver as the oracle)")
+                format!(
+                    "{differ} of {h} lines differ (- real driver, + vgrace), every one a known \
+                    class (DESIGN.md, The real driver as the oracle)"
+                )
             } else {
                 format!("not explained in scripts/oracle/known-differences.txt: {bad:#?}")
             };
@@ -248,7 +251,8 @@ fn transcript_checks(
 }
 
 #[test]
-#[ignore = "needs the arm64 chroot and kernel of scripts/qemu-setup-arm64.sh and root; scripts/qemu-oracle.sh runs it"]
+#[ignore = "needs the arm64 chroot and kernel of scripts/qemu-setup-arm64.sh and root; \
+    scripts/qemu-oracle.sh runs it"]
 fn real_driver_binds_the_host_view_and_differs_only_in_known_ways() {
     let o = Oracle::from_env();
     let Some(chroot) = Chroot::find_or_skip(Arch::Arm64, "qemu-oracle") else {
@@ -323,36 +327,14 @@ fn real_driver_binds_the_host_view_and_differs_only_in_known_ways() {
         "console=ttyAMA0 loglevel=1 panic=-1 {} vgrace.scope={scope} vgrace.check_args=--linux,{}",
         l1.kernel_args, o.linux
     );
-    eprintln!("[qemu-oracle] booting the L1 Grace host (TCG): {}, {} at {mem_base}, ACPI scope ...{scope}", o.name, o.mem_size);
-    let started = Instant::now();
-    let mut args: Vec<String> = [
-        "-nodefaults",
-        "-display",
-        "none",
-        "-serial",
-        "stdio",
-        "-accel",
-        "tcg",
-        "-smp",
-        "2",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    args.extend(l1_args);
-    args.extend(
-        [
-            "-kernel",
-            &kernel,
-            "-initrd",
-            &initrd,
-            "-append",
-            &append,
-            "-no-reboot",
-        ]
-        .iter()
-        .map(|s| s.to_string()),
+    eprintln!(
+        "[qemu-oracle] booting the L1 Grace host (TCG): {}, {} at {mem_base}, ACPI scope \
+        ...{scope}",
+        o.name, o.mem_size
     );
+    let started = Instant::now();
+    let mut args = boot_args("tcg", &kernel, &initrd, &append);
+    args.extend(l1_args);
     let mut vm = Vm::start(
         &chroot,
         &args,
