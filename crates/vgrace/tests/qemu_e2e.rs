@@ -127,7 +127,7 @@ impl Case {
             ),
             // BAR2 is BAR1: ordinary memory over the whole BAR (memory = size, no tail).
             "gb200" => format!(
-                "vgrace.bar0={BAR0_SIZE} vgrace.bar1={bar1} vgrace.bar2={bar1} \
+                " vgrace.bar0={BAR0_SIZE} vgrace.bar1={bar1} vgrace.bar2={bar1} \
                     vgrace.bar4={bar4} vgrace.mem2={bar1} vgrace.mem4={mem4} \
                     vgrace.b1val={B1_VAL:#x}"
             ),
@@ -141,7 +141,7 @@ impl Case {
         }
         if self.live {
             a += &format!(
-                "vgrace.live=1 vgrace.mbox={MBOX_OFF:#x} vgrace.pokeval={POKE_VAL:#x} \
+                " vgrace.live=1 vgrace.mbox={MBOX_OFF:#x} vgrace.pokeval={POKE_VAL:#x} \
                     vgrace.wait={} vgrace.delay={}",
                 self.wait.as_secs(),
                 u8::from(self.reply_delay)
@@ -666,4 +666,44 @@ fn realize_sequence_needs_version_first_then_info_region_info_and_config_reads()
     late_info.swap(2, 5);
     assert!(!realize_sequence(&late_info).0);
     assert!(!realize_sequence(&[line("in", "DEVICE_GET_INFO", None)]).0);
+}
+
+#[test]
+fn guest_command_line_is_one_word_per_setting_for_every_profile() {
+    for (profile, live) in [("gh100", true), ("gb200", false), ("linkdown", false)] {
+        let case = Case {
+            profile: profile.into(),
+            mem_size: (2660u64 << 20).to_string(),
+            bar1_size: "256M".into(),
+            live,
+            reply_delay: live,
+            wait: Duration::from_secs(120),
+        };
+        let device = case.device_args();
+        let args: Vec<&str> = ["layout", "--json"]
+            .into_iter()
+            .chain(device.iter().map(String::as_str))
+            .collect();
+        let layout: Layout = vgrace_json(&args).unwrap();
+        assert!(case.shape_ok(&layout), "{profile}: {layout:?}");
+        let line = case.append(&layout);
+        let mut keys = Vec::new();
+        for word in line.split(' ').filter(|w| w.contains("vgrace.")) {
+            let (key, value) = word.split_once('=').unwrap_or((word, ""));
+            assert!(
+                !value.is_empty() && !value.contains("vgrace.") && !key.contains('='),
+                "{profile}: {word:?} in {line:?}"
+            );
+            keys.push(key);
+        }
+        let n = keys.len();
+        keys.sort_unstable();
+        keys.dedup();
+        assert_eq!(keys.len(), n, "{profile}: a setting twice in {line:?}");
+        assert!(
+            keys.contains(&"vgrace.bar4") && keys.contains(&"vgrace.devid"),
+            "{line}"
+        );
+        assert_eq!(keys.contains(&"vgrace.live"), live, "{line}");
+    }
 }
