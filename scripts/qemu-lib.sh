@@ -1,4 +1,5 @@
-# Helpers shared by the QEMU guest tests (qemu-e2e.sh, qemu-node.sh, qemu-hotplug.sh); sourced,
+# Helpers for a bash guest run that is not on the Rust harness yet (the QEMU guest tests are
+# crates/vgrace/tests/qemu_*.rs on test-support's `qemu` module, launched by qemu-run.sh); sourced,
 # not run.
 # Expects $here (the scripts directory) and $repo to be set, and `set -euo pipefail`.
 CACHE=${VGRACE_QEMU_CACHE:-$HOME/.cache/vgrace-qemu}

@@ -14,6 +14,7 @@ ROOT=$CACHE/root
 JOBS=${VGRACE_KERNEL_JOBS:-2}
 log() { printf '[qemu-oracle-6.12] %s\n' "$*" >&2; }
 . "$here/qemu-setup-lib.sh"
+setup_private_mounts "$@"
 
 bash "$here/qemu-setup-arm64.sh"
 

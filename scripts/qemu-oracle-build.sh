@@ -10,6 +10,8 @@ CACHE=${VGRACE_QEMU_ARM64_CACHE:-$HOME/.cache/vgrace-qemu-arm64}
 ROOT=$CACHE/root
 registry=${CARGO_HOME:-$HOME/.cargo}/registry
 log() { printf '[qemu-oracle-build] %s\n' "$*" >&2; }
+. "$here/qemu-setup-lib.sh"
+setup_private_mounts "$@"
 
 [ -d "$ROOT/usr" ] || { log "no chroot at $ROOT: run scripts/qemu-setup-arm64.sh"; exit 1; }
 if [ ! -f "$CACHE/.rust-arm64-done" ]; then
@@ -23,15 +25,9 @@ fi
 # Fetch on the host (its cargo knows the registry), then build offline in the chroot.
 (cd "$repo" && cargo fetch --locked -q)
 src=/tmp/vgrace-src
-cleanup() {
-  for m in "$ROOT$src" "$ROOT/root/.cargo/registry"; do
-    mountpoint -q "$m" 2>/dev/null && umount -l "$m" || true
-  done
-}
-trap cleanup EXIT
 mkdir -p "$ROOT$src" "$ROOT/root/.cargo/registry"
-mountpoint -q "$ROOT$src" || mount --bind "$repo" "$ROOT$src"
-mountpoint -q "$ROOT/root/.cargo/registry" || mount --bind "$registry" "$ROOT/root/.cargo/registry"
+mount --bind "$repo" "$ROOT$src"
+mount --bind "$registry" "$ROOT/root/.cargo/registry"
 mountpoint -q "$ROOT/proc" || mount -t proc proc "$ROOT/proc"
 start=$(date +%s)
 chroot "$ROOT" env -C "$src" CARGO_TARGET_DIR=/tmp/vgrace-aarch64-target \

@@ -15,6 +15,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 log() { printf '[qemu-setup-arm64] %s\n' "$*" >&2; }
 
 . "$here/qemu-setup-lib.sh"
+setup_private_mounts "$@"
 
 # Host tools: the chroot, the initramfs, and the cross build of the guest kernel.
 setup_host_packages debootstrap cpio gzip zstd xz-utils python3 make bc bison flex libssl-dev \

@@ -27,8 +27,18 @@ setup_host_packages() {
   fi
 }
 
-# Undoes any mount left in the chroot (installed as the EXIT trap by setup_sid_chroot).
-cleanup_mounts() {
+# Runs the calling script again, once, in a private mount namespace (call it first, with the
+# script's arguments): what the script mounts in the chroot (/proc for apt, bind mounts) ends with
+# it, even when it is killed, and no mount of the host or of a concurrent run is ever touched.
+setup_private_mounts() {
+  [ -n "${VGRACE_PRIVATE_MOUNTS:-}" ] ||
+    VGRACE_PRIVATE_MOUNTS=1 exec unshare --mount --propagation private -- bash "$0" "$@"
+}
+
+# Detaches whatever is mounted in the chroot before it is made anew (rm -rf would follow a
+# bind-mounted /dev). Only in the private namespace of setup_private_mounts: the host keeps its
+# mounts.
+unmount_in_chroot() {
   local m
   for m in "$ROOT/proc" "$ROOT/dev/pts" "$ROOT/dev"; do
     mountpoint -q "$m" 2>/dev/null && umount -l "$m" || true
@@ -44,10 +54,10 @@ setup_sid_chroot() {
     exit 1
   fi
   mkdir -p "$CACHE"
-  trap cleanup_mounts EXIT
   if [ ! -f "$CACHE/.chroot-done" ]; then
     log "debootstrap sid into $ROOT (a few minutes)"
-    cleanup_mounts
+    [ -n "${VGRACE_PRIVATE_MOUNTS:-}" ] || { log "setup_private_mounts first"; exit 1; }
+    unmount_in_chroot
     rm -rf "$ROOT"
     debootstrap --variant=minbase sid "$ROOT" "$mirror" >"$CACHE/debootstrap.log" 2>&1 || {
       tail -20 "$CACHE/debootstrap.log" >&2; exit 1; }

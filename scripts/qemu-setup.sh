@@ -9,6 +9,7 @@ ROOT=$CACHE/root
 here=$(cd "$(dirname "$0")" && pwd)
 log() { printf '[qemu-setup] %s\n' "$*" >&2; }
 . "$here/qemu-setup-lib.sh"
+setup_private_mounts "$@"
 
 setup_host_packages debootstrap cpio gzip zstd
 setup_sid_chroot

@@ -4,7 +4,8 @@
 //!   named fields ([`msg::IrqSet`]);
 //! - [`mapping`]: a client's shared mapping of a region fd, through vm-memory (no raw `mmap`);
 //! - [`procfs`]: fd, mapping, RSS and CPU-time figures of this or another process;
-//! - [`serve`]: a `vgrace serve` child process, killed on drop, whose stderr a thread collects.
+//! - [`serve`]: a `vgrace serve` child process, killed on drop, whose stderr a thread collects;
+//! - [`qemu`]: the harness of the QEMU guest tests (chroot, launch, QMP, bounded waits, checks).
 //!
 //! Helpers panic on failures that mean the test environment is broken (a panic is a test
 //! failure); what a benchmark must report as an error is returned as one.
@@ -14,6 +15,7 @@
 pub mod mapping;
 pub mod msg;
 pub mod procfs;
+pub mod qemu;
 pub mod serve;
 
 pub use mapping::SharedMapping;

@@ -15,13 +15,13 @@
 //! `VGRACE_QEMU_MATRIX_FILTER=q35` runs only the combinations whose name contains it.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+use test_support::qemu::{Arch, Chroot, Qmp, QmpEmpty, QmpStatus, QmpVersion};
 use test_support::ServeChild;
 
 const BIN: &str = env!("CARGO_BIN_EXE_vgrace");
@@ -30,7 +30,7 @@ const QMP_TIMEOUT: Duration = Duration::from_secs(30);
 /// BAR0 of every GPU.
 const BAR0: u64 = 16 << 20;
 
-/// A QEMU binary in a chroot.
+/// A QEMU binary in a chroot (test-support's harness finds it).
 struct Qemu {
     machine: &'static str,
     root: PathBuf,
@@ -38,34 +38,13 @@ struct Qemu {
 }
 
 impl Qemu {
-    /// The chroot under `$env` (default `~/.cache/<dir>`) holding `binary`, or why not.
-    fn find(
-        machine: &'static str,
-        env: &str,
-        dir: &str,
-        binary: &'static str,
-    ) -> Result<Self, String> {
-        let cache = std::env::var_os(env).map(PathBuf::from).unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
-                .join(".cache")
-                .join(dir)
-        });
-        let root = cache.join("root");
-        let bin = root.join("usr/bin").join(binary);
-        if !bin.exists() {
-            return Err(format!(
-                "{} is missing (build the chroot with scripts/qemu-setup{}.sh)",
-                bin.display(),
-                if machine == "virt" { "-arm64" } else { "" }
-            ));
-        }
-        if !nix::unistd::Uid::effective().is_root() {
-            return Err(format!("running QEMU in {} needs root", root.display()));
-        }
+    /// The chroot of `arch`, or why not.
+    fn find(machine: &'static str, arch: Arch) -> Result<Self, String> {
+        let chroot = Chroot::find(arch)?;
         Ok(Self {
             machine,
-            root,
-            binary,
+            binary: chroot.binary(),
+            root: chroot.root,
         })
     }
 }
@@ -86,62 +65,6 @@ impl Combo {
             self.mem_size
         };
         format!("{machine} {} {mem} x{}", self.profile, self.gpus)
-    }
-}
-
-/// A QMP session: commands one at a time, events skipped.
-struct Qmp {
-    reader: BufReader<UnixStream>,
-    writer: UnixStream,
-}
-
-impl Qmp {
-    /// Reads the greeting on `stream` and leaves capabilities negotiation mode.
-    fn new(stream: UnixStream) -> Result<Self, String> {
-        stream.set_read_timeout(Some(QMP_TIMEOUT)).unwrap();
-        let writer = stream.try_clone().unwrap();
-        let mut qmp = Self {
-            reader: BufReader::new(stream),
-            writer,
-        };
-        let greeting = qmp.line()?;
-        if greeting.get("QMP").is_none() {
-            return Err(format!("not a QMP greeting: {greeting}"));
-        }
-        qmp.execute("qmp_capabilities", json!({}))?;
-        Ok(qmp)
-    }
-
-    /// The next JSON line from QEMU (an error on EOF or after QMP_TIMEOUT).
-    fn line(&mut self) -> Result<Value, String> {
-        let mut line = String::new();
-        match self.reader.read_line(&mut line) {
-            Ok(0) => Err("QEMU closed QMP".into()),
-            Ok(_) => serde_json::from_str(&line).map_err(|e| format!("QMP sent {line:?}: {e}")),
-            Err(e) => Err(format!("QMP read: {e}")),
-        }
-    }
-
-    /// Runs `command`; its `return` value, or its error as text.
-    fn execute(&mut self, command: &str, arguments: Value) -> Result<Value, String> {
-        // One write: QEMU acts on a complete JSON object at once, so a `quit` written in two
-        // pieces can be obeyed (and the socket closed) before the second.
-        let msg = format!(
-            "{}\n",
-            json!({ "execute": command, "arguments": arguments })
-        );
-        self.writer
-            .write_all(msg.as_bytes())
-            .map_err(|e| format!("QMP write ({command}): {e}"))?;
-        loop {
-            let reply = self.line()?;
-            if let Some(ret) = reply.get("return") {
-                return Ok(ret.clone());
-            }
-            if let Some(err) = reply.get("error") {
-                return Err(format!("{command}: {err}"));
-            }
-        }
     }
 }
 
@@ -280,17 +203,23 @@ fn run(qemu: &Qemu, combo: Combo) -> Result<String, String> {
         std::thread::sleep(Duration::from_millis(20));
     };
     let checked = (|| {
-        let mut qmp = Qmp::new(stream)?;
-        let status = qmp.execute("query-status", json!({}))?;
-        if status["status"] != "prelaunch" {
-            return Err(format!("status {status}"));
+        let mut qmp = Qmp::handshake(stream, QMP_TIMEOUT).map_err(|e| e.to_string())?;
+        let status: QmpStatus = qmp
+            .execute("query-status", json!({}))
+            .map_err(|e| e.to_string())?;
+        if status.status != "prelaunch" {
+            return Err(format!("status {status:?}"));
         }
-        let version = qmp.execute("query-version", json!({}))?;
-        let qtree = qmp.execute(
-            "human-monitor-command",
-            json!({"command-line": "info qtree"}),
-        )?;
-        let found = qtree_bars(qtree.as_str().unwrap_or_default());
+        let version: QmpVersion = qmp
+            .execute("query-version", json!({}))
+            .map_err(|e| e.to_string())?;
+        let qtree: String = qmp
+            .execute(
+                "human-monitor-command",
+                json!({"command-line": "info qtree"}),
+            )
+            .map_err(|e| e.to_string())?;
+        let found = qtree_bars(&qtree);
         let gpus = node["gpus"].as_array().ok_or("node has no gpus")?;
         let mut want = Vec::new();
         for g in gpus {
@@ -309,11 +238,8 @@ fn run(qemu: &Qemu, combo: Combo) -> Result<String, String> {
         }
         // QEMU may close the socket as it exits before its reply is read: its exit status
         // (checked below) says whether it quit cleanly.
-        let _ = qmp.execute("quit", json!({}));
-        Ok(format!(
-            "QEMU {}.{}.{}",
-            version["qemu"]["major"], version["qemu"]["minor"], version["qemu"]["micro"]
-        ))
+        let _ = qmp.execute::<QmpEmpty>("quit", json!({}));
+        Ok(format!("QEMU {}", version.qemu))
     })();
     let version = match checked {
         Ok(v) => v,
@@ -360,18 +286,8 @@ fn qemu_starts_with_the_printed_arguments_for_every_combination() {
     let required = std::env::var_os("VGRACE_QEMU_MATRIX_REQUIRED").is_some_and(|v| v == "1");
     let filter = std::env::var("VGRACE_QEMU_MATRIX_FILTER").unwrap_or_default();
     let qemus = [
-        Qemu::find(
-            "q35",
-            "VGRACE_QEMU_CACHE",
-            "vgrace-qemu",
-            "qemu-system-x86_64",
-        ),
-        Qemu::find(
-            "virt",
-            "VGRACE_QEMU_ARM64_CACHE",
-            "vgrace-qemu-arm64",
-            "qemu-system-aarch64",
-        ),
+        Qemu::find("q35", Arch::X86),
+        Qemu::find("virt", Arch::Arm64),
     ];
     let mut failed = Vec::new();
     let (mut ran, mut started) = (0, 0);
