@@ -466,6 +466,11 @@ impl Daemon {
         self.child.id()
     }
 
+    /// Its exit status once it has exited (reaping it), `None` while it runs.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
     /// Ends its process group now; how it ended.
     pub fn stop(&mut self) -> Option<ExitStatus> {
         stop_group(&mut self.child, self.grace)
