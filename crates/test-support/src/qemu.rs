@@ -5,6 +5,9 @@
 //! - [`RunDir`]: a fresh directory in the chroot's `/tmp`, seen from the host and from QEMU;
 //! - [`Vm`]: QEMU started through scripts/qemu-run.sh (the one launch line), killed and reaped
 //!   with its whole process group on drop;
+//! - [`Daemon`]: any other long-running helper (libvirt's daemons), ended with its process group
+//!   on drop; [`output_within`]: a command run to its end within a bound ([`Chroot::command`]
+//!   runs one in the chroot);
 //! - [`wait_for`], [`wait_socket`], [`Console::wait_line`]: every wait is bounded;
 //! - [`Qmp`]: a QMP client (greeting, capabilities, `execute` with typed replies, events);
 //! - [`Checks`]: the one pass/fail format, `VGRACE-CHECK <name> PASS|FAIL <detail>` lines of the

@@ -9,7 +9,8 @@
 //! - `<!-- output(abridged): ... -->`: the same, where a block line `...` or `# ...` stands for
 //!   one or more lines left out;
 //! - `<!-- output(captured): WHERE -->`: output `cargo test` cannot produce (a guest's, QEMU's);
-//!   WHERE says where it came from (`scripts/qemu-readme.sh` checks its own block).
+//!   WHERE says where it came from (`qemu_readme.rs`, through `scripts/qemu-readme.sh`, checks
+//!   its own block).
 //!
 //! A ```` ```toml ```` block after `<!-- file: PATH -->` is written to PATH before the commands
 //! after it run. Paths under `/tmp/vgrace/` are a fresh temp dir per document while the test runs
