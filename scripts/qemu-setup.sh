@@ -11,7 +11,8 @@ log() { printf '[qemu-setup] %s\n' "$*" >&2; }
 . "$here/qemu-setup-lib.sh"
 setup_private_mounts "$@"
 
-setup_host_packages debootstrap cpio gzip zstd
+# pciutils: the host lspci that the guest of qemu_readme.rs runs.
+setup_host_packages debootstrap cpio gzip zstd pciutils
 setup_sid_chroot
 
 if [ ! -f "$CACHE/.qemu-done" ]; then

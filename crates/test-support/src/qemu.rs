@@ -5,6 +5,9 @@
 //! - [`RunDir`]: a fresh directory in the chroot's `/tmp`, seen from the host and from QEMU;
 //! - [`Vm`]: QEMU started through scripts/qemu-run.sh (the one launch line), killed and reaped
 //!   with its whole process group on drop;
+//! - [`Daemon`]: any other long-running helper (libvirt's daemons), ended with its process group
+//!   on drop; [`output_within`]: a command run to its end within a bound ([`Chroot::command`]
+//!   runs one in the chroot);
 //! - [`wait_for`], [`wait_socket`], [`Console::wait_line`]: every wait is bounded;
 //! - [`Qmp`]: a QMP client (greeting, capabilities, `execute` with typed replies, events);
 //! - [`Checks`]: the one pass/fail format, `VGRACE-CHECK <name> PASS|FAIL <detail>` lines of the
@@ -166,6 +169,14 @@ impl Chroot {
     /// The cached static busybox of the guest.
     pub fn busybox(&self) -> PathBuf {
         self.cache.join("busybox")
+    }
+
+    /// `program` run in the chroot (`chroot ROOT program`), without /proc or /dev there: for
+    /// what needs neither (`id`, `cat`); add arguments and run it with [`output_within`].
+    pub fn command(&self, program: &str) -> Command {
+        let mut cmd = Command::new("chroot");
+        cmd.arg(&self.root).arg(program);
+        cmd
     }
 
     /// The chroot QEMU's version, e.g. `11.1.3`, or why not.
@@ -394,16 +405,9 @@ impl Vm {
 
     /// Stops QEMU (SIGTERM to its group, SIGKILL after 10 s) and returns how it ended.
     pub fn stop(&mut self) -> Option<ExitStatus> {
-        if let Some(s) = self.exited() {
-            return Some(s);
+        if self.status.is_none() {
+            self.status = stop_group(&mut self.child, Duration::from_secs(10));
         }
-        let group = Pid::from_raw(i32::try_from(self.child.id()).ok()?);
-        let _ = killpg(group, Signal::SIGTERM);
-        if let Ok(s) = self.wait_exit(Duration::from_secs(10)) {
-            return Some(s);
-        }
-        let _ = killpg(group, Signal::SIGKILL);
-        self.status = self.child.wait().ok();
         self.status
     }
 
@@ -422,6 +426,101 @@ impl Drop for Vm {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Ends `child`'s process group (it was started with `process_group(0)`): SIGTERM, SIGKILL after
+/// `grace`; reaps `child` and returns how it ended (at once if it already had).
+fn stop_group(child: &mut Child, grace: Duration) -> Option<ExitStatus> {
+    if let Ok(Some(s)) = child.try_wait() {
+        return Some(s);
+    }
+    let group = Pid::from_raw(i32::try_from(child.id()).ok()?);
+    let _ = killpg(group, Signal::SIGTERM);
+    if let Ok(s) = wait_for("a process group to end", grace, || {
+        Ok(child.try_wait().ok().flatten())
+    }) {
+        return Some(s);
+    }
+    let _ = killpg(group, Signal::SIGKILL);
+    child.wait().ok()
+}
+
+/// A long-running helper (a daemon in the chroot, say) started in its own process group and
+/// ended with it on drop (SIGTERM, SIGKILL after `grace`), like [`Vm`].
+#[derive(Debug)]
+pub struct Daemon {
+    child: Child,
+    grace: Duration,
+}
+
+impl Daemon {
+    /// Spawns `cmd` (stdin closed) in a new process group.
+    pub fn spawn(mut cmd: Command, grace: Duration) -> Result<Self, QemuError> {
+        let child = cmd
+            .stdin(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .map_err(QemuError::io(format!("starting {:?}", cmd.get_program())))?;
+        Ok(Self { child, grace })
+    }
+
+    /// Its process id (the group's id too).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Its exit status once it has exited (reaping it), `None` while it runs.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    /// Ends its process group now; how it ended.
+    pub fn stop(&mut self) -> Option<ExitStatus> {
+        stop_group(&mut self.child, self.grace)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Runs `cmd` to its end, at most `limit` (then it is killed: [`QemuError::Timeout`]); its
+/// output whatever its exit status. Both pipes are read meanwhile, so a chatty command does not
+/// stall.
+pub fn output_within(
+    cmd: &mut Command,
+    limit: Duration,
+) -> Result<std::process::Output, QemuError> {
+    let what = format!("{:?}", cmd.get_program());
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(QemuError::io(format!("starting {what}")))?;
+    let drain = |r: Option<Box<dyn std::io::Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut r) = r {
+                let _ = r.read_to_end(&mut buf);
+            }
+            buf
+        })
+    };
+    let out = drain(child.stdout.take().map(|r| Box::new(r) as _));
+    let err = drain(child.stderr.take().map(|r| Box::new(r) as _));
+    let status = wait_for(&what, limit, || Ok(child.try_wait().ok().flatten()));
+    if status.is_err() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    Ok(std::process::Output {
+        status: status?,
+        stdout: out.join().unwrap_or_default(),
+        stderr: err.join().unwrap_or_default(),
+    })
 }
 
 /// A file's text as lines a parser can trust: `\r` removed (a serial console ends lines with
@@ -992,6 +1091,51 @@ mod tests {
         let r = qmp.execute::<QmpEmpty>("stop", json!({}));
         assert!(matches!(r, Err(QemuError::Timeout(..))), "{r:?}");
         drop(theirs);
+    }
+
+    #[test]
+    fn output_within_returns_any_exit_and_kills_at_its_limit() {
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "echo out; echo err >&2; exit 3"]);
+        let out = output_within(&mut cmd, Duration::from_secs(10)).unwrap();
+        assert_eq!(out.status.code(), Some(3));
+        assert_eq!(
+            (&out.stdout[..], &out.stderr[..]),
+            (&b"out\n"[..], &b"err\n"[..])
+        );
+        let t = Instant::now();
+        let r = output_within(Command::new("sleep").arg("30"), Duration::from_millis(200));
+        assert!(matches!(r, Err(QemuError::Timeout(..))), "{r:?}");
+        assert!(t.elapsed() < Duration::from_secs(10));
+    }
+
+    #[test]
+    fn a_daemon_ends_with_its_whole_process_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let pid_file = dir.path().join("pid");
+        let mut cmd = Command::new("sh");
+        // A child in the background that ignores nothing: SIGTERM to the group ends it too.
+        cmd.arg("-c")
+            .arg("sleep 60 & echo $! >\"$0\"; wait")
+            .arg(&pid_file);
+        let mut d = Daemon::spawn(cmd, Duration::from_secs(5)).unwrap();
+        let pid: i32 = wait_for("the pid file", Duration::from_secs(10), || {
+            Ok(std::fs::read_to_string(&pid_file)
+                .ok()
+                .and_then(|t| t.trim().parse().ok()))
+        })
+        .unwrap();
+        assert!(d.stop().is_some());
+        // Gone, or a zombie its new parent has not reaped yet.
+        let stat = format!("/proc/{pid}/stat");
+        let gone = wait_for("the background child", Duration::from_secs(5), || {
+            let s = std::fs::read_to_string(&stat).unwrap_or_default();
+            Ok((s.is_empty() || s.contains(") Z ")).then_some(()))
+        });
+        assert!(
+            gone.is_ok(),
+            "the group's other process outlived the daemon"
+        );
     }
 
     #[test]

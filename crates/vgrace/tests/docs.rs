@@ -9,7 +9,8 @@
 //! - `<!-- output(abridged): ... -->`: the same, where a block line `...` or `# ...` stands for
 //!   one or more lines left out;
 //! - `<!-- output(captured): WHERE -->`: output `cargo test` cannot produce (a guest's, QEMU's);
-//!   WHERE says where it came from (`scripts/qemu-readme.sh` checks its own block).
+//!   WHERE says where it came from (`qemu_readme.rs`, through `scripts/qemu-readme.sh`, checks
+//!   its own block).
 //!
 //! A ```` ```toml ```` block after `<!-- file: PATH -->` is written to PATH before the commands
 //! after it run. Paths under `/tmp/vgrace/` are a fresh temp dir per document while the test runs
@@ -25,6 +26,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+use test_support::diff::line_diff;
 use test_support::ServeChild;
 
 const BIN: &str = env!("CARGO_BIN_EXE_vgrace");
@@ -264,35 +266,6 @@ fn shows(block: &[&str], out: &[&str], abridged: bool) -> bool {
     }
 }
 
-/// A line diff (`-` the document, `+` the binary), by longest common subsequence.
-fn diff(old: &[&str], new: &[&str]) -> String {
-    let (n, m) = (old.len(), new.len());
-    let mut lcs = vec![vec![0usize; m + 1]; n + 1];
-    for i in (0..n).rev() {
-        for j in (0..m).rev() {
-            lcs[i][j] = if old[i] == new[j] {
-                lcs[i + 1][j + 1] + 1
-            } else {
-                lcs[i + 1][j].max(lcs[i][j + 1])
-            };
-        }
-    }
-    let (mut i, mut j, mut out) = (0, 0, String::new());
-    while i < n || j < m {
-        if i < n && j < m && old[i] == new[j] {
-            out += &format!("  {}\n", old[i]);
-            (i, j) = (i + 1, j + 1);
-        } else if j < m && (i == n || lcs[i][j + 1] >= lcs[i + 1][j]) {
-            out += &format!("+ {}\n", new[j]);
-            j += 1;
-        } else {
-            out += &format!("- {}\n", old[i]);
-            i += 1;
-        }
-    }
-    out
-}
-
 /// Checks one document: the problems found, and its text with stale blocks replaced.
 fn check_document(doc: &Path) -> (Vec<String>, String) {
     let text = std::fs::read_to_string(repo().join(doc)).unwrap();
@@ -343,7 +316,7 @@ fn check_document(doc: &Path) -> (Vec<String>, String) {
                 } else {
                     ""
                 },
-                diff(body, &out)
+                line_diff(body, &out)
             ));
             fresh.push((b.body.clone(), out.iter().map(|l| l.to_string()).collect()));
         }

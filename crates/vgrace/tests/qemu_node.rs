@@ -26,7 +26,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use qemu_guest::{
-    env_is_1, env_or, finish, gpu_numa_arg, seconds, serve, vgrace_json, QemuArgs, BIN,
+    env_is_1, env_or, finish, gpu_numa_arg, node_toml, seconds, serve, vgrace_json, QemuArgs, BIN,
 };
 use test_support::procfs::status_kib;
 use test_support::qemu::{boot_args, Arch, Checks, Chroot, RunDir, Vm, VmOutput};
@@ -49,15 +49,8 @@ struct Node {
 impl Node {
     fn new(chroot: &Chroot, machine: &str, gpus: usize, mem: &str, guest_mem: &str) -> Self {
         let dir = RunDir::new(chroot, "vgrace-node-", env_is_1("VGRACE_NODE_KEEP", false)).unwrap();
-        let config = |sock: &dyn Fn(usize) -> String| -> String {
-            (0..gpus)
-                .map(|i| {
-                    format!(
-                        "[[device]]\nsocket = \"{}\"\nprofile = \"gh100\"\nmem_size = \"{mem}\"\nbacking = \"memfd\"\n\n",
-                        sock(i)
-                    )
-                })
-                .collect()
+        let config = |sock: &dyn Fn(usize) -> String| {
+            node_toml(&(0..gpus).map(sock).collect::<Vec<_>>(), mem)
         };
         let sockets: Vec<PathBuf> = (0..gpus)
             .map(|i| dir.host(&format!("gpu{i}.sock")))

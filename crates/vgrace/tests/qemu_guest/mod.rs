@@ -1,6 +1,7 @@
-//! Shared by the QEMU guest tests (qemu_e2e.rs, qemu_node.rs, qemu_hotplug.rs): the vgrace CLI
-//! with typed JSON, the server child, and the end of a run (report and verdict). The harness
-//! itself (chroot, launch, QMP, waits, checks) is test-support's `qemu` module.
+//! Shared by the QEMU guest tests (qemu_e2e.rs, qemu_node.rs, qemu_hotplug.rs, ...): the vgrace
+//! CLI with typed JSON, a node's config, the server child, and the end of a run (report and
+//! verdict). The harness itself (chroot, launch, QMP, waits, checks) is test-support's `qemu`
+//! module.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs, dead_code)]
 
 use std::path::Path;
@@ -106,6 +107,18 @@ impl QemuGpu {
             .find(|(b, _)| *b == bar)
             .map_or(0, |(_, s)| *s)
     }
+}
+
+/// A `serve --config` file of one memfd-backed GH100 of `mem` on each of `sockets`.
+pub fn node_toml(sockets: &[String], mem: &str) -> String {
+    sockets
+        .iter()
+        .map(|s| {
+            format!(
+                "[[device]]\nsocket = \"{s}\"\nprofile = \"gh100\"\nmem_size = \"{mem}\"\nbacking = \"memfd\"\n\n"
+            )
+        })
+        .collect()
 }
 
 /// A `qemu-args` option value that belongs to a GPU's NUMA nodes: its generic initiators and
