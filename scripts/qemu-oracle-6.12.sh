@@ -37,12 +37,7 @@ if [ ! -f "$stamp" ] || [ ! -f "$CACHE/Image-6.12" ]; then
   ksrc=$(find "$build" -mindepth 1 -maxdepth 1 -type d -name 'linux-source-*' | head -1)
   kmake() { make -C "$ksrc" ARCH=arm64 CROSS_COMPILE=aarch64-linux-gnu- -j"$JOBS" "$@"; }
   KCONFIG_ALLCONFIG="$frag" kmake allnoconfig >"$CACHE/kconfig-6.12.log" 2>&1
-  bad=0
-  while IFS= read -r l; do
-    case $l in ''|'#'*) continue ;; esac
-    grep -qx "$l" "$ksrc/.config" || { log "kernel config lost: $l"; bad=1; }
-  done <"$frag"
-  [ $bad = 0 ] || exit 1
+  check_kernel_config "$ksrc" "$frag"
   log "building the 6.12 guest kernel (make -j$JOBS Image)"
   start=$(date +%s)
   kmake Image >"$CACHE/kbuild-6.12.log" 2>&1 || { tail -40 "$CACHE/kbuild-6.12.log" >&2; exit 1; }

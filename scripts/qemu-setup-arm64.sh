@@ -66,12 +66,7 @@ if [ "$(cat "$CACHE/.kernel-done" 2>/dev/null)" != "$kernel_stamp" ]; then
   KCONFIG_ALLCONFIG="$here/guest/kernel-arm64.config" kmake allnoconfig >"$CACHE/kconfig.log" 2>&1 || {
     tail -20 "$CACHE/kconfig.log" >&2; exit 1; }
   # Every line of the fragment must have survived (a dependency kconfig dropped is a broken kernel).
-  bad=0
-  while IFS= read -r l; do
-    case $l in ''|'#'*) continue ;; esac
-    grep -qx "$l" "$ksrc/.config" || { log "kernel config lost: $l"; bad=1; }
-  done <"$here/guest/kernel-arm64.config"
-  [ $bad = 0 ] || exit 1
+  check_kernel_config "$ksrc" "$here/guest/kernel-arm64.config"
   grep -qx "CONFIG_NODES_SHIFT=$NODES_SHIFT" "$ksrc/.config" || { log "NODES_SHIFT is not $NODES_SHIFT"; exit 1; }
   log "building the arm64 guest kernel from $src_pkg (make -j$JOBS Image, a few minutes)"
   start=$(date +%s)

@@ -81,3 +81,14 @@ setup_unpack_debs() {
 setup_copy_busybox() {
   cp "$CACHE/x/bin/busybox" "$CACHE/busybox" 2>/dev/null || cp "$CACHE/x/usr/bin/busybox" "$CACHE/busybox"
 }
+
+# check_kernel_config KSRC FRAGMENT: every line of FRAGMENT must have survived in KSRC/.config
+# (kconfig drops an option whose dependency is missing, which makes a broken guest kernel).
+check_kernel_config() {
+  local bad=0 l
+  while IFS= read -r l; do
+    case $l in ''|'#'*) continue ;; esac
+    grep -qx "$l" "$1/.config" || { log "kernel config lost: $l"; bad=1; }
+  done <"$2"
+  [ $bad = 0 ] || exit 1
+}

@@ -251,21 +251,29 @@ pub const CHECK_EXIT_CODES: &str = "Exit codes:
      --timeout: one line on stderr, nothing on stdout)
   2  usage: bad flags or values";
 
-/// `vgrace check`.
+/// The device a client verb (`check`, `transcript`) talks to: one of the two flags.
 #[derive(Debug, Args)]
-#[command(after_help = CHECK_EXIT_CODES)]
-pub struct CheckArgs {
-    /// Socket of the vfio-user server to check.
+pub struct DeviceTarget {
+    /// A vfio-user server's socket.
     #[arg(
         long,
         required_unless_present = "vfio_device",
         conflicts_with = "vfio_device"
     )]
     pub socket: Option<PathBuf>,
-    /// Check a PCI device bound to a VFIO driver instead (e.g. the real nvgrace_gpu_vfio_pci
-    /// on a Grace host, or in the oracle's L1 guest), opened through its VFIO group.
+    /// A PCI device bound to a VFIO driver instead (e.g. the real nvgrace_gpu_vfio_pci on a
+    /// Grace host, or in the oracle's L1 guest), opened through its VFIO group
+    /// (/dev/vfio/noiommu-N under `vfio.enable_unsafe_noiommu_mode=1`, else /dev/vfio/N).
     #[arg(long, value_name = "BDF")]
     pub vfio_device: Option<String>,
+}
+
+/// `vgrace check`.
+#[derive(Debug, Args)]
+#[command(after_help = CHECK_EXIT_CODES)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    pub device: DeviceTarget,
     /// How long to wait for the BAR0 readiness registers (upstream waits 30 s).
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub ready_timeout: Duration,

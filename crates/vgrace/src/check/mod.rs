@@ -197,7 +197,7 @@ pub fn run(args: &CheckArgs) -> Result<ExitCode> {
     // A vfio-user server at --socket, or a device under kernel VFIO (--vfio-device: the real
     // driver, on a Grace host or in the oracle's L1 guest).
     let (name, caps, mut target): (String, Option<vfu::wire::Caps>, Box<dyn Target>) =
-        match (&args.vfio_device, &args.socket) {
+        match (&args.device.vfio_device, &args.device.socket) {
             (Some(bdf), _) => (
                 format!("{bdf} (kernel VFIO)"),
                 None,
@@ -232,8 +232,8 @@ pub fn run(args: &CheckArgs) -> Result<ExitCode> {
     let note = report.version_note(args.linux);
     if args.json {
         let doc = serde_json::json!({
-            "socket": args.socket,
-            "vfio_device": args.vfio_device,
+            "socket": args.device.socket,
+            "vfio_device": args.device.vfio_device,
             "linux": args.linux.to_string(),
             "rules": report.outcomes.iter().map(Outcome::json).collect::<Vec<_>>(),
             "summary": { "passed": passed, "failed": failed, "skipped": skipped,

@@ -15,7 +15,6 @@ mod target;
 
 use std::io::Write;
 use std::os::fd::OwnedFd;
-use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::Args;
@@ -30,17 +29,8 @@ pub use target::{IrqData, Region, Target};
 /// `vgrace transcript`.
 #[derive(Debug, Args)]
 pub struct TranscriptArgs {
-    /// A vfio-user server's socket.
-    #[arg(
-        long,
-        required_unless_present = "vfio_device",
-        conflicts_with = "vfio_device"
-    )]
-    pub socket: Option<PathBuf>,
-    /// A PCI device bound to a VFIO driver (e.g. nvgrace_gpu_vfio_pci), opened through its
-    /// group (/dev/vfio/noiommu-N under `vfio.enable_unsafe_noiommu_mode=1`, else /dev/vfio/N).
-    #[arg(long, value_name = "BDF")]
-    pub vfio_device: Option<String>,
+    #[command(flatten)]
+    pub device: crate::cli::DeviceTarget,
 }
 
 const CONFIG: u32 = 7;
@@ -52,7 +42,7 @@ const READY_REGS: [u64; 2] = [0x1498, 0x200bc];
 
 /// Runs the transcript and prints it.
 pub fn run(args: &TranscriptArgs) -> Result<()> {
-    let mut target = match (&args.socket, &args.vfio_device) {
+    let mut target = match (&args.device.socket, &args.device.vfio_device) {
         (Some(p), _) => Target::user(p.clone())?,
         (None, Some(bdf)) => Target::kernel(bdf)?,
         (None, None) => anyhow::bail!("give --socket or --vfio-device"),
