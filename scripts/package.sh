@@ -78,4 +78,8 @@ for unit in vgrace.service vgrace@.service vgrace@.socket; do
   [ -f "$chroot_dir/usr/lib/systemd/system/$unit" ] || { log "$unit missing"; exit 1; }
 done
 in_root vgrace layout --config /usr/share/doc/vgrace/node.example.toml >/dev/null
+# README's links to docs/ must resolve next to the installed README.
+for doc in $(grep -o '(docs/[a-z-]*\.md' README.md | tr -d '(' | sort -u); do
+  [ -f "$chroot_dir/usr/share/doc/vgrace/$doc" ] || { log "README links $doc, not installed"; exit 1; }
+done
 log "ok: the package installs and runs in a clean sid chroot"
