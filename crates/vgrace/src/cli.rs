@@ -43,7 +43,7 @@ pub enum Command {
     /// Run a fixed sequence of VFIO operations against a vfio-user server or a device under
     /// kernel VFIO and print each with its result and errno, one canonical line each (to diff
     /// vgrace against the real nvgrace-gpu-vfio-pci).
-    Transcript(crate::transcript::TranscriptArgs),
+    Transcript(TranscriptArgs),
     /// Write the man pages or shell completions (for packagers; hidden).
     #[command(hide = true, subcommand)]
     Generate(GenerateArgs),
@@ -266,6 +266,13 @@ pub struct DeviceTarget {
     /// (/dev/vfio/noiommu-N under `vfio.enable_unsafe_noiommu_mode=1`, else /dev/vfio/N).
     #[arg(long, value_name = "BDF")]
     pub vfio_device: Option<String>,
+}
+
+/// `vgrace transcript`.
+#[derive(Debug, Args)]
+pub struct TranscriptArgs {
+    #[command(flatten)]
+    pub device: DeviceTarget,
 }
 
 /// `vgrace check`.

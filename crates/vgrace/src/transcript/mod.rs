@@ -17,7 +17,6 @@ use std::io::Write;
 use std::os::fd::OwnedFd;
 
 use anyhow::Result;
-use clap::Args;
 use nix::errno::Errno;
 use vfio_bindings::bindings::vfio::{
     VFIO_IRQ_SET_ACTION_MASK, VFIO_IRQ_SET_ACTION_TRIGGER, VFIO_IRQ_SET_ACTION_UNMASK,
@@ -25,13 +24,6 @@ use vfio_bindings::bindings::vfio::{
 };
 
 pub use target::{IrqData, Region, Target};
-
-/// `vgrace transcript`.
-#[derive(Debug, Args)]
-pub struct TranscriptArgs {
-    #[command(flatten)]
-    pub device: crate::cli::DeviceTarget,
-}
 
 const CONFIG: u32 = 7;
 const CONFIG_SIZE: u64 = 4096;
@@ -41,7 +33,7 @@ const COMMAND_MEMORY: u16 = 0x2;
 const READY_REGS: [u64; 2] = [0x1498, 0x200bc];
 
 /// Runs the transcript and prints it.
-pub fn run(args: &TranscriptArgs) -> Result<()> {
+pub fn run(args: &crate::cli::TranscriptArgs) -> Result<()> {
     let mut target = match (&args.device.socket, &args.device.vfio_device) {
         (Some(p), _) => Target::user(p.clone())?,
         (None, Some(bdf)) => Target::kernel(bdf)?,
