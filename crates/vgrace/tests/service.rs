@@ -79,17 +79,7 @@ fn listener(path: &Path) -> UnixListener {
 fn socket_activation_serves_each_config_device_on_its_named_fd() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let config = d.join("node.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[[device]]\nsocket = \"{0}/cfg/a.sock\"\nmem_size = \"2G\"\ndevice_id = \"0x2342\"\n\
-             [[device]]\nid = \"right\"\nsocket = \"{0}/cfg/right.sock\"\nmem_size = \"2G\"\n\
-             device_id = \"0x2348\"\n",
-            d.display()
-        ),
-    )
-    .unwrap();
+    let config = two_device_node(d);
     // Passed in the other order than the file's, so a match by position would fail.
     let (l_right, l_gpu0) = (listener(&d.join("l3.sock")), listener(&d.join("l4.sock")));
     let served = activated(
@@ -384,17 +374,7 @@ fn systemd_socket_activate_starts_a_config_node_at_the_first_connection() {
     }
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let config = d.join("node.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[[device]]\nsocket = \"{0}/cfg/a.sock\"\nmem_size = \"2G\"\ndevice_id = \"0x2342\"\n\
-             [[device]]\nid = \"right\"\nsocket = \"{0}/cfg/right.sock\"\nmem_size = \"2G\"\n\
-             device_id = \"0x2348\"\n",
-            d.display()
-        ),
-    )
-    .unwrap();
+    let config = two_device_node(d);
     let (one, two) = (d.join("one.sock"), d.join("two.sock"));
     let mut cmd = Command::new("systemd-socket-activate");
     cmd.arg("-l")
@@ -479,4 +459,22 @@ fn listen_fds_for_another_pid_are_ignored() {
     let (status, log) = served.signal(nix::sys::signal::Signal::SIGTERM);
     assert!(status.success(), "{log}");
     assert!(!log.contains("activation"), "{log}");
+}
+
+/// A two-device node file in `d`: gpu0 (0x2342, by position) and "right" (0x2348), whose own
+/// socket paths lie under `d/cfg`, a directory nobody creates: an activated server must not
+/// reach them.
+fn two_device_node(d: &Path) -> PathBuf {
+    let config = d.join("node.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[device]]\nsocket = \"{0}/cfg/a.sock\"\nmem_size = \"2G\"\ndevice_id = \"0x2342\"\n\
+             [[device]]\nid = \"right\"\nsocket = \"{0}/cfg/right.sock\"\nmem_size = \"2G\"\n\
+             device_id = \"0x2348\"\n",
+            d.display()
+        ),
+    )
+    .unwrap();
+    config
 }
