@@ -301,7 +301,23 @@ enum Owned<'a> {
     Bar1(&'a Bar1),
 }
 
-impl Owned<'_> {
+impl<'a> Owned<'a> {
+    /// Its REGION_INFO.
+    fn info(&self) -> RegionInfo<'a> {
+        match self {
+            Owned::Mem(m) => m.info(),
+            Owned::Bar1(b) => b.info(),
+        }
+    }
+
+    /// `n` bytes at `offset` as a span of the backing file.
+    fn span(&self, offset: u64, n: usize) -> Result<FileSpan<'a>, Errno> {
+        match self {
+            Owned::Mem(m) => m.span(offset, n),
+            Owned::Bar1(b) => b.span(offset, n),
+        }
+    }
+
     /// The BAR size (the one the core declares for the region).
     fn size(&self) -> u64 {
         match self {
@@ -343,10 +359,7 @@ impl Variant for NvGraceGpu {
     }
 
     fn owned_info(&self, index: u32) -> Option<RegionInfo<'_>> {
-        match self.owned(index)? {
-            Owned::Mem(m) => Some(m.info()),
-            Owned::Bar1(b) => Some(b.info()),
-        }
+        self.owned(index).map(|r| r.info())
     }
 
     fn owned_read(&mut self, index: u32, offset: u64, buf: &mut [u8]) -> Result<(), Errno> {
@@ -361,11 +374,7 @@ impl Variant for NvGraceGpu {
         count: usize,
     ) -> Result<Option<FileSpan<'_>>, Errno> {
         self.check_owned_access(index, offset, count, false)?;
-        match self.owned(index) {
-            Some(Owned::Mem(m)) => m.span(offset, count).map(Some),
-            Some(Owned::Bar1(b)) => b.span(offset, count).map(Some),
-            None => Ok(None),
-        }
+        self.owned(index).map(|r| r.span(offset, count)).transpose()
     }
 
     fn owned_write(&mut self, index: u32, offset: u64, data: &[u8]) -> Result<(), Errno> {
